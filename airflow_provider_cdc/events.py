@@ -1,0 +1,402 @@
+"""Change events and Arrow-backed change batches: the contract between every stage.
+
+A :class:`ChangeEvent` is Debezium-shaped (``op``, ``before``, ``after``, ``source``, ``ts_ms``) plus ``seq``, a
+per-source counter that increases by one for every event the source ever emits. ``seq`` is assigned from the
+position document, so capturing the same range twice reproduces the same numbers: that is what makes a batch
+replayable and lets a sink guard every row with ``_cdc_position`` (the row's last ``seq``).
+
+Row values travel in the source's **canonical text form** (what ``COPY ... TO`` would print), alongside the
+table's declared column types. A PostgreSQL sink then loads them with ``COPY`` untouched; other sinks, rules and
+checks convert with :func:`typed_column` where they need numbers or dates. Keeping text avoids a lossy round trip
+through Python floats (``numeric(38,10)`` stays exact, ``timestamptz`` keeps its zone).
+
+A :class:`ChangeBatch` keeps one ``pyarrow.Table`` per source table with these columns:
+
+``_op``          ``c u d t r`` (create, update, delete, truncate, snapshot read)
+``_seq``         int64, the event's ``seq``
+``_ts_ms``       int64, commit time at the source (ms since epoch)
+``_tx_id``       string, source transaction id (nullable)
+``_position``    string, the source-native position of the event's transaction (e.g. a commit LSN)
+``_unchanged``   list<string>, columns whose value the source did not send (PostgreSQL unchanged TOAST): a sink
+                 keeps its current value for them
+``<column>``     string, the row image the sink must reach: ``after`` for c/u/r; for ``d`` the deleted key
+                 (and, where the source sent it, the whole old row)
+``before.<column>`` string, the before-image, present only when the source sent one (REPLICA IDENTITY FULL)
+
+Schema changes (``op = "s"``) are kept beside the tables as :class:`SchemaChange` records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import decimal
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+OP_CREATE = "c"
+OP_UPDATE = "u"
+OP_DELETE = "d"
+OP_TRUNCATE = "t"
+OP_READ = "r"
+OP_SCHEMA = "s"
+ROW_OPS = frozenset({OP_CREATE, OP_UPDATE, OP_DELETE, OP_READ})
+ALL_OPS = frozenset({*ROW_OPS, OP_TRUNCATE, OP_SCHEMA})
+
+META_COLUMNS = ("_op", "_seq", "_ts_ms", "_tx_id", "_position", "_unchanged")
+BEFORE_PREFIX = "before."
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One column of a captured table.
+
+    ``source_type`` is the type exactly as the source declares it (``numeric(12,2)``, ``timestamp with time
+    zone``); ``logical_type`` is a portable family (``integer``, ``decimal``, ``float``, ``boolean``, ``text``,
+    ``timestamptz``, ``timestamp``, ``date``, ``time``, ``json``, ``binary``, ``uuid``, ``other``) that sinks of a
+    different kind map from.
+    """
+
+    name: str
+    source_type: str
+    logical_type: str = "text"
+    nullable: bool = True
+    primary_key: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Column:
+        return cls(**data)
+
+
+@dataclasses.dataclass(frozen=True)
+class TableSchema:
+    """A source table: schema-qualified name, dialect of the source and its columns in source order."""
+
+    schema: str
+    name: str
+    columns: tuple[Column, ...]
+    dialect: str = "postgresql"
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def primary_key(self) -> list[str]:
+        return [c.name for c in self.columns if c.primary_key]
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> Column:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise KeyError(f"{self.qualified_name} has no column {name!r}")
+
+    def fingerprint(self) -> str:
+        """A stable text of names, types and keys: equal fingerprints mean no schema change."""
+        return json.dumps([[c.name, c.source_type, c.primary_key] for c in self.columns])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "name": self.name,
+            "dialect": self.dialect,
+            "columns": [c.to_dict() for c in self.columns],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TableSchema:
+        return cls(
+            schema=data["schema"],
+            name=data["name"],
+            dialect=data.get("dialect", "postgresql"),
+            columns=tuple(Column.from_dict(c) for c in data["columns"]),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SchemaChange:
+    """An ``s`` event: the table's columns changed at ``seq`` (``before`` is None for a table seen first)."""
+
+    table: str
+    seq: int
+    after: TableSchema
+    before: TableSchema | None = None
+    ts_ms: int = 0
+    position: str | None = None
+
+    @property
+    def added_columns(self) -> list[Column]:
+        known = set(self.before.column_names) if self.before else set()
+        return [c for c in self.after.columns if c.name not in known]
+
+    @property
+    def dropped_columns(self) -> list[str]:
+        if self.before is None:
+            return []
+        now = set(self.after.column_names)
+        return [n for n in self.before.column_names if n not in now]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "seq": self.seq,
+            "ts_ms": self.ts_ms,
+            "position": self.position,
+            "after": self.after.to_dict(),
+            "before": self.before.to_dict() if self.before else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SchemaChange:
+        return cls(
+            table=data["table"],
+            seq=data["seq"],
+            ts_ms=data.get("ts_ms", 0),
+            position=data.get("position"),
+            after=TableSchema.from_dict(data["after"]),
+            before=TableSchema.from_dict(data["before"]) if data.get("before") else None,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceInfo:
+    connector: str
+    db: str
+    schema: str
+    table: str
+    position: str | None
+    tx_id: str | None
+    ts_ms: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ChangeEvent:
+    """One change, Debezium-shaped. ``unchanged`` names columns the source did not send (unchanged TOAST)."""
+
+    op: str
+    before: dict[str, str | None] | None
+    after: dict[str, str | None] | None
+    source: SourceInfo
+    ts_ms: int
+    seq: int
+    unchanged: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.op not in ALL_OPS:
+            raise ValueError(f"unknown op {self.op!r}; expected one of {sorted(ALL_OPS)}")
+
+    @property
+    def table(self) -> str:
+        return f"{self.source.schema}.{self.source.table}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "op": self.op,
+            "before": self.before,
+            "after": self.after,
+            "source": dataclasses.asdict(self.source),
+            "ts_ms": self.ts_ms,
+            "seq": self.seq,
+        }
+
+
+def _batch_schema(table: TableSchema, with_before: bool) -> pa.Schema:
+    fields = [
+        pa.field("_op", pa.string(), nullable=False),
+        pa.field("_seq", pa.int64(), nullable=False),
+        pa.field("_ts_ms", pa.int64()),
+        pa.field("_tx_id", pa.string()),
+        pa.field("_position", pa.string()),
+        pa.field("_unchanged", pa.list_(pa.string())),
+    ]
+    fields += [pa.field(c, pa.string()) for c in table.column_names]
+    if with_before:
+        fields += [pa.field(BEFORE_PREFIX + c, pa.string()) for c in table.column_names]
+    return pa.schema(fields)
+
+
+class TableChangesBuilder:
+    """Appends events for one table column by column (the decoder's hot path: no per-event objects)."""
+
+    __slots__ = ("table", "ops", "seqs", "ts", "txs", "positions", "unchanged", "values", "before", "_has_before")
+
+    def __init__(self, table: TableSchema) -> None:
+        self.table = table
+        self.ops: list[str] = []
+        self.seqs: list[int] = []
+        self.ts: list[int] = []
+        self.txs: list[str | None] = []
+        self.positions: list[str | None] = []
+        self.unchanged: list[list[str] | None] = []
+        self.values: list[list[str | None]] = [[] for _ in table.columns]
+        self.before: list[list[str | None]] | None = None
+        self._has_before = False
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def append(
+        self,
+        op: str,
+        seq: int,
+        ts_ms: int,
+        tx_id: str | None,
+        position: str | None,
+        row: list[str | None],
+        before: list[str | None] | None = None,
+        unchanged: list[str] | None = None,
+    ) -> None:
+        n = len(self.ops)
+        self.ops.append(op)
+        self.seqs.append(seq)
+        self.ts.append(ts_ms)
+        self.txs.append(tx_id)
+        self.positions.append(position)
+        self.unchanged.append(unchanged)
+        for col, value in zip(self.values, row):
+            col.append(value)
+        if before is not None and self.before is None:
+            self.before = [[None] * n for _ in self.table.columns]
+        if self.before is not None:
+            for col, value in zip(self.before, before or [None] * len(self.values)):
+                col.append(value)
+
+    def finish(self) -> pa.Table:
+        with_before = self.before is not None
+        arrays: list[Any] = [self.ops, self.seqs, self.ts, self.txs, self.positions, self.unchanged, *self.values]
+        if with_before:
+            arrays += self.before  # type: ignore[operator]
+        return pa.Table.from_arrays(
+            [pa.array(a, type=f.type) for a, f in zip(arrays, _batch_schema(self.table, with_before))],
+            schema=_batch_schema(self.table, with_before),
+        )
+
+
+@dataclasses.dataclass
+class ChangeBatch:
+    """A micro-batch from one source: changes per table, schema changes, and the position range it covers.
+
+    ``position_from`` is the position the capture started after; ``position_to`` the one to store once the batch
+    is loaded. ``batch_id`` is deterministic (``<source_id>:<first>-<last>``) so that replays are recognised.
+    """
+
+    source_id: str
+    batch_id: str
+    position_from: dict[str, Any]
+    position_to: dict[str, Any]
+    seq_from: int
+    seq_to: int
+    tables: dict[str, pa.Table] = dataclasses.field(default_factory=dict)
+    schemas: dict[str, TableSchema] = dataclasses.field(default_factory=dict)
+    schema_changes: list[SchemaChange] = dataclasses.field(default_factory=list)
+    connector: str = "postgresql"
+    database: str = ""
+
+    @property
+    def change_count(self) -> int:
+        return sum(t.num_rows for t in self.tables.values())
+
+    @property
+    def is_empty(self) -> bool:
+        return self.change_count == 0 and not self.schema_changes
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per table, how many events of each op (what the ledger and the logs report)."""
+        out: dict[str, dict[str, int]] = {}
+        for name, table in self.tables.items():
+            if table.num_rows == 0:
+                continue
+            vc = pc.value_counts(table.column("_op")).to_pylist()
+            out[name] = {item["values"]: item["counts"] for item in vc}
+        for change in self.schema_changes:
+            out.setdefault(change.table, {})
+            out[change.table][OP_SCHEMA] = out[change.table].get(OP_SCHEMA, 0) + 1
+        return out
+
+    def op_totals(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for per_table in self.counts().values():
+            for op, n in per_table.items():
+                totals[op] = totals.get(op, 0) + n
+        return totals
+
+    def events(self) -> Iterator[ChangeEvent]:
+        """All events in ``seq`` order, as Debezium-shaped objects (for tests, rules and lineage, not bulk loads)."""
+        items: list[tuple[int, ChangeEvent]] = []
+        for change in self.schema_changes:
+            schema, _, name = change.table.partition(".")
+            info = SourceInfo(self.connector, self.database, schema, name, change.position, None, change.ts_ms)
+            items.append((change.seq, ChangeEvent(OP_SCHEMA, None, None, info, change.ts_ms, change.seq)))
+        for qualified, table in self.tables.items():
+            schema_obj = self.schemas[qualified]
+            cols = schema_obj.column_names
+            before_cols = [BEFORE_PREFIX + c for c in cols]
+            has_before = before_cols[0] in table.column_names if cols else False
+            for row in table.to_pylist():
+                op = row["_op"]
+                image = {c: row[c] for c in cols}
+                before = {c: row[BEFORE_PREFIX + c] for c in cols} if has_before else None
+                if before is not None and all(v is None for v in before.values()):
+                    before = None
+                if op == OP_DELETE:
+                    before, after = before or image, None
+                elif op == OP_TRUNCATE:
+                    before, after = None, None
+                else:
+                    after = image
+                info = SourceInfo(
+                    self.connector, self.database, schema_obj.schema, schema_obj.name,
+                    row["_position"], row["_tx_id"], row["_ts_ms"],
+                )
+                items.append((row["_seq"], ChangeEvent(
+                    op, before, after, info, row["_ts_ms"], row["_seq"], frozenset(row["_unchanged"] or ()),
+                )))
+        items.sort(key=lambda item: item[0])
+        return (event for _, event in items)
+
+
+def make_batch_id(source_id: str, first: str, last: str) -> str:
+    """``<source_id>:<first position>-<last position>``: the same range always yields the same id."""
+    return f"{source_id}:{first}-{last}"
+
+
+_LOGICAL_ARROW = {
+    "integer": pa.int64(),
+    "float": pa.float64(),
+    "boolean": pa.bool_(),
+    "date": pa.date32(),
+}
+
+
+def typed_column(values: pa.Array | pa.ChunkedArray, column: Column) -> pa.Array | pa.ChunkedArray:
+    """Convert a canonical-text column to an Arrow type for rules and checks.
+
+    Decimals become ``decimal128`` with the declared scale where it fits, else Python ``Decimal`` via string;
+    timestamps and unknown types stay text (their text form already sorts and compares correctly for ISO data).
+    """
+    if column.logical_type == "boolean":
+        return pc.equal(values, "t")
+    target = _LOGICAL_ARROW.get(column.logical_type)
+    if target is not None:
+        return pc.cast(values, target)
+    if column.logical_type == "decimal":
+        return pa.array([None if v is None else decimal.Decimal(v) for v in values.to_pylist()])
+    return values
+
+
+def concat_tables(tables: Iterable[pa.Table]) -> pa.Table:
+    """Concatenate per-chunk tables of one source table, widening to before-image columns where any chunk had them."""
+    tables = [t for t in tables if t is not None]
+    if not tables:
+        raise ValueError("nothing to concatenate")
+    return pa.concat_tables(tables, promote_options="default")
