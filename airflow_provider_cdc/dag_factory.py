@@ -1,0 +1,117 @@
+"""Config → DAGs: one DAG ``cdc_<source_id>`` per source of ``cdc.yaml``.
+
+Staged mode: ``wait_for_changes`` (deferrable sensor) → ``capture`` → [stages] → ``load`` → ``commit``.
+Fused mode: ``wait_for_changes`` → ``sync``. Between capture and load, each builder of :data:`STAGE_BUILDERS`
+may add a task that reads the upstream manifest and writes a new one (the transform and validate stages register
+there); with none registered, load reads capture's manifest.
+
+Bad config raises :class:`~airflow_provider_cdc.config.ConfigError` with every problem (file, key, reason), so the
+bundle's DAG file shows it as an import error in the Airflow UI instead of silently losing DAGs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import DAG
+
+from airflow_provider_cdc.config import load_config
+from airflow_provider_cdc.operators.cdc import (
+    CdcCaptureOperator,
+    CdcCommitOperator,
+    CdcLoadOperator,
+    CdcSyncOperator,
+)
+from airflow_provider_cdc.sensors.changes import CDCChangesSensor
+
+if TYPE_CHECKING:
+    from airflow.sdk import BaseOperator
+
+    from airflow_provider_cdc.config import CdcConfig, SourceConfig
+
+StageBuilder = Callable[["SourceConfig", "CdcConfig", str, str], "BaseOperator | None"]
+"""``(source, config, config_dir, upstream_manifest_template) -> operator or None`` (None: stage not needed)."""
+
+STAGE_BUILDERS: list[StageBuilder] = []
+
+START_DATE = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+# A continuous DAG's sensor may wait as long as the source is idle; a cron run gives up (skipped) after a day.
+SENSOR_TIMEOUT = {True: 365 * 24 * 3600, False: 24 * 3600}
+
+
+def manifest_of(task_id: str) -> str:
+    return "{{ ti.xcom_pull(task_ids='%s')['manifest_uri'] }}" % task_id
+
+
+def _doc(source: SourceConfig) -> str:
+    return (
+        f"### CDC of source `{source.id}` ({source.type})\n\n"
+        f"Tables: {', '.join(f'`{t}`' for t in source.tables)} → sink `{source.sink}`, schema "
+        f"`{source.target_schema}` ({source.delete_mode} deletes), {source.batch_size} changes per run, "
+        f"{source.mode} mode.\n\nPosition: Variable `cdc.position.{source.id}`. Ledger: `_cdc_ledger` in the sink."
+    )
+
+
+def build_dag(source: SourceConfig, config: CdcConfig, config_dir: str) -> DAG:
+    continuous = source.schedule == "@continuous"
+    default_args: dict[str, Any] = {
+        "owner": "cdc",
+        "retries": 3,
+        "retry_delay": dt.timedelta(seconds=15),
+        "retry_exponential_backoff": True,
+    }
+    with DAG(
+        dag_id=source.dag_id,
+        schedule=source.schedule,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=source.max_active_runs,
+        default_args=default_args,
+        tags=["cdc", source.type],
+        doc_md=_doc(source),
+    ) as dag:
+        common = {"source_id": source.id, "config_dir": config_dir}
+        wait = CDCChangesSensor(
+            task_id="wait_for_changes",
+            poke_interval=source.poll_interval,
+            heartbeat_interval=source.heartbeat_interval,
+            timeout=SENSOR_TIMEOUT[continuous],
+            soft_fail=not continuous,
+            retries=0 if not continuous else 3,
+            **common,
+        )
+        if source.mode == "fused":
+            wait >> CdcSyncOperator(task_id="sync", **common)
+            return dag
+        capture = CdcCaptureOperator(task_id="capture", **common)
+        wait >> capture
+        upstream = capture
+        for builder in STAGE_BUILDERS:
+            stage = builder(source, config, config_dir, manifest_of(upstream.task_id))
+            if stage is not None:
+                upstream >> stage
+                upstream = stage
+        load = CdcLoadOperator(task_id="load", manifest_uri=manifest_of(upstream.task_id), **common)
+        commit = CdcCommitOperator(task_id="commit", manifest_uri=manifest_of(upstream.task_id), **common)
+        upstream >> load >> commit
+    return dag
+
+
+def default_config_dir(bundle_root: str | os.PathLike[str] | None = None) -> str:
+    """``CDC_CONFIG_DIR``, else ``include/config`` beside the bundle's ``dags/`` folder (absolute, so that workers
+    whose working directory differs find it too)."""
+    configured = os.environ.get("CDC_CONFIG_DIR")
+    if configured:
+        return str(Path(configured).resolve())
+    root = Path(bundle_root) if bundle_root else Path.cwd()
+    return str((root / "include" / "config").resolve())
+
+
+def build_dags(config_dir: str | os.PathLike[str] | None = None) -> dict[str, DAG]:
+    directory = str(Path(config_dir).resolve()) if config_dir else default_config_dir()
+    config = load_config(directory)
+    return {source.dag_id: build_dag(source, config, directory) for source in config.sources}

@@ -1,0 +1,113 @@
+"""Operators of a CDC DAG: capture, load and commit (staged), or all three in one task (fused).
+
+Each is a thin, templated call into :mod:`airflow_provider_cdc.pipeline`; nothing here touches a database
+directly. ``__init__`` only stores arguments (it runs at DAG parse); connections are opened in ``execute``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_provider_cdc import pipeline
+from airflow_provider_cdc.hooks.cdc import CdcHook
+
+
+class _CdcOperator(BaseOperator):
+    template_fields: Sequence[str] = ("source_id", "config_dir")
+    ui_color = "#e8f6f3"
+
+    def __init__(self, *, source_id: str, config_dir: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.source_id = source_id
+        self.config_dir = config_dir
+
+    @property
+    def hook(self) -> CdcHook:
+        return CdcHook(self.source_id, self.config_dir)
+
+
+class CdcCaptureOperator(_CdcOperator):
+    """Captures the next micro-batch after the stored position and stages it; returns the manifest summary.
+
+    A cleared capture task of the same run returns the batch it captured before (the identical change range).
+    """
+
+    def __init__(self, *, max_changes: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_changes = max_changes
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        hook = self.hook
+        source, sink = hook.get_source(), hook.get_sink()
+        try:
+            return pipeline.capture_stage(
+                source, sink, hook.positions, hook.store,
+                max_changes=self.max_changes or hook.source_config.batch_size,
+                run_id=context["run_id"],
+            )
+        finally:
+            source.close()
+            sink.close()
+
+
+class CdcLoadOperator(_CdcOperator):
+    """Applies a staged batch to the sink with its ledger row in one transaction (a replay is a no-op)."""
+
+    template_fields: Sequence[str] = (*_CdcOperator.template_fields, "manifest_uri")
+
+    def __init__(self, *, manifest_uri: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.manifest_uri = manifest_uri
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        sink = self.hook.get_sink()
+        try:
+            return pipeline.load_stage(self.manifest_uri, sink, run_id=context["run_id"])
+        finally:
+            sink.close()
+
+
+class CdcCommitOperator(_CdcOperator):
+    """Stores the batch's end position in ``cdc.position.<source_id>``, then acknowledges the source."""
+
+    template_fields: Sequence[str] = (*_CdcOperator.template_fields, "manifest_uri")
+
+    def __init__(self, *, manifest_uri: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.manifest_uri = manifest_uri
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        hook = self.hook
+        source, sink = hook.get_source(), hook.get_sink()
+        try:
+            return pipeline.commit_stage(
+                self.manifest_uri, source, sink, hook.positions, hook.store,
+                retention_hours=hook.source_config.staging_retention_hours,
+            )
+        finally:
+            source.close()
+            sink.close()
+
+
+class CdcSyncOperator(_CdcOperator):
+    """Fused mode: capture, load and commit in one task, without staging (lowest latency)."""
+
+    def __init__(self, *, max_changes: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_changes = max_changes
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        hook = self.hook
+        source, sink = hook.get_source(), hook.get_sink()
+        try:
+            return pipeline.run_fused(
+                source, sink, hook.positions,
+                max_changes=self.max_changes or hook.source_config.batch_size,
+                run_id=context["run_id"],
+            )
+        finally:
+            source.close()
+            sink.close()

@@ -1,0 +1,170 @@
+"""The stages of a CDC run as plain functions: capture → (transform → validate) → load → commit.
+
+Operators are thin wrappers over these; the fused operator calls them in one process. Each stage reads what the
+previous one committed (a staged batch behind a manifest) and returns a small JSON-safe summary for XCom.
+
+Exactly-once (DESIGN section 3): capture never acknowledges; load writes data and the ledger row in one sink
+transaction; commit stores the position only once the ledger has the batch, then acknowledges the source. A crash
+between any two steps leaves a state that the next run recognises: a re-captured range has the same batch id and
+``seq`` numbers, so the ledger and the per-row ``_cdc_position`` guard absorb it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from airflow_provider_cdc.connectors.base import Sink, Source
+from airflow_provider_cdc.errors import CdcError
+from airflow_provider_cdc.events import ChangeBatch
+from airflow_provider_cdc.positions import PositionStore
+from airflow_provider_cdc.staging import BatchStore
+
+log = logging.getLogger("airflow_provider_cdc.pipeline")
+
+
+def summarize(batch: ChangeBatch, manifest_uri: str | None) -> dict[str, Any]:
+    return {
+        "manifest_uri": manifest_uri,
+        "source_id": batch.source_id,
+        "batch_id": batch.batch_id,
+        "change_count": batch.change_count,
+        "ops": batch.op_totals(),
+        "seq_from": batch.seq_from,
+        "seq_to": batch.seq_to,
+    }
+
+
+def start_position(source: Source, sink: Sink, positions: PositionStore) -> dict[str, Any] | None:
+    """The stored position, or the sink ledger's if that is later (a previous commit step did not finish)."""
+    stored = positions.get(source.source_id)
+    committed = sink.last_committed(source.source_id)
+    if committed is not None and (stored is None or source.position_order(committed) > source.position_order(stored)):
+        log.warning(
+            "source %s: the sink ledger is ahead of Variable cdc.position.%s (a commit step did not finish); "
+            "resuming from the ledger at seq %s",
+            source.source_id, source.source_id, committed.get("seq"),
+        )
+        return committed
+    return stored
+
+
+def capture_batch(
+    source: Source,
+    sink: Sink,
+    positions: PositionStore,
+    max_changes: int,
+) -> ChangeBatch:
+    source.prepare()
+    position = start_position(source, sink, positions)
+    return source.capture(position, max_changes)
+
+
+def capture_stage(
+    source: Source,
+    sink: Sink,
+    positions: PositionStore,
+    store: BatchStore,
+    *,
+    max_changes: int,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """Capture the next batch and stage it. A run that captured before (its task was cleared) re-stages nothing:
+    it returns the same manifest, so the identical change range is replayed."""
+    if run_id is not None:
+        previous = store.manifest_for_run(source.source_id, run_id)
+        if previous is not None:
+            log.info("run %s already captured %s; replaying that batch", run_id, previous)
+            return summarize(store.read(previous), previous)
+    batch = capture_batch(source, sink, positions, max_changes)
+    uri = store.write(batch)
+    if run_id is not None:
+        store.remember_run(source.source_id, run_id, uri)
+    return summarize(batch, uri)
+
+
+def load_batch(batch: ChangeBatch, sink: Sink, *, run_id: str | None = None) -> dict[str, Any]:
+    if batch.is_empty:
+        log.info("batch %s has no changes; nothing to load", batch.batch_id)
+        return {"batch_id": batch.batch_id, "applied": False, "empty": True}
+    result = sink.apply(batch, run_id=run_id)
+    if not result.applied:
+        log.info("batch %s is already in the sink ledger; load is a no-op", batch.batch_id)
+    return {**result.to_dict(), "empty": False}
+
+
+def load_stage(manifest_uri: str, sink: Sink, *, run_id: str | None = None) -> dict[str, Any]:
+    return load_batch(BatchStore.read(manifest_uri), sink, run_id=run_id)
+
+
+def commit_position(
+    source: Source,
+    sink: Sink,
+    positions: PositionStore,
+    *,
+    batch_id: str,
+    position_to: dict[str, Any],
+    needs_ledger: bool,
+) -> dict[str, Any]:
+    """Store the batch's end position (never moving backwards), then acknowledge the source."""
+    if needs_ledger and not sink.has_batch(batch_id):
+        raise CdcError(
+            f"source {source.source_id!r}: batch {batch_id} is not in the sink ledger, so its load did not commit; "
+            "the position stays where it is. Clear the load task to apply it."
+        )
+    stored = positions.get(source.source_id)
+    newest = position_to
+    if stored is None or source.position_order(position_to) > source.position_order(stored):
+        positions.set(source.source_id, position_to, batch_id=batch_id)
+        stored_now = True
+    else:
+        newest = stored
+        stored_now = False
+        log.info("Variable cdc.position.%s already holds a later position; left as is", source.source_id)
+    source.acknowledge(newest)
+    return {"batch_id": batch_id, "position_stored": stored_now, "seq": newest.get("seq")}
+
+
+def commit_stage(
+    manifest_uri: str,
+    source: Source,
+    sink: Sink,
+    positions: PositionStore,
+    store: BatchStore,
+    *,
+    retention_hours: float | None = None,
+) -> dict[str, Any]:
+    manifest = store.read_manifest(manifest_uri)
+    result = commit_position(
+        source, sink, positions,
+        batch_id=manifest["batch_id"],
+        position_to=manifest["position_to"],
+        needs_ledger=bool(manifest["change_count"] or manifest["schema_changes"]),
+    )
+    if retention_hours is not None:
+        store.purge(source.source_id, retention_hours)
+    return result
+
+
+def run_fused(
+    source: Source,
+    sink: Sink,
+    positions: PositionStore,
+    *,
+    max_changes: int,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """Capture, load and commit in one process, without staging: the lowest latency, same guarantees."""
+    started = time.monotonic()
+    batch = capture_batch(source, sink, positions, max_changes)
+    loaded = load_batch(batch, sink, run_id=run_id)
+    committed = commit_position(
+        source, sink, positions,
+        batch_id=batch.batch_id,
+        position_to=batch.position_to,
+        needs_ledger=not batch.is_empty,
+    )
+    summary = {**summarize(batch, None), "load": loaded, "commit": committed}
+    log.info("fused run of %s: %d changes in %.2fs", source.source_id, batch.change_count, time.monotonic() - started)
+    return summary

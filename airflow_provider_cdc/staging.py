@@ -1,0 +1,208 @@
+"""Staged batches on ``ObjectStoragePath``: one file per table plus a JSON manifest, written last.
+
+Staged batches are the hand-over between tasks that may run on different workers (Celery, Kubernetes), so they
+live on object storage (``CDC_STAGING_URL``: ``s3://…``, ``gs://…``, or the default ``file://$AIRFLOW_HOME/
+cdc_staging``), never in a worker's temp folder or in XCom. XCom carries only the manifest URI and counts.
+
+The manifest is the commit marker (dlt writes its load packages the same way): table files first, manifest last,
+so a reader sees a whole batch or none. Layout::
+
+    <root>/<source_id>/<batch key>/manifest.json
+    <root>/<source_id>/<batch key>/<schema>.<table>.parquet
+    <root>/<source_id>/runs/<run key>.json      # which manifest a DAG run captured (clear → same range)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import re
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.feather as feather
+import pyarrow.parquet as pq
+
+from airflow_provider_cdc.errors import StagingError
+from airflow_provider_cdc.events import ChangeBatch, SchemaChange, TableSchema
+
+log = logging.getLogger("airflow_provider_cdc.staging")
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+_SUFFIX = {"parquet": ".parquet", "arrow": ".arrow"}
+
+
+def _object_path(uri: str):
+    from airflow.sdk import ObjectStoragePath
+
+    return ObjectStoragePath(uri)
+
+
+def default_staging_url() -> str:
+    url = os.environ.get("CDC_STAGING_URL")
+    if url:
+        return url
+    home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
+    return f"file://{os.path.abspath(home)}/cdc_staging"
+
+
+def _key(text: str) -> str:
+    """A file-system- and object-store-safe name for a batch id or run id (kept readable)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+class BatchStore:
+    """Writes and reads staged batches under one root URL."""
+
+    def __init__(self, root: str | None = None, *, fmt: str = "parquet") -> None:
+        if fmt not in _SUFFIX:
+            raise ValueError(f"staging format must be one of {sorted(_SUFFIX)}, not {fmt!r}")
+        self.root_url = (root or default_staging_url()).rstrip("/")
+        self.fmt = fmt
+
+    def _root(self):
+        return _object_path(self.root_url)
+
+    def batch_dir(self, source_id: str, batch_id: str):
+        return self._root() / _key(source_id) / _key(batch_id)
+
+    # -- write ----------------------------------------------------------------------------------------------
+
+    def write(self, batch: ChangeBatch, *, stage: str = "capture", extra: dict[str, Any] | None = None) -> str:
+        """Stage ``batch`` and return its manifest URI. Rewriting the same batch id replaces it whole."""
+        folder = self.batch_dir(batch.source_id, batch.batch_id)
+        if stage != "capture":
+            folder = folder / _key(stage)
+        folder.mkdir(parents=True, exist_ok=True)
+        files: dict[str, str] = {}
+        for qualified, table in batch.tables.items():
+            name = _key(qualified) + _SUFFIX[self.fmt]
+            with (folder / name).open("wb") as fh:
+                if self.fmt == "parquet":
+                    pq.write_table(table, fh, compression="zstd")
+                else:
+                    feather.write_feather(table, fh, compression="lz4")
+            files[qualified] = name
+        manifest = {
+            "version": MANIFEST_VERSION,
+            "stage": stage,
+            "batch_id": batch.batch_id,
+            "source_id": batch.source_id,
+            "connector": batch.connector,
+            "database": batch.database,
+            "position_from": batch.position_from,
+            "position_to": batch.position_to,
+            "seq_from": batch.seq_from,
+            "seq_to": batch.seq_to,
+            "change_count": batch.change_count,
+            "counts": batch.counts(),
+            "format": self.fmt,
+            "files": files,
+            "schemas": {k: v.to_dict() for k, v in batch.schemas.items()},
+            "schema_changes": [c.to_dict() for c in batch.schema_changes],
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            **(extra or {}),
+        }
+        with (folder / MANIFEST).open("w") as fh:
+            fh.write(json.dumps(manifest, indent=1, sort_keys=True))
+        uri = str(folder / MANIFEST)
+        log.info("staged batch %s: %d changes in %d tables at %s", batch.batch_id, batch.change_count, len(files), uri)
+        return uri
+
+    # -- read -----------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def read_manifest(uri: str) -> dict[str, Any]:
+        path = _object_path(uri)
+        try:
+            with path.open("r") as fh:
+                return json.loads(fh.read())
+        except FileNotFoundError as exc:
+            raise StagingError(
+                uri, "manifest not found: the batch was purged or never completed; clear the run's capture task"
+            ) from exc
+        except (OSError, ValueError) as exc:
+            raise StagingError(uri, f"manifest unreadable: {exc}") from exc
+
+    @classmethod
+    def read(cls, uri: str) -> ChangeBatch:
+        manifest = cls.read_manifest(uri)
+        folder = _object_path(uri).parent
+        tables: dict[str, pa.Table] = {}
+        for qualified, name in manifest["files"].items():
+            try:
+                with (folder / name).open("rb") as fh:
+                    if manifest["format"] == "parquet":
+                        tables[qualified] = pq.read_table(fh)
+                    else:
+                        tables[qualified] = feather.read_table(fh)
+            except FileNotFoundError as exc:
+                raise StagingError(uri, f"table file {name} is missing") from exc
+        return ChangeBatch(
+            source_id=manifest["source_id"],
+            batch_id=manifest["batch_id"],
+            position_from=manifest["position_from"],
+            position_to=manifest["position_to"],
+            seq_from=manifest["seq_from"],
+            seq_to=manifest["seq_to"],
+            tables=tables,
+            schemas={k: TableSchema.from_dict(v) for k, v in manifest["schemas"].items()},
+            schema_changes=[SchemaChange.from_dict(c) for c in manifest["schema_changes"]],
+            connector=manifest.get("connector", ""),
+            database=manifest.get("database", ""),
+        )
+
+    # -- runs -----------------------------------------------------------------------------------------------
+
+    def _run_pointer(self, source_id: str, run_id: str):
+        return self._root() / _key(source_id) / "runs" / (_key(run_id) + ".json")
+
+    def remember_run(self, source_id: str, run_id: str, manifest_uri: str) -> None:
+        """Record which batch a DAG run captured, so that clearing its capture task re-stages the same range."""
+        pointer = self._run_pointer(source_id, run_id)
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        with pointer.open("w") as fh:
+            fh.write(json.dumps({"manifest": manifest_uri}))
+
+    def manifest_for_run(self, source_id: str, run_id: str) -> str | None:
+        pointer = self._run_pointer(source_id, run_id)
+        try:
+            with pointer.open("r") as fh:
+                uri = json.loads(fh.read())["manifest"]
+        except FileNotFoundError:
+            return None
+        return uri if _object_path(uri).exists() else None
+
+    # -- retention ------------------------------------------------------------------------------------------
+
+    def purge(self, source_id: str, older_than_hours: float) -> int:
+        """Delete staged batches (and run pointers) older than the retention; returns how many batches went."""
+        base = self._root() / _key(source_id)
+        if not base.exists():
+            return 0
+        cutoff = dt.datetime.now(dt.timezone.utc).timestamp() - older_than_hours * 3600
+        removed = 0
+        for child in base.iterdir():
+            if child.name == "runs":
+                for pointer in child.iterdir():
+                    if _mtime(pointer) < cutoff:
+                        pointer.unlink()
+                continue
+            manifest = child / MANIFEST
+            if _mtime(manifest if manifest.exists() else child) < cutoff:
+                child.rmdir(recursive=True)
+                removed += 1
+        if removed:
+            log.info("purged %d staged batches of %s older than %sh", removed, source_id, older_than_hours)
+        return removed
+
+
+def _mtime(path) -> float:
+    info = path.stat()
+    mtime = info.get("mtime") or info.get("created") or 0
+    if isinstance(mtime, dt.datetime):
+        return mtime.timestamp()
+    return float(mtime)
