@@ -1,0 +1,421 @@
+"""Load a config directory into a ``CdcConfig``, or report every problem in it at once.
+
+Fixing config one error per DAG-parse cycle is slow, so nothing here stops at the first problem: YAML syntax,
+environment interpolation, the shape of each entry and the references between files are all checked, and each
+problem is reported with its file and key (``cdc.yaml: sources[1].sink: unknown connector 'wharehouse'``).
+
+Entries are validated one by one, so a bad entry does not hide the others; a reference to an entry that exists
+but is itself invalid is not reported twice.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from airflow_provider_cdc.config.models import (
+    CdcConfig,
+    ConnectorConfig,
+    RuleConfig,
+    SourceConfig,
+    SourceType,
+    SuiteConfig,
+    mask_url,
+)
+from airflow_provider_cdc.errors import CdcError
+
+CONFIG_DIR_ENV = "CDC_CONFIG_DIR"
+DEFAULT_CONFIG_DIR = Path("include") / "config"
+CHECK_COMMAND = "python -m airflow_provider_cdc.config check"
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong in a config file: which file, which key (``sources[1].sink``, may be empty), and why."""
+
+    file: str
+    key: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}: {self.reason}" if self.key else f"{self.file}: {self.reason}"
+
+
+class ConfigError(CdcError):
+    """The config directory has problems; ``problems`` lists all of them, in file order."""
+
+    def __init__(self, problems: Sequence[ConfigProblem], directory: str | os.PathLike[str] | None = None) -> None:
+        self.problems = list(problems)
+        self.directory = Path(directory) if directory is not None else None
+        where = f" in {self.directory}" if self.directory is not None else ""
+        count = f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}"
+        lines = [f"{count} in the CDC config{where}:", *(f"  {problem}" for problem in self.problems)]
+        lines.append(f"Fix them, then check again: {CHECK_COMMAND} {self.directory or '<dir>'}")
+        super().__init__("\n".join(lines))
+
+    def __reduce__(self) -> tuple[Any, ...]:  # custom __init__: keep the exception picklable
+        return (type(self), (self.problems, self.directory))
+
+
+@dataclass(frozen=True)
+class _FileSpec:
+    name: str
+    list_key: str
+    model: type[BaseModel]
+    id_field: str
+    required: bool = False
+
+
+_CONNECTORS = _FileSpec("connectors.yaml", "connectors", ConnectorConfig, "id")
+_SOURCES = _FileSpec("cdc.yaml", "sources", SourceConfig, "id", required=True)
+_RULES = _FileSpec("transformations.yaml", "rules", RuleConfig, "rule_id")
+_SUITES = _FileSpec("quality.yaml", "suites", SuiteConfig, "id")
+FILES: tuple[_FileSpec, ...] = (_CONNECTORS, _SOURCES, _RULES, _SUITES)
+
+
+@dataclass
+class _Loaded:
+    """What one file yielded: every raw entry (interpolated), the valid ones as models, and whether it was read.
+
+    References are checked against the raw ids, so a pointer to an existing-but-invalid entry gets no second,
+    misleading "unknown" problem.
+    """
+
+    spec: _FileSpec
+    present: bool = False
+    readable: bool = True
+    entries: dict[int, Any] = field(default_factory=dict)
+    raw: list[Any] = field(default_factory=list)
+
+    @property
+    def raw_ids(self) -> list[Any]:
+        return [item.get(self.spec.id_field) if isinstance(item, dict) else None for item in self.raw]
+
+
+class _Problems:
+    """Collects problems; keys whose ``${VAR}`` could not be resolved get no follow-up problems."""
+
+    def __init__(self) -> None:
+        self.items: list[ConfigProblem] = []
+        self._unresolved: set[tuple[str, str]] = set()
+
+    def add(self, file: str, loc: Loc | str, reason: str, *, always: bool = False) -> None:
+        key = loc if isinstance(loc, str) else _format_key(loc)
+        if always or not self._follows_unresolved(file, key):
+            problem = ConfigProblem(file, key, reason)
+            if problem not in self.items:
+                self.items.append(problem)
+
+    def add_unresolved(self, file: str, loc: Loc, reason: str) -> None:
+        self.add(file, loc, reason)
+        self._unresolved.add((file, _format_key(loc)))
+
+    def _follows_unresolved(self, file: str, key: str) -> bool:
+        return any(f == file and (key == k or key.startswith((k + ".", k + "["))) for f, k in self._unresolved)
+
+
+def _format_key(loc: Iterable[str | int]) -> str:
+    """``('sources', 1, 'batch_size')`` -> ``sources[1].batch_size``."""
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key
+
+
+def default_config_dir() -> Path:
+    """``$CDC_CONFIG_DIR`` if set, else ``include/config`` under the current directory (the Astro layout)."""
+    return Path(os.environ.get(CONFIG_DIR_ENV) or DEFAULT_CONFIG_DIR)
+
+
+def load_config(directory: str | os.PathLike[str] | None = None) -> CdcConfig:
+    """Read and check every config file of ``directory``; raise ``ConfigError`` listing all problems.
+
+    Only ``cdc.yaml`` is required; a missing optional file means an empty list.
+    """
+    root = Path(directory) if directory is not None else default_config_dir()
+    problems = _Problems()
+    if not root.is_dir():
+        state = "is not a directory" if root.exists() else "does not exist"
+        problems.add(_SOURCES.name, "", f"config directory {root} {state} (pass another one or set {CONFIG_DIR_ENV})")
+        raise ConfigError(problems.items, root)
+    loaded = {spec.list_key: _load_file(root, spec, problems) for spec in FILES}
+    for result in loaded.values():
+        _check_duplicate_ids(result, problems)
+    _check_references(loaded, problems)
+    if problems.items:
+        raise ConfigError(sorted(problems.items, key=_reading_order), root)
+    return CdcConfig(directory=root, **{key: list(result.entries.values()) for key, result in loaded.items()})
+
+
+def _reading_order(problem: ConfigProblem) -> tuple[int, int]:
+    """Files in ``FILES`` order, then entry by entry, so all problems of ``sources[1]`` stand together."""
+    files = [spec.name for spec in FILES]
+    entry = re.match(r"\w+\[(\d+)\]", problem.key)
+    return (files.index(problem.file) if problem.file in files else len(files), int(entry.group(1)) if entry else -1)
+
+
+# --------------------------------------------------------------------------------------------- one file
+
+_UNREADABLE = object()  # _read_yaml's "no document": None would mean an empty file
+
+
+def _load_file(root: Path, spec: _FileSpec, problems: _Problems) -> _Loaded:
+    result = _Loaded(spec)
+    path = root / spec.name
+    if not path.exists():
+        if spec.required:
+            problems.add(spec.name, "", f"file not found in {root}")
+        return result
+    result.present = True
+    document = _read_yaml(path, spec.name, problems)
+    if document is _UNREADABLE:
+        result.readable = False
+        return result
+    document = _interpolate(document, (), spec.name, problems)
+    items = _top_level_list(document, spec, problems)
+    if items is None:
+        result.readable = False
+        return result
+    for index, raw in enumerate(items):
+        result.raw.append(raw)
+        try:
+            result.entries[index] = spec.model.model_validate(raw)
+        except ValidationError as exc:
+            for error in exc.errors(include_url=False):
+                loc: Loc = (spec.list_key, index, *error["loc"])
+                # An unknown key is wrong whatever its ${VAR} resolves to: report it even then.
+                problems.add(spec.name, loc, _reason(error, spec.model), always=error["type"] == "extra_forbidden")
+    return result
+
+
+def _top_level_list(document: Any, spec: _FileSpec, problems: _Problems) -> list[Any] | None:
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        problems.add(spec.name, "", f"should be a mapping with the key {spec.list_key!r}")
+        return None
+    for key in document:
+        if key != spec.list_key:
+            problems.add(spec.name, str(key), _unknown_key(str(key), [spec.list_key]))
+    if spec.list_key not in document:
+        if spec.required:
+            problems.add(spec.name, spec.list_key, "is required")
+        return []
+    items = document[spec.list_key]
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        problems.add(spec.name, spec.list_key, "should be a list of entries (each starting with '- ')")
+        return None
+    return items
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: PyYAML would silently keep the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # unhashable keys are PyYAML's own error
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"found duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path, file: str, problems: _Problems) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.add(file, "", f"cannot read: {exc}")
+        return _UNREADABLE
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+    except yaml.MarkedYAMLError as exc:
+        # Built from the parts, not str(exc): that quotes the offending line, which may hold a password.
+        mark = exc.problem_mark or exc.context_mark
+        line = f"line {mark.line + 1}" if mark else ""
+        column = f" (column {mark.column + 1})" if mark else ""
+        problems.add(file, line, f"invalid YAML: {exc.problem or exc.context}{column}")
+    except yaml.YAMLError as exc:
+        problems.add(file, "", f"invalid YAML: {exc}")
+    return _UNREADABLE
+
+
+# -------------------------------------------------------------------------------------------- interpolation
+
+_VARIABLE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
+
+
+def _interpolate(value: Any, loc: Loc, file: str, problems: _Problems) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of a parsed YAML document.
+
+    ``$${`` stands for a literal ``${``. The default applies when the variable is unset or empty, as in a shell.
+    An unset variable without default is a problem at its key; the string is then left as written.
+    """
+    if isinstance(value, dict):
+        return {k: _interpolate(v, (*loc, str(k)), file, problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, (*loc, i), file, problems) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+    missing: list[str] = []
+    malformed = False
+
+    def substitute(match: re.Match[str]) -> str:
+        nonlocal malformed
+        text, name, default = match.group(0), match.group(1), match.group(2)
+        if text == "$${":
+            return "${"
+        if name is None:
+            malformed = True
+            return text
+        resolved = os.environ.get(name)
+        if default is not None and not resolved:
+            return default
+        if resolved is None:
+            missing.append(name)
+            return text
+        return resolved
+
+    result = _VARIABLE.sub(substitute, value)
+    if missing:
+        names = ", ".join(dict.fromkeys(missing))
+        plural = "s" if len(set(missing)) > 1 else ""
+        problems.add_unresolved(file, loc, f"environment variable{plural} {names} not set (or write ${{VAR:-default}})")
+        return value
+    if malformed:
+        problems.add_unresolved(file, loc, "malformed ${...}: write ${VAR} or ${VAR:-default}, or $${ for a literal ${")
+        return value
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ messages
+
+
+def _reason(error: ErrorDetails, model: type[BaseModel]) -> str:
+    """Turn one pydantic error into a short reason.
+
+    The input is echoed only when it is a short scalar, masked with ``mask_url``, and never under a key that names
+    a secret (``options.password``).
+    """
+    kind, message = error["type"], error["msg"]
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return _unknown_key(str(error["loc"][-1]), list(model.model_fields))
+    if kind in ("model_type", "dict_type"):
+        return "should be a mapping of keys to values"
+    if kind == "too_short" and (error.get("ctx") or {}).get("min_length") == 1:
+        return "should not be empty"
+    if kind == "value_error":
+        return message.removeprefix("Value error, ")
+    reason = message.replace("Input should be", "should be", 1)
+    value = error.get("input")
+    secret_key = any(isinstance(p, str) and re.search("password|secret|token", p, re.I) for p in error["loc"])
+    if isinstance(value, (str, int, float, bool)) and not secret_key:
+        shown = mask_url(value) if isinstance(value, str) else value
+        if len(repr(shown)) <= 60:
+            reason += f" (got {shown!r})"
+    return reason
+
+
+def _unknown_key(key: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    return f"unknown key; did you mean {close[0]!r}?" if close else f"unknown key (allowed: {', '.join(known)})"
+
+
+def _suggest(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, [k for k in known if isinstance(k, str)], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+# ------------------------------------------------------------------------------------------- cross-file
+
+
+def _check_duplicate_ids(result: _Loaded, problems: _Problems) -> None:
+    spec, first_at = result.spec, dict[str, int]()
+    for index, raw_id in enumerate(result.raw_ids):
+        if not isinstance(raw_id, str):
+            continue
+        if raw_id in first_at:
+            problems.add(
+                spec.name,
+                (spec.list_key, index, spec.id_field),
+                f"duplicate id {raw_id!r} (also {_format_key((spec.list_key, first_at[raw_id]))})",
+            )
+        else:
+            first_at[raw_id] = index
+
+
+def _check_references(loaded: dict[str, _Loaded], problems: _Problems) -> None:
+    """Sources point at connectors, rules and suites: check each pointer and the connector's type.
+
+    Works on the raw entries, so that an entry with a bad ``batch_size`` still has its ``sink`` checked.
+    """
+    connectors, rules, suites = loaded["connectors"], loaded["rules"], loaded["suites"]
+    valid_connectors: dict[str, ConnectorConfig] = {}
+    for connector in connectors.entries.values():
+        valid_connectors.setdefault(connector.id, connector)
+    file = _SOURCES.name
+
+    for index, raw in enumerate(loaded["sources"].raw):
+        if not isinstance(raw, dict):
+            continue
+        at = ("sources", index)
+        for key in ("sink", "connector"):
+            _check_pointer(raw.get(key), connectors, "connector", file, (*at, key), problems)
+        connector = raw.get("connector")
+        target = valid_connectors.get(connector) if isinstance(connector, str) else None
+        source_type = raw.get("type")
+        if target is not None and source_type in get_args(SourceType) and target.type != source_type:
+            problems.add(
+                file, (*at, "type"), f"{source_type!r} does not match connector {target.id!r} of type {target.type!r}"
+            )
+        for key, other, what in (("transformations", rules, "rule"), ("quality", suites, "quality suite")):
+            names = raw.get(key)
+            for position, name in enumerate(names if isinstance(names, list) else []):
+                _check_pointer(name, other, what, file, (*at, key, position), problems)
+    _check_slot_names(loaded["sources"], problems)
+
+
+def _check_pointer(name: Any, target: _Loaded, what: str, file: str, loc: Loc, problems: _Problems) -> None:
+    if not isinstance(name, str) or not target.readable or name in target.raw_ids:
+        return  # not a name (already reported), target file unreadable (already reported), or found
+    hint = "" if target.present else f" (there is no {target.spec.name})"
+    problems.add(file, loc, f"unknown {what} {name!r}{_suggest(name, target.raw_ids)}{hint}")
+
+
+def _check_slot_names(sources: _Loaded, problems: _Problems) -> None:
+    """Replication slots are per server: two sources on one connection must not share one.
+
+    Ids that differ only in case (``Users``, ``users``) would, since the default slot name is lowercased.
+    """
+    first: dict[tuple[Any, ...], int] = {}
+    for index, source in sources.entries.items():
+        if source.type != "postgresql":
+            continue
+        slot = (source.connector, source.conn_id, source.connection_string, source.effective_slot_name)
+        if slot in first and sources.entries[first[slot]].id != source.id:  # same id: already a duplicate id
+            problems.add(
+                sources.spec.name,
+                ("sources", index, "slot_name"),
+                f"replication slot {slot[-1]!r} is also used by sources[{first[slot]}] on the same connection; "
+                "set a distinct slot_name",
+            )
+        first.setdefault(slot, index)
