@@ -286,7 +286,8 @@ class TableChangesBuilder:
 class ChangeBatch:
     """A micro-batch from one source: changes per table, schema changes, and the position range it covers.
 
-    ``position_from`` is the position the capture started after; ``position_to`` the one to store once the batch
+    ``schemas`` holds each table's latest schema in the batch (the one its Arrow columns follow);
+    ``schema_changes`` lists every change in ``seq`` order. ``position_from`` is the position the capture started after; ``position_to`` the one to store once the batch
     is loaded. ``batch_id`` is deterministic (``<source_id>:<first>-<last>``) so that replays are recognised.
     """
 

@@ -138,3 +138,40 @@ def slot_lsn(source_url: str, slot: str) -> str | None:
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (slot,)
         ).fetchone()
     return row[0] if row else None
+
+
+def random_changes(url: str, rng, transactions: int = 20, *, allow_truncate: bool = True) -> dict[str, int]:
+    """Random inserts, updates, deletes (and rarely a truncate) on the shop tables, in several transactions."""
+    done = {"c": 0, "u": 0, "d": 0, "t": 0}
+    with psycopg.connect(url) as conn:
+        next_user = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM users").fetchone()[0]
+        for _ in range(transactions):
+            for _ in range(rng.randint(1, 30)):
+                kind = rng.random()
+                if kind < 0.35:
+                    conn.execute(
+                        "INSERT INTO users (id, email, name, balance) VALUES (%s, %s, %s, %s)",
+                        (next_user, f"u{next_user}@example.com", f"User {next_user}", round(rng.random() * 1000, 2)),
+                    )
+                    conn.execute("INSERT INTO orders (user_id, amount, status) VALUES (%s, %s, 'new')",
+                                 (next_user, round(rng.random() * 100, 2)))
+                    next_user += 1
+                    done["c"] += 2
+                elif kind < 0.75:
+                    lo = rng.randint(1, max(1, next_user - 1))
+                    cur = conn.execute("UPDATE users SET balance = balance + 1, name = name || '+' "
+                                       "WHERE id BETWEEN %s AND %s", (lo, lo + rng.randint(0, 5)))
+                    done["u"] += cur.rowcount
+                    cur = conn.execute("UPDATE orders SET status = 'paid' WHERE user_id = %s", (lo,))
+                    done["u"] += cur.rowcount
+                elif kind < 0.97 or not allow_truncate:
+                    lo = rng.randint(1, max(1, next_user - 1))
+                    cur = conn.execute("DELETE FROM users WHERE id BETWEEN %s AND %s", (lo, lo + rng.randint(0, 3)))
+                    done["d"] += cur.rowcount
+                    cur = conn.execute("DELETE FROM orders WHERE user_id = %s", (lo,))
+                    done["d"] += cur.rowcount
+                else:
+                    conn.execute("TRUNCATE orders")
+                    done["t"] += 1
+            conn.commit()
+    return done

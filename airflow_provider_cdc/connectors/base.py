@@ -74,7 +74,16 @@ class Sink(Protocol):
     def high_water(self, source_id: str) -> int:
         """The highest ``seq`` committed for ``source_id`` (0 when none): older events are replays."""
 
-    def apply(self, batch: ChangeBatch, *, run_id: str | None = None) -> ApplyResult: ...
+    def apply(
+        self,
+        batch: ChangeBatch,
+        *,
+        run_id: str | None = None,
+        rule_versions: dict[str, Any] | None = None,
+        schema_versions: dict[str, Any] | None = None,
+    ) -> ApplyResult:
+        """Apply ``batch`` and write its ledger row (with the rule and schema versions it was made with) in one
+        transaction; ``applied=False`` when the ledger already has the batch id."""
 
     def last_committed(self, source_id: str) -> dict[str, Any] | None:
         """``position_to`` of the ledger row with the highest ``seq_to`` for ``source_id`` (None when none)."""

@@ -373,16 +373,18 @@ class PgSource:
 
     def _read_chunk(self, table: TableSchema, after: list[str] | None, limit: int) -> pa.Table:
         """One keyset page of ``table`` as canonical text, read with ``COPY ... CSV`` and parsed by Arrow."""
-        cols = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in table.column_names)
+        # Qualified with the alias ``t``: an unqualified ORDER BY name would pick the ``::text`` output column of
+        # the same name and sort keys as text, while the keyset WHERE compares typed values.
+        cols = sql.SQL(", ").join(sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in table.column_names)
         pk = table.primary_key
-        order = sql.SQL(", ").join(sql.Identifier(c) for c in pk)
+        order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in pk)
         where = sql.SQL("")
         if after is not None:
             bounds = sql.SQL(", ").join(
                 sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(table.column(c).source_type)) for c, v in zip(pk, after)
             )
             where = sql.SQL(" WHERE ({}) > ({})").format(order, bounds)
-        query = sql.SQL("SELECT {} FROM {}{} ORDER BY {} LIMIT {}").format(
+        query = sql.SQL("SELECT {} FROM {} AS t{} ORDER BY {} LIMIT {}").format(
             cols, sql.Identifier(table.schema, table.name), where, order, sql.Literal(limit)
         )
         buf = io.BytesIO()

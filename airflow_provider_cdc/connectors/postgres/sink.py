@@ -1,0 +1,618 @@
+"""PostgreSQL sink: apply a :class:`~airflow_provider_cdc.events.ChangeBatch` exactly once.
+
+One batch is one transaction (DESIGN section 3, exactly-once protocol): the tables are created or widened, the
+rows merged and the ``_cdc_ledger`` row inserted, then everything commits together. A crash anywhere before the
+commit leaves nothing behind; a replay after it finds the batch in the ledger and does nothing.
+
+Three guards make replays harmless at every granularity:
+
+* the **ledger**: the same ``batch_id`` is applied once;
+* the **high water**: events whose ``seq`` is at or below the highest ``seq_to`` committed for the source were
+  loaded by an earlier batch that overlapped this one, so they are dropped;
+* the **row guard**: a row is changed only by an event at least as new as its ``_cdc_position``, so an older
+  change never overwrites a newer one and re-applying the same change is a no-op.
+
+Rows are loaded columnar: the batch is folded per key with Arrow, written as CSV by Arrow and ``COPY``-ed into a
+temporary stage, then one ``MERGE`` per table moves it into the target. Values arrive in PostgreSQL's own text
+form, so COPY parses them with the target's column types: nothing is converted in Python.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from airflow_provider_cdc.connectors.base import ApplyResult
+from airflow_provider_cdc.connectors.postgres.types import POSTGRES_DIALECT, logical_sink_type, sink_column_type
+from airflow_provider_cdc.errors import SinkError
+from airflow_provider_cdc.events import OP_DELETE, OP_TRUNCATE, Column, ChangeBatch, TableSchema
+
+log = logging.getLogger("airflow_provider_cdc.sink.postgres")
+
+LEDGER_TABLE = "_cdc_ledger"
+BOOKKEEPING_COLUMNS = ("_cdc_op", "_cdc_position", "_cdc_ts", "_cdc_deleted_at")
+COPY_CHUNK_ROWS = 65_536  # rows per CSV chunk written to COPY: bounds the extra memory of the text form
+
+DeleteMode = Literal["hard", "soft"]
+
+_LEDGER_COLUMNS = (
+    "batch_id", "source_id", "position_from", "position_to", "seq_from", "seq_to", "counts", "rule_versions",
+    "schema_versions", "run_id", "rows_upserted", "rows_deleted",
+)
+_CSV_OPTIONS = pacsv.WriteOptions(include_header=False)
+_KEY_SEPARATOR = "\x00"  # PostgreSQL text never contains NUL, so joined composite keys cannot collide
+
+
+class _DuplicateBatch(Exception):
+    """The ledger insert met a concurrent commit of the same batch."""
+
+
+class PgSink:
+    """Applies change batches to tables in one PostgreSQL schema, with the ledger in ``ledger_schema``.
+
+    Sink tables keep the source table's name (``<target_schema>.<table>``), the source's columns (types from
+    :mod:`.types`), its primary key, and the bookkeeping columns ``_cdc_op``, ``_cdc_position`` (the ``seq`` of the
+    row's last event) and ``_cdc_ts``; with ``delete_mode="soft"`` also ``_cdc_deleted_at``: deleted rows stay,
+    marked, and come back to life if the key is inserted again.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        sink_id: str,
+        target_schema: str = "public",
+        delete_mode: DeleteMode = "hard",
+        ledger_schema: str = "public",
+    ) -> None:
+        if delete_mode not in ("hard", "soft"):
+            raise ValueError(f"sink {sink_id!r}: delete_mode must be 'hard' or 'soft', not {delete_mode!r}")
+        self.sink_id = sink_id
+        self.target_schema = target_schema
+        self.delete_mode: DeleteMode = delete_mode
+        self.ledger_schema = ledger_schema
+        self._ledger = sql.Identifier(ledger_schema, LEDGER_TABLE)
+        self._type_exists: dict[str, bool] = {}
+        self._reported_dropped: set[tuple[str, tuple[str, ...]]] = set()
+        try:
+            # COPY sends Arrow's UTF-8 CSV as it is, so the session must expect UTF-8 whatever the server default.
+            self._conn = psycopg.connect(dsn, autocommit=False, client_encoding="utf8")
+        except psycopg.Error as exc:
+            raise SinkError(sink_id, f"cannot connect to the sink database: {exc}") from exc
+
+    # --- lifecycle ---------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> PgSink:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- Sink protocol -----------------------------------------------------------------------------------------
+
+    def ensure_tables(self, schemas: Iterable[TableSchema]) -> None:
+        """Create missing sink tables and the ledger, and add columns the source gained, in one transaction."""
+        schemas = list(schemas)
+        where: dict[str, str | None] = {"table": None}
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                self._ensure_ledger(cur)
+                self._ensure_tables(cur, schemas, where)
+        except psycopg.Error as exc:
+            raise SinkError(self.sink_id, f"cannot create or alter the table: {exc}", table=where["table"]) from exc
+
+    def has_batch(self, batch_id: str) -> bool:
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                return self._ledger_exists(cur) and self._ledger_has(cur, batch_id)
+        except psycopg.Error as exc:
+            raise SinkError(self.sink_id, f"cannot read the ledger: {exc}", batch_id=batch_id) from exc
+
+    def high_water(self, source_id: str) -> int:
+        """The highest ``seq_to`` committed for ``source_id`` (0 when none)."""
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                return self._high_water(cur, source_id) if self._ledger_exists(cur) else 0
+        except psycopg.Error as exc:
+            raise SinkError(self.sink_id, f"cannot read the ledger for source {source_id!r}: {exc}") from exc
+
+    def last_committed(self, source_id: str) -> dict[str, Any] | None:
+        """``position_to`` of the ledger row with the highest ``seq_to`` for ``source_id`` (None when none).
+
+        What the commit step stores when the position Variable is missing or behind: the sink is the truth."""
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                if not self._ledger_exists(cur):
+                    return None
+                cur.execute(sql.SQL(
+                    "SELECT position_to FROM {} WHERE source_id = %s ORDER BY seq_to DESC, committed_at DESC LIMIT 1"
+                ).format(self._ledger), (source_id,))
+                row = cur.fetchone()
+                return None if row is None else row[0]
+        except psycopg.Error as exc:
+            raise SinkError(self.sink_id, f"cannot read the ledger for source {source_id!r}: {exc}") from exc
+
+    def apply(
+        self,
+        batch: ChangeBatch,
+        *,
+        run_id: str | None = None,
+        rule_versions: dict[str, Any] | None = None,
+        schema_versions: dict[str, Any] | None = None,
+    ) -> ApplyResult:
+        """Apply ``batch`` and record it in the ledger, in one transaction; a batch already there is a no-op."""
+        started = time.monotonic()
+        result = ApplyResult(batch_id=batch.batch_id, applied=False)
+        where: dict[str, str | None] = {"table": None, "step": "apply"}
+        try:
+            with self._conn.transaction() as tx, self._conn.cursor() as cur:
+                # Appliers of one source queue here, so the ledger check and the high water below stay true
+                # until this transaction commits.
+                cur.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                    (f"{self.ledger_schema}.{LEDGER_TABLE}/{batch.source_id}",),
+                )
+                self._ensure_ledger(cur)
+                if self._ledger_has(cur, batch.batch_id):
+                    raise psycopg.Rollback(tx)
+                self._ensure_tables(cur, self._batch_schemas(batch), where)
+                high_water = self._high_water(cur, batch.source_id)
+                result.schema_changes = sum(1 for change in batch.schema_changes if change.seq > high_water)
+                for name, changes in batch.tables.items():
+                    schema = batch.schemas.get(name)
+                    if schema is None:
+                        raise SinkError(self.sink_id, f"the batch has changes for {name} but no schema for it",
+                                        table=name, batch_id=batch.batch_id)
+                    where["table"] = self._table_label(schema)
+                    stats = self._apply_table(cur, schema, changes, high_water)
+                    result.tables[name] = stats
+                    result.upserted += stats["upserted"]
+                    result.deleted += stats["deleted"]
+                    result.skipped_replayed += stats["skipped_replayed"]
+                    result.truncated_tables += 1 if stats["truncates"] else 0
+                    log.info(
+                        "sink %s, batch %s, table %s: %d events, %d replayed (skipped), %d staged after folding, "
+                        "%d upserted, %d deleted, %d truncates (%d rows)",
+                        self.sink_id, batch.batch_id, where["table"], stats["events"], stats["skipped_replayed"],
+                        stats["staged"], stats["upserted"], stats["deleted"], stats["truncates"],
+                        stats["truncated_rows"],
+                    )
+                where["table"] = None
+                self._insert_ledger(cur, batch, result, run_id, rule_versions, schema_versions)
+                result.applied = True
+                where["step"] = "commit"
+        except _DuplicateBatch:
+            result.applied = False
+        except psycopg.Error as exc:
+            if where["step"] == "commit":
+                message = (f"the commit did not complete ({_describe(exc)}); if the connection was lost its outcome "
+                           f"is unknown: apply the batch again, the ledger recognises it if it did commit")
+            else:
+                message = f"apply failed, nothing was written: {_describe(exc)}"
+            raise SinkError(self.sink_id, message, table=where["table"], batch_id=batch.batch_id) from exc
+        except pa.ArrowException as exc:
+            raise SinkError(self.sink_id, f"apply failed, nothing was written: cannot fold the changes: {exc}",
+                            table=where["table"], batch_id=batch.batch_id) from exc
+        result.seconds = time.monotonic() - started
+        if result.applied:
+            log.info(
+                "sink %s: batch %s applied: %d upserted, %d deleted, %d tables truncated, %d replayed events "
+                "skipped, %d schema changes, in %.3f s",
+                self.sink_id, batch.batch_id, result.upserted, result.deleted, result.truncated_tables,
+                result.skipped_replayed, result.schema_changes, result.seconds,
+            )
+        else:
+            log.info("sink %s: batch %s is already in the ledger; nothing to do", self.sink_id, batch.batch_id)
+        return result
+
+    # --- ledger ------------------------------------------------------------------------------------------------
+
+    def _ledger_exists(self, cur: psycopg.Cursor) -> bool:
+        cur.execute(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname = %s",
+            (self.ledger_schema, LEDGER_TABLE),
+        )
+        return cur.fetchone() is not None
+
+    def _ensure_ledger(self, cur: psycopg.Cursor) -> None:
+        if self._ledger_exists(cur):
+            return
+        self._ensure_schema(cur, self.ledger_schema)
+        cur.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
+            " batch_id text PRIMARY KEY, source_id text NOT NULL, position_from jsonb, position_to jsonb,"
+            " seq_from bigint, seq_to bigint, counts jsonb, rule_versions jsonb, schema_versions jsonb, run_id text,"
+            " rows_upserted bigint, rows_deleted bigint, committed_at timestamptz DEFAULT now())"
+        ).format(self._ledger))
+        cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (source_id, seq_to)").format(
+            sql.Identifier(f"{LEDGER_TABLE}_source_seq_idx"), self._ledger))
+
+    def _ledger_has(self, cur: psycopg.Cursor, batch_id: str) -> bool:
+        cur.execute(sql.SQL("SELECT 1 FROM {} WHERE batch_id = %s").format(self._ledger), (batch_id,))
+        return cur.fetchone() is not None
+
+    def _high_water(self, cur: psycopg.Cursor, source_id: str) -> int:
+        cur.execute(sql.SQL("SELECT coalesce(max(seq_to), 0) FROM {} WHERE source_id = %s").format(self._ledger),
+                    (source_id,))
+        return int(cur.fetchone()[0])
+
+    def _insert_ledger(
+        self,
+        cur: psycopg.Cursor,
+        batch: ChangeBatch,
+        result: ApplyResult,
+        run_id: str | None,
+        rule_versions: dict[str, Any] | None,
+        schema_versions: dict[str, Any] | None,
+    ) -> None:
+        values = (
+            batch.batch_id, batch.source_id, Jsonb(batch.position_from), Jsonb(batch.position_to), batch.seq_from,
+            batch.seq_to, Jsonb(batch.counts()), None if rule_versions is None else Jsonb(rule_versions),
+            None if schema_versions is None else Jsonb(schema_versions), run_id, result.upserted, result.deleted,
+        )
+        statement = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+            self._ledger, sql.SQL(", ").join(map(sql.Identifier, _LEDGER_COLUMNS)),
+            sql.SQL(", ").join(sql.Placeholder() * len(_LEDGER_COLUMNS)),
+        )
+        try:
+            with self._conn.transaction():  # a savepoint, so that a duplicate can be told apart from a failure
+                cur.execute(statement, values)
+        except psycopg.errors.UniqueViolation as exc:
+            log.info("sink %s: batch %s was committed concurrently; rolling back this copy", self.sink_id,
+                     batch.batch_id)
+            raise _DuplicateBatch() from exc
+
+    # --- tables ------------------------------------------------------------------------------------------------
+
+    def _table_label(self, schema: TableSchema) -> str:
+        return f"{self.target_schema}.{schema.name}"
+
+    @staticmethod
+    def _batch_schemas(batch: ChangeBatch) -> list[TableSchema]:
+        """Every schema the batch saw, oldest first: a column added and dropped again within it still gets made."""
+        changes = sorted(batch.schema_changes, key=lambda change: change.seq)
+        return [change.after for change in changes] + list(batch.schemas.values())
+
+    def _ensure_schema(self, cur: psycopg.Cursor, name: str) -> None:
+        # Look first: CREATE SCHEMA IF NOT EXISTS needs the CREATE privilege on the database even when it exists.
+        cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (name,))
+        if cur.fetchone() is None:
+            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(name)))
+
+    def _ensure_tables(self, cur: psycopg.Cursor, schemas: list[TableSchema], where: dict[str, str | None]) -> None:
+        if not schemas:
+            return
+        self._ensure_schema(cur, self.target_schema)
+        sources: dict[str, str] = {}
+        for schema in schemas:
+            where["table"] = self._table_label(schema)
+            first = sources.setdefault(schema.name, schema.qualified_name)
+            if first != schema.qualified_name:
+                raise SinkError(
+                    self.sink_id,
+                    f"source tables {first} and {schema.qualified_name} would both load into {where['table']}; "
+                    f"give them separate sinks (target_schema) or rename one at the source",
+                    table=where["table"],
+                )
+            self._ensure_table(cur, schema)
+        where["table"] = None
+
+    def _existing_columns(self, cur: psycopg.Cursor, table: str) -> list[str] | None:
+        """The sink table's columns in order, or None when it does not exist."""
+        cur.execute(
+            "SELECT a.attname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
+            " WHERE n.nspname = %s AND c.relname = %s ORDER BY a.attnum",
+            (self.target_schema, table),
+        )
+        rows = cur.fetchall()
+        if not rows:
+            return None
+        return [name for (name,) in rows if name is not None]
+
+    def _bookkeeping_definitions(self) -> list[tuple[str, str]]:
+        columns = [("_cdc_op", "text"), ("_cdc_position", "bigint"), ("_cdc_ts", "timestamptz")]
+        if self.delete_mode == "soft":
+            columns.append(("_cdc_deleted_at", "timestamptz"))
+        return columns
+
+    def _ensure_table(self, cur: psycopg.Cursor, schema: TableSchema) -> None:
+        label = self._table_label(schema)
+        key = schema.primary_key
+        if not key:
+            raise SinkError(
+                self.sink_id,
+                f"source table {schema.qualified_name} has no primary key; add a primary key at the source "
+                f"(the sink merges changes by key)",
+                table=label,
+            )
+        clashes = [name for name in schema.column_names if name in BOOKKEEPING_COLUMNS]
+        if clashes:
+            raise SinkError(
+                self.sink_id,
+                f"source table {schema.qualified_name} has columns {clashes} that the sink reserves for its "
+                f"bookkeeping; rename them at the source",
+                table=label,
+            )
+        target = sql.Identifier(self.target_schema, schema.name)
+        existing = self._existing_columns(cur, schema.name)
+        if existing is None:
+            definitions = [
+                sql.SQL("{} {}").format(sql.Identifier(col.name), sql.SQL(self._column_type(cur, col, schema)))
+                for col in schema.columns
+            ]
+            definitions += [
+                sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(type_)) for name, type_ in
+                self._bookkeeping_definitions()
+            ]
+            definitions.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key))))
+            cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(target, sql.SQL(", ").join(definitions)))
+            log.info("sink %s: created table %s (key %s) for source table %s", self.sink_id, label, key,
+                     schema.qualified_name)
+            return
+
+        present = set(existing)
+        added = [(col.name, self._column_type(cur, col, schema)) for col in schema.columns if col.name not in present]
+        added += [(name, type_) for name, type_ in self._bookkeeping_definitions() if name not in present]
+        if added:
+            cur.execute(sql.SQL("ALTER TABLE {} {}").format(target, sql.SQL(", ").join(
+                sql.SQL("ADD COLUMN IF NOT EXISTS {} {}").format(sql.Identifier(name), sql.SQL(type_))
+                for name, type_ in added
+            )))
+            log.info("sink %s: table %s: added columns %s", self.sink_id, label, [name for name, _ in added])
+        source_columns = set(schema.column_names)
+        dropped = tuple(name for name in existing if name not in source_columns and name not in BOOKKEEPING_COLUMNS)
+        if dropped and (label, dropped) not in self._reported_dropped:
+            self._reported_dropped.add((label, dropped))
+            log.info(
+                "sink %s: table %s keeps columns %s that source table %s no longer has (new rows get NULL there)",
+                self.sink_id, label, list(dropped), schema.qualified_name,
+            )
+
+    def _column_type(self, cur: psycopg.Cursor, col: Column, schema: TableSchema) -> str:
+        """The sink type; a PostgreSQL type the sink database lacks (an enum, a domain) becomes the mapped one."""
+        type_ = sink_column_type(col, schema.dialect)
+        if schema.dialect != POSTGRES_DIALECT or type_ == logical_sink_type(col):
+            return type_
+        if type_ not in self._type_exists:
+            try:
+                with self._conn.transaction():  # a savepoint: older servers raise on text that does not parse
+                    cur.execute("SELECT to_regtype(%s) IS NOT NULL", (type_,))
+                    self._type_exists[type_] = bool(cur.fetchone()[0])
+            except (psycopg.DataError, psycopg.ProgrammingError):
+                self._type_exists[type_] = False
+        if self._type_exists[type_]:
+            return type_
+        fallback = logical_sink_type(col)
+        log.warning(
+            "sink %s: type %s of %s.%s does not exist in the sink database; using %s",
+            self.sink_id, type_, schema.qualified_name, col.name, fallback,
+        )
+        return fallback
+
+    # --- rows --------------------------------------------------------------------------------------------------
+
+    def _apply_table(
+        self, cur: psycopg.Cursor, schema: TableSchema, changes: pa.Table, high_water: int
+    ) -> dict[str, int]:
+        """Apply one table's events: segments between truncates are folded and merged, in ``seq`` order."""
+        stats = {"events": changes.num_rows, "skipped_replayed": 0, "staged": 0, "upserted": 0, "deleted": 0,
+                 "truncates": 0, "truncated_rows": 0}
+        if high_water:
+            changes = changes.filter(pc.greater(changes["_seq"], high_water))
+            stats["skipped_replayed"] = stats["events"] - changes.num_rows
+        if changes.num_rows == 0:
+            return stats
+        changes = changes.sort_by("_seq")
+        columns = [name for name in schema.column_names if name in changes.column_names]
+        truncates = pc.indices_nonzero(pc.equal(changes["_op"], OP_TRUNCATE)).to_pylist()
+        start = 0
+        for index in [*truncates, changes.num_rows]:
+            if index > start:
+                self._merge_segment(cur, schema, columns, changes.slice(start, index - start), stats)
+            if index < changes.num_rows:
+                self._truncate(cur, schema, changes["_seq"][index].as_py(), changes["_ts_ms"][index].as_py(), stats)
+            start = index + 1
+        return stats
+
+    def _truncate(self, cur: psycopg.Cursor, schema: TableSchema, seq: int, ts_ms: int | None,
+                  stats: dict[str, int]) -> None:
+        """Remove (or, soft, mark) the rows older than the truncate; newer rows were written after it."""
+        target = sql.Identifier(self.target_schema, schema.name)
+        if self.delete_mode == "hard":
+            cur.execute(sql.SQL("DELETE FROM {} WHERE _cdc_position IS NULL OR _cdc_position < %(seq)s").format(
+                target), {"seq": seq})
+        else:
+            cur.execute(sql.SQL(
+                "UPDATE {} SET _cdc_deleted_at = to_timestamp(%(ts)s::bigint / 1000.0), _cdc_op = %(op)s,"
+                " _cdc_position = %(seq)s, _cdc_ts = to_timestamp(%(ts)s::bigint / 1000.0)"
+                " WHERE _cdc_deleted_at IS NULL AND (_cdc_position IS NULL OR _cdc_position < %(seq)s)"
+            ).format(target), {"seq": seq, "ts": ts_ms, "op": OP_TRUNCATE})
+        stats["truncates"] += 1
+        stats["truncated_rows"] += max(cur.rowcount, 0)
+
+    def _merge_segment(
+        self, cur: psycopg.Cursor, schema: TableSchema, columns: list[str], segment: pa.Table, stats: dict[str, int]
+    ) -> None:
+        key = schema.primary_key
+        folded = fold_changes(segment, key)
+        unchanged = unchanged_as_text(folded["_unchanged"])
+        has_unchanged = bool(pc.any(pc.not_equal(unchanged, "{}")).as_py())
+        staged = folded.select([*columns, "_op", "_seq", "_ts_ms"]).append_column("_unchanged", unchanged)
+        stats["staged"] += staged.num_rows
+
+        target = sql.Identifier(self.target_schema, schema.name)
+        stage = sql.Identifier("_cdc_stage")
+        cur.execute(sql.SQL(
+            "CREATE TEMP TABLE {} (LIKE {}, _op text, _seq bigint, _ts_ms bigint, _unchanged text[]) ON COMMIT DROP"
+        ).format(stage, target))
+        copy_columns = sql.SQL(", ").join(map(sql.Identifier, staged.column_names))
+        with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(stage, copy_columns)) as copy:
+            # Arrow quotes every string and leaves NULL unquoted and empty, which is exactly CSV COPY's NULL
+            # rule: "" is an empty string, nothing is NULL. Backslashes, tabs and newlines need no escaping.
+            for chunk in staged.to_batches(max_chunksize=COPY_CHUNK_ROWS):
+                out = pa.BufferOutputStream()
+                pacsv.write_csv(chunk, out, _CSV_OPTIONS)
+                copy.write(memoryview(out.getvalue()))
+
+        on = sql.SQL(" AND ").join(
+            sql.SQL("t.{0} = s.{0}").format(sql.Identifier(name)) for name in key
+        )
+        guard = sql.SQL("(t._cdc_position IS NULL OR t._cdc_position <= s._seq)")
+        if pc.any(pc.equal(staged["_op"], OP_DELETE)).as_py():
+            cur.execute(sql.SQL("SELECT count(*) FROM {} AS s JOIN {} AS t ON {} WHERE s._op = %s AND {}").format(
+                stage, target, on, guard), (OP_DELETE,))
+            deleted = int(cur.fetchone()[0])
+        else:
+            deleted = 0
+        cur.execute(self._merge_statement(target, stage, key, columns, on, guard, has_unchanged))
+        stats["deleted"] += deleted
+        stats["upserted"] += max(cur.rowcount, 0) - deleted
+        cur.execute(sql.SQL("DROP TABLE {}").format(stage))
+
+    def _merge_statement(
+        self,
+        target: sql.Identifier,
+        stage: sql.Identifier,
+        key: list[str],
+        columns: list[str],
+        on: sql.Composable,
+        guard: sql.Composable,
+        has_unchanged: bool,
+    ) -> sql.Composed:
+        ts = sql.SQL("to_timestamp(s._ts_ms / 1000.0)")
+        updates = []
+        for name in columns:
+            if name in key:
+                continue
+            col = sql.Identifier(name)
+            if has_unchanged:
+                # Unchanged TOAST: the source did not send the value, so the sink keeps its own.
+                updates.append(sql.SQL("{0} = CASE WHEN {1} = ANY(s._unchanged) THEN t.{0} ELSE s.{0} END").format(
+                    col, sql.Literal(name)))
+            else:
+                updates.append(sql.SQL("{0} = s.{0}").format(col))
+        updates += [sql.SQL("_cdc_op = s._op"), sql.SQL("_cdc_position = s._seq"), sql.SQL("_cdc_ts = {}").format(ts)]
+        if self.delete_mode == "soft":
+            updates.append(sql.SQL("_cdc_deleted_at = NULL"))
+            on_delete = sql.SQL(
+                "UPDATE SET _cdc_deleted_at = {0}, _cdc_op = s._op, _cdc_position = s._seq, _cdc_ts = {0}"
+            ).format(ts)
+        else:
+            on_delete = sql.SQL("DELETE")
+        insert_columns = [sql.Identifier(name) for name in columns] + [
+            sql.Identifier("_cdc_op"), sql.Identifier("_cdc_position"), sql.Identifier("_cdc_ts")]
+        insert_values = [sql.SQL("s.{}").format(sql.Identifier(name)) for name in columns] + [
+            sql.SQL("s._op"), sql.SQL("s._seq"), ts]
+        return sql.SQL(
+            "MERGE INTO {target} AS t USING {stage} AS s ON {on}"
+            " WHEN MATCHED AND s._op = {d} AND {guard} THEN {on_delete}"
+            " WHEN MATCHED AND s._op <> {d} AND {guard} THEN UPDATE SET {updates}"
+            " WHEN NOT MATCHED AND s._op <> {d} THEN INSERT ({insert_columns}) VALUES ({insert_values})"
+        ).format(
+            target=target, stage=stage, on=on, d=sql.Literal(OP_DELETE), guard=guard, on_delete=on_delete,
+            updates=sql.SQL(", ").join(updates), insert_columns=sql.SQL(", ").join(insert_columns),
+            insert_values=sql.SQL(", ").join(insert_values),
+        )
+
+
+# --- folding (pure Arrow; no database) -------------------------------------------------------------------------
+
+
+def fold_changes(segment: pa.Table, key: list[str]) -> pa.Table:
+    """Reduce a run of events (no truncate inside) to the last event per key, in ``seq`` order.
+
+    Last write wins: every event carries the full row image the sink must reach, so the last one is the result,
+    and an insert followed by a delete is a delete (a no-op when the sink never had the row). The one exception is
+    a column the last event did not send (``_unchanged``, PostgreSQL's unchanged TOAST): it is taken from the latest
+    earlier event of the key that did send it, else left in ``_unchanged`` for the sink to keep its own value.
+    """
+    segment = segment.sort_by("_seq")
+    segment = segment.append_column("_row", pa.array(range(segment.num_rows), pa.int64()))
+    last = segment.select([*key, "_row"]).group_by(key, use_threads=False).aggregate([("_row", "max")])
+    rows = last["_row_max"]
+    folded = segment.take(pc.take(rows, pc.sort_indices(rows)))
+    needs_fill = pc.fill_null(
+        pc.and_(pc.greater(pc.list_value_length(folded["_unchanged"]), 0),
+                pc.not_equal(folded["_op"], OP_DELETE)),
+        False,
+    )
+    if pc.any(needs_fill).as_py():
+        folded = _fill_unchanged(segment, folded, needs_fill, key)
+    return folded.drop_columns(["_row"])
+
+
+def _key_array(table: pa.Table, key: list[str]) -> pa.ChunkedArray | pa.Array:
+    if len(key) == 1:
+        return table[key[0]]
+    return pc.binary_join_element_wise(*(table[name] for name in key), _KEY_SEPARATOR)
+
+
+def _fill_unchanged(segment: pa.Table, folded: pa.Table, needs_fill: pa.ChunkedArray, key: list[str]) -> pa.Table:
+    """Per-row Python, but only for the keys whose last event lacks some values (rare, and short-lived)."""
+    targets = folded.filter(needs_fill)
+    wanted = _key_array(targets, key)
+    if isinstance(wanted, pa.ChunkedArray):
+        wanted = wanted.combine_chunks()
+    history = segment.filter(pc.is_in(_key_array(segment, key), value_set=wanted))
+    earlier: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for event in history.to_pylist():  # in seq order
+        earlier.setdefault(tuple(event[name] for name in key), []).append(event)
+    filled = []
+    for row in targets.to_pylist():
+        events = [e for e in earlier.get(tuple(row[name] for name in key), []) if e["_seq"] < row["_seq"]]
+        still_missing = []
+        for column in row["_unchanged"]:
+            for event in reversed(events):
+                if event["_op"] == OP_DELETE:
+                    still_missing.append(column)  # what came before a delete is not this row's value
+                    break
+                if column not in (event["_unchanged"] or ()):
+                    row[column] = event[column]
+                    break
+            else:
+                still_missing.append(column)
+        row["_unchanged"] = still_missing or None
+        filled.append(row)
+    return pa.concat_tables([
+        folded.filter(pc.invert(needs_fill)),
+        pa.Table.from_pylist(filled, schema=folded.schema),
+    ])
+
+
+def unchanged_as_text(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """``_unchanged`` (list<string>) as PostgreSQL array literals for COPY: ``{"a","b"}``, NULL when absent."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if values.null_count == len(values):
+        return pa.nulls(len(values), pa.string())
+    elements = pc.list_flatten(values)
+    escaped = pc.replace_substring(pc.replace_substring(elements, "\\", "\\\\"), '"', '\\"')
+    quoted = pc.binary_join_element_wise('"', escaped, '"', "")
+    offsets = pc.subtract(values.offsets, values.offsets[0])
+    lists = pa.ListArray.from_arrays(offsets, quoted, mask=values.is_null())
+    return pc.binary_join_element_wise("{", pc.binary_join(lists, ","), "}", "")
+
+
+def _describe(exc: psycopg.Error) -> str:
+    """The server's message plus where it happened (COPY line and column, for a value that does not fit)."""
+    diag = exc.diag
+    text = diag.message_primary or str(exc)
+    if diag.message_detail:
+        text += f" ({diag.message_detail})"
+    if diag.context:
+        text += f" [{diag.context.strip()}]"
+    return text

@@ -1,0 +1,115 @@
+"""Runs CDC stages in a child process and SIGKILLs itself at a chosen point (used by test_kill.py).
+
+The kill points wrap real calls from outside (no test hook lives in the product): psycopg's ``execute`` and
+``commit`` on the sink, the staging writer, the position store and the source's acknowledgement.
+
+    python kill_runner.py CONFIG_DIR SOURCE_ID KILL_POINT [RUNS]
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import psycopg
+
+from airflow_provider_cdc import pipeline
+from airflow_provider_cdc.hooks.cdc import CdcHook
+from airflow_provider_cdc.staging import BatchStore
+from airflow_provider_cdc.positions import PositionStore
+from airflow_provider_cdc.connectors.postgres.source import PgSource
+
+
+def die() -> None:
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def after(cls, name, predicate=lambda *a, **k: True):
+    original = getattr(cls, name)
+
+    def wrapper(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        if predicate(self, *args, **kwargs):
+            die()
+        return result
+
+    setattr(cls, name, wrapper)
+
+
+def before(cls, name, predicate=lambda *a, **k: True):
+    original = getattr(cls, name)
+
+    def wrapper(self, *args, **kwargs):
+        if predicate(self, *args, **kwargs):
+            die()
+        return original(self, *args, **kwargs)
+
+    setattr(cls, name, wrapper)
+
+
+def sql_text(query) -> str:
+    return query if isinstance(query, str) else repr(query)
+
+
+LOADING = {"now": False}
+
+
+def track_loading() -> None:
+    original = pipeline.load_stage
+
+    def load_stage(*args, **kwargs):
+        LOADING["now"] = True
+        try:
+            return original(*args, **kwargs)
+        finally:
+            LOADING["now"] = False
+
+    pipeline.load_stage = load_stage
+
+
+def outer_commit(tx, exc_type=None, *args) -> bool:
+    """The sink transaction of a load is about to commit (not a savepoint, not a failure)."""
+    return LOADING["now"] and exc_type is None and not tx.savepoint_name
+
+
+KILL_POINTS = {
+    # capture stage
+    "capture:before-staging": lambda: before(BatchStore, "write"),
+    "capture:after-staging": lambda: after(BatchStore, "remember_run"),
+    # load stage (mid-load: inside the sink transaction)
+    "load:after-first-merge": lambda: after(psycopg.Cursor, "execute",
+                                            lambda cur, q, *a, **k: "MERGE" in sql_text(q).upper()),
+    "load:after-ledger-insert": lambda: after(psycopg.Cursor, "execute",
+                                              lambda cur, q, *a, **k: "INSERT INTO" in sql_text(q)
+                                              and "_cdc_ledger" in sql_text(q)),
+    "load:before-commit": lambda: before(psycopg.Transaction, "__exit__", outer_commit),
+    "load:after-commit": lambda: after(psycopg.Transaction, "__exit__", outer_commit),
+    # commit stage
+    "commit:after-position": lambda: after(PositionStore, "set"),
+    "commit:after-ack": lambda: after(PgSource, "acknowledge"),
+    "none": lambda: None,
+}
+
+
+def main() -> None:
+    config_dir, source_id, point = sys.argv[1:4]
+    runs = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+    hook = CdcHook(source_id, config_dir)
+    track_loading()
+    KILL_POINTS[point]()
+    for i in range(runs):
+        source, sink = hook.get_source(), hook.get_sink()
+        run_id = f"kill_{os.getpid()}_{i}"
+        summary = pipeline.capture_stage(source, sink, hook.positions, hook.store,
+                                         max_changes=hook.source_config.batch_size, run_id=run_id)
+        pipeline.load_stage(summary["manifest_uri"], sink, run_id=run_id)
+        pipeline.commit_stage(summary["manifest_uri"], source, sink, hook.positions, hook.store)
+        source.close()
+        sink.close()
+        print("RUN", i, summary["change_count"], flush=True)
+
+
+if __name__ == "__main__":
+    main()
