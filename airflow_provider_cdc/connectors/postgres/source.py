@@ -285,14 +285,14 @@ class PgSource:
 
     def _capture_stream(self, position: dict[str, Any], max_changes: int) -> ChangeBatch:
         started = time.monotonic()
-        decoder = _StreamDecoder(self, position)
-        conn = self.conn
-        with conn.transaction():
-            with conn.cursor(name=f"cdc_peek_{self.source_id}", binary=True) as cur:
-                cur.itersize = 5000
-                cur.execute(self._peek_sql(), (self.slot_name, max_changes, self.publication_name))
-                for (data,) in cur:
-                    decoder.feed(data)
+        limit = max_changes
+        while True:
+            decoder = self._decode(position, limit)
+            # Only transactions at or before the stored position came back (the Variable was stored but the slot
+            # not yet advanced): they used up the limit, so look further rather than report nothing.
+            if decoder.transactions or not decoder.skipped or decoder.messages < limit:
+                break
+            limit = limit * 4 + decoder.messages
         batch = decoder.finish()
         log.info(
             "captured %d changes in %d transactions (%s) from %s to %s in %.2fs",
@@ -300,6 +300,17 @@ class PgSource:
             time.monotonic() - started,
         )
         return batch
+
+    def _decode(self, position: dict[str, Any], limit: int) -> _StreamDecoder:
+        decoder = _StreamDecoder(self, position)
+        conn = self.conn
+        with conn.transaction():
+            with conn.cursor(name=f"cdc_peek_{self.source_id}", binary=True) as cur:
+                cur.itersize = 5000
+                cur.execute(self._peek_sql(), (self.slot_name, limit, self.publication_name))
+                for (data,) in cur:
+                    decoder.feed(data)
+        return decoder
 
     def _capture_snapshot(self, position: dict[str, Any], max_changes: int) -> ChangeBatch:
         """Read the next ``max_changes`` rows of the pending snapshot, table by table in key order."""
@@ -461,15 +472,19 @@ class _StreamDecoder:
         self.first_commit: int | None = None
         self.last_end: int | None = None
         self.transactions = 0
+        self.messages = 0
+        self.skipped = 0
         # Pending transaction: events are kept until Commit so that a half-read transaction is never emitted.
         self.pending: list[tuple] = []
 
     def feed(self, data: bytes) -> None:
+        self.messages += 1
         kind = data[0]
         if kind == 0x42:  # B
             self.begin = pgoutput.decode_begin(data)
             # A transaction whose commit record starts before the stored end LSN was loaded already.
             self.skip = self.begin.final_lsn < self.start_lsn
+            self.skipped += self.skip
             self.tx_position = pgoutput.int_to_lsn(self.begin.final_lsn)
             self.pending = []
         elif kind == 0x43:  # C
