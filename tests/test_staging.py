@@ -1,0 +1,86 @@
+"""Staged batches on ObjectStoragePath: round trip, manifest as commit marker, run pointers, retention."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from airflow_provider_cdc.errors import StagingError
+from airflow_provider_cdc.events import Column, ChangeBatch, SchemaChange, TableChangesBuilder, TableSchema
+from airflow_provider_cdc.staging import BatchStore
+
+USERS = TableSchema("public", "users", (Column("id", "bigint", "integer", False, True), Column("email", "text")))
+
+
+def sample_batch() -> ChangeBatch:
+    builder = TableChangesBuilder(USERS)
+    builder.append("c", 1, 1000, "7", "0/10", ["1", "a@x"])
+    builder.append("u", 2, 1001, "8", "0/20", ["1", None], before=["1", "a@x"], unchanged=["email"])
+    builder.append("d", 3, 1002, "9", "0/30", ["1", None])
+    return ChangeBatch(
+        source_id="s", batch_id="s:0/10-0/30", position_from={"lsn": "0/1", "seq": 0},
+        position_to={"lsn": "0/30", "seq": 3}, seq_from=1, seq_to=3, tables={"public.users": builder.finish()},
+        schemas={"public.users": USERS}, schema_changes=[SchemaChange("public.users", 0, USERS)],
+        database="shop",
+    )
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+def test_round_trip_keeps_events_schemas_and_positions(tmp_path, fmt):
+    store = BatchStore(f"file://{tmp_path}", fmt=fmt)
+    batch = sample_batch()
+    uri = store.write(batch)
+    assert uri.endswith("/manifest.json") and uri.startswith("file://")
+    back = BatchStore.read(uri)
+    assert [e.to_dict() for e in back.events()] == [e.to_dict() for e in batch.events()]
+    assert back.tables["public.users"].equals(batch.tables["public.users"])
+    assert back.schemas == batch.schemas and back.schema_changes == batch.schema_changes
+    assert (back.position_to, back.batch_id, back.database) == (batch.position_to, batch.batch_id, "shop")
+    manifest = BatchStore.read_manifest(uri)
+    assert manifest["counts"] == {"public.users": {"c": 1, "u": 1, "d": 1, "s": 1}}
+    assert manifest["format"] == fmt and manifest["change_count"] == 3
+
+
+def test_without_a_manifest_there_is_no_batch(tmp_path):
+    store = BatchStore(f"file://{tmp_path}")
+    uri = store.write(sample_batch())
+    os.remove(uri.removeprefix("file://"))
+    with pytest.raises(StagingError, match="manifest not found.*clear the run's capture task"):
+        BatchStore.read(uri)
+
+
+def test_missing_table_file_is_reported(tmp_path):
+    store = BatchStore(f"file://{tmp_path}")
+    uri = store.write(sample_batch())
+    folder = os.path.dirname(uri.removeprefix("file://"))
+    os.remove(os.path.join(folder, "public.users.parquet"))
+    with pytest.raises(StagingError, match="table file public.users.parquet is missing"):
+        BatchStore.read(uri)
+
+
+def test_run_pointer_and_retention(tmp_path):
+    store = BatchStore(f"file://{tmp_path}")
+    uri = store.write(sample_batch())
+    store.remember_run("s", "manual__2024-01-01T00:00:00+00:00", uri)
+    assert store.manifest_for_run("s", "manual__2024-01-01T00:00:00+00:00") == uri
+    assert store.manifest_for_run("s", "other") is None
+    assert store.purge("s", older_than_hours=1) == 0
+    old = time.time() - 3 * 3600
+    for root, dirs, files in os.walk(tmp_path):
+        for name in files:
+            os.utime(os.path.join(root, name), (old, old))
+    assert store.purge("s", older_than_hours=1) == 1
+    assert store.manifest_for_run("s", "manual__2024-01-01T00:00:00+00:00") is None
+
+
+def test_default_root_follows_airflow_home_or_cdc_staging_url(monkeypatch, tmp_path):
+    monkeypatch.delenv("CDC_STAGING_URL", raising=False)
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    assert BatchStore().root_url == f"file://{tmp_path}/cdc_staging"
+    monkeypatch.setenv("CDC_STAGING_URL", "file:///data/cdc/")
+    assert BatchStore().root_url == "file:///data/cdc"
+    with pytest.raises(ValueError, match="staging format"):
+        BatchStore(fmt="csv")
