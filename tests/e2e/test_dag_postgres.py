@@ -114,3 +114,32 @@ def test_backlog_drains_over_consecutive_runs(shop, monkeypatch):
     assert 2 <= stream_runs < 10
     assert_same_rows(source_url, sink_url, "users")
     assert_ledger_consistent(sink_url, source_id)
+
+
+def test_airflow_dags_test_cli_moves_snapshot_and_changes(shop):
+    """What a user types: ``airflow dags test cdc_<id>``, twice, with the bundle's DAG file and a config dir."""
+    import os
+    import subprocess
+    import sys
+
+    source_id, source_url, sink_url, config_dir = shop
+    write_config(config_dir, source_id=source_id, source_url=source_url, sink_url=sink_url, tables=["users", "orders"])
+    env = {**os.environ, "CDC_CONFIG_DIR": str(config_dir)}
+
+    def dags_test() -> None:
+        proc = subprocess.run([sys.executable, "-m", "airflow", "dags", "test", f"cdc_{source_id}"],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "state=success" in proc.stdout + proc.stderr
+
+    dags_test()
+    assert assert_same_rows(source_url, sink_url, "users") == 100
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO users (id, email) VALUES (777, 'cli@example.com')")
+        conn.execute("UPDATE users SET name = 'cli' WHERE id < 5")
+        conn.execute("DELETE FROM users WHERE id = 99")
+        conn.execute("TRUNCATE orders")
+    dags_test()
+    assert assert_same_rows(source_url, sink_url, "users") == 100
+    assert assert_same_rows(source_url, sink_url, "orders") == 0
+    assert_ledger_consistent(sink_url, source_id)

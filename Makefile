@@ -1,0 +1,78 @@
+# airflow-provider-cdc — developer entry points. Needs only python3 on a Debian base; everything else is set up here.
+#
+#   make demo    the product running locally (embedded PostgreSQL, change generator, Airflow standalone)
+#   make test    the test suite against real servers (PYTEST_ARGS="-k pg18 -x" to narrow it)
+#   make bench   the benchmarks (results go into BENCHMARKS.md by hand)
+#   make venv    just the virtualenv (.venv) with the package installed editable and all extras
+#   make clean   state, caches and build output (distclean also removes .venv)
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+EXTRAS := test,mysql,mongodb,openlineage
+STAMP := $(VENV)/.cdc-installed
+PYTEST_ARGS ?=
+
+.PHONY: venv test demo bench clean distclean system-deps
+
+venv: $(STAMP)
+
+# Reinstall when the packaging metadata changes; a second run with nothing changed does nothing.
+$(STAMP): setup.cfg pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	@if [ ! -x "$(VPY)" ]; then \
+	    echo "creating $(VENV) with $$($(PYTHON) --version 2>&1)"; \
+	    if ! $(PYTHON) -m venv $(VENV); then \
+	        rm -rf $(VENV); \
+	        if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+	            echo "python3 -m venv failed; installing python3-venv"; \
+	            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv && \
+	            $(PYTHON) -m venv $(VENV); \
+	        else \
+	            echo "error: '$(PYTHON) -m venv' failed; install the venv module (Debian: apt-get install python3-venv)"; exit 1; \
+	        fi; \
+	    fi; \
+	    $(VPY) -m pip install -q --upgrade pip; \
+	fi
+	$(VPY) -m pip install -q -e '.[$(EXTRAS)]'
+	@touch $(STAMP)
+	@echo "$(VENV) is ready"
+
+# pkg-config + MySQL client headers + a C compiler + Python headers, for mysqlclient's source build.
+system-deps:
+	@missing=""; \
+	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
+	{ command -v pkg-config >/dev/null && { pkg-config --exists mysqlclient || pkg-config --exists mariadb; }; } \
+	    || dpkg -s default-libmysqlclient-dev >/dev/null 2>&1 || missing="$$missing default-libmysqlclient-dev"; \
+	command -v cc >/dev/null || missing="$$missing gcc libc6-dev"; \
+	$(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+	    || missing="$$missing python3-dev"; \
+	if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+	        echo "installing Debian packages needed to build mysqlclient:$$missing"; \
+	        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	    else \
+	        echo "error: mysqlclient (the MySQL provider's driver) builds from source and needs:$$missing"; \
+	        echo "       install them first, e.g.: sudo apt-get install -y$$missing"; \
+	        exit 1; \
+	    fi; \
+	fi
+
+test: venv
+	@bash scripts/ensure_pg15_logical.sh || echo "warning: the machine's PostgreSQL is not ready for logical decoding; its tests will skip (fail with CI=true)"
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+demo: venv
+	$(VPY) scripts/demo.py
+
+bench: venv
+	$(VPY) bench/run.py
+
+clean:
+	@if [ -x "$(VPY)" ] && [ -d .state/demo/pg ]; then $(VPY) scripts/embedded_pg.py stop --datadir .state/demo/pg || true; fi
+	rm -rf .state build dist *.egg-info .pytest_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

