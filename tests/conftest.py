@@ -38,6 +38,12 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO_ROOT / "dags")
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = os.environ.get(
     "CDC_TEST_AIRFLOW_DB_URL", f"sqlite:///{_AIRFLOW_HOME}/airflow.db"
 )
+# One Fernet key for this process and every child (kill tests, `airflow dags test`): Variables written encrypted by
+# one process must decrypt in the others, whichever process first wrote airflow.cfg.
+if not os.environ.get("AIRFLOW__CORE__FERNET_KEY"):
+    from cryptography.fernet import Fernet
+
+    os.environ["AIRFLOW__CORE__FERNET_KEY"] = Fernet.generate_key().decode()
 # Unit-test mode changes Airflow's behaviour (it ignores parts of the config); we test the real thing.
 os.environ.pop("AIRFLOW__CORE__UNIT_TEST_MODE", None)
 
