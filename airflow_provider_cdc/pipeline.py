@@ -75,8 +75,9 @@ def capture_stage(
     if run_id is not None:
         previous = store.manifest_for_run(source.source_id, run_id)
         if previous is not None:
-            log.info("run %s already captured %s; replaying that batch", run_id, previous)
-            return summarize(store.read(previous), previous)
+            batch = store.read(previous)
+            log.info("run %s already captured batch %s (%s); replaying that batch", run_id, batch.batch_id, previous)
+            return summarize(batch, previous)
     batch = capture_batch(source, sink, positions, max_changes)
     uri = store.write(batch)
     if run_id is not None:

@@ -7,8 +7,9 @@ never in XCom, logs or trigger arguments.
 
 from __future__ import annotations
 
-from functools import cached_property
+from functools import cache, cached_property
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, quote, urlencode
 
 from airflow.sdk import BaseHook
 
@@ -24,12 +25,28 @@ if TYPE_CHECKING:
 _URI_SCHEMES = {"postgres": "postgresql", "postgresql": "postgresql"}
 
 
+@cache
+def _libpq_keywords() -> frozenset[str]:
+    from psycopg import pq
+
+    return frozenset(option.keyword.decode() for option in pq.Conninfo.get_defaults())
+
+
 def connection_dsn(conn_id: str) -> str:
-    """A libpq/driver URL for an Airflow Connection (``postgres://`` becomes ``postgresql://``)."""
-    conn = BaseHook.get_connection(conn_id)
-    uri = conn.get_uri()
+    """A driver URL for an Airflow Connection (``postgres://`` becomes ``postgresql://``).
+
+    For PostgreSQL only libpq's own parameters are kept from the extras: PostgresHook-only extras (``cursor``,
+    ``iam``, ``aws_conn_id``) would make libpq refuse the URL, and values are percent-encoded (libpq does not read
+    ``+`` as a space).
+    """
+    uri = BaseHook.get_connection(conn_id).get_uri()
     scheme, sep, rest = uri.partition("://")
-    return f"{_URI_SCHEMES.get(scheme, scheme)}{sep}{rest}"
+    scheme = _URI_SCHEMES.get(scheme, scheme)
+    if scheme == "postgresql":
+        base, _, query = rest.partition("?")
+        kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k in _libpq_keywords()]
+        rest = base + (f"?{urlencode(kept, quote_via=quote)}" if kept else "")
+    return f"{scheme}{sep}{rest}"
 
 
 class CdcHook(BaseHook):

@@ -143,3 +143,42 @@ def test_airflow_dags_test_cli_moves_snapshot_and_changes(shop):
     assert assert_same_rows(source_url, sink_url, "users") == 100
     assert assert_same_rows(source_url, sink_url, "orders") == 0
     assert_ledger_consistent(sink_url, source_id)
+
+
+def test_rerunning_a_runs_capture_and_load_replays_the_same_range(shop, monkeypatch):
+    """A cleared task re-runs in its run's context: capture returns the batch that run captured (not newer
+    changes), load finds it in the ledger. ``airflow tasks test <dag> <task> <run_id>`` runs exactly that."""
+    import os
+    import subprocess
+    import sys
+
+    from airflow.models import DagRun
+    from airflow.utils.session import create_session
+
+    source_id, source_url, sink_url, config_dir = shop
+    write_config(config_dir, source_id=source_id, source_url=source_url, sink_url=sink_url, tables=["users"])
+    run_dag(source_id, config_dir, monkeypatch)  # snapshot
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        conn.execute("UPDATE users SET name = 'run two' WHERE id <= 7")
+    run_dag(source_id, config_dir, monkeypatch)
+    with create_session() as session:
+        run_id = session.query(DagRun.run_id).filter(DagRun.dag_id == f"cdc_{source_id}") \
+            .order_by(DagRun.start_date.desc()).first()[0]
+    ledger_before = ledger_rows(sink_url, source_id)
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        conn.execute("UPDATE users SET name = 'later' WHERE id = 50")  # must not sneak into the replay
+
+    env = {**os.environ, "CDC_CONFIG_DIR": str(config_dir)}
+    outputs = {}
+    for task in ("capture", "load"):
+        proc = subprocess.run([sys.executable, "-m", "airflow", "tasks", "test", f"cdc_{source_id}", task, run_id],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        outputs[task] = proc.stdout + proc.stderr
+    assert f"run {run_id} already captured" in outputs["capture"]
+    assert f"already captured batch {ledger_before[-1][0]} " in outputs["capture"]  # the same batch id
+    assert "already in the sink ledger" in outputs["load"]
+    assert ledger_rows(sink_url, source_id) == ledger_before
+    with psycopg.connect(sink_url) as conn:
+        assert conn.execute("SELECT count(*) FROM users WHERE name = 'run two'").fetchone()[0] == 7
+        assert conn.execute("SELECT name FROM users WHERE id = 50").fetchone()[0] != "later"

@@ -110,7 +110,7 @@ class PgSource:
         if self._conn is None or self._conn.closed:
             try:
                 self._conn = connect(self.dsn)
-            except psycopg.OperationalError as exc:
+            except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
                 raise SourceError(self.source_id, f"cannot connect: {exc}".strip()) from exc
         return self._conn
 

@@ -1,0 +1,199 @@
+"""Capture, load and commit operators executed directly against real PostgreSQL (15 and 18): rows, ledger rows,
+the position Variable and the replication slot.
+
+A context of ``{"run_id": ...}`` is all the operators read; clearing a task is executing it again with the same
+run id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from airflow_provider_cdc.errors import CdcError
+from airflow_provider_cdc.operators.cdc import (
+    CdcCaptureOperator,
+    CdcCommitOperator,
+    CdcLoadOperator,
+    CdcSyncOperator,
+)
+from airflow_provider_cdc.positions import PositionStore
+from cdc_testing import (
+    assert_ledger_consistent,
+    assert_same_rows,
+    create_shop,
+    ledger_rows,
+    slot_lsn,
+    unique_id,
+    write_config,
+)
+
+
+def test_template_fields():
+    assert "manifest_uri" in CdcLoadOperator.template_fields
+    assert "manifest_uri" in CdcCommitOperator.template_fields
+    for operator in (CdcCaptureOperator, CdcLoadOperator, CdcCommitOperator, CdcSyncOperator):
+        assert {"source_id", "config_dir"} <= set(operator.template_fields)
+
+
+def test_init_stores_arguments_without_io():
+    # Runs at DAG parse: a config dir that does not exist and a source that is nowhere must not matter yet.
+    load = CdcLoadOperator(task_id="load", source_id="nowhere", config_dir="/does/not/exist",
+                           manifest_uri="{{ ti.xcom_pull(task_ids='capture')['manifest_uri'] }}")
+    assert (load.source_id, load.config_dir) == ("nowhere", "/does/not/exist")
+    assert load.manifest_uri == "{{ ti.xcom_pull(task_ids='capture')['manifest_uri'] }}"
+
+
+@dataclass
+class Shop:
+    source_id: str
+    source_url: str
+    sink_url: str
+    config_dir: str
+
+    @property
+    def common(self) -> dict:
+        return {"source_id": self.source_id, "config_dir": self.config_dir}
+
+    def capture(self, run_id: str) -> dict:
+        return CdcCaptureOperator(task_id="capture", **self.common).execute({"run_id": run_id})
+
+    def load(self, manifest_uri: str, run_id: str) -> dict:
+        return CdcLoadOperator(task_id="load", manifest_uri=manifest_uri, **self.common).execute({"run_id": run_id})
+
+    def commit(self, manifest_uri: str, run_id: str) -> dict:
+        return CdcCommitOperator(task_id="commit", manifest_uri=manifest_uri, **self.common).execute(
+            {"run_id": run_id}
+        )
+
+    def run(self, run_id: str) -> tuple[dict, dict, dict]:
+        captured = self.capture(run_id)
+        loaded = self.load(captured["manifest_uri"], run_id)
+        return captured, loaded, self.commit(captured["manifest_uri"], run_id)
+
+    def position(self) -> dict | None:
+        return PositionStore().get_document(self.source_id)
+
+    def slot_lsn(self) -> str | None:
+        return slot_lsn(self.source_url, f"cdc_{self.source_id}")
+
+    def execute(self, statement: str, params: tuple = ()) -> None:
+        with psycopg.connect(self.source_url, autocommit=True) as conn:
+            conn.execute(statement, params)
+
+
+@pytest.fixture
+def shop(pg_database_factory, tmp_path: Path, monkeypatch) -> Iterator[Shop]:
+    monkeypatch.setenv("CDC_STAGING_URL", f"file://{tmp_path}/staging")
+    source_url, sink_url = pg_database_factory(), pg_database_factory()
+    create_shop(source_url, users=30, orders=40)
+    source_id = unique_id("ops")
+    config_dir = write_config(tmp_path / "config", source_id=source_id, source_url=source_url, sink_url=sink_url,
+                              tables=["users", "orders"])
+    yield Shop(source_id, source_url, sink_url, str(config_dir))
+    if PositionStore().get_document(source_id) is not None:
+        PositionStore().delete(source_id)
+
+
+def test_capture_load_commit_move_the_rows(shop: Shop):
+    captured, loaded, committed = shop.run("manual__snapshot")
+
+    assert captured["source_id"] == shop.source_id
+    assert captured["change_count"] == 70
+    assert captured["ops"] == {"r": 70, "s": 2}  # and a schema event per table
+    assert captured["manifest_uri"].startswith("file://") and captured["manifest_uri"].endswith("manifest.json")
+    assert (loaded["batch_id"], loaded["applied"], loaded["upserted"]) == (captured["batch_id"], True, 70)
+    assert committed["batch_id"] == captured["batch_id"] and committed["position_stored"] is True
+    assert assert_same_rows(shop.source_url, shop.sink_url, "users") == 30
+    assert assert_same_rows(shop.source_url, shop.sink_url, "orders") == 40
+    assert shop.position()["batch_id"] == captured["batch_id"]
+    assert "snapshot" not in shop.position()
+
+    shop.execute("INSERT INTO users (id, email, name, balance) VALUES (100, 'x@example.com', 'X', 5)")
+    shop.execute("UPDATE users SET balance = balance + 1 WHERE id <= 5")
+    shop.execute("DELETE FROM orders WHERE id > 35")
+    captured, loaded, committed = shop.run("manual__stream")
+
+    assert captured["ops"] == {"c": 1, "u": 5, "d": 5}
+    assert loaded["applied"] is True
+    assert assert_same_rows(shop.source_url, shop.sink_url, "users") == 31
+    assert assert_same_rows(shop.source_url, shop.sink_url, "orders") == 35
+    assert shop.position()["batch_id"] == captured["batch_id"]
+    # Commit acknowledged the source only after storing the position: both agree.
+    assert shop.slot_lsn() == shop.position()["lsn"]
+    assert [row[0] for row in assert_ledger_consistent(shop.sink_url, shop.source_id)][-1] == captured["batch_id"]
+
+
+def test_cleared_capture_replays_the_same_range_and_cleared_load_is_a_no_op(shop: Shop):
+    shop.run("scheduled__1")  # snapshot
+    shop.execute("UPDATE users SET name = 'first' WHERE id = 1")
+
+    first = shop.capture("scheduled__2")
+    loaded = shop.load(first["manifest_uri"], "scheduled__2")
+    assert loaded["applied"] is True
+    shop.execute("UPDATE users SET name = 'second' WHERE id = 2")  # more changes before the tasks are cleared
+
+    again = shop.capture("scheduled__2")  # cleared and re-run: the identical change range
+    assert again == first
+    reloaded = shop.load(again["manifest_uri"], "scheduled__2")
+    assert reloaded["applied"] is False
+    assert reloaded["batch_id"] == first["batch_id"]
+    assert [row for row in ledger_rows(shop.sink_url, shop.source_id) if row[0] == first["batch_id"]] == [
+        (first["batch_id"], first["seq_from"], first["seq_to"])
+    ]
+    committed = shop.commit(again["manifest_uri"], "scheduled__2")
+    assert committed["position_stored"] is True
+    with psycopg.connect(shop.sink_url) as conn:
+        assert conn.execute("SELECT id, name FROM users WHERE id IN (1, 2) ORDER BY id").fetchall() == [
+            (1, "first"), (2, "User 2")
+        ]
+
+    # The next run takes the change made meanwhile, once.
+    captured, loaded, _ = shop.run("scheduled__3")
+    assert captured["batch_id"] != first["batch_id"]
+    assert captured["seq_from"] == first["seq_to"] + 1
+    assert (captured["change_count"], loaded["applied"]) == (1, True)
+    assert_same_rows(shop.source_url, shop.sink_url, "users")
+    assert_ledger_consistent(shop.sink_url, shop.source_id)
+
+
+def test_commit_without_load_raises_naming_the_batch_and_keeps_the_position(shop: Shop):
+    shop.run("scheduled__1")
+    before, before_slot = shop.position(), shop.slot_lsn()
+    shop.execute("DELETE FROM users WHERE id = 3")
+
+    captured = shop.capture("scheduled__2")  # its load never runs
+    with pytest.raises(CdcError) as raised:
+        shop.commit(captured["manifest_uri"], "scheduled__2")
+
+    assert captured["batch_id"] in str(raised.value)
+    assert shop.source_id in str(raised.value)
+    assert shop.position() == before  # Variable cdc.position.<id> did not move
+    assert shop.slot_lsn() == before_slot  # and the source was not acknowledged
+    with psycopg.connect(shop.sink_url) as conn:
+        assert conn.execute("SELECT count(*) FROM users WHERE id = 3").fetchone() == (1,)
+
+    # Clearing the load, then the commit, finishes the run.
+    assert shop.load(captured["manifest_uri"], "scheduled__2")["applied"] is True
+    assert shop.commit(captured["manifest_uri"], "scheduled__2")["position_stored"] is True
+    assert shop.position()["batch_id"] == captured["batch_id"]
+    assert_same_rows(shop.source_url, shop.sink_url, "users")
+
+
+def test_sync_operator_captures_loads_and_commits_in_one_task(shop: Shop):
+    sync = CdcSyncOperator(task_id="sync", **shop.common)
+    summary = sync.execute({"run_id": "manual__1"})
+
+    assert summary["manifest_uri"] is None  # fused: nothing staged
+    assert summary["load"]["applied"] is True and summary["commit"]["position_stored"] is True
+    assert assert_same_rows(shop.source_url, shop.sink_url, "users") == 30
+
+    shop.execute("UPDATE orders SET status = 'paid' WHERE id <= 10")
+    summary = sync.execute({"run_id": "manual__2"})
+    assert summary["ops"] == {"u": 10}
+    assert assert_same_rows(shop.source_url, shop.sink_url, "orders") == 40
+    assert shop.slot_lsn() == shop.position()["lsn"]
