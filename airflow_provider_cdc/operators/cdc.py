@@ -6,7 +6,8 @@ directly. ``__init__`` only stores arguments (it runs at DAG parse); connections
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -28,6 +29,17 @@ class _CdcOperator(BaseOperator):
     def hook(self) -> CdcHook:
         return CdcHook(self.source_id, self.config_dir)
 
+    @contextmanager
+    def connected(self) -> Iterator[tuple[CdcHook, Any, Any]]:
+        """The hook with its source and sink, closed whatever happens."""
+        hook = self.hook
+        source, sink = hook.get_source(), hook.get_sink()
+        try:
+            yield hook, source, sink
+        finally:
+            source.close()
+            sink.close()
+
 
 class CdcCaptureOperator(_CdcOperator):
     """Captures the next micro-batch after the stored position and stages it; returns the manifest summary.
@@ -40,17 +52,12 @@ class CdcCaptureOperator(_CdcOperator):
         self.max_changes = max_changes
 
     def execute(self, context: Any) -> dict[str, Any]:
-        hook = self.hook
-        source, sink = hook.get_source(), hook.get_sink()
-        try:
+        with self.connected() as (hook, source, sink):
             return pipeline.capture_stage(
                 source, sink, hook.positions, hook.store,
                 max_changes=self.max_changes or hook.source_config.batch_size,
                 run_id=context["run_id"],
             )
-        finally:
-            source.close()
-            sink.close()
 
 
 class CdcLoadOperator(_CdcOperator):
@@ -80,16 +87,11 @@ class CdcCommitOperator(_CdcOperator):
         self.manifest_uri = manifest_uri
 
     def execute(self, context: Any) -> dict[str, Any]:
-        hook = self.hook
-        source, sink = hook.get_source(), hook.get_sink()
-        try:
+        with self.connected() as (hook, source, sink):
             return pipeline.commit_stage(
                 self.manifest_uri, source, sink, hook.positions, hook.store,
                 retention_hours=hook.source_config.staging_retention_hours,
             )
-        finally:
-            source.close()
-            sink.close()
 
 
 class CdcSyncOperator(_CdcOperator):
@@ -100,14 +102,9 @@ class CdcSyncOperator(_CdcOperator):
         self.max_changes = max_changes
 
     def execute(self, context: Any) -> dict[str, Any]:
-        hook = self.hook
-        source, sink = hook.get_source(), hook.get_sink()
-        try:
+        with self.connected() as (hook, source, sink):
             return pipeline.run_fused(
                 source, sink, hook.positions,
                 max_changes=self.max_changes or hook.source_config.batch_size,
                 run_id=context["run_id"],
             )
-        finally:
-            source.close()
-            sink.close()
