@@ -210,7 +210,8 @@ class ChangeEvent:
         }
 
 
-def _batch_schema(table: TableSchema, with_before: bool) -> pa.Schema:
+def batch_schema(table: TableSchema, with_before: bool) -> pa.Schema:
+    """The Arrow schema of one table's changes (see the module docstring)."""
     fields = [
         pa.field("_op", pa.string(), nullable=False),
         pa.field("_seq", pa.int64(), nullable=False),
@@ -277,8 +278,8 @@ class TableChangesBuilder:
         if with_before:
             arrays += self.before  # type: ignore[operator]
         return pa.Table.from_arrays(
-            [pa.array(a, type=f.type) for a, f in zip(arrays, _batch_schema(self.table, with_before))],
-            schema=_batch_schema(self.table, with_before),
+            [pa.array(a, type=f.type) for a, f in zip(arrays, batch_schema(self.table, with_before))],
+            schema=batch_schema(self.table, with_before),
         )
 
 

@@ -34,6 +34,7 @@ from psycopg import sql
 
 from airflow_provider_cdc.connectors.postgres import pgoutput
 from airflow_provider_cdc.connectors.postgres.catalog import Catalog
+from airflow_provider_cdc.connectors.postgres.columnar import Unsupported, decode_columnar
 from airflow_provider_cdc.errors import PositionLostError, SourceError
 from airflow_provider_cdc.events import (
     OP_CREATE,
@@ -102,6 +103,8 @@ class PgSource:
         self.create_publication = create_publication
         self._conn: psycopg.Connection | None = None
         self._aconn: psycopg.AsyncConnection | None = None
+        # Columnar decoding is the fast path; the per-message decoder is its reference (and the fallback).
+        self.columnar = True
 
     # -- connection -----------------------------------------------------------------------------------------
 
@@ -302,14 +305,23 @@ class PgSource:
         return batch
 
     def _decode(self, position: dict[str, Any], limit: int) -> _StreamDecoder:
-        decoder = _StreamDecoder(self, position)
+        """Peek up to ``limit`` messages and decode them columnar, or message by message for rare shapes."""
         conn = self.conn
         with conn.transaction():
             with conn.cursor(name=f"cdc_peek_{self.source_id}", binary=True) as cur:
-                cur.itersize = 5000
+                cur.itersize = 10000
                 cur.execute(self._peek_sql(), (self.slot_name, limit, self.publication_name))
-                for (data,) in cur:
-                    decoder.feed(data)
+                messages = [data for (data,) in cur]
+        decoder = _StreamDecoder(self, position)
+        if self.columnar:
+            try:
+                decoder.columnar_tables = decode_columnar(decoder, messages)
+                return decoder
+            except Unsupported as exc:
+                log.info("decoding this batch message by message: %s", exc)
+                decoder = _StreamDecoder(self, position)
+        for data in messages:
+            decoder.feed(data)
         return decoder
 
     def _capture_snapshot(self, position: dict[str, Any], max_changes: int) -> ChangeBatch:
@@ -474,6 +486,7 @@ class _StreamDecoder:
         self.transactions = 0
         self.messages = 0
         self.skipped = 0
+        self.columnar_tables: dict[str, pa.Table] = {}
         # Pending transaction: events are kept until Commit so that a half-read transaction is never emitted.
         self.pending: list[tuple] = []
 
@@ -583,7 +596,7 @@ class _StreamDecoder:
         self.last_end = commit.end_lsn
 
     def finish(self) -> ChangeBatch:
-        tables: dict[str, pa.Table] = {}
+        tables: dict[str, pa.Table] = dict(self.columnar_tables)
         for qualified, chunks in self.builders.items():
             finished = [b.finish() for b in chunks if len(b)]
             if finished:

@@ -1,0 +1,282 @@
+"""Columnar decoding of a batch of pgoutput messages with NumPy and Arrow: the capture hot path.
+
+Decoding message by message in Python runs at about 100k changes/s, a seventh of what the server streams. Here the
+batch is decoded column by column instead: all messages go into one Arrow binary array, and for each table and each
+column the tuple fields of every row are located at once with vectorised offset arithmetic. Values become Arrow
+``string_view`` entries pointing into the message buffer, cast to plain strings in one C++ pass. Python work is per
+transaction, per relation and per column, not per row.
+
+The result is exactly what :class:`~airflow_provider_cdc.connectors.postgres.source._StreamDecoder` produces
+(same events, same ``seq`` numbers, same tables; a test compares both on real streams). Rare shapes raise
+:class:`Unsupported` and the caller decodes that batch with the per-message decoder: a relation whose columns
+change within the batch, an update that changes the key, binary tuple data, more than 2 GiB of messages.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from airflow_provider_cdc.connectors.postgres import pgoutput
+from airflow_provider_cdc.events import (
+    BEFORE_PREFIX,
+    OP_TRUNCATE,
+    SchemaChange,
+    TableChangesBuilder,
+    TableSchema,
+    batch_schema,
+    concat_tables,
+)
+
+if TYPE_CHECKING:
+    from airflow_provider_cdc.connectors.postgres.source import _StreamDecoder
+
+_B, _C, _R, _I, _U, _D, _T = (ord(k) for k in "BCRIUDT")
+_TEXT, _NULL, _UNCHANGED = ord("t"), ord("n"), ord("u")
+_OPS = pa.array(["c", "u", "d"], pa.string())
+_MAX_OFFSET = 2**31 - 1  # string_view offsets are int32
+
+
+class Unsupported(Exception):
+    """This batch needs the per-message decoder."""
+
+
+def _be(buf: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
+    """Big-endian unsigned integers of ``width`` bytes at each offset in ``pos``."""
+    idx = pos[:, None] + np.arange(width)
+    np.minimum(idx, len(buf) - 1, out=idx)
+    return buf[idx].view(f">u{width}").reshape(len(pos)).astype(np.int64 if width < 8 else np.uint64)
+
+
+class _Tuples:
+    """Where each column's value of a set of TupleData sits: start, length, kind (t/n/u), per column and row."""
+
+    def __init__(self, buf: np.ndarray, pos: np.ndarray, ncols: int) -> None:
+        n = len(pos)
+        if n and (_be(buf, pos, 2) != ncols).any():
+            raise Unsupported("tuple with an unexpected column count")
+        pos = pos + 2
+        self.starts = np.empty((ncols, n), np.int64)
+        self.lens = np.zeros((ncols, n), np.int64)
+        self.kinds = np.empty((ncols, n), np.uint8)
+        for c in range(ncols):
+            kind = buf[pos]
+            is_text = kind == _TEXT
+            if not (is_text | (kind == _NULL) | (kind == _UNCHANGED)).all():
+                raise Unsupported("binary tuple data")
+            lens = np.zeros(n, np.int64)
+            lens[is_text] = _be(buf, pos[is_text] + 1, 4)
+            self.kinds[c], self.starts[c], self.lens[c] = kind, pos + 5, lens
+            pos = pos + 1 + np.where(is_text, 4 + lens, 0)
+        self.end = pos
+
+    def take(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.starts[:, rows], self.lens[:, rows], self.kinds[:, rows]
+
+
+def _strings(buf: np.ndarray, data: pa.Buffer, starts: np.ndarray, lens: np.ndarray, valid: np.ndarray) -> pa.Array:
+    """Arrow strings for (start, length) slices of ``data``, null where not ``valid``: built as string views."""
+    n = len(starts)
+    lens = np.where(valid, lens, 0)
+    views = np.zeros((n, 16), np.uint8)
+    views[:, 0:4] = lens.astype("<i4").view(np.uint8).reshape(n, 4)
+    idx = starts[:, None] + np.arange(12)
+    np.minimum(idx, len(buf) - 1, out=idx)
+    head = buf[idx]
+    head[np.arange(12)[None, :] >= lens[:, None]] = 0
+    inline = lens <= 12
+    views[inline, 4:16] = head[inline]
+    big = ~inline
+    if big.any():
+        views[big, 4:8] = head[big, :4]
+        views[big, 12:16] = starts[big].astype("<i4").view(np.uint8).reshape(-1, 4)
+    validity = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    view = pa.Array.from_buffers(pa.string_view(), n, [validity, pa.py_buffer(views), data])
+    return view.cast(pa.string())
+
+
+def decode_columnar(dec: _StreamDecoder, messages: list[bytes]) -> dict[str, pa.Table]:
+    """Decode ``messages`` into per-table Arrow tables, updating ``dec``'s positions, seq and schema state."""
+    n = len(messages)
+    dec.messages = n
+    if n == 0:
+        return {}
+    arr = pa.array(messages, pa.large_binary())
+    _, offsets_buf, data = arr.buffers()
+    if data is None or data.size > _MAX_OFFSET:
+        raise Unsupported("batch larger than 2 GiB")
+    buf = np.frombuffer(data, np.uint8)
+    starts = np.frombuffer(offsets_buf, np.int64, count=n + 1)[:-1]
+    kinds = buf[starts]
+
+    # Transactions: peek returns whole transactions, B ... C.
+    b_idx, c_idx = np.flatnonzero(kinds == _B), np.flatnonzero(kinds == _C)
+    if len(b_idx) != len(c_idx) or (c_idx < b_idx).any():
+        raise Unsupported("incomplete transaction")
+    if not len(b_idx):
+        return {}
+    tx_of = np.cumsum(kinds == _B) - 1
+    final_lsn = _be(buf, starts[b_idx] + 1, 8)
+    kept_tx = final_lsn >= np.uint64(dec.start_lsn)
+    dec.skipped = int((~kept_tx).sum())
+    dec.transactions = int(kept_tx.sum())
+    if dec.transactions:
+        commit_lsn, end_lsn = _be(buf, starts[c_idx] + 2, 8), _be(buf, starts[c_idx] + 10, 8)
+        first, last = np.flatnonzero(kept_tx)[[0, -1]]
+        dec.first_commit, dec.last_end = int(commit_lsn[first]), int(end_lsn[last])
+    ts_ms = _be(buf, starts[c_idx] + 18, 8).view(np.int64) // 1000 + pgoutput.PG_EPOCH_OFFSET_MS
+    xids = _be(buf, starts[b_idx] + 17, 4)
+    tx_ids = pa.array([str(x) for x in xids.tolist()], pa.string())
+    tx_positions = pa.array([pgoutput.int_to_lsn(x) for x in final_lsn.tolist()], pa.string())
+
+    # Relations (in skipped transactions too: pgoutput announces each once per session).
+    for i in np.flatnonzero(kinds == _R).tolist():
+        rel = pgoutput.decode_relation(messages[i])
+        schema = dec.catalog.schema_from_relation(rel)
+        known = dec.relations.get(rel.relid)
+        if known is not None and known[0].fingerprint() != schema.fingerprint():
+            raise Unsupported("relation changed within the batch")
+        if known is None:
+            dec.relations[rel.relid] = (schema, [i for i, c in enumerate(schema.columns) if c.primary_key])
+
+    kept_msg = kept_tx[np.maximum(tx_of, 0)] & (tx_of >= 0)
+    is_row = ((kinds == _I) | (kinds == _U) | (kinds == _D)) & kept_msg
+    row_idx = np.flatnonzero(is_row)
+    row_relid = _be(buf, starts[row_idx] + 1, 4)
+    row_kind = kinds[row_idx]
+    shape = buf[starts[row_idx] + 5]  # 'N' new tuple, 'K' old key, 'O' old row
+    if ((row_kind == _U) & (shape == ord("K"))).any():
+        raise Unsupported("update of a key")
+    unknown = set(np.unique(row_relid).tolist()) - set(dec.relations)
+    if unknown:
+        raise Unsupported(f"rows of unannounced relations {unknown}")
+
+    # Event units per message: one per row, one per truncated relation, one per schema event before a table's
+    # first event in the batch (as the per-message decoder emits them).
+    units = np.zeros(n, np.int64)
+    units[row_idx] = 1
+    first_seen: dict[int, tuple[int, int]] = {}  # relid -> (message index, position among that message's relids)
+    relids_u, first_pos = np.unique(row_relid, return_index=True)
+    for relid, pos in zip(relids_u.tolist(), first_pos.tolist()):
+        first_seen[relid] = (int(row_idx[pos]), 0)
+    truncates = [(int(i), pgoutput.decode_truncate(messages[i])[0])
+                 for i in np.flatnonzero((kinds == _T) & kept_msg).tolist()]
+    for i, relids in truncates:
+        units[i] = len(relids)
+        for k, relid in enumerate(relids):
+            if relid not in dec.relations:
+                raise Unsupported("truncate of an unannounced relation")
+            if relid not in first_seen or first_seen[relid][0] > i:
+                first_seen[relid] = (i, k)
+    announce: dict[int, set[int]] = {}
+    for relid, (i, k) in first_seen.items():
+        schema = dec.relations[relid][0]
+        if dec.schemas_seen.get(schema.qualified_name) != _fingerprint(schema):
+            units[i] += 1
+            announce.setdefault(i, set()).add(k)
+    ends = dec.seq + np.cumsum(units)
+
+    def note_schema(relid: int, seq: int, i: int) -> None:
+        schema = dec.relations[relid][0]
+        tx = tx_of[i]
+        dec.schema_changes.append(SchemaChange(schema.qualified_name, seq, schema, None, int(ts_ms[tx]),
+                                               tx_positions[tx].as_py()))
+        dec.schemas_seen[schema.qualified_name] = _fingerprint(schema)
+
+    for relid, (i, k) in sorted(first_seen.items(), key=lambda item: item[1]):
+        dec.schemas[dec.relations[relid][0].qualified_name] = dec.relations[relid][0]
+        if i in announce and k in announce[i] and kinds[i] != _T:
+            note_schema(relid, int(ends[i]) - 1, i)
+
+    truncate_rows: dict[int, TableChangesBuilder] = {}
+    for i, relids in truncates:
+        seq = int(ends[i] - units[i])
+        tx = tx_of[i]
+        for k, relid in enumerate(relids):
+            if k in announce.get(i, ()):
+                seq += 1
+                note_schema(relid, seq, i)
+            seq += 1
+            schema = dec.relations[relid][0]
+            builder = truncate_rows.setdefault(relid, TableChangesBuilder(schema))
+            builder.append(OP_TRUNCATE, seq, int(ts_ms[tx]), tx_ids[tx].as_py(), tx_positions[tx].as_py(),
+                           [None] * len(schema.columns))
+    dec.seq = int(ends[-1])
+    dec.schema_changes.sort(key=lambda change: change.seq)
+
+    tables: dict[str, pa.Table] = {}
+    for relid in sorted(set(relids_u.tolist()) | set(truncate_rows), key=lambda r: first_seen[r]):
+        schema, key_idx = dec.relations[relid]
+        pieces = []
+        mine = np.flatnonzero(row_relid == relid)
+        if len(mine):
+            pieces.append(_relation_table(buf, data, schema, key_idx, row_idx[mine], row_kind[mine], shape[mine],
+                                          starts, ends, tx_of, ts_ms, tx_ids, tx_positions))
+        if relid in truncate_rows:
+            pieces.append(truncate_rows[relid].finish())
+        table = concat_tables(pieces) if len(pieces) > 1 else pieces[0]
+        if len(pieces) > 1:
+            table = table.take(pc.sort_indices(table, [("_seq", "ascending")]))
+        tables[schema.qualified_name] = table
+    return tables
+
+
+def _fingerprint(schema: TableSchema) -> str:
+    from airflow_provider_cdc.connectors.postgres.source import fingerprint_hash
+
+    return fingerprint_hash(schema)
+
+
+def _relation_table(
+    buf: np.ndarray, data: pa.Buffer, schema: TableSchema, key_idx: list[int], msgs: np.ndarray,
+    kinds: np.ndarray, shape: np.ndarray, starts: np.ndarray, ends: np.ndarray, tx_of: np.ndarray,
+    ts_ms: np.ndarray, tx_ids: pa.Array, tx_positions: pa.Array,
+) -> pa.Table:
+    ncols = len(schema.columns)
+    first = _Tuples(buf, starts[msgs] + 6, ncols)
+    old_row = (kinds == _U) & (shape == ord("O"))  # REPLICA IDENTITY FULL update: old row, then 'N', new row
+    after_starts, after_lens, after_kinds = first.starts.copy(), first.lens.copy(), first.kinds.copy()
+    if old_row.any():
+        rows = np.flatnonzero(old_row)
+        second = _Tuples(buf, first.end[rows] + 1, ncols)
+        for c in key_idx:
+            old = _strings(buf, data, first.starts[c, rows], first.lens[c, rows], first.kinds[c, rows] == _TEXT)
+            new = _strings(buf, data, second.starts[c], second.lens[c], second.kinds[c] == _TEXT)
+            if not pc.all(pc.equal(old, new)).as_py():
+                raise Unsupported("update of a key")
+        after_starts[:, rows], after_lens[:, rows], after_kinds[:, rows] = second.starts, second.lens, second.kinds
+    has_before = old_row | ((kinds == _D) & (shape == ord("O")))
+
+    tx = tx_of[msgs]
+    columns: dict[str, Any] = {
+        "_op": _OPS.take(pa.array(np.select([kinds == _I, kinds == _U], [0, 1], 2))),
+        "_seq": pa.array(ends[msgs]),
+        "_ts_ms": pa.array(ts_ms[tx]),
+        "_tx_id": tx_ids.take(pa.array(tx)),
+        "_position": tx_positions.take(pa.array(tx)),
+        "_unchanged": _unchanged(schema, after_kinds),
+    }
+    for c, col in enumerate(schema.columns):
+        columns[col.name] = _strings(buf, data, after_starts[c], after_lens[c], after_kinds[c] == _TEXT)
+    if has_before.any():
+        for c, col in enumerate(schema.columns):
+            valid = has_before & (first.kinds[c] == _TEXT)
+            columns[BEFORE_PREFIX + col.name] = _strings(buf, data, first.starts[c], first.lens[c], valid)
+    return pa.Table.from_pydict(columns, schema=batch_schema(schema, bool(has_before.any())))
+
+
+def _unchanged(schema: TableSchema, after_kinds: np.ndarray) -> pa.Array:
+    """``_unchanged`` list per row: the columns sent as unchanged TOAST (rare: built per row only where present)."""
+    marks = after_kinds == _UNCHANGED
+    n = after_kinds.shape[1]
+    rows = np.flatnonzero(marks.any(axis=0))
+    if not len(rows):
+        return pa.nulls(n, pa.list_(pa.string()))
+    values: list[list[str] | None] = [None] * n
+    names = schema.column_names
+    for r in rows.tolist():
+        values[r] = [names[c] for c in np.flatnonzero(marks[:, r]).tolist()]
+    return pa.array(values, pa.list_(pa.string()))
