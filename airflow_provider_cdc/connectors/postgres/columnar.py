@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from airflow_provider_cdc.connectors.postgres import pgoutput
+from airflow_provider_cdc.errors import CdcError
 from airflow_provider_cdc.events import (
     BEFORE_PREFIX,
     OP_TRUNCATE,
@@ -42,6 +43,16 @@ _MAX_OFFSET = 2**31 - 1  # string_view offsets are int32
 
 class Unsupported(Exception):
     """This batch needs the per-message decoder."""
+
+
+class _Messages:
+    """Single messages of the batch as ``bytes``, for the few that are parsed one by one (R, T)."""
+
+    def __init__(self, arr: pa.LargeBinaryArray) -> None:
+        self.arr = arr
+
+    def __getitem__(self, i: int) -> bytes:
+        return self.arr[i].as_py()
 
 
 def _be(buf: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
@@ -98,18 +109,18 @@ def _strings(buf: np.ndarray, data: pa.Buffer, starts: np.ndarray, lens: np.ndar
     return view.cast(pa.string())
 
 
-def decode_columnar(dec: _StreamDecoder, messages: list[bytes]) -> dict[str, pa.Table]:
-    """Decode ``messages`` into per-table Arrow tables, updating ``dec``'s positions, seq and schema state."""
-    n = len(messages)
+def decode_columnar(dec: _StreamDecoder, arr: pa.LargeBinaryArray) -> dict[str, pa.Table]:
+    """Decode the messages in ``arr`` into per-table Arrow tables, updating ``dec``'s positions, seq and schemas."""
+    n = len(arr)
     dec.messages = n
     if n == 0:
         return {}
-    arr = pa.array(messages, pa.large_binary())
+    messages = _Messages(arr)
     _, offsets_buf, data = arr.buffers()
     if data is None or data.size > _MAX_OFFSET:
         raise Unsupported("batch larger than 2 GiB")
     buf = np.frombuffer(data, np.uint8)
-    starts = np.frombuffer(offsets_buf, np.int64, count=n + 1)[:-1]
+    starts = np.frombuffer(offsets_buf, np.int64, count=n + 1, offset=arr.offset * 8)[:-1]
     kinds = buf[starts]
 
     # Transactions: peek returns whole transactions, B ... C.
@@ -120,6 +131,8 @@ def decode_columnar(dec: _StreamDecoder, messages: list[bytes]) -> dict[str, pa.
         return {}
     tx_of = np.cumsum(kinds == _B) - 1
     final_lsn = _be(buf, starts[b_idx] + 1, 8)
+    if (np.diff(final_lsn.astype(np.int64)) < 0).any():
+        raise CdcError("peeked transactions are out of commit order; this is a bug, please report it")
     kept_tx = final_lsn >= np.uint64(dec.start_lsn)
     dec.skipped = int((~kept_tx).sum())
     dec.transactions = int(kept_tx.sum())

@@ -27,6 +27,7 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -306,12 +307,7 @@ class PgSource:
 
     def _decode(self, position: dict[str, Any], limit: int) -> _StreamDecoder:
         """Peek up to ``limit`` messages and decode them columnar, or message by message for rare shapes."""
-        conn = self.conn
-        with conn.transaction():
-            with conn.cursor(name=f"cdc_peek_{self.source_id}", binary=True) as cur:
-                cur.itersize = 10000
-                cur.execute(self._peek_sql(), (self.slot_name, limit, self.publication_name))
-                messages = [data for (data,) in cur]
+        messages = self._peek_messages(limit)
         decoder = _StreamDecoder(self, position)
         if self.columnar:
             try:
@@ -320,9 +316,37 @@ class PgSource:
             except Unsupported as exc:
                 log.info("decoding this batch message by message: %s", exc)
                 decoder = _StreamDecoder(self, position)
-        for data in messages:
+        for data in messages.to_pylist():
             decoder.feed(data)
         return decoder
+
+    def _peek_messages(self, limit: int) -> pa.LargeBinaryArray:
+        """The peeked messages as one Arrow array. The server concatenates them into one value and sends their
+        lengths beside it: one row instead of one per message, which is what a cursor spends its time on. A batch
+        too large for one value (1 GiB) is read through a server-side cursor instead."""
+        try:
+            with self.conn.cursor(binary=True) as cur:
+                # One plain Aggregate over the function scan: both aggregates see the rows in stream order
+                # (an ORDER BY would sort, and spill, the whole batch); the decoder checks commit order anyway.
+                cur.execute(
+                    "SELECT coalesce(array_agg(length(data)), '{}'), coalesce(string_agg(data, ''::bytea), ''::bytea) "
+                    "FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, 'proto_version', '1', "
+                    "'publication_names', %s, 'messages', 'true')",
+                    (self.slot_name, limit, self.publication_name),
+                )
+                lengths, data = cur.fetchone()
+            offsets = np.zeros(len(lengths) + 1, np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            return pa.Array.from_buffers(
+                pa.large_binary(), len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+            )
+        except psycopg.errors.ProgramLimitExceeded:
+            log.info("batch larger than one value can hold; reading it row by row")
+        with self.conn.transaction():
+            with self.conn.cursor(name=f"cdc_peek_{self.source_id}", binary=True) as cur:
+                cur.itersize = 10000
+                cur.execute(self._peek_sql(), (self.slot_name, limit, self.publication_name))
+                return pa.array([data for (data,) in cur], pa.large_binary())
 
     def _capture_snapshot(self, position: dict[str, Any], max_changes: int) -> ChangeBatch:
         """Read the next ``max_changes`` rows of the pending snapshot, table by table in key order."""
