@@ -468,6 +468,8 @@ class PgSink:
                 pacsv.write_csv(chunk, out, _CSV_OPTIONS)
                 copy.write(memoryview(out.getvalue()))
 
+        # A fresh temp table has no statistics; with them the planner joins the stage to the target by its key.
+        cur.execute(sql.SQL("ANALYZE {}").format(stage))
         on = sql.SQL(" AND ").join(
             sql.SQL("t.{0} = s.{0}").format(sql.Identifier(name)) for name in key
         )
