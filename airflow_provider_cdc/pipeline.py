@@ -24,6 +24,14 @@ from airflow_provider_cdc.staging import BatchStore
 log = logging.getLogger("airflow_provider_cdc.pipeline")
 
 
+def release_memory() -> None:
+    """Hand freed Arrow buffers back to the system after a batch, so a long backlog does not ratchet up the
+    process's peak memory (Arrow's pool otherwise keeps them for reuse)."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+
+
 def summarize(batch: ChangeBatch, manifest_uri: str | None) -> dict[str, Any]:
     return {
         "manifest_uri": manifest_uri,
@@ -82,7 +90,10 @@ def capture_stage(
     uri = store.write(batch)
     if run_id is not None:
         store.remember_run(source.source_id, run_id, uri)
-    return summarize(batch, uri)
+    summary = summarize(batch, uri)
+    del batch
+    release_memory()
+    return summary
 
 
 def load_batch(batch: ChangeBatch, sink: Sink, *, run_id: str | None = None) -> dict[str, Any]:
@@ -96,7 +107,9 @@ def load_batch(batch: ChangeBatch, sink: Sink, *, run_id: str | None = None) -> 
 
 
 def load_stage(manifest_uri: str, sink: Sink, *, run_id: str | None = None) -> dict[str, Any]:
-    return load_batch(BatchStore.read(manifest_uri), sink, run_id=run_id)
+    result = load_batch(BatchStore.read(manifest_uri), sink, run_id=run_id)
+    release_memory()
+    return result
 
 
 def commit_position(
@@ -167,5 +180,7 @@ def run_fused(
         needs_ledger=not batch.is_empty,
     )
     summary = {**summarize(batch, None), "load": loaded, "commit": committed}
+    del batch
+    release_memory()
     log.info("fused run of %s: %d changes in %.2fs", source.source_id, batch.change_count, time.monotonic() - started)
     return summary
