@@ -96,8 +96,7 @@ def _strings(buf: np.ndarray, data: pa.Buffer, starts: np.ndarray, lens: np.ndar
     views[:, 0:4] = lens.astype("<i4").view(np.uint8).reshape(n, 4)
     idx = starts[:, None] + np.arange(12)
     np.minimum(idx, len(buf) - 1, out=idx)
-    head = buf[idx]
-    head[np.arange(12)[None, :] >= lens[:, None]] = 0
+    head = buf[idx]  # bytes past a short value's length are not zeroed: the cast below copies only ``length``
     inline = lens <= 12
     views[inline, 4:16] = head[inline]
     big = ~inline
