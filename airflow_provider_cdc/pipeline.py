@@ -180,7 +180,7 @@ def run_fused(
         needs_ledger=not batch.is_empty,
     )
     summary = {**summarize(batch, None), "load": loaded, "commit": committed}
+    log.info("fused run of %s: %d changes in %.2fs", source.source_id, batch.change_count, time.monotonic() - started)
     del batch
     release_memory()
-    log.info("fused run of %s: %d changes in %.2fs", source.source_id, batch.change_count, time.monotonic() - started)
     return summary
