@@ -6,7 +6,7 @@ column the tuple fields of every row are located at once with vectorised offset 
 ``string_view`` entries pointing into the message buffer, cast to plain strings in one C++ pass. Python work is per
 transaction, per relation and per column, not per row.
 
-The result is exactly what :class:`~airflow_provider_cdc.connectors.postgres.source._StreamDecoder` produces
+The result is exactly what :class:`~airflow_provider_cdc.connectors.postgres.source.StreamDecoder` produces
 (same events, same ``seq`` numbers, same tables; a test compares both on real streams). Rare shapes raise
 :class:`Unsupported` and the caller decodes that batch with the per-message decoder: a relation whose columns
 change within the batch, an update that changes the key, binary tuple data, more than 2 GiB of messages.
@@ -33,7 +33,7 @@ from airflow_provider_cdc.events import (
 )
 
 if TYPE_CHECKING:
-    from airflow_provider_cdc.connectors.postgres.source import _StreamDecoder
+    from airflow_provider_cdc.connectors.postgres.decoder import StreamDecoder
 
 _B, _C, _R, _I, _U, _D, _T = (ord(k) for k in "BCRIUDT")
 _TEXT, _NULL, _UNCHANGED = ord("t"), ord("n"), ord("u")
@@ -108,7 +108,7 @@ def _strings(buf: np.ndarray, data: pa.Buffer, starts: np.ndarray, lens: np.ndar
     return view.cast(pa.string())
 
 
-def decode_columnar(dec: _StreamDecoder, arr: pa.LargeBinaryArray) -> dict[str, pa.Table]:
+def decode_columnar(dec: StreamDecoder, arr: pa.LargeBinaryArray) -> dict[str, pa.Table]:
     """Decode the messages in ``arr`` into per-table Arrow tables, updating ``dec``'s positions, seq and schemas."""
     n = len(arr)
     dec.messages = n
@@ -237,7 +237,7 @@ def decode_columnar(dec: _StreamDecoder, arr: pa.LargeBinaryArray) -> dict[str, 
 
 
 def _fingerprint(schema: TableSchema) -> str:
-    from airflow_provider_cdc.connectors.postgres.source import fingerprint_hash
+    from airflow_provider_cdc.connectors.postgres.decoder import fingerprint_hash
 
     return fingerprint_hash(schema)
 
