@@ -32,8 +32,9 @@ class PositionLostError(SourceError):
         self.position = position
         super().__init__(
             source_id,
-            f"position {position} is gone at the source ({reason}); re-snapshot it: set snapshot: initial and "
-            f"delete Variable cdc.position.{source_id}",
+            f"position {position} is gone at the source ({reason}); re-snapshot it: pause the DAG, set snapshot: "
+            f"initial and delete Variable cdc.position.{source_id}, the source's rows in the sink's _cdc_ledger and "
+            "its sink tables, then unpause (README: re-snapshot)",
         )
 
 

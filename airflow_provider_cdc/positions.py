@@ -57,7 +57,7 @@ class PositionStore:
             "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
         key = position_key(source_id)
-        description = f"CDC position of source {source_id}: written after each committed batch. Delete it only to re-snapshot."
+        description = f"CDC position of source {source_id}: written after each committed batch. Delete it only to re-snapshot (see the README)."
         if _in_task():
             from airflow.sdk import Variable
 
