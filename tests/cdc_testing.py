@@ -175,3 +175,30 @@ def random_changes(url: str, rng, transactions: int = 20, *, allow_truncate: boo
                     done["t"] += 1
             conn.commit()
     return done
+
+
+def staged_run(hook, run_id: str, *, load: bool = True, commit: bool = True) -> dict:
+    """One staged run in this process, as the DAG's tasks would do it: capture, then load, then commit."""
+    from airflow_provider_cdc import pipeline
+
+    source, sink = hook.get_source(), hook.get_sink()
+    try:
+        summary = pipeline.capture_stage(source, sink, hook.positions, hook.store,
+                                         max_changes=hook.source_config.batch_size, run_id=run_id)
+        if load:
+            pipeline.load_stage(summary["manifest_uri"], sink, run_id=run_id)
+        if commit:
+            pipeline.commit_stage(summary["manifest_uri"], source, sink, hook.positions, hook.store)
+        return summary
+    finally:
+        source.close()
+        sink.close()
+
+
+def drain(hook, prefix: str, max_runs: int = 50) -> int:
+    """Staged runs until one captures nothing and no snapshot is pending; returns how many ran."""
+    for i in range(max_runs):
+        summary = staged_run(hook, f"{prefix}_{i}")
+        if summary["change_count"] == 0 and "snapshot" not in (hook.positions.get(hook.source_id) or {"snapshot": 1}):
+            return i + 1
+    raise AssertionError(f"source {hook.source_id} did not drain in {max_runs} runs")

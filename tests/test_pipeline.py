@@ -10,7 +10,16 @@ import pytest
 from airflow_provider_cdc import pipeline
 from airflow_provider_cdc.errors import CdcError
 from airflow_provider_cdc.hooks.cdc import CdcHook
-from cdc_testing import assert_ledger_consistent, assert_same_rows, create_shop, random_changes, unique_id, write_config
+from cdc_testing import (
+    assert_ledger_consistent,
+    assert_same_rows,
+    create_shop,
+    drain,
+    random_changes,
+    staged_run,
+    unique_id,
+    write_config,
+)
 
 
 @pytest.fixture
@@ -21,29 +30,6 @@ def shop(pg_database_factory, tmp_path):
     return source_id, source_url, sink_url, tmp_path / "config"
 
 
-def one_run(hook: CdcHook, run_id: str, *, load: bool = True, commit: bool = True) -> dict:
-    source, sink = hook.get_source(), hook.get_sink()
-    try:
-        summary = pipeline.capture_stage(source, sink, hook.positions, hook.store,
-                                         max_changes=hook.source_config.batch_size, run_id=run_id)
-        if load:
-            pipeline.load_stage(summary["manifest_uri"], sink, run_id=run_id)
-        if commit:
-            pipeline.commit_stage(summary["manifest_uri"], source, sink, hook.positions, hook.store)
-        return summary
-    finally:
-        source.close()
-        sink.close()
-
-
-def drain(hook: CdcHook, prefix: str) -> int:
-    for i in range(50):
-        summary = one_run(hook, f"{prefix}_{i}")
-        if summary["change_count"] == 0 and "snapshot" not in hook.positions.get(hook.source_id):
-            return i
-    raise AssertionError("did not drain")
-
-
 def test_snapshot_converges_with_changes_made_while_it_runs(shop):
     source_id, source_url, sink_url, config_dir = shop
     write_config(config_dir, source_id=source_id, source_url=source_url, sink_url=sink_url,
@@ -52,7 +38,7 @@ def test_snapshot_converges_with_changes_made_while_it_runs(shop):
     rng = random.Random(7)
     runs = 0
     while runs == 0 or "snapshot" in hook.positions.get(source_id):
-        one_run(hook, f"snap_{runs}")
+        staged_run(hook, f"snap_{runs}")
         runs += 1
         # Between chunks: rows already read and rows not yet read change, appear and disappear.
         random_changes(source_url, rng, transactions=3)
@@ -70,10 +56,10 @@ def test_commit_that_never_ran_is_recovered_from_the_ledger(shop):
     drain(hook, "init")
     with psycopg.connect(source_url, autocommit=True) as conn:
         conn.execute("UPDATE users SET name = 'first' WHERE id <= 5")
-    first = one_run(hook, "crashed", commit=False)  # loaded, but the position was never stored
+    first = staged_run(hook, "crashed", commit=False)  # loaded, but the position was never stored
     with psycopg.connect(source_url, autocommit=True) as conn:
         conn.execute("UPDATE users SET name = 'second' WHERE id <= 3")
-    second = one_run(hook, "next")
+    second = staged_run(hook, "next")
     assert second["seq_from"] == first["seq_to"] + 1  # resumed after the ledger's batch, not the Variable's
     assert second["change_count"] == 3
     assert_same_rows(source_url, sink_url, "users")
@@ -87,7 +73,7 @@ def test_cleared_capture_replays_the_same_range_and_commit_needs_the_load(shop):
     drain(hook, "init")
     with psycopg.connect(source_url, autocommit=True) as conn:
         conn.execute("DELETE FROM users WHERE id <= 10")
-    captured = one_run(hook, "run_a", load=False, commit=False)
+    captured = staged_run(hook, "run_a", load=False, commit=False)
     with psycopg.connect(source_url, autocommit=True) as conn:
         conn.execute("DELETE FROM users WHERE id BETWEEN 11 AND 20")
     sink = hook.get_sink()

@@ -11,8 +11,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from pathlib import Path
 
 import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the shared helpers
+
+from cdc_testing import staged_run  # noqa: E402
 
 from airflow_provider_cdc import pipeline
 from airflow_provider_cdc.hooks.cdc import CdcHook
@@ -100,14 +105,7 @@ def main() -> None:
     track_loading()
     KILL_POINTS[point]()
     for i in range(runs):
-        source, sink = hook.get_source(), hook.get_sink()
-        run_id = f"kill_{os.getpid()}_{i}"
-        summary = pipeline.capture_stage(source, sink, hook.positions, hook.store,
-                                         max_changes=hook.source_config.batch_size, run_id=run_id)
-        pipeline.load_stage(summary["manifest_uri"], sink, run_id=run_id)
-        pipeline.commit_stage(summary["manifest_uri"], source, sink, hook.positions, hook.store)
-        source.close()
-        sink.close()
+        summary = staged_run(hook, f"kill_{os.getpid()}_{i}")
         print("RUN", i, summary["change_count"], flush=True)
 
 

@@ -16,7 +16,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cdc_testing import assert_ledger_consistent, assert_same_rows, create_shop, random_changes, unique_id, write_config
+from cdc_testing import (
+    assert_ledger_consistent,
+    assert_same_rows,
+    create_shop,
+    drain,
+    random_changes,
+    unique_id,
+    write_config,
+)
 
 RUNNER = Path(__file__).with_name("kill_runner.py")
 KILL_POINTS = [
@@ -49,27 +57,6 @@ def run_child(config_dir: Path, source_id: str, point: str, sink_db: str, rng: r
     return proc.returncode
 
 
-def clean_run(config_dir: Path, source_id: str, max_runs: int = 40) -> int:
-    """Staged runs in this process until a run captures nothing."""
-    from airflow_provider_cdc import pipeline
-    from airflow_provider_cdc.hooks.cdc import CdcHook
-
-    hook = CdcHook(source_id, str(config_dir))
-    for i in range(max_runs):
-        source, sink = hook.get_source(), hook.get_sink()
-        try:
-            summary = pipeline.capture_stage(source, sink, hook.positions, hook.store,
-                                             max_changes=hook.source_config.batch_size, run_id=f"clean_{i}")
-            pipeline.load_stage(summary["manifest_uri"], sink)
-            pipeline.commit_stage(summary["manifest_uri"], source, sink, hook.positions, hook.store)
-        finally:
-            source.close()
-            sink.close()
-        if summary["change_count"] == 0 and "snapshot" not in (hook.positions.get(source_id) or {"snapshot": 1}):
-            return i + 1
-    raise AssertionError(f"source {source_id} did not drain in {max_runs} runs")
-
-
 @pytest.mark.parametrize("case", range(CASES_PER_SERVER))
 def test_sigkill_then_clean_run_converges_exactly_once(case, pg_server, pg_database_factory, tmp_path):
     rng = random.Random(f"{pg_server.name}-{case}")
@@ -88,7 +75,9 @@ def test_sigkill_then_clean_run_converges_exactly_once(case, pg_server, pg_datab
     second = run_child(config_dir, source_id, point, sink_db, rng)
     random_changes(source_url, rng, transactions=rng.randint(1, 5))
 
-    clean_run(config_dir, source_id)
+    from airflow_provider_cdc.hooks.cdc import CdcHook
+
+    drain(CdcHook(source_id, str(config_dir)), "clean", max_runs=40)
     assert assert_same_rows(source_url, sink_url, "users") >= 0
     assert_same_rows(source_url, sink_url, "orders")
     assert_ledger_consistent(sink_url, source_id)
