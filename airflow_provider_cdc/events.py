@@ -12,16 +12,20 @@ through Python floats (``numeric(38,10)`` stays exact, ``timestamptz`` keeps its
 
 A :class:`ChangeBatch` keeps one ``pyarrow.Table`` per source table with these columns:
 
-``_op``          ``c u d t r`` (create, update, delete, truncate, snapshot read)
-``_seq``         int64, the event's ``seq``
-``_ts_ms``       int64, commit time at the source (ms since epoch)
-``_tx_id``       string, source transaction id (nullable)
-``_position``    string, the source-native position of the event's transaction (e.g. a commit LSN)
-``_unchanged``   list<string>, columns whose value the source did not send (PostgreSQL unchanged TOAST): a sink
-                 keeps its current value for them
-``<column>``     string, the row image the sink must reach: ``after`` for c/u/r; for ``d`` the deleted key
-                 (and, where the source sent it, the whole old row)
-``before.<column>`` string, the before-image, present only when the source sent one (REPLICA IDENTITY FULL)
+``_cdc_op``        ``c u d t r`` (create, update, delete, truncate, snapshot read)
+``_cdc_seq``       int64, the event's ``seq``
+``_cdc_ts_ms``     int64, commit time at the source (ms since epoch)
+``_cdc_tx_id``     string, source transaction id (nullable)
+``_cdc_pos``       string, the source-native position of the event's transaction (e.g. a commit LSN)
+``_cdc_unchanged`` list<string>, columns whose value the source did not send (PostgreSQL unchanged TOAST): a
+                   sink keeps its current value for them
+``<column>``       string, the row image the sink must reach: ``after`` for c/u/r; for ``d`` the deleted key
+                   (and, where the source sent it, the whole old row)
+``_cdc_before:<column>`` string, the before-image, present only when the source sent one (REPLICA IDENTITY FULL,
+                   or the old key of an update that changed the key)
+
+Bookkeeping lives in the ``_cdc_`` namespace, which sources may not use (:func:`reserved_columns` names offenders,
+and connectors refuse such tables at start): a source column may be called ``_op``, ``_seq`` or ``before.x``.
 
 Schema changes (``op = "s"``) are kept beside the tables as :class:`SchemaChange` records.
 """
@@ -46,8 +50,14 @@ OP_SCHEMA = "s"
 ROW_OPS = frozenset({OP_CREATE, OP_UPDATE, OP_DELETE, OP_READ})
 ALL_OPS = frozenset({*ROW_OPS, OP_TRUNCATE, OP_SCHEMA})
 
-META_COLUMNS = ("_op", "_seq", "_ts_ms", "_tx_id", "_position", "_unchanged")
-BEFORE_PREFIX = "before."
+META_COLUMNS = ("_cdc_op", "_cdc_seq", "_cdc_ts_ms", "_cdc_tx_id", "_cdc_pos", "_cdc_unchanged")
+BEFORE_PREFIX = "_cdc_before:"
+RESERVED_PREFIX = "_cdc_"
+
+
+def reserved_columns(names: Iterable[str]) -> list[str]:
+    """Source column names that fall in the bookkeeping namespace (``_cdc_*``), which no source may use."""
+    return [name for name in names if name.startswith(RESERVED_PREFIX)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,13 +75,21 @@ class Column:
     logical_type: str = "text"
     nullable: bool = True
     primary_key: bool = False
+    # The column's identity at the source (PostgreSQL attnum): a rename keeps it, a drop and re-add changes it.
+    ordinal: int | None = None
+    # What rows that existed before the column was added hold in it (PostgreSQL writes no WAL for them on
+    # ``ADD COLUMN ... DEFAULT``): its text form, None for NULL. ``backfill_unknown`` when the source cannot tell
+    # (a volatile default rewrote the table): a sink that must add the column then stops with an error.
+    backfill: str | None = None
+    backfill_unknown: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Column:
-        return cls(**data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +121,7 @@ class TableSchema:
 
     def fingerprint(self) -> str:
         """A stable text of names, types and keys: equal fingerprints mean no schema change."""
-        return json.dumps([[c.name, c.source_type, c.primary_key] for c in self.columns])
+        return json.dumps([[c.name, c.source_type, c.primary_key, c.ordinal] for c in self.columns])
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -213,12 +231,12 @@ class ChangeEvent:
 def batch_schema(table: TableSchema, with_before: bool) -> pa.Schema:
     """The Arrow schema of one table's changes (see the module docstring)."""
     fields = [
-        pa.field("_op", pa.string(), nullable=False),
-        pa.field("_seq", pa.int64(), nullable=False),
-        pa.field("_ts_ms", pa.int64()),
-        pa.field("_tx_id", pa.string()),
-        pa.field("_position", pa.string()),
-        pa.field("_unchanged", pa.list_(pa.string())),
+        pa.field("_cdc_op", pa.string(), nullable=False),
+        pa.field("_cdc_seq", pa.int64(), nullable=False),
+        pa.field("_cdc_ts_ms", pa.int64()),
+        pa.field("_cdc_tx_id", pa.string()),
+        pa.field("_cdc_pos", pa.string()),
+        pa.field("_cdc_unchanged", pa.list_(pa.string())),
     ]
     fields += [pa.field(c, pa.string()) for c in table.column_names]
     if with_before:
@@ -318,7 +336,7 @@ class ChangeBatch:
         for name, table in self.tables.items():
             if table.num_rows == 0:
                 continue
-            vc = pc.value_counts(table.column("_op")).to_pylist()
+            vc = pc.value_counts(table.column("_cdc_op")).to_pylist()
             out[name] = {item["values"]: item["counts"] for item in vc}
         for change in self.schema_changes:
             out.setdefault(change.table, {})
@@ -345,7 +363,7 @@ class ChangeBatch:
             before_cols = [BEFORE_PREFIX + c for c in cols]
             has_before = before_cols[0] in table.column_names if cols else False
             for row in table.to_pylist():
-                op = row["_op"]
+                op = row["_cdc_op"]
                 image = {c: row[c] for c in cols}
                 before = {c: row[BEFORE_PREFIX + c] for c in cols} if has_before else None
                 if before is not None and all(v is None for v in before.values()):
@@ -358,10 +376,10 @@ class ChangeBatch:
                     after = image
                 info = SourceInfo(
                     self.connector, self.database, schema_obj.schema, schema_obj.name,
-                    row["_position"], row["_tx_id"], row["_ts_ms"],
+                    row["_cdc_pos"], row["_cdc_tx_id"], row["_cdc_ts_ms"],
                 )
-                items.append((row["_seq"], ChangeEvent(
-                    op, before, after, info, row["_ts_ms"], row["_seq"], frozenset(row["_unchanged"] or ()),
+                items.append((row["_cdc_seq"], ChangeEvent(
+                    op, before, after, info, row["_cdc_ts_ms"], row["_cdc_seq"], frozenset(row["_cdc_unchanged"] or ()),
                 )))
         items.sort(key=lambda item: item[0])
         return (event for _, event in items)

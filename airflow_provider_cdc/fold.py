@@ -24,19 +24,19 @@ def fold_changes(segment: pa.Table, key: list[str]) -> pa.Table:
     a column the last event did not send (``_unchanged``, PostgreSQL's unchanged TOAST): it is taken from the latest
     earlier event of the key that did send it, else left in ``_unchanged`` for the sink to keep its own value.
     """
-    segment = segment.sort_by("_seq")
-    segment = segment.append_column("_row", pa.array(range(segment.num_rows), pa.int64()))
-    last = segment.select([*key, "_row"]).group_by(key, use_threads=False).aggregate([("_row", "max")])
-    rows = last["_row_max"]
+    segment = segment.sort_by("_cdc_seq")
+    segment = segment.append_column("_cdc_row", pa.array(range(segment.num_rows), pa.int64()))
+    last = segment.select([*key, "_cdc_row"]).group_by(key, use_threads=False).aggregate([("_cdc_row", "max")])
+    rows = last["_cdc_row_max"]
     folded = segment.take(pc.take(rows, pc.sort_indices(rows)))
     needs_fill = pc.fill_null(
-        pc.and_(pc.greater(pc.list_value_length(folded["_unchanged"]), 0),
-                pc.not_equal(folded["_op"], OP_DELETE)),
+        pc.and_(pc.greater(pc.list_value_length(folded["_cdc_unchanged"]), 0),
+                pc.not_equal(folded["_cdc_op"], OP_DELETE)),
         False,
     )
     if pc.any(needs_fill).as_py():
         folded = _fill_unchanged(segment, folded, needs_fill, key)
-    return folded.drop_columns(["_row"])
+    return folded.drop_columns(["_cdc_row"])
 
 
 def _key_array(table: pa.Table, key: list[str]) -> pa.ChunkedArray | pa.Array:
@@ -57,19 +57,19 @@ def _fill_unchanged(segment: pa.Table, folded: pa.Table, needs_fill: pa.ChunkedA
         earlier.setdefault(tuple(event[name] for name in key), []).append(event)
     filled = []
     for row in targets.to_pylist():
-        events = [e for e in earlier.get(tuple(row[name] for name in key), []) if e["_seq"] < row["_seq"]]
+        events = [e for e in earlier.get(tuple(row[name] for name in key), []) if e["_cdc_seq"] < row["_cdc_seq"]]
         still_missing = []
-        for column in row["_unchanged"]:
+        for column in row["_cdc_unchanged"]:
             for event in reversed(events):
-                if event["_op"] == OP_DELETE:
+                if event["_cdc_op"] == OP_DELETE:
                     still_missing.append(column)  # what came before a delete is not this row's value
                     break
-                if column not in (event["_unchanged"] or ()):
+                if column not in (event["_cdc_unchanged"] or ()):
                     row[column] = event[column]
                     break
             else:
                 still_missing.append(column)
-        row["_unchanged"] = still_missing or None
+        row["_cdc_unchanged"] = still_missing or None
         filled.append(row)
     return pa.concat_tables([
         folded.filter(pc.invert(needs_fill)),

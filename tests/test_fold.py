@@ -19,7 +19,7 @@ def events(*rows):
 
 
 def by_key(table) -> dict:
-    return {(r["shop"], r["id"]): (r["_op"], r["_seq"], r["name"], r["doc"], r["_unchanged"]) for r in table.to_pylist()}
+    return {(r["shop"], r["id"]): (r["_cdc_op"], r["_cdc_seq"], r["name"], r["doc"], r["_cdc_unchanged"]) for r in table.to_pylist()}
 
 
 def test_last_write_wins_per_composite_key_and_delete_after_insert_is_a_delete():

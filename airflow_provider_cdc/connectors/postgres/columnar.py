@@ -231,7 +231,7 @@ def decode_columnar(dec: StreamDecoder, arr: pa.LargeBinaryArray) -> dict[str, p
             pieces.append(truncate_rows[relid].finish())
         table = concat_tables(pieces) if len(pieces) > 1 else pieces[0]
         if len(pieces) > 1:
-            table = table.take(pc.sort_indices(table, [("_seq", "ascending")]))
+            table = table.take(pc.sort_indices(table, [("_cdc_seq", "ascending")]))
         tables[schema.qualified_name] = table
     return tables
 
@@ -264,12 +264,12 @@ def _relation_table(
 
     tx = tx_of[msgs]
     columns: dict[str, Any] = {
-        "_op": _OPS.take(pa.array(np.select([kinds == _I, kinds == _U], [0, 1], 2))),
-        "_seq": pa.array(ends[msgs]),
-        "_ts_ms": pa.array(ts_ms[tx]),
-        "_tx_id": tx_ids.take(pa.array(tx)),
-        "_position": tx_positions.take(pa.array(tx)),
-        "_unchanged": _unchanged(schema, after_kinds),
+        "_cdc_op": _OPS.take(pa.array(np.select([kinds == _I, kinds == _U], [0, 1], 2))),
+        "_cdc_seq": pa.array(ends[msgs]),
+        "_cdc_ts_ms": pa.array(ts_ms[tx]),
+        "_cdc_tx_id": tx_ids.take(pa.array(tx)),
+        "_cdc_pos": tx_positions.take(pa.array(tx)),
+        "_cdc_unchanged": _unchanged(schema, after_kinds),
     }
     for c, col in enumerate(schema.columns):
         columns[col.name] = _strings(buf, data, after_starts[c], after_lens[c], after_kinds[c] == _TEXT)

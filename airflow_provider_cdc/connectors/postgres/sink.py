@@ -412,19 +412,19 @@ class PgSink:
         stats = {"events": changes.num_rows, "skipped_replayed": 0, "staged": 0, "upserted": 0, "deleted": 0,
                  "truncates": 0, "truncated_rows": 0}
         if high_water:
-            changes = changes.filter(pc.greater(changes["_seq"], high_water))
+            changes = changes.filter(pc.greater(changes["_cdc_seq"], high_water))
             stats["skipped_replayed"] = stats["events"] - changes.num_rows
         if changes.num_rows == 0:
             return stats
-        changes = changes.sort_by("_seq")
+        changes = changes.sort_by("_cdc_seq")
         columns = [name for name in schema.column_names if name in changes.column_names]
-        truncates = pc.indices_nonzero(pc.equal(changes["_op"], OP_TRUNCATE)).to_pylist()
+        truncates = pc.indices_nonzero(pc.equal(changes["_cdc_op"], OP_TRUNCATE)).to_pylist()
         start = 0
         for index in [*truncates, changes.num_rows]:
             if index > start:
                 self._merge_segment(cur, schema, columns, changes.slice(start, index - start), stats)
             if index < changes.num_rows:
-                self._truncate(cur, schema, changes["_seq"][index].as_py(), changes["_ts_ms"][index].as_py(), stats)
+                self._truncate(cur, schema, changes["_cdc_seq"][index].as_py(), changes["_cdc_ts_ms"][index].as_py(), stats)
             start = index + 1
         return stats
 
@@ -449,15 +449,17 @@ class PgSink:
     ) -> None:
         key = schema.primary_key
         folded = fold_changes(segment, key)
-        unchanged = unchanged_as_text(folded["_unchanged"])
+        unchanged = unchanged_as_text(folded["_cdc_unchanged"])
         has_unchanged = bool(pc.any(pc.not_equal(unchanged, "{}")).as_py())
-        staged = folded.select([*columns, "_op", "_seq", "_ts_ms"]).append_column("_unchanged", unchanged)
+        # The stage is LIKE the target (which has its own _cdc_op ...), so the batch's bookkeeping gets stage names.
+        staged = folded.select([*columns, "_cdc_op", "_cdc_seq", "_cdc_ts_ms"]).rename_columns(
+            [*columns, "_cdc_s_op", "_cdc_s_seq", "_cdc_s_ts_ms"]).append_column("_cdc_s_unchanged", unchanged)
         stats["staged"] += staged.num_rows
 
         target = sql.Identifier(self.target_schema, schema.name)
         stage = sql.Identifier("_cdc_stage")
         cur.execute(sql.SQL(
-            "CREATE TEMP TABLE {} (LIKE {}, _op text, _seq bigint, _ts_ms bigint, _unchanged text[]) ON COMMIT DROP"
+            "CREATE TEMP TABLE {} (LIKE {}, _cdc_s_op text, _cdc_s_seq bigint, _cdc_s_ts_ms bigint, _cdc_s_unchanged text[]) ON COMMIT DROP"
         ).format(stage, target))
         copy_columns = sql.SQL(", ").join(map(sql.Identifier, staged.column_names))
         with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(stage, copy_columns)) as copy:
@@ -473,9 +475,9 @@ class PgSink:
         on = sql.SQL(" AND ").join(
             sql.SQL("t.{0} = s.{0}").format(sql.Identifier(name)) for name in key
         )
-        guard = sql.SQL("(t._cdc_position IS NULL OR t._cdc_position <= s._seq)")
-        if pc.any(pc.equal(staged["_op"], OP_DELETE)).as_py():
-            cur.execute(sql.SQL("SELECT count(*) FROM {} AS s JOIN {} AS t ON {} WHERE s._op = %s AND {}").format(
+        guard = sql.SQL("(t._cdc_position IS NULL OR t._cdc_position <= s._cdc_s_seq)")
+        if pc.any(pc.equal(staged["_cdc_s_op"], OP_DELETE)).as_py():
+            cur.execute(sql.SQL("SELECT count(*) FROM {} AS s JOIN {} AS t ON {} WHERE s._cdc_s_op = %s AND {}").format(
                 stage, target, on, guard), (OP_DELETE,))
             deleted = int(cur.fetchone()[0])
         else:
@@ -495,7 +497,7 @@ class PgSink:
         guard: sql.Composable,
         has_unchanged: bool,
     ) -> sql.Composed:
-        ts = sql.SQL("to_timestamp(s._ts_ms / 1000.0)")
+        ts = sql.SQL("to_timestamp(s._cdc_s_ts_ms / 1000.0)")
         updates = []
         for name in columns:
             if name in key:
@@ -503,27 +505,27 @@ class PgSink:
             col = sql.Identifier(name)
             if has_unchanged:
                 # Unchanged TOAST: the source did not send the value, so the sink keeps its own.
-                updates.append(sql.SQL("{0} = CASE WHEN {1} = ANY(s._unchanged) THEN t.{0} ELSE s.{0} END").format(
+                updates.append(sql.SQL("{0} = CASE WHEN {1} = ANY(s._cdc_s_unchanged) THEN t.{0} ELSE s.{0} END").format(
                     col, sql.Literal(name)))
             else:
                 updates.append(sql.SQL("{0} = s.{0}").format(col))
-        updates += [sql.SQL("_cdc_op = s._op"), sql.SQL("_cdc_position = s._seq"), sql.SQL("_cdc_ts = {}").format(ts)]
+        updates += [sql.SQL("_cdc_op = s._cdc_s_op"), sql.SQL("_cdc_position = s._cdc_s_seq"), sql.SQL("_cdc_ts = {}").format(ts)]
         if self.delete_mode == "soft":
             updates.append(sql.SQL("_cdc_deleted_at = NULL"))
             on_delete = sql.SQL(
-                "UPDATE SET _cdc_deleted_at = {0}, _cdc_op = s._op, _cdc_position = s._seq, _cdc_ts = {0}"
+                "UPDATE SET _cdc_deleted_at = {0}, _cdc_op = s._cdc_s_op, _cdc_position = s._cdc_s_seq, _cdc_ts = {0}"
             ).format(ts)
         else:
             on_delete = sql.SQL("DELETE")
         insert_columns = [sql.Identifier(name) for name in columns] + [
             sql.Identifier("_cdc_op"), sql.Identifier("_cdc_position"), sql.Identifier("_cdc_ts")]
         insert_values = [sql.SQL("s.{}").format(sql.Identifier(name)) for name in columns] + [
-            sql.SQL("s._op"), sql.SQL("s._seq"), ts]
+            sql.SQL("s._cdc_s_op"), sql.SQL("s._cdc_s_seq"), ts]
         return sql.SQL(
             "MERGE INTO {target} AS t USING {stage} AS s ON {on}"
-            " WHEN MATCHED AND s._op = {d} AND {guard} THEN {on_delete}"
-            " WHEN MATCHED AND s._op <> {d} AND {guard} THEN UPDATE SET {updates}"
-            " WHEN NOT MATCHED AND s._op <> {d} THEN INSERT ({insert_columns}) VALUES ({insert_values})"
+            " WHEN MATCHED AND s._cdc_s_op = {d} AND {guard} THEN {on_delete}"
+            " WHEN MATCHED AND s._cdc_s_op <> {d} AND {guard} THEN UPDATE SET {updates}"
+            " WHEN NOT MATCHED AND s._cdc_s_op <> {d} THEN INSERT ({insert_columns}) VALUES ({insert_values})"
         ).format(
             target=target, stage=stage, on=on, d=sql.Literal(OP_DELETE), guard=guard, on_delete=on_delete,
             updates=sql.SQL(", ").join(updates), insert_columns=sql.SQL(", ").join(insert_columns),

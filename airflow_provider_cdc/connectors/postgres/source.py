@@ -368,12 +368,12 @@ class PgSource:
             n = chunk.num_rows
             if n:
                 meta = {
-                    "_op": pa.array([OP_READ] * n, pa.string()),
-                    "_seq": pa.array(range(seq + 1, seq + n + 1), pa.int64()),
-                    "_ts_ms": pa.array([ts_ms] * n, pa.int64()),
-                    "_tx_id": pa.nulls(n, pa.string()),
-                    "_position": pa.array([position["lsn"]] * n, pa.string()),
-                    "_unchanged": pa.nulls(n, pa.list_(pa.string())),
+                    "_cdc_op": pa.array([OP_READ] * n, pa.string()),
+                    "_cdc_seq": pa.array(range(seq + 1, seq + n + 1), pa.int64()),
+                    "_cdc_ts_ms": pa.array([ts_ms] * n, pa.int64()),
+                    "_cdc_tx_id": pa.nulls(n, pa.string()),
+                    "_cdc_pos": pa.array([position["lsn"]] * n, pa.string()),
+                    "_cdc_unchanged": pa.nulls(n, pa.list_(pa.string())),
                 }
                 piece = pa.Table.from_arrays(
                     list(meta.values()) + chunk.columns, names=list(meta) + chunk.column_names
