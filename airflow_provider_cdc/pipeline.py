@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from airflow_provider_cdc.connectors.base import Sink, Source
-from airflow_provider_cdc.errors import CdcError
+from airflow_provider_cdc.errors import CdcError, PositionLostError
 from airflow_provider_cdc.events import ChangeBatch
 from airflow_provider_cdc.positions import PositionStore
 from airflow_provider_cdc.staging import BatchStore
@@ -50,11 +50,12 @@ def start_position(source: Source, sink: Sink, positions: PositionStore) -> dict
     committed = sink.last_committed(source.source_id)
     if committed is not None and (stored is None or source.position_order(committed) > source.position_order(stored)):
         log.warning(
-            "source %s: the sink ledger is ahead of Variable cdc.position.%s (a commit step did not finish); "
-            "resuming from the ledger at seq %s",
-            source.source_id, source.source_id, committed.get("seq"),
+            "source %s: the sink ledger is ahead of Variable cdc.position.%s (%s); resuming from the ledger at seq %s",
+            source.source_id, source.source_id,
+            "the Variable is missing" if stored is None else "a commit step did not finish", committed.get("seq"),
         )
-        return committed
+        # Marked: batches without changes leave no ledger row, so the source may be acknowledged past it.
+        return {**committed, "from_ledger": True} if stored is None else committed
     return stored
 
 
@@ -64,9 +65,20 @@ def capture_batch(
     positions: PositionStore,
     max_changes: int,
 ) -> ChangeBatch:
-    source.prepare()
     position = start_position(source, sink, positions)
-    return source.capture(position, max_changes)
+    try:
+        source.prepare(position)
+        return source.capture(position, max_changes)
+    except PositionLostError as exc:
+        # Overlapping runs (max_active_runs > 1): another run may have committed, and acknowledged the source,
+        # after this one read the position. Read it again; only a position that stays behind is lost.
+        again = start_position(source, sink, positions)
+        if again == position or source.position_order(again) <= source.position_order(position):
+            raise
+        log.info("source %s: another run committed up to seq %s meanwhile (%s); capturing from there",
+                 source.source_id, again.get("seq"), exc)
+        source.prepare(again)
+        return source.capture(again, max_changes)
 
 
 def capture_stage(

@@ -19,8 +19,10 @@ class Source(Protocol):
 
     source_id: str
 
-    def prepare(self) -> None:
-        """Create what capture needs at the source (publication, slot) when absent; check server settings."""
+    def prepare(self, position: dict[str, Any] | None = None) -> None:
+        """Create what capture needs at the source (publication, slot) when absent; check server settings.
+
+        With a ``position`` the source ran before: what a position depends on (a slot) is never recreated."""
 
     def capture(self, position: dict[str, Any] | None, max_changes: int) -> ChangeBatch:
         """Return the next batch after ``position`` (None: start, snapshot first when configured).

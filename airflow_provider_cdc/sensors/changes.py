@@ -13,6 +13,7 @@ from airflow.sdk import BaseSensorOperator
 
 from airflow_provider_cdc.errors import CdcError
 from airflow_provider_cdc.hooks.cdc import CdcHook
+from airflow_provider_cdc.pipeline import start_position
 from airflow_provider_cdc.triggers.changes import ChangesAvailableTrigger
 
 
@@ -45,10 +46,12 @@ class CDCChangesSensor(BaseSensorOperator):
 
     def _check(self) -> tuple[bool, dict[str, Any] | None]:
         hook = CdcHook(self.source_id, self.config_dir)
-        source = hook.get_source()
+        source, sink = hook.get_source(), hook.get_sink()
         try:
-            source.prepare()
-            position = hook.positions.get(self.source_id)
+            # The Variable, or the sink ledger when that is later or the Variable is lost: with either, the
+            # source ran before and its slot must not be recreated.
+            position = start_position(source, sink, hook.positions)
+            source.prepare(position)
             if position is not None:
                 # The Variable is written only after the sink committed, so acknowledging it is always safe; it
                 # finishes a commit step that stopped between storing the position and acknowledging it.
@@ -56,6 +59,7 @@ class CDCChangesSensor(BaseSensorOperator):
             return source.has_changes(position), position
         finally:
             source.close()
+            sink.close()
 
     def poke(self, context: Any) -> bool:
         ready, _ = self._check()

@@ -240,7 +240,7 @@ def test_dropped_slot_yields_an_error_event_naming_the_slot(source: Source):
     assert event.payload["source_id"] == source.source_id
     message = event.payload["message"]
     assert f"replication slot {source.slot!r} was dropped" in message
-    assert f"cdc.position.{source.source_id}" in message  # says what to do next: re-snapshot
+    assert f"resnapshot {source.source_id}" in message  # says what to do next: re-snapshot
 
 
 def test_dropped_slot_before_the_first_probe_is_reported_too(source: Source):

@@ -43,6 +43,7 @@ class Catalog:
         self.conn = conn
         self._types: dict[tuple[int, int], str] = {}
         self._keys: dict[int, list[str]] = {}
+        self._attributes: dict[int, dict[str, tuple[int, str | None, bool]]] = {}
 
     def relid(self, schema: str, table: str) -> int | None:
         with self.conn.cursor() as cur:
@@ -54,17 +55,48 @@ class Catalog:
             row = cur.fetchone()
         return row[0] if row else None
 
+    def relation_info(self, relid: int) -> dict:
+        """What decides whether and how a table can be captured: its kind, replica identity, key, deferrability."""
+        with self.conn.cursor() as cur:
+            cur.execute(
+                "SELECT c.relkind, c.relreplident, c.relispartition,"
+                " EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid) AS has_children,"
+                " (SELECT con.condeferrable FROM pg_constraint con WHERE con.conrelid = c.oid AND con.contype = 'p')"
+                " FROM pg_class c WHERE c.oid = %s",
+                (relid,),
+            )
+            relkind, replident, is_partition, has_children, pk_deferrable = cur.fetchone()
+        return {
+            "relkind": relkind,
+            "replica_identity": replident,
+            "is_partition": is_partition,
+            "has_children": has_children,
+            "pk_deferrable": bool(pk_deferrable),
+            "primary_key": self._index_columns(relid, "i.indisprimary"),
+            "identity_index": self._index_columns(relid, "i.indisreplident"),
+        }
+
+    def _index_columns(self, relid: int, condition: str) -> list[str]:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                "SELECT a.attname FROM pg_index i "
+                "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true "
+                "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+                f"WHERE i.indrelid = %s AND {condition} ORDER BY k.ord",
+                (relid,),
+            )
+            return [r[0] for r in cur.fetchall()]
+
     def primary_key(self, relid: int) -> list[str]:
+        """The columns a sink merges by: the primary key, or the replica identity index where the table uses
+        ``REPLICA IDENTITY USING INDEX`` (then deletes carry exactly those columns)."""
         if relid not in self._keys:
             with self.conn.cursor() as cur:
-                cur.execute(
-                    "SELECT a.attname FROM pg_index i "
-                    "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true "
-                    "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
-                    "WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.ord",
-                    (relid,),
-                )
-                self._keys[relid] = [r[0] for r in cur.fetchall()]
+                cur.execute("SELECT relreplident FROM pg_class WHERE oid = %s", (relid,))
+                row = cur.fetchone()
+            identity = row[0] if row else "d"
+            key = self._index_columns(relid, "i.indisreplident") if identity == "i" else []
+            self._keys[relid] = key or self._index_columns(relid, "i.indisprimary")
         return self._keys[relid]
 
     def type_name(self, oid: int, typmod: int) -> str:
@@ -74,6 +106,37 @@ class Catalog:
                 cur.execute("SELECT format_type(%s, %s)", (oid, typmod if typmod >= 0 else None))
                 self._types[key] = cur.fetchone()[0]
         return self._types[key]
+
+    def attributes(self, relid: int) -> dict[str, tuple[int, str | None, bool]]:
+        """Current columns by name: attnum (identity), the value rows older than the column hold (PostgreSQL's
+        "missing value" of ``ADD COLUMN ... DEFAULT``, which writes no WAL), and whether that value is unknown
+        (a default without a missing value: a volatile default rewrote the table, without logical changes)."""
+        if relid not in self._attributes:
+            with self.conn.cursor() as cur:
+                cur.execute(
+                    "SELECT a.attname, a.attnum, a.atthasmissing, (a.attmissingval::text::text[])[1],"
+                    " d.adbin IS NOT NULL"
+                    " FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
+                    " WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped",
+                    (relid,),
+                )
+                self._attributes[relid] = {
+                    name: (attnum, missing if has_missing else None, bool(has_default and not has_missing))
+                    for name, attnum, has_missing, missing, has_default in cur.fetchall()
+                }
+        return self._attributes[relid]
+
+    def _column(self, relid: int, name: str, declared: str, keys: set[str], nullable: bool,
+                previous: TableSchema | None) -> Column:
+        attribute = self.attributes(relid).get(name)
+        if attribute is not None:
+            ordinal, backfill, unknown = attribute
+        else:
+            # Renamed or dropped since this change was written: the identity is the one last seen under this name.
+            known = {c.name: c for c in previous.columns} if previous is not None else {}
+            ordinal = known[name].ordinal if name in known else None
+            backfill, unknown = None, False
+        return Column(name, declared, logical_type(declared), nullable, name in keys, ordinal, backfill, unknown)
 
     def table_schema(self, relid: int) -> TableSchema:
         """The table's current columns from the catalog (used by the snapshot)."""
@@ -91,16 +154,15 @@ class Catalog:
             )
             rows = cur.fetchall()
         keys = set(self.primary_key(relid))
-        columns = tuple(
-            Column(attname, declared, logical_type(declared), nullable, attname in keys)
-            for attname, declared, nullable in rows
-        )
+        columns = tuple(self._column(relid, attname, declared, keys, nullable, None)
+                        for attname, declared, nullable in rows)
         return TableSchema(schema, name, columns, "postgresql")
 
-    def schema_from_relation(self, rel: Relation) -> TableSchema:
+    def schema_from_relation(self, rel: Relation, previous: TableSchema | None = None) -> TableSchema:
+        """The columns a Relation message announced, with identities from the catalog (or ``previous``)."""
         keys = set(self.primary_key(rel.relid))
         columns = []
         for name, oid, typmod in zip(rel.columns, rel.type_oids, rel.typmods):
             declared = self.type_name(oid, typmod)
-            columns.append(Column(name, declared, logical_type(declared), name not in keys, name in keys))
+            columns.append(self._column(rel.relid, name, declared, keys, name not in keys, previous))
         return TableSchema(rel.namespace, rel.name, tuple(columns), "postgresql")

@@ -147,8 +147,9 @@ def decode_columnar(dec: StreamDecoder, arr: pa.LargeBinaryArray) -> dict[str, p
     # Relations (in skipped transactions too: pgoutput announces each once per session).
     for i in np.flatnonzero(kinds == _R).tolist():
         rel = pgoutput.decode_relation(messages[i])
-        schema = dec.catalog.schema_from_relation(rel)
         known = dec.relations.get(rel.relid)
+        schema = dec.catalog.schema_from_relation(
+            rel, known[0] if known else dec.known_schema(f"{rel.namespace}.{rel.name}"))
         if known is not None and known[0].fingerprint() != schema.fingerprint():
             raise Unsupported("relation changed within the batch")
         if known is None:
@@ -158,6 +159,11 @@ def decode_columnar(dec: StreamDecoder, arr: pa.LargeBinaryArray) -> dict[str, p
     is_row = ((kinds == _I) | (kinds == _U) | (kinds == _D)) & kept_msg
     row_idx = np.flatnonzero(is_row)
     row_relid = _be(buf, starts[row_idx] + 1, 4)
+    # Tables not configured (a publication for all tables) or waiting for their snapshot: dropped before any seq.
+    unwanted = [relid for relid, (schema, _) in dec.relations.items() if not dec.wanted(schema)]
+    if unwanted:
+        mine = ~np.isin(row_relid, unwanted)
+        row_idx, row_relid = row_idx[mine], row_relid[mine]
     row_kind = kinds[row_idx]
     shape = buf[starts[row_idx] + 5]  # 'N' new tuple, 'K' old key, 'O' old row
     if ((row_kind == _U) & (shape == ord("K"))).any():
@@ -174,7 +180,7 @@ def decode_columnar(dec: StreamDecoder, arr: pa.LargeBinaryArray) -> dict[str, p
     relids_u, first_pos = np.unique(row_relid, return_index=True)
     for relid, pos in zip(relids_u.tolist(), first_pos.tolist()):
         first_seen[relid] = (int(row_idx[pos]), 0)
-    truncates = [(int(i), pgoutput.decode_truncate(messages[i])[0])
+    truncates = [(int(i), [r for r in pgoutput.decode_truncate(messages[i])[0] if r not in unwanted])
                  for i in np.flatnonzero((kinds == _T) & kept_msg).tolist()]
     for i, relids in truncates:
         units[i] = len(relids)
@@ -186,7 +192,7 @@ def decode_columnar(dec: StreamDecoder, arr: pa.LargeBinaryArray) -> dict[str, p
     announce: dict[int, set[int]] = {}
     for relid, (i, k) in first_seen.items():
         schema = dec.relations[relid][0]
-        if dec.schemas_seen.get(schema.qualified_name) != _fingerprint(schema):
+        if seen_fingerprint(dec.schemas_seen.get(schema.qualified_name)) != _fingerprint(schema):
             units[i] += 1
             announce.setdefault(i, set()).add(k)
     ends = dec.seq + np.cumsum(units)
@@ -194,9 +200,11 @@ def decode_columnar(dec: StreamDecoder, arr: pa.LargeBinaryArray) -> dict[str, p
     def note_schema(relid: int, seq: int, i: int) -> None:
         schema = dec.relations[relid][0]
         tx = tx_of[i]
-        dec.schema_changes.append(SchemaChange(schema.qualified_name, seq, schema, None, int(ts_ms[tx]),
+        dec.schema_changes.append(SchemaChange(schema.qualified_name, seq, schema,
+                                               seen_schema(dec.schemas_seen.get(schema.qualified_name)),
+                                               int(ts_ms[tx]),
                                                tx_positions[tx].as_py()))
-        dec.schemas_seen[schema.qualified_name] = _fingerprint(schema)
+        dec.schemas_seen[schema.qualified_name] = remembered(schema)
 
     for relid, (i, k) in sorted(first_seen.items(), key=lambda item: item[1]):
         dec.schemas[dec.relations[relid][0].qualified_name] = dec.relations[relid][0]
@@ -242,6 +250,24 @@ def _fingerprint(schema: TableSchema) -> str:
     return fingerprint_hash(schema)
 
 
+def seen_fingerprint(entry: Any) -> str | None:
+    from airflow_provider_cdc.connectors.postgres.decoder import seen_fingerprint as seen
+
+    return seen(entry)
+
+
+def seen_schema(entry: Any) -> TableSchema | None:
+    from airflow_provider_cdc.connectors.postgres.decoder import seen_schema as schema_of
+
+    return schema_of(entry)
+
+
+def remembered(schema: TableSchema) -> dict[str, Any]:
+    from airflow_provider_cdc.connectors.postgres.decoder import remembered as remember
+
+    return remember(schema)
+
+
 def _relation_table(
     buf: np.ndarray, data: pa.Buffer, schema: TableSchema, key_idx: list[int], msgs: np.ndarray,
     kinds: np.ndarray, shape: np.ndarray, starts: np.ndarray, ends: np.ndarray, tx_of: np.ndarray,
@@ -259,7 +285,13 @@ def _relation_table(
             new = _strings(buf, data, second.starts[c], second.lens[c], second.kinds[c] == _TEXT)
             if not pc.all(pc.equal(old, new)).as_py():
                 raise Unsupported("update of a key")
-        after_starts[:, rows], after_lens[:, rows], after_kinds[:, rows] = second.starts, second.lens, second.kinds
+        # REPLICA IDENTITY FULL sends the whole old row, out-of-line values included: an unchanged TOAST value
+        # of the new row is the old row's.
+        from_old = (second.kinds == _UNCHANGED) & (first.kinds[:, rows] == _TEXT)
+        new_starts = np.where(from_old, first.starts[:, rows], second.starts)
+        new_lens = np.where(from_old, first.lens[:, rows], second.lens)
+        new_kinds = np.where(from_old, first.kinds[:, rows], second.kinds)
+        after_starts[:, rows], after_lens[:, rows], after_kinds[:, rows] = new_starts, new_lens, new_kinds
     has_before = old_row | ((kinds == _D) & (shape == ord("O")))
 
     tx = tx_of[msgs]

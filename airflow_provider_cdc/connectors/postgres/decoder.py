@@ -12,10 +12,12 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute in align()
 
 from airflow_provider_cdc.connectors.postgres import pgoutput
 from airflow_provider_cdc.connectors.postgres.catalog import Catalog
 from airflow_provider_cdc.events import (
+    BEFORE_PREFIX,
     OP_CREATE,
     OP_DELETE,
     OP_TRUNCATE,
@@ -36,6 +38,45 @@ def fingerprint_hash(table: TableSchema) -> str:
     return hashlib.sha1(table.fingerprint().encode()).hexdigest()[:16]
 
 
+def remembered(table: TableSchema) -> dict[str, Any]:
+    """How a position remembers a table's schema: the fingerprint to notice a change, and the columns, so that the
+    next batch's schema event has a ``before`` (a rename is told from a drop by the column's ordinal)."""
+    return {"fp": fingerprint_hash(table), "table": table.to_dict()}
+
+
+def seen_fingerprint(entry: Any) -> str | None:
+    """The fingerprint of a position's ``schemas`` entry (older positions kept the bare hash)."""
+    return entry.get("fp") if isinstance(entry, dict) else entry
+
+
+def seen_schema(entry: Any) -> TableSchema | None:
+    return TableSchema.from_dict(entry["table"]) if isinstance(entry, dict) and entry.get("table") else None
+
+
+def align(table: pa.Table, old: TableSchema, new: TableSchema) -> pa.Table:
+    """Changes written under ``old`` columns, renamed and filled to ``new`` ones by column identity (ordinal).
+
+    A column renamed in between takes its new name; a column added in between gets the value rows older than it
+    hold (its backfill); a column dropped in between stays, for the sink to keep."""
+    by_ordinal = {c.ordinal: c for c in new.columns if c.ordinal is not None}
+    names = list(table.column_names)
+    old_names = set(old.column_names)
+    for col in old.columns:
+        target = by_ordinal.get(col.ordinal) if col.ordinal is not None else None
+        if target is not None and target.name != col.name and target.name not in old_names:
+            for prefix in ("", BEFORE_PREFIX):
+                if prefix + col.name in names:
+                    names[names.index(prefix + col.name)] = prefix + target.name
+    table = table.rename_columns(names)
+    for col in new.columns:
+        if col.name not in table.column_names:
+            values = pa.array([col.backfill] * table.num_rows, pa.string())
+            # Truncate rows carry no row image.
+            values = pa.compute.if_else(pa.compute.equal(table["_cdc_op"], OP_TRUNCATE), None, values)
+            table = table.append_column(col.name, values)
+    return table
+
+
 def commits_after(rows: list[tuple[bytes]], position: dict[str, Any]) -> bool:
     """Whether peeked messages hold a commit past ``position`` (earlier ones are loaded but not yet acknowledged)."""
     start = pgoutput.lsn_to_int(position["lsn"])
@@ -43,15 +84,21 @@ def commits_after(rows: list[tuple[bytes]], position: dict[str, Any]) -> bool:
 
 
 class StreamDecoder:
-    """Turns pgoutput messages into per-table builders, assigning ``seq`` in commit order."""
+    """Turns pgoutput messages into per-table builders, assigning ``seq`` in commit order.
 
-    def __init__(self, source: PgSource, position: dict[str, Any]) -> None:
+    Each change is decoded with the relation that was current when it was written: a Relation message inside a
+    transaction (DDL between two changes) applies to the changes after it only. Changes of tables outside
+    ``keep`` (not configured, or waiting for their snapshot) are dropped before they get a ``seq``.
+    """
+
+    def __init__(self, source: PgSource, position: dict[str, Any], keep: set[str] | None = None) -> None:
         self.source = source
         self.position = position
+        self.keep = keep
         self.start_lsn = pgoutput.lsn_to_int(position["lsn"])
         self.seq = position.get("seq", 0)
         self.seq_from = self.seq + 1
-        self.schemas_seen: dict[str, str] = dict(position.get("schemas", {}))
+        self.schemas_seen: dict[str, Any] = dict(position.get("schemas", {}))
         self.catalog = Catalog(source.conn)
         self.relations: dict[int, tuple[TableSchema, list[int]]] = {}
         self.builders: dict[str, list[TableChangesBuilder]] = {}
@@ -68,6 +115,13 @@ class StreamDecoder:
         self.columnar_tables: dict[str, pa.Table] = {}
         # Pending transaction: events are kept until Commit so that a half-read transaction is never emitted.
         self.pending: list[tuple] = []
+
+    def wanted(self, schema: TableSchema) -> bool:
+        return self.keep is None or schema.qualified_name in self.keep
+
+    def known_schema(self, qualified: str) -> TableSchema | None:
+        """The table's columns as last seen: earlier in this batch, else as the position remembers them."""
+        return self.schemas.get(qualified) or seen_schema(self.schemas_seen.get(qualified))
 
     def feed(self, data: bytes) -> None:
         self.messages += 1
@@ -90,22 +144,23 @@ class StreamDecoder:
             return
         elif kind == 0x49:  # I
             relid, new = pgoutput.decode_insert(data)
-            self.pending.append((OP_CREATE, relid, new, None, None))
+            self.pending.append((OP_CREATE, self.relations[relid], new, None, None))
         elif kind == 0x55:  # U
             relid, old_kind, old, new = pgoutput.decode_update(data)
-            self.pending.append((OP_UPDATE, relid, new, old_kind, old))
+            self.pending.append((OP_UPDATE, self.relations[relid], new, old_kind, old))
         elif kind == 0x44:  # D
             relid, old_kind, old = pgoutput.decode_delete(data)
-            self.pending.append((OP_DELETE, relid, None, old_kind, old))
+            self.pending.append((OP_DELETE, self.relations[relid], None, old_kind, old))
         elif kind == 0x54:  # T
             relids, _options = pgoutput.decode_truncate(data)
             for relid in relids:
-                self.pending.append((OP_TRUNCATE, relid, None, None, None))
+                self.pending.append((OP_TRUNCATE, self.relations[relid], None, None, None))
         # Y (type), O (origin) and M (logical messages: heartbeats) carry no row change.
 
     def _relation(self, rel: pgoutput.Relation) -> None:
-        schema = self.catalog.schema_from_relation(rel)
         previous = self.relations.get(rel.relid)
+        schema = self.catalog.schema_from_relation(
+            rel, previous[0] if previous else self.known_schema(f"{rel.namespace}.{rel.name}"))
         if previous is not None and previous[0].fingerprint() == schema.fingerprint():
             return  # re-announced unchanged: keep the same builder
         self.relations[rel.relid] = (schema, [i for i, c in enumerate(schema.columns) if c.primary_key])
@@ -120,20 +175,20 @@ class StreamDecoder:
     def _note_schema(self, schema: TableSchema, ts_ms: int, position: str) -> None:
         """Emit an ``s`` event when a table's columns differ from those last seen (or it is seen first)."""
         qualified = schema.qualified_name
-        digest = fingerprint_hash(schema)
-        if self.schemas_seen.get(qualified) != digest:
+        if seen_fingerprint(self.schemas_seen.get(qualified)) != fingerprint_hash(schema):
             self.seq += 1
             self.schema_changes.append(
-                SchemaChange(qualified, self.seq, schema, self.schemas.get(qualified), ts_ms, position)
+                SchemaChange(qualified, self.seq, schema, self.known_schema(qualified), ts_ms, position)
             )
-            self.schemas_seen[qualified] = digest
+            self.schemas_seen[qualified] = remembered(schema)
         self.schemas[qualified] = schema
 
     def _flush_transaction(self, commit: pgoutput.Commit) -> None:
         begin = self.begin
         ts_ms, tx_id, position = commit.ts_ms, str(begin.xid) if begin else None, self.tx_position
-        for op, relid, new, old_kind, old in self.pending:
-            schema, key_idx = self.relations[relid]
+        for op, (schema, key_idx), new, old_kind, old in self.pending:
+            if not self.wanted(schema):
+                continue
             if self.schemas.get(schema.qualified_name) is not schema:
                 self._note_schema(schema, ts_ms, position)
             builder = self._builder(schema)
@@ -148,6 +203,11 @@ class StreamDecoder:
                 full = old_kind == "O"
                 builder.append(OP_DELETE, self.seq, ts_ms, tx_id, position, old, before=old if full else None)
             else:  # update
+                if old_kind == "O":
+                    # REPLICA IDENTITY FULL sends the whole old row, out-of-line values included: an unchanged
+                    # TOAST value of the new row is the old row's.
+                    new = [o if v is pgoutput.UNCHANGED and o is not pgoutput.UNCHANGED else v
+                           for v, o in zip(new, old)]
                 unchanged = [schema.columns[i].name for i, v in enumerate(new) if v is pgoutput.UNCHANGED]
                 if unchanged:
                     new = [None if v is pgoutput.UNCHANGED else v for v in new]
@@ -156,11 +216,15 @@ class StreamDecoder:
                     before = [None if v is pgoutput.UNCHANGED else v for v in old]
                     if any(old[i] != new[i] for i in key_idx):
                         # The key changed: the old row goes away and a new one appears (as Debezium reports it).
+                        # The new row carries the old key as its before-image, so that a value the source did not
+                        # resend (unchanged TOAST) can be taken from the row under the old key.
                         self.seq += 1
                         builder.append(OP_DELETE, self.seq, ts_ms, tx_id, position, before,
                                        before=before if old_kind == "O" else None)
+                        old_key = before if old_kind == "O" else [
+                            before[i] if i in key_idx else None for i in range(len(before))]
                         self.seq += 1
-                        builder.append(OP_CREATE, self.seq, ts_ms, tx_id, position, new,
+                        builder.append(OP_CREATE, self.seq, ts_ms, tx_id, position, new, before=old_key,
                                        unchanged=unchanged or None)
                         continue
                     if old_kind != "O":
@@ -174,16 +238,23 @@ class StreamDecoder:
             self.first_commit = commit.commit_lsn
         self.last_end = commit.end_lsn
 
-    def finish(self) -> ChangeBatch:
+    def table_changes(self) -> dict[str, pa.Table]:
+        """Per table, its changes in ``seq`` order, aligned to the table's last schema in the batch."""
         tables: dict[str, pa.Table] = dict(self.columnar_tables)
         for qualified, chunks in self.builders.items():
-            finished = [b.finish() for b in chunks if len(b)]
+            final = self.schemas[qualified]
+            finished = [align(b.finish(), b.table, final) if b.table is not final else b.finish()
+                        for b in chunks if len(b)]
             if finished:
                 tables[qualified] = concat_tables(finished)
+        return tables
+
+    def finish(self) -> ChangeBatch:
+        tables = self.table_changes()
         start = self.position["lsn"]
         end = pgoutput.int_to_lsn(self.last_end) if self.last_end is not None else start
         first = pgoutput.int_to_lsn(self.first_commit) if self.first_commit is not None else start
-        position_to = {"lsn": end, "seq": self.seq, "schemas": self.schemas_seen}
+        position_to = {**self.position, "lsn": end, "seq": self.seq, "schemas": self.schemas_seen}
         return ChangeBatch(
             source_id=self.source.source_id,
             batch_id=make_batch_id(self.source.source_id, first, end),
@@ -197,5 +268,3 @@ class StreamDecoder:
             connector="postgresql",
             database=self.source.conn.info.dbname,
         )
-
-

@@ -10,13 +10,23 @@ Position document (Airflow Variable ``cdc.position.<source_id>``)::
 
     {"lsn": "0/1A2B3C4",            # end LSN of the last transaction loaded; the slot is advanced to it
      "seq": 1234,                   # last event seq: the next event gets seq + 1
-     "snapshot": {...} | absent,    # pending initial snapshot: table index and last key read
-     "schemas": {"public.users": "<fingerprint hash>"}}
+     "tables": ["public.users"],    # the tables captured so far (a configured table not in it is new: snapshot)
+     "snapshot": {"pending": ["public.orders"], "after": [...]} | absent,   # tables still to read, last key read
+     "system_id": "7712...", "timeline": 1,   # the server the LSNs belong to (failover, restore: position lost)
+     "schemas": {"public.users": {"fp": "<fingerprint>", "table": {...}}}}
 
-Snapshot: the slot is created first, then tables are read in key order, ``batch_size`` rows per run, each chunk in
-its own REPEATABLE READ transaction. The stream is then replayed from the slot's start. Every change after the slot
-was created is replayed in commit order with a higher ``seq`` than any snapshot row, and each row converges to its
-last change: nothing is lost and nothing is applied twice by the sink's ``_cdc_position`` guard and ledger.
+Snapshot: the slot is created first, then tables are read in key order, each chunk in its own REPEATABLE READ
+transaction, while the stream keeps flowing: a run reads the stream first (half the batch when a snapshot is
+pending), then the next snapshot chunk. Stream changes of a table whose snapshot has not started yet, or of keys its
+snapshot has not reached, are dropped: the snapshot reads those rows later, with the changes in them. Every other
+change is applied in commit order, and each row converges to its last change: nothing is lost, and nothing is
+applied twice thanks to the sink's ``_cdc_position`` guard and ledger. A table added to ``tables`` later is
+snapshotted the same way while the others keep streaming; a table removed from it stops flowing.
+
+What this connector refuses at start, before anything is published: tables without a usable row identity
+(REPLICA IDENTITY NOTHING, no primary key and no identity index, a DEFERRABLE primary key) and source columns in
+the reserved ``_cdc_`` namespace. Partitioned tables are published through their root
+(``publish_via_partition_root``); inheritance parents are published and read ``ONLY``.
 """
 
 from __future__ import annotations
@@ -29,13 +39,22 @@ from typing import Any
 import numpy as np
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from psycopg import sql
 
 from airflow_provider_cdc.connectors.postgres import pgoutput
 from airflow_provider_cdc.connectors.postgres.catalog import Catalog
 from airflow_provider_cdc.connectors.postgres.columnar import Unsupported, decode_columnar
-from airflow_provider_cdc.connectors.postgres.decoder import StreamDecoder, commits_after, fingerprint_hash
+from airflow_provider_cdc.connectors.postgres.decoder import (
+    StreamDecoder,
+    align,
+    commits_after,
+    fingerprint_hash,
+    remembered,
+    seen_fingerprint,
+    seen_schema,
+)
 from airflow_provider_cdc.errors import PositionLostError, SourceError
 from airflow_provider_cdc.events import (
     OP_READ,
@@ -44,6 +63,7 @@ from airflow_provider_cdc.events import (
     TableSchema,
     concat_tables,
     make_batch_id,
+    reserved_columns,
 )
 
 log = logging.getLogger("airflow_provider_cdc.source.postgres")
@@ -63,7 +83,9 @@ SESSION_SETTINGS = {
 
 def connect(dsn: str, **kwargs: Any) -> psycopg.Connection:
     # Autocommit: catalog look-ups never hold a snapshot open, and each snapshot chunk opens its own transaction.
-    conn = psycopg.connect(dsn, autocommit=True, **kwargs)
+    # UTF-8 whatever the database's encoding: the server converts snapshot text and pgoutput's tuples (both go
+    # through the session's client encoding) from LATIN1 or any other server encoding.
+    conn = psycopg.connect(dsn, autocommit=True, client_encoding="utf8", **kwargs)
     with conn.cursor() as cur:
         for name, value in SESSION_SETTINGS.items():
             cur.execute(sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
@@ -122,8 +144,19 @@ class PgSource:
 
     # -- preparation ----------------------------------------------------------------------------------------
 
-    def prepare(self) -> None:
-        """Check ``wal_level``, the tables and their keys; create the publication and slot when absent."""
+    @property
+    def qualified_tables(self) -> list[str]:
+        return [f"{s}.{t}" for s, t in self.tables]
+
+    def prepare(self, position: dict[str, Any] | None = None) -> None:
+        """Check ``wal_level``, the tables and their row identity; create the publication and slot when absent.
+
+        Everything is checked before anything is published: a table the sink could not merge, or whose
+        application writes a publication would break (REPLICA IDENTITY NOTHING, a deferrable key), is refused and
+        never added. With a ``position`` (the source ran before), a missing slot is a lost position, never
+        recreated, and a configured table that is gone (dropped or renamed at the source) is a warning: the other
+        tables keep flowing.
+        """
         conn = self.conn
         with conn.cursor() as cur:
             cur.execute("SHOW wal_level")
@@ -135,41 +168,131 @@ class PgSource:
                     "wal_level = logical and restart the server",
                 )
             catalog = Catalog(conn)
-            missing = [f"{s}.{t}" for s, t in self.tables if catalog.relid(s, t) is None]
-            if missing:
-                raise SourceError(self.source_id, f"tables not found: {', '.join(missing)}; check 'tables' in cdc.yaml")
+            known = set((position or {}).get("tables", []))
+            present: dict[tuple[str, str], dict[str, Any]] = {}
+            missing = []
             for schema, table in self.tables:
-                if not catalog.primary_key(catalog.relid(schema, table)):
-                    raise SourceError(
-                        self.source_id,
-                        "has no primary key; the sink merges by key: add a primary key to the table",
-                        table=f"{schema}.{table}",
-                    )
-            self._ensure_publication(cur)
-        self._ensure_slot()
+                relid = catalog.relid(schema, table)
+                if relid is None:
+                    missing.append(f"{schema}.{table}")
+                else:
+                    present[(schema, table)] = {"relid": relid, **catalog.relation_info(relid)}
+            never_seen = [name for name in missing if name not in known]
+            if never_seen:
+                raise SourceError(self.source_id, f"tables not found: {', '.join(never_seen)}; check 'tables' in cdc.yaml")
+            for name in missing:
+                log.warning(
+                    "source %s: table %s no longer exists at the source (dropped or renamed); it stops flowing, its "
+                    "sink table is kept, and the other tables keep flowing. Remove it from 'tables' in cdc.yaml.",
+                    self.source_id, name,
+                )
+            refused = {name: reason for name, reason in
+                       ((f"{s}.{t}", self._refusal(catalog, info)) for (s, t), info in present.items()) if reason}
+            self._ensure_publication(cur, present, refused)
+            if refused:
+                raise SourceError(
+                    self.source_id,
+                    "cannot capture " + "; ".join(f"{name}: {reason}" for name, reason in refused.items())
+                    + ". Nothing was published for these tables.",
+                )
+        self._ensure_slot(position)
 
-    def _ensure_publication(self, cur: psycopg.Cursor) -> None:
-        cur.execute(
-            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (self.publication_name,)
-        )
-        present = {(s, t) for s, t in cur.fetchall()}
-        cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (self.publication_name,))
-        exists = cur.fetchone() is not None
-        wanted = [t for t in self.tables if t not in present]
-        if exists and not wanted:
+    @staticmethod
+    def _refusal(catalog: Catalog, info: dict[str, Any]) -> str | None:
+        """Why a table cannot be captured faithfully, or None."""
+        identity = info["replica_identity"]
+        if identity == "n":
+            return ("REPLICA IDENTITY NOTHING: its updates and deletes carry no key, and publishing it would make "
+                    "the application's own UPDATE and DELETE fail; set REPLICA IDENTITY DEFAULT (with a primary "
+                    "key) or USING INDEX")
+        if info["pk_deferrable"]:
+            return ("its primary key is DEFERRABLE, which cannot identify rows for logical replication (publishing "
+                    "it would make the application's UPDATE and DELETE fail); make the key NOT DEFERRABLE")
+        if identity == "i" and not info["identity_index"]:
+            return "REPLICA IDENTITY USING INDEX names no index"
+        if identity in ("d", "f") and not info["primary_key"]:
+            return ("has no primary key; the sink merges changes by key: add a primary key, or a unique index on "
+                    "NOT NULL columns with REPLICA IDENTITY USING INDEX")
+        schema = catalog.table_schema(info["relid"])
+        clashes = reserved_columns(schema.column_names)
+        if clashes:
+            return (f"columns {clashes} are in the _cdc_ namespace that the pipeline reserves for its bookkeeping; "
+                    "rename them at the source")
+        return None
+
+    def _ensure_publication(self, cur: psycopg.Cursor, present: dict[tuple[str, str], dict[str, Any]],
+                            refused: dict[str, str]) -> None:
+        """Make the publication cover exactly the configured tables we can capture (when it is ours), or check
+        that the user's publication covers them, with no column list and a row filter the snapshot can apply."""
+        pub = sql.Identifier(self.publication_name)
+        cur.execute("SELECT oid, puballtables, pubviaroot FROM pg_publication WHERE pubname = %s",
+                    (self.publication_name,))
+        row = cur.fetchone()
+        wanted = {key: info for key, info in present.items() if f"{key[0]}.{key[1]}" not in refused}
+        partitioned = any(info["relkind"] == "p" for info in wanted.values())
+
+        def target(key: tuple[str, str]) -> sql.Composable:
+            # ONLY: an inheritance parent's children are tables of their own (its snapshot reads it ONLY too).
+            only = sql.SQL("" if present[key]["relkind"] == "p" else "ONLY ")
+            return sql.SQL("{}{}").format(only, sql.Identifier(*key))
+
+        if row is None:
+            if not self.create_publication:
+                raise SourceError(self.source_id, f"publication {self.publication_name!r} does not exist; create it "
+                                  "or set create_publication: true")
+            if not wanted:
+                return
+            cur.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)").format(
+                pub, sql.SQL(", ").join(target(k) for k in wanted)))
+            log.info("created publication %s for %s", self.publication_name,
+                     ", ".join(f"{s}.{t}" for s, t in wanted))
             return
-        if not self.create_publication:
-            raise SourceError(
-                self.source_id,
-                f"publication {self.publication_name!r} is missing or lacks tables "
-                f"{', '.join(f'{s}.{t}' for s, t in wanted)}; create it or set create_publication: true",
-            )
-        names = sql.SQL(", ").join(sql.Identifier(s, t) for s, t in wanted)
-        if exists:
-            cur.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(sql.Identifier(self.publication_name), names))
-        else:
-            cur.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(self.publication_name), names))
-        log.info("publication %s now covers %s", self.publication_name, ", ".join(f"{s}.{t}" for s, t in wanted))
+        pub_oid, all_tables, via_root = row
+        cur.execute(
+            "SELECT n.nspname, c.relname FROM pg_publication_rel r JOIN pg_class c ON c.oid = r.prrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE r.prpubid = %s",
+            (pub_oid,),
+        )
+        members = {(s, t) for s, t in cur.fetchall()}
+        cur.execute("SELECT n.nspname FROM pg_publication_namespace p JOIN pg_namespace n ON n.oid = p.pnnspid "
+                    "WHERE p.pnpubid = %s", (pub_oid,))
+        schemas = {s for (s,) in cur.fetchall()}
+        covered = {k for k in wanted if all_tables or k in members or k[0] in schemas}
+        if self.create_publication:
+            added = [k for k in wanted if k not in covered]
+            removed = [k for k in members if k not in wanted]
+            if added:
+                cur.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                    pub, sql.SQL(", ").join(target(k) for k in added)))
+                log.info("publication %s now covers %s", self.publication_name,
+                         ", ".join(f"{s}.{t}" for s, t in added))
+            if removed:
+                cur.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
+                    pub, sql.SQL(", ").join(sql.Identifier(*k) for k in removed)))
+                log.info("publication %s no longer covers %s (not configured, or refused)", self.publication_name,
+                         ", ".join(f"{s}.{t}" for s, t in removed))
+            if partitioned and not via_root:
+                cur.execute(sql.SQL("ALTER PUBLICATION {} SET (publish_via_partition_root = true)").format(pub))
+            return
+        problems = [f"{s}.{t} is not in it" for s, t in wanted if (s, t) not in covered]
+        if partitioned and not via_root:
+            problems.append("it does not set publish_via_partition_root = true, which partitioned tables need")
+        cur.execute("SELECT schemaname, tablename, attnames, rowfilter FROM pg_publication_tables WHERE pubname = %s",
+                    (self.publication_name,))
+        self._row_filters = {}
+        for schema, table, attnames, rowfilter in cur.fetchall():
+            key = (schema, table)
+            if key not in wanted:
+                continue
+            columns = Catalog(self.conn).table_schema(wanted[key]["relid"]).column_names
+            if attnames is not None and sorted(attnames) != sorted(columns):
+                problems.append(f"{schema}.{table} has a column list ({', '.join(attnames)}); the sink needs every "
+                                "column: remove the column list")
+            if rowfilter:
+                self._row_filters[f"{schema}.{table}"] = rowfilter
+        if problems:
+            raise SourceError(self.source_id, f"publication {self.publication_name!r} (create_publication: false): "
+                              + "; ".join(problems))
 
     def slot_state(self) -> dict[str, Any] | None:
         with self.conn.cursor() as cur:
@@ -183,7 +306,7 @@ class PgSource:
             return None
         return {"confirmed_flush_lsn": row[0], "restart_lsn": row[1], "plugin": row[2], "same_database": row[3]}
 
-    def _ensure_slot(self) -> None:
+    def _ensure_slot(self, position: dict[str, Any] | None = None) -> None:
         state = self.slot_state()
         if state is not None:
             if state["plugin"] != "pgoutput" or not state["same_database"]:
@@ -193,6 +316,10 @@ class PgSource:
                     "choose another slot_name",
                 )
             return
+        if position is not None:
+            # A new slot would start now: every change since the position would be skipped without a word.
+            raise PositionLostError(self.source_id, position, f"replication slot {self.slot_name!r} was dropped "
+                                    "(it is not recreated: the changes since the position are gone)")
         if not self.create_slot:
             raise SourceError(
                 self.source_id, f"replication slot {self.slot_name!r} does not exist; create it or set create_slot: true"
@@ -202,26 +329,130 @@ class PgSource:
             (lsn,) = cur.fetchone()
         log.info("created replication slot %s at %s", self.slot_name, lsn)
 
+    def drop_slot(self) -> bool:
+        """Drop the replication slot (re-snapshot); True when there was one."""
+        if self.slot_state() is None:
+            return False
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT pg_drop_replication_slot(%s)", (self.slot_name,))
+        log.info("dropped replication slot %s", self.slot_name)
+        return True
+
     # -- positions ------------------------------------------------------------------------------------------
 
-    def initial_position(self) -> dict[str, Any]:
-        """Where a source without a stored position starts: the slot's confirmed LSN, snapshot pending if asked."""
+    def server_identity(self) -> dict[str, Any]:
+        """The server's system identifier and timeline: LSNs mean something only on the server that wrote them."""
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute("SELECT system_identifier::text FROM pg_control_system()")
+                (system_id,) = cur.fetchone()
+                cur.execute("SELECT timeline_id FROM pg_control_checkpoint()")
+                (timeline,) = cur.fetchone()
+        except psycopg.errors.InsufficientPrivilege:
+            log.warning("source %s: cannot read pg_control_system() (grant EXECUTE on it, or pg_monitor); a "
+                        "failover or restore cannot be detected", self.source_id)
+            return {}
+        return {"system_id": system_id, "timeline": int(timeline)}
+
+    def initial_position(self, snapshot: bool | None = None) -> dict[str, Any]:
+        """Where a source without a stored position starts: the slot's confirmed LSN, snapshot pending if asked
+        (``snapshot`` overrides the configured mode: a re-snapshot always reads the tables)."""
         state = self.slot_state()
         if state is None:
             self.prepare()
             state = self.slot_state()
-        position: dict[str, Any] = {"lsn": state["confirmed_flush_lsn"], "seq": 0, "schemas": {}}
-        if self.snapshot_mode == "initial":
-            position["snapshot"] = {"table": 0, "after": None}
+        position: dict[str, Any] = {"lsn": state["confirmed_flush_lsn"], "seq": 0, "schemas": {},
+                                    "tables": self.qualified_tables, **self.server_identity()}
+        if snapshot if snapshot is not None else self.snapshot_mode == "initial":
+            position["snapshot"] = {"pending": self.qualified_tables, "after": None}
+        return position
+
+    def resnapshot_position(self, position: dict[str, Any], tables: list[str]) -> dict[str, Any]:
+        """``position`` with ``tables`` queued for a new snapshot (the other tables keep streaming)."""
+        position = self._reconcile(position)
+        pending = list(position.get("snapshot", {}).get("pending", []))
+        after = position.get("snapshot", {}).get("after")
+        for name in tables:
+            if name not in self.qualified_tables:
+                raise SourceError(self.source_id, f"table {name} is not in this source's 'tables'")
+            if name in pending:
+                if pending[0] == name:
+                    after = None  # start that table over
+                continue
+            pending.append(name)
+        position["snapshot"] = {"pending": pending, "after": after}
+        return position
+
+    def _reconcile(self, position: dict[str, Any]) -> dict[str, Any]:
+        """Bring a stored position in line with the configured tables: new ones get a snapshot, removed ones stop.
+
+        Pending snapshots are remembered by table name, so editing ``tables`` mid-snapshot skips nothing."""
+        position = {k: v for k, v in position.items() if k != "from_ledger"}
+        configured = self.qualified_tables
+        captured = position.get("tables")
+        snapshot = position.get("snapshot")
+        if snapshot is not None and "pending" not in snapshot:  # older positions: a list index
+            snapshot = {"pending": configured[snapshot.get("table", 0):], "after": snapshot.get("after")}
+        if captured is None:
+            captured = [t for t in configured]
+        pending = list(snapshot["pending"]) if snapshot else []
+        after = snapshot["after"] if snapshot else None
+        added = [t for t in configured if t not in captured]
+        removed = [t for t in captured if t not in configured]
+        if added:
+            if self.snapshot_mode == "initial":
+                log.info("source %s: tables %s were added to the configuration: each gets its own snapshot while "
+                         "the other tables keep streaming", self.source_id, ", ".join(added))
+                pending += [t for t in added if t not in pending]
+            else:
+                log.info("source %s: tables %s were added (snapshot: never): streaming their changes from now on",
+                         self.source_id, ", ".join(added))
+        if removed:
+            log.info("source %s: tables %s were removed from the configuration: they stop flowing (their sink tables "
+                     "are kept)", self.source_id, ", ".join(removed))
+        if pending and pending[0] not in configured:
+            after = None
+        pending = [t for t in pending if t in configured]
+        position["tables"] = configured
+        if pending:
+            position["snapshot"] = {"pending": pending, "after": after}
+        else:
+            position.pop("snapshot", None)
         return position
 
     def _check_position(self, position: dict[str, Any]) -> dict[str, Any]:
+        """The slot's state once ``position`` is known to be valid on this server; else PositionLostError."""
         state = self.slot_state()
         if state is None:
             raise PositionLostError(self.source_id, position, f"replication slot {self.slot_name!r} was dropped")
+        identity = self.server_identity()
+        if position.get("system_id") and identity and position["system_id"] != identity["system_id"]:
+            raise PositionLostError(
+                self.source_id, position, f"the position was taken on another server (system identifier "
+                f"{position['system_id']}, this server is {identity['system_id']}): a restore or a move to "
+                "another server")
+        if position.get("timeline") and identity and position["timeline"] != identity["timeline"]:
+            raise PositionLostError(
+                self.source_id, position, f"the server's timeline changed from {position['timeline']} to "
+                f"{identity['timeline']} (a failover or a point-in-time restore): LSNs after the switch may name "
+                "other changes")
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT pg_current_wal_lsn()::text")
+            (current,) = cur.fetchone()
+        if pgoutput.lsn_to_int(position["lsn"]) > pgoutput.lsn_to_int(current):
+            raise PositionLostError(
+                self.source_id, position, f"the position is ahead of the server's WAL ({current}): it belongs to "
+                "another server or to a state before a restore")
         confirmed = pgoutput.lsn_to_int(state["confirmed_flush_lsn"])
         if pgoutput.lsn_to_int(position["lsn"]) < confirmed:
-            raise PositionLostError(
+            if position.get("from_ledger"):
+                # The Variable was lost and the ledger's last batch is behind the slot: the slot moved on only
+                # through batches without changes (heartbeats, which leave no ledger row), so nothing is skipped.
+                log.warning("source %s: resuming from the sink ledger at %s; the slot is at %s after batches "
+                            "without changes", self.source_id, position["lsn"], state["confirmed_flush_lsn"])
+                position["lsn"] = state["confirmed_flush_lsn"]
+                return state
+            raise PositionBehindSlot(
                 self.source_id,
                 position,
                 f"slot {self.slot_name!r} is already at {state['confirmed_flush_lsn']}, past the stored position: "
@@ -234,42 +465,70 @@ class PgSource:
     def capture(self, position: dict[str, Any] | None, max_changes: int) -> ChangeBatch:
         if position is None:
             position = self.initial_position()
-        if position.get("snapshot") is not None:
-            return self._capture_snapshot(position, max_changes)
-        self._check_position(position)
-        return self._capture_stream(position, max_changes)
+        else:
+            position = dict(position)
+            self._check_position(position)
+            position = self._reconcile(position)
+        if not position.get("system_id"):
+            position.update(self.server_identity())
+        snapshot = position.get("snapshot")
+        started = time.monotonic()
+        stream_budget = max(1, max_changes // 2) if snapshot else max_changes
+        decoder = self._capture_stream(position, stream_budget, self._streamed_tables(position))
+        stream = decoder.finish()
+        if snapshot:
+            stream = self._drop_unread_keys(stream, snapshot)
+            batch = self._capture_snapshot(stream, max(max_changes - stream.change_count, max_changes // 2))
+        else:
+            batch = stream
+        log.info(
+            "captured %d changes in %d transactions (%s) from %s to %s in %.2fs%s",
+            batch.change_count, decoder.transactions, batch.op_totals(), position["lsn"], batch.position_to["lsn"],
+            time.monotonic() - started,
+            "" if not snapshot else "; snapshot complete" if "snapshot" not in batch.position_to else
+            f"; snapshot continues with {batch.position_to['snapshot']['pending'][0]}",
+        )
+        return batch
 
     def has_changes(self, position: dict[str, Any] | None) -> bool:
-        if position is None or position.get("snapshot") is not None:
+        if position is None or position.get("snapshot") is not None or self._has_new_tables(position):
             return True
         self._check_position(position)
         with self.conn.cursor() as cur:
-            cur.execute(self._peek_sql(), (self.slot_name, PROBE_CHANGES, self.publication_name))
+            cur.execute(self._probe_sql(), (self.slot_name, PROBE_CHANGES, self._publication_option))
             return commits_after(cur.fetchall(), position)
+
+    def _has_new_tables(self, position: dict[str, Any]) -> bool:
+        return "tables" in position and sorted(position["tables"]) != sorted(self.qualified_tables)
 
     async def has_changes_async(self, position: dict[str, Any] | None) -> bool:
         """:meth:`has_changes` without blocking the triggerer's event loop (one connection kept across polls)."""
-        if position is None or position.get("snapshot") is not None:
+        if position is None or position.get("snapshot") is not None or self._has_new_tables(position):
             return True
         if self._aconn is None or self._aconn.closed:
-            self._aconn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+            self._aconn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, client_encoding="utf8")
         async with self._aconn.cursor() as cur:
             await cur.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
                               (self.slot_name,))
             if await cur.fetchone() is None:
                 raise PositionLostError(self.source_id, position, f"replication slot {self.slot_name!r} was dropped")
-            await cur.execute(self._peek_sql(), (self.slot_name, PROBE_CHANGES, self.publication_name))
+            await cur.execute(self._probe_sql(), (self.slot_name, PROBE_CHANGES, self._publication_option))
             return commits_after(await cur.fetchall(), position)
 
     async def heartbeat_async(self) -> None:
         if self._aconn is None or self._aconn.closed:
-            self._aconn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+            self._aconn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, client_encoding="utf8")
         await self._aconn.execute("SELECT pg_logical_emit_message(true, %s, now()::text)", (HEARTBEAT_PREFIX,))
 
     async def aclose(self) -> None:
         if self._aconn is not None:
             await self._aconn.close()
             self._aconn = None
+
+    @property
+    def _publication_option(self) -> str:
+        """``publication_names`` is parsed as a list of identifiers: quoted, so that case and commas survive."""
+        return '"' + self.publication_name.replace('"', '""') + '"'
 
     @staticmethod
     def _peek_sql() -> str:
@@ -278,35 +537,44 @@ class PgSource:
             "'publication_names', %s, 'messages', 'true')"
         )
 
-    def _capture_stream(self, position: dict[str, Any], max_changes: int) -> ChangeBatch:
-        started = time.monotonic()
+    @staticmethod
+    def _probe_sql() -> str:
+        # Only commit messages reach the client: a probe that meets one huge transaction still holds a few rows.
+        return (
+            "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, 'proto_version', '1', "
+            "'publication_names', %s, 'messages', 'true') WHERE get_byte(data, 0) = 67"
+        )
+
+    def _streamed_tables(self, position: dict[str, Any]) -> set[str]:
+        """Tables whose stream changes are applied: configured, and not waiting for a snapshot that has not started
+        (that snapshot will read the rows with these changes in them)."""
+        snapshot = position.get("snapshot")
+        waiting: list[str] = []
+        if snapshot:
+            waiting = snapshot["pending"] if snapshot.get("after") is None else snapshot["pending"][1:]
+        return {t for t in self.qualified_tables if t not in waiting}
+
+    def _capture_stream(self, position: dict[str, Any], max_changes: int, keep: set[str]) -> StreamDecoder:
         limit = max_changes
         while True:
-            decoder = self._decode(position, limit)
+            decoder = self._decode(position, limit, keep)
             # Only transactions at or before the stored position came back (the Variable was stored but the slot
             # not yet advanced): they used up the limit, so look further rather than report nothing.
             if decoder.transactions or not decoder.skipped or decoder.messages < limit:
-                break
+                return decoder
             limit = limit * 4 + decoder.messages
-        batch = decoder.finish()
-        log.info(
-            "captured %d changes in %d transactions (%s) from %s to %s in %.2fs",
-            batch.change_count, decoder.transactions, batch.op_totals(), position["lsn"], batch.position_to["lsn"],
-            time.monotonic() - started,
-        )
-        return batch
 
-    def _decode(self, position: dict[str, Any], limit: int) -> StreamDecoder:
+    def _decode(self, position: dict[str, Any], limit: int, keep: set[str]) -> StreamDecoder:
         """Peek up to ``limit`` messages and decode them columnar, or message by message for rare shapes."""
         messages = self._peek_messages(limit)
-        decoder = StreamDecoder(self, position)
+        decoder = StreamDecoder(self, position, keep)
         if self.columnar:
             try:
                 decoder.columnar_tables = decode_columnar(decoder, messages)
                 return decoder
             except Unsupported as exc:
                 log.info("decoding this batch message by message: %s", exc)
-                decoder = StreamDecoder(self, position)
+                decoder = StreamDecoder(self, position, keep)
         for data in messages.to_pylist():
             decoder.feed(data)
         return decoder
@@ -323,7 +591,7 @@ class PgSource:
                     "SELECT coalesce(array_agg(length(data)), '{}'), coalesce(string_agg(data, ''::bytea), ''::bytea) "
                     "FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, 'proto_version', '1', "
                     "'publication_names', %s, 'messages', 'true')",
-                    (self.slot_name, limit, self.publication_name),
+                    (self.slot_name, limit, self._publication_option),
                 )
                 lengths, data = cur.fetchone()
             offsets = np.zeros(len(lengths) + 1, np.int64)
@@ -334,37 +602,81 @@ class PgSource:
         except psycopg.errors.ProgramLimitExceeded:
             log.info("batch larger than one value can hold; reading it row by row")
         with self.conn.transaction():
-            with self.conn.cursor(name=f"cdc_peek_{self.source_id}", binary=True) as cur:
+            with self.conn.cursor(name=f"cdc_peek_{self.slot_name}", binary=True) as cur:
                 cur.itersize = 10000
-                cur.execute(self._peek_sql(), (self.slot_name, limit, self.publication_name))
+                cur.execute(self._peek_sql(), (self.slot_name, limit, self._publication_option))
                 return pa.array([data for (data,) in cur], pa.large_binary())
 
-    def _capture_snapshot(self, position: dict[str, Any], max_changes: int) -> ChangeBatch:
-        """Read the next ``max_changes`` rows of the pending snapshot, table by table in key order."""
-        started = time.monotonic()
+    def _drop_unread_keys(self, batch: ChangeBatch, snapshot: dict[str, Any]) -> ChangeBatch:
+        """Drop stream changes of the table being snapshotted whose keys the snapshot has not read yet: it reads
+        them later, with these changes in them (keys compare as the server orders them, typed and collated)."""
+        name, after = snapshot["pending"][0], snapshot.get("after")
+        table = batch.tables.get(name)
+        if after is None or table is None or table.num_rows == 0:
+            return batch
+        schema = batch.schemas[name]
+        key = schema.primary_key
+        is_row = pc.invert(pc.equal(table["_cdc_op"], "t"))
+        arrays = [sql.SQL("%s::text[]") for _ in key]
+        typed = sql.SQL(", ").join(
+            sql.SQL("u.{}::{}").format(sql.Identifier(f"k{i}"), sql.SQL(schema.column(c).source_type))
+            for i, c in enumerate(key))
+        bounds = sql.SQL(", ").join(
+            sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(schema.column(c).source_type)) for c, v in zip(key, after))
+        query = sql.SQL("SELECT u.n FROM unnest({}) WITH ORDINALITY AS u({}, n) WHERE ({}) > ({})").format(
+            sql.SQL(", ").join(arrays), sql.SQL(", ").join(sql.Identifier(f"k{i}") for i in range(len(key))),
+            typed, bounds)
+        with self.conn.cursor() as cur:
+            cur.execute(query, [table[c].to_pylist() for c in key])
+            unread = {n - 1 for (n,) in cur.fetchall()}
+        if not unread:
+            return batch
+        mask = pa.array([i not in unread for i in range(table.num_rows)])
+        mask = pc.or_(mask, pc.invert(is_row))
+        batch.tables[name] = table.filter(mask)
+        log.info("source %s: %d changes of %s are past its snapshot's last key; the snapshot reads them later",
+                 self.source_id, len(unread), name)
+        return batch
+
+    def _capture_snapshot(self, stream: ChangeBatch, max_changes: int) -> ChangeBatch:
+        """Add the next ``max_changes`` rows of the pending snapshot to ``stream``'s batch, table by table in key
+        order, with ``seq`` numbers after the stream's (the rows are read after those changes were written)."""
+        position = stream.position_to
         state = dict(position["snapshot"])
+        pending = list(state["pending"])
         seq = position.get("seq", 0)
-        seq_from = seq + 1
+        snap_from = seq + 1
         schemas_seen = dict(position.get("schemas", {}))
-        tables: dict[str, pa.Table] = {}
-        schemas: dict[str, TableSchema] = {}
-        schema_changes: list[SchemaChange] = []
+        tables = dict(stream.tables)
+        schemas = dict(stream.schemas)
+        schema_changes = list(stream.schema_changes)
         remaining = max_changes
         catalog = Catalog(self.conn)
         ts_ms = int(time.time() * 1000)
-        while remaining > 0 and state["table"] < len(self.tables):
-            schema_name, table_name = self.tables[state["table"]]
+        after = state.get("after")
+        while remaining > 0 and pending:
+            qualified = pending[0]
+            schema_name, _, table_name = qualified.partition(".")
             relid = catalog.relid(schema_name, table_name)
             if relid is None:
-                raise SourceError(self.source_id, "table disappeared during the snapshot", table=f"{schema_name}.{table_name}")
+                log.warning("source %s: table %s is gone at the source; its snapshot is skipped", self.source_id,
+                            qualified)
+                pending.pop(0)
+                after = None
+                continue
+            info = catalog.relation_info(relid)
             table_schema = catalog.table_schema(relid)
-            qualified = table_schema.qualified_name
-            schemas[qualified] = table_schema
-            if schemas_seen.get(qualified) != fingerprint_hash(table_schema):
+            if schemas.get(qualified) is not None and qualified in tables and \
+                    schemas[qualified].fingerprint() != table_schema.fingerprint():
+                tables[qualified] = align(tables[qualified], schemas[qualified], table_schema)
+            if seen_fingerprint(schemas_seen.get(qualified)) != fingerprint_hash(table_schema):
                 seq += 1
-                schema_changes.append(SchemaChange(qualified, seq, table_schema, None, ts_ms, position["lsn"]))
-                schemas_seen[qualified] = fingerprint_hash(table_schema)
-            chunk = self._read_chunk(table_schema, state["after"], remaining)
+                schema_changes.append(SchemaChange(qualified, seq, table_schema,
+                                                   schemas.get(qualified) or seen_schema(schemas_seen.get(qualified)),
+                                                   ts_ms, position["lsn"]))
+                schemas_seen[qualified] = remembered(table_schema)
+            schemas[qualified] = table_schema
+            chunk = self._read_chunk(table_schema, after, remaining, only=info["relkind"] != "p")
             n = chunk.num_rows
             if n:
                 meta = {
@@ -383,47 +695,58 @@ class PgSource:
                 remaining -= n
             if n and remaining <= 0:
                 last = chunk.slice(n - 1).to_pylist()[0]
-                state["after"] = [last[k] for k in table_schema.primary_key]
+                after = [last[k] for k in table_schema.primary_key]
             else:
-                state = {"table": state["table"] + 1, "after": None}
-        position_to = {"lsn": position["lsn"], "seq": seq, "schemas": schemas_seen}
-        if state["table"] < len(self.tables):
-            position_to["snapshot"] = state
+                pending.pop(0)
+                after = None
+        position_to = {**position, "seq": seq, "schemas": schemas_seen}
+        position_to.pop("snapshot", None)
+        if pending:
+            position_to["snapshot"] = {"pending": pending, "after": after}
+        if stream.seq_to >= stream.seq_from:  # the stream part had changes
+            batch_id = make_batch_id(self.source_id, stream.batch_id.partition(":")[2],
+                                     f"snapshot.{snap_from}-{seq}")
+        else:
+            batch_id = make_batch_id(self.source_id, f"snapshot.{snap_from}", f"snapshot.{seq}")
         batch = ChangeBatch(
             source_id=self.source_id,
-            batch_id=make_batch_id(self.source_id, f"snapshot.{seq_from}", f"snapshot.{seq}"),
-            position_from=position,
+            batch_id=batch_id,
+            position_from=stream.position_from,
             position_to=position_to,
-            seq_from=seq_from,
+            seq_from=stream.seq_from,
             seq_to=seq,
             tables=tables,
             schemas=schemas,
-            schema_changes=schema_changes,
+            schema_changes=sorted(schema_changes, key=lambda change: change.seq),
             connector="postgresql",
             database=self.conn.info.dbname,
         )
-        log.info(
-            "snapshot read %d rows (%s) in %.2fs; %s",
-            batch.change_count, {k: v.num_rows for k, v in tables.items()}, time.monotonic() - started,
-            "snapshot complete" if "snapshot" not in position_to else f"continues at table {state['table']}",
-        )
         return batch
 
-    def _read_chunk(self, table: TableSchema, after: list[str] | None, limit: int) -> pa.Table:
-        """One keyset page of ``table`` as canonical text, read with ``COPY ... CSV`` and parsed by Arrow."""
-        # Qualified with the alias ``t``: an unqualified ORDER BY name would pick the ``::text`` output column of
-        # the same name and sort keys as text, while the keyset WHERE compares typed values.
-        cols = sql.SQL(", ").join(sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in table.column_names)
+    def _read_chunk(self, table: TableSchema, after: list[str] | None, limit: int, *, only: bool = True) -> pa.Table:
+        """One keyset page of ``table`` as canonical text, read with ``COPY ... CSV`` and parsed by Arrow.
+
+        Values go through their types' output functions, as pgoutput's do (no ``::text`` cast: it would drop the
+        padding of ``char(n)``, print booleans as ``true`` and inet with its mask), so snapshot text equals stream
+        text. ``only`` reads an inheritance parent without its children (the children are tables of their own)."""
+        cols = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in table.column_names)
         pk = table.primary_key
         order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in pk)
-        where = sql.SQL("")
+        conditions = []
         if after is not None:
             bounds = sql.SQL(", ").join(
                 sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(table.column(c).source_type)) for c, v in zip(pk, after)
             )
-            where = sql.SQL(" WHERE ({}) > ({})").format(order, bounds)
-        query = sql.SQL("SELECT {} FROM {} AS t{} ORDER BY {} LIMIT {}").format(
-            cols, sql.Identifier(table.schema, table.name), where, order, sql.Literal(limit)
+            conditions.append(sql.SQL("({}) > ({})").format(order, bounds))
+        row_filter = getattr(self, "_row_filters", {}).get(table.qualified_name)
+        if row_filter:
+            # The publication's own row filter (server-deparsed SQL from its catalog), so the snapshot holds the
+            # rows the stream will send changes for.
+            conditions.append(sql.SQL("({})").format(sql.SQL(row_filter)))
+        where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
+        query = sql.SQL("SELECT {} FROM {}{} AS t{} ORDER BY {} LIMIT {}").format(
+            cols, sql.SQL("ONLY " if only else ""), sql.Identifier(table.schema, table.name), where, order,
+            sql.Literal(limit)
         )
         buf = io.BytesIO()
         conn = self.conn
@@ -470,3 +793,8 @@ class PgSource:
         """Emit a transactional logical message: an idle source then still has a commit to advance the slot to."""
         with self.conn.cursor() as cur:
             cur.execute("SELECT pg_logical_emit_message(true, %s, now()::text)", (HEARTBEAT_PREFIX,))
+
+
+class PositionBehindSlot(PositionLostError):
+    """The slot is past the position: lost, unless another run of the same source just committed (overlapping
+    runs), which the pipeline checks by reading the position again."""

@@ -175,7 +175,7 @@ def test_lost_positions_are_clear_errors(items):
         with pytest.raises(PositionLostError, match="past the stored position"):
             source.capture(position, 1000)
         execute(items, "SELECT pg_drop_replication_slot('cdc_t')")
-        with pytest.raises(PositionLostError, match="replication slot 'cdc_t' was dropped.*delete Variable cdc.position.t"):
+        with pytest.raises(PositionLostError, match="replication slot .cdc_t. was dropped.*resnapshot t"):
             source.capture(batch.position_to, 1000)
 
 
