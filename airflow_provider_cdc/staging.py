@@ -15,6 +15,7 @@ so a reader sees a whole batch or none. Layout::
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -50,8 +51,14 @@ def default_staging_url() -> str:
 
 
 def _key(text: str) -> str:
-    """A file-system- and object-store-safe name for a batch id or run id (kept readable)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+    """A file-system- and object-store-safe name for a batch id, run id, source id or table (kept readable).
+
+    Where characters had to be replaced, a hash of the original follows, so names that differ only in those
+    characters (``клиенты`` and ``заказы``, ``Users`` and ``users`` on a case-insensitive store) stay apart."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+    if safe == text and text.lower() == text:
+        return safe
+    return f"{safe}~{hashlib.sha1(text.encode()).hexdigest()[:10]}"
 
 
 class BatchStore:
