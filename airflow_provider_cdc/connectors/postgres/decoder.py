@@ -113,8 +113,11 @@ class StreamDecoder:
         self.messages = 0
         self.skipped = 0
         self.columnar_tables: dict[str, pa.Table] = {}
-        # Pending transaction: events are kept until Commit so that a half-read transaction is never emitted.
+        # Pending transaction: events are kept until Commit so that a half-read transaction is never emitted
+        # (unless it is too large for one batch: :meth:`flush_partial`).
         self.pending: list[tuple] = []
+        self.partial: dict[str, Any] | None = None
+        self.partial_from = 0
 
     def wanted(self, schema: TableSchema) -> bool:
         return self.keep is None or schema.qualified_name in self.keep
@@ -238,6 +241,18 @@ class StreamDecoder:
             self.first_commit = commit.commit_lsn
         self.last_end = commit.end_lsn
 
+    def flush_partial(self, partial: dict[str, Any], done_before: int) -> None:
+        """Emit the changes read so far of a transaction that continues in the next batch (too large for one):
+        the position then points inside it, and the next batch goes on from there with the next ``seq``."""
+        begin = self.begin
+        assert begin is not None
+        self.partial = partial
+        self.partial_from = done_before
+        fake_commit = pgoutput.Commit(begin.final_lsn, self.start_lsn, begin.ts_ms)
+        self._flush_transaction(fake_commit)
+        self.transactions -= 1  # not a whole transaction
+        self.first_commit, self.last_end = None, None
+
     def table_changes(self) -> dict[str, pa.Table]:
         """Per table, its changes in ``seq`` order, aligned to the table's last schema in the batch."""
         tables: dict[str, pa.Table] = dict(self.columnar_tables)
@@ -255,9 +270,18 @@ class StreamDecoder:
         end = pgoutput.int_to_lsn(self.last_end) if self.last_end is not None else start
         first = pgoutput.int_to_lsn(self.first_commit) if self.first_commit is not None else start
         position_to = {**self.position, "lsn": end, "seq": self.seq, "schemas": self.schemas_seen}
+        position_to.pop("partial", None)
+        batch_id = make_batch_id(self.source.source_id, first, end)
+        if self.position.get("partial"):  # the last part of a large transaction
+            batch_id = make_batch_id(self.source.source_id, f"{self.position['partial']['final_lsn']}"
+                                     f"#{self.position['partial']['done']}", end)
+        if self.partial is not None:
+            position_to["partial"] = self.partial
+            batch_id = make_batch_id(self.source.source_id, f"{self.partial['final_lsn']}#{self.partial_from}",
+                                     f"{self.partial['final_lsn']}#{self.partial['done']}")
         return ChangeBatch(
             source_id=self.source.source_id,
-            batch_id=make_batch_id(self.source.source_id, first, end),
+            batch_id=batch_id,
             position_from=self.position,
             position_to=position_to,
             seq_from=self.seq_from,

@@ -555,18 +555,103 @@ class PgSource:
         return {t for t in self.qualified_tables if t not in waiting}
 
     def _capture_stream(self, position: dict[str, Any], max_changes: int, keep: set[str]) -> StreamDecoder:
+        if position.get("partial"):
+            return self._capture_window(position, max_changes, keep)
         limit = max_changes
+        cap: int | None = 4 * max_changes + 1000  # messages: B, C and R count too
         while True:
-            decoder = self._decode(position, limit, keep)
+            messages = self._peek_messages(limit, cap)
+            if cap is not None and len(messages) >= cap:
+                whole = self._whole_transactions(messages, position)
+                if whole is None:
+                    # The first new transaction alone is larger than a batch: read it in windows.
+                    first = self._first_new_transaction(messages, position)
+                    if first is not None:
+                        return self._capture_window({**position, "partial": {"final_lsn": first, "done": 0}},
+                                                    max_changes, keep)
+                    cap = None  # cut inside transactions loaded already: read on without the cap
+                    continue
+                messages = whole
+            decoder = self._decode(position, messages, keep)
             # Only transactions at or before the stored position came back (the Variable was stored but the slot
             # not yet advanced): they used up the limit, so look further rather than report nothing.
             if decoder.transactions or not decoder.skipped or decoder.messages < limit:
                 return decoder
             limit = limit * 4 + decoder.messages
+            cap = None if cap is None else 4 * limit + 1000
 
-    def _decode(self, position: dict[str, Any], limit: int, keep: set[str]) -> StreamDecoder:
-        """Peek up to ``limit`` messages and decode them columnar, or message by message for rare shapes."""
-        messages = self._peek_messages(limit)
+    @staticmethod
+    def _kinds_and_lsns(messages: pa.LargeBinaryArray) -> tuple[np.ndarray, np.ndarray]:
+        _, offsets_buf, data = messages.buffers()
+        buf = np.frombuffer(data, np.uint8)
+        starts = np.frombuffer(offsets_buf, np.int64, count=len(messages) + 1, offset=messages.offset * 8)[:-1]
+        return buf[starts], starts
+
+    def _whole_transactions(self, messages: pa.LargeBinaryArray, position: dict[str, Any]) -> pa.LargeBinaryArray | None:
+        """The messages up to the last commit, when they hold a transaction not loaded yet; else None."""
+        kinds, _ = self._kinds_and_lsns(messages)
+        commits = np.flatnonzero(kinds == ord("C"))
+        start = pgoutput.lsn_to_int(position["lsn"])
+        for i in commits[::-1].tolist():
+            if pgoutput.decode_commit(messages[i].as_py()).end_lsn > start:
+                return messages.slice(0, i + 1)
+        return None
+
+    def _first_new_transaction(self, messages: pa.LargeBinaryArray, position: dict[str, Any]) -> str | None:
+        kinds, _ = self._kinds_and_lsns(messages)
+        start = pgoutput.lsn_to_int(position["lsn"])
+        for i in np.flatnonzero(kinds == ord("B")).tolist():
+            begin = pgoutput.decode_begin(messages[i].as_py())
+            if begin.final_lsn >= start:
+                return pgoutput.int_to_lsn(begin.final_lsn)
+        return None
+
+    def _capture_window(self, position: dict[str, Any], max_changes: int, keep: set[str]) -> StreamDecoder:
+        """The next ``max_changes`` messages of one transaction too large for a batch (memory stays bounded by
+        the batch size, whatever the transaction's size). The position then points inside the transaction
+        (``partial``: its final LSN and how many of its messages are loaded); the slot stays before it until its
+        last window is loaded. The server filters: of the messages already loaded only Begin, Relation and Type
+        come back, which the decoder needs to read the rest."""
+        partial = position["partial"]
+        done = int(partial["done"])
+        final_lsn = pgoutput.lsn_to_int(partial["final_lsn"])
+        begin_prefix = bytes([0x42]) + final_lsn.to_bytes(8, "big")
+        query = (
+            "WITH p AS MATERIALIZED (SELECT data, n FROM pg_logical_slot_peek_binary_changes(%(slot)s, %(upto)s::pg_lsn, NULL, "
+            "'proto_version', '1', 'publication_names', %(pub)s, 'messages', 'true') WITH ORDINALITY AS p(lsn, xid, data, n)),"
+            " b AS (SELECT min(n) AS n0 FROM p WHERE substr(data, 1, 9) = %(begin)s)"
+            " SELECT p.n - b.n0, p.data FROM p, b WHERE p.n >= b.n0 AND ("
+            "  (p.n < b.n0 + %(done)s AND get_byte(p.data, 0) IN (66, 82, 89))"
+            "  OR (p.n >= b.n0 + %(done)s AND p.n < b.n0 + %(done)s + %(window)s)) ORDER BY p.n"
+        )
+        # Decoding stops after the transaction's commit (a Begin message's final LSN is where its commit record
+        # is; upto_lsn keeps transactions that commit before it).
+        params = {"slot": self.slot_name, "pub": self._publication_option, "begin": begin_prefix, "done": done,
+                  "upto": pgoutput.int_to_lsn(final_lsn + 1),
+                  "window": max(max_changes, 1)}
+        with self.conn.transaction():
+            with self.conn.cursor(name=f"cdc_window_{self.slot_name}", binary=True) as cur:
+                cur.itersize = 10000
+                cur.execute(query, params)
+                rows = [(int(offset), bytes(data)) for offset, data in cur]
+        if not rows:
+            raise PositionLostError(self.source_id, position, f"transaction {partial['final_lsn']} that the position "
+                                    "points into is no longer in the slot")
+        decoder = StreamDecoder(self, position, keep)
+        last = done
+        for offset, data in rows:
+            decoder.feed(data)
+            last = offset
+            if data[0] == 0x43:  # its commit: the transaction is complete
+                break
+        if decoder.begin is not None:  # no commit yet: more windows to come
+            decoder.flush_partial({"final_lsn": partial["final_lsn"], "done": last + 1}, done)
+        log.info("source %s: read messages %d to %d of the large transaction %s%s", self.source_id, done, last,
+                 partial["final_lsn"], "" if decoder.begin is not None else " (its last part)")
+        return decoder
+
+    def _decode(self, position: dict[str, Any], messages: pa.LargeBinaryArray, keep: set[str]) -> StreamDecoder:
+        """Decode peeked messages columnar, or message by message for rare shapes."""
         decoder = StreamDecoder(self, position, keep)
         if self.columnar:
             try:
@@ -579,18 +664,21 @@ class PgSource:
             decoder.feed(data)
         return decoder
 
-    def _peek_messages(self, limit: int) -> pa.LargeBinaryArray:
-        """The peeked messages as one Arrow array. The server concatenates them into one value and sends their
-        lengths beside it: one row instead of one per message, which is what a cursor spends its time on. A batch
-        too large for one value (1 GiB) is read through a server-side cursor instead."""
+    def _peek_messages(self, limit: int, cap: int | None = None) -> pa.LargeBinaryArray:
+        """The peeked messages as one Arrow array, at most ``cap`` of them. The server concatenates them into one
+        value and sends their lengths beside it: one row instead of one per message, which is what a cursor spends
+        its time on. A batch too large for one value (1 GiB) is read through a server-side cursor instead."""
+        source = ("pg_logical_slot_peek_binary_changes(%s, NULL, %s, 'proto_version', '1', 'publication_names', %s, "
+                  "'messages', 'true')")
+        if cap is not None:
+            source += f" WITH ORDINALITY AS p(lsn, xid, data, n) WHERE n <= {int(cap)}"
         try:
             with self.conn.cursor(binary=True) as cur:
                 # One plain Aggregate over the function scan: both aggregates see the rows in stream order
                 # (an ORDER BY would sort, and spill, the whole batch); the decoder checks commit order anyway.
                 cur.execute(
                     "SELECT coalesce(array_agg(length(data)), '{}'), coalesce(string_agg(data, ''::bytea), ''::bytea) "
-                    "FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, 'proto_version', '1', "
-                    "'publication_names', %s, 'messages', 'true')",
+                    f"FROM {source}",
                     (self.slot_name, limit, self._publication_option),
                 )
                 lengths, data = cur.fetchone()
@@ -604,7 +692,7 @@ class PgSource:
         with self.conn.transaction():
             with self.conn.cursor(name=f"cdc_peek_{self.slot_name}", binary=True) as cur:
                 cur.itersize = 10000
-                cur.execute(self._peek_sql(), (self.slot_name, limit, self._publication_option))
+                cur.execute(f"SELECT data FROM {source}", (self.slot_name, limit, self._publication_option))
                 return pa.array([data for (data,) in cur], pa.large_binary())
 
     def _drop_unread_keys(self, batch: ChangeBatch, snapshot: dict[str, Any]) -> ChangeBatch:
