@@ -27,14 +27,18 @@ class SourceError(CdcError):
         super().__init__(f"{where}: {message}")
 
 
+def _brief(position: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a position a person reads (not the remembered schemas)."""
+    return {k: v for k, v in position.items() if k not in ("schemas", "tables")}
+
+
 class PositionLostError(SourceError):
     def __init__(self, source_id: str, position: dict[str, Any], reason: str) -> None:
         self.position = position
         super().__init__(
             source_id,
-            f"position {position} is gone at the source ({reason}); re-snapshot it: pause the DAG, set snapshot: "
-            f"initial and delete Variable cdc.position.{source_id}, the source's rows in the sink's _cdc_ledger and "
-            "its sink tables, then unpause (README: re-snapshot)",
+            f"position {_brief(position)} is gone at the source ({reason}); re-snapshot it: "
+            f"python -m airflow_provider_cdc resnapshot {source_id} (README: re-snapshot)",
         )
 
 

@@ -51,3 +51,40 @@ def test_unchanged_values_come_from_the_latest_earlier_event_that_sent_them():
         ("a", "9"): ("u", 4, "lonely", None, ["doc"]),
         ("a", "7"): ("u", 6, "back", None, ["doc"]),
     }
+
+
+def test_numeric_and_citext_keys_fold_by_value():
+    from airflow_provider_cdc.fold import normalise_key_text
+    import pyarrow as pa
+
+    numeric = Column("k", "numeric(10,2)", "decimal", primary_key=True)
+    texts = pa.array(["1", "1.0", "1.00", "10", "10.50", "-0", "-0.00", "0.0", "-1.10", "100.", "NaN", None])
+    assert normalise_key_text(texts, numeric).to_pylist() == [
+        "1", "1", "1", "10", "10.5", "0", "0", "0", "-1.1", "100", "NaN", None]
+    citext = Column("e", "citext", "text", primary_key=True)
+    assert normalise_key_text(pa.array(["Bob@X.org"]), citext).to_pylist() == ["bob@x.org"]
+    assert normalise_key_text(pa.array(["1.0"]), Column("k", "text")).to_pylist() == ["1.0"]
+
+    schema = TableSchema("public", "p", (numeric, Column("v", "text")))
+    builder = TableChangesBuilder(schema)
+    for seq, key in enumerate(["1", "1.0", "1.00", "2.50", "2.5"], start=1):
+        builder.append("u", seq, 0, None, None, [key, f"v{seq}"])
+    folded = fold_changes(builder.finish(), ["k"], schema.columns)
+    assert sorted((r["k"], r["v"]) for r in folded.to_pylist()) == [("1.00", "v3"), ("2.5", "v5")]
+
+
+def test_a_key_change_takes_missing_values_from_the_old_keys_history():
+    schema = TableSchema("public", "b", (Column("id", "int", "integer", False, True), Column("doc", "text")))
+    builder = TableChangesBuilder(schema)
+    builder.append("u", 1, 0, None, None, ["1", "from batch"])
+    builder.append("d", 2, 0, None, None, ["1", None])
+    builder.append("c", 3, 0, None, None, ["2", None], before=["1", None], unchanged=["doc"])
+    builder.append("d", 4, 0, None, None, ["2", None])
+    builder.append("c", 5, 0, None, None, ["3", None], before=["2", None], unchanged=["doc"])
+    builder.append("d", 6, 0, None, None, ["8", None])
+    builder.append("c", 7, 0, None, None, ["9", None], before=["8", None], unchanged=["doc"])
+    folded = {r["id"]: r for r in fold_changes(builder.finish(), ["id"], schema.columns).to_pylist()}
+    assert (folded["3"]["doc"], folded["3"]["_cdc_unchanged"], folded["3"]["_cdc_moved"]) == ("from batch", None, True)
+    # Nothing in the batch: the sink's row under the old key 8 has it.
+    assert (folded["9"]["_cdc_unchanged"], folded["9"]["_cdc_moved"], folded["9"]["_cdc_before:id"]) == (
+        ["doc"], True, "8")

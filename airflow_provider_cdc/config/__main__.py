@@ -2,6 +2,10 @@
 
 Exit status 0 with a summary when the config loads, 1 with every problem on stderr (``file: key: reason``) when
 it does not, so it can gate a CI job or a deploy.
+
+When the config loads, the check also looks at each PostgreSQL source database for replication slots of sources
+that are no longer configured (they retain WAL forever) and prints a warning with the SQL that drops each one;
+the exit status stays 0. A database that cannot be reached is reported and skipped; ``--offline`` skips the look.
 """
 
 from __future__ import annotations
@@ -20,15 +24,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="load a config directory and report every problem in it")
+    add_check_arguments(check)
+    args = parser.parse_args(argv)
+    return run_check(args.directory, slots=not args.offline)
+
+
+def add_check_arguments(check: argparse.ArgumentParser) -> None:
     check.add_argument(
         "directory", nargs="?", default=None, help=f"config directory (default: ${CONFIG_DIR_ENV}, else include/config)"
     )
-    args = parser.parse_args(argv)
-    return run_check(args.directory)
+    check.add_argument(
+        "--offline", action="store_true",
+        help="do not connect to the source databases (skips the look for leftover replication slots)",
+    )
 
 
-def run_check(directory: str | None) -> int:
-    """Load ``directory``; print a summary to stdout (0) or every problem to stderr (1)."""
+def run_check(directory: str | None, *, slots: bool = True) -> int:
+    """Load ``directory``; print a summary to stdout (0) or every problem to stderr (1).
+
+    With ``slots``, warnings about leftover replication slots follow the summary on stdout (still 0)."""
     try:
         config = load_config(directory)
     except ConfigError as exc:
@@ -39,6 +53,11 @@ def run_check(directory: str | None) -> int:
         print(f"{count} problem{'s' if count != 1 else ''} in {where}", file=sys.stderr)
         return 1
     print(summarize(config))
+    if slots:
+        from airflow_provider_cdc.config.slots import find_leftover_slots
+
+        for line in find_leftover_slots(config).lines():
+            print(line)
     return 0
 
 

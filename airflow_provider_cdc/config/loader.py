@@ -392,6 +392,7 @@ def _check_references(loaded: dict[str, _Loaded], problems: _Problems) -> None:
             for position, name in enumerate(names if isinstance(names, list) else []):
                 _check_pointer(name, other, what, file, (*at, key, position), problems)
     _check_slot_names(loaded["sources"], problems)
+    _check_sink_tables(loaded["sources"], problems)
 
 
 def _check_pointer(name: Any, target: _Loaded, what: str, file: str, loc: Loc, problems: _Problems) -> None:
@@ -419,3 +420,30 @@ def _check_slot_names(sources: _Loaded, problems: _Problems) -> None:
                 "set a distinct slot_name",
             )
         first.setdefault(slot, index)
+
+
+def _check_sink_tables(sources: _Loaded, problems: _Problems) -> None:
+    """Two sources must not load into one sink table: each would overwrite the other's rows, and the row guard
+    compares ``seq`` numbers of different sources. A sink table is ``<sink>.<target_schema>.<table name>``: the
+    source schema is not part of it, so ``a.users`` and ``b.users`` collide too. One problem per pair of sources.
+    """
+    owner: dict[tuple[str, str, str], int] = {}
+    clashes: dict[tuple[int, int], list[str]] = {}
+    for index, source in sources.entries.items():
+        for _, table in source.qualified_tables("public"):
+            target = (source.sink, source.target_schema, table)
+            first = owner.setdefault(target, index)
+            if first != index:
+                clashes.setdefault((index, first), []).append(table)
+    for (index, first), tables in clashes.items():
+        source, other = sources.entries[index], sources.entries[first]
+        if source.id == other.id:
+            continue  # a duplicate id, reported as such
+        names = ", ".join(repr(t) for t in tables)
+        problems.add(
+            sources.spec.name,
+            ("sources", index, "tables"),
+            f"sources {other.id!r} (sources[{first}]) and {source.id!r} would both load table{'s' if len(tables) > 1 else ''} "
+            f"{names} into schema {source.target_schema!r} of sink {source.sink!r}; give one of them another "
+            f"target_schema",
+        )

@@ -193,6 +193,8 @@ class SourceConfig(_ConfigModel):
     batch_size: int = Field(50000, gt=0)
     sink: NonEmptyStr
     target_schema: NonEmptyStr = "public"
+    # Where the sink keeps its _cdc_ledger; None: in target_schema, so the sink role needs no rights elsewhere.
+    ledger_schema: NonEmptyStr | None = None
     delete_mode: Literal["hard", "soft"] = "hard"
     transformations: list[NonEmptyStr] | None = None
     quality: list[NonEmptyStr] | None = None

@@ -33,11 +33,19 @@ def make_source(config: SourceConfig, dsn: str) -> Source:
 
 
 def make_sink(connector: ConnectorConfig, dsn: str, source: SourceConfig) -> Sink:
-    """The Sink named by ``source.sink``, writing into ``source.target_schema`` with its delete mode."""
+    """The Sink named by ``source.sink``, writing into ``source.target_schema`` with its delete mode.
+
+    The ledger goes in ``source.ledger_schema``, by default the target schema."""
     if connector.type == "postgresql":
         from airflow_provider_cdc.connectors.postgres.sink import PgSink
 
-        return PgSink(dsn, sink_id=connector.id, target_schema=source.target_schema, delete_mode=source.delete_mode)
+        return PgSink(
+            dsn,
+            sink_id=connector.id,
+            target_schema=source.target_schema,
+            delete_mode=source.delete_mode,
+            ledger_schema=source.ledger_schema,
+        )
     raise CdcError(
         f"sink {connector.id!r}: connector type {connector.type!r} has no sink in this version of "
         "airflow-provider-cdc (available: postgresql)"

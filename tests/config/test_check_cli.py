@@ -30,6 +30,7 @@ SOURCES = """
         conn_id: mysql_shop
         tables: [shop.orders]
         sink: warehouse
+        target_schema: shop
         schedule: "*/10 * * * *"
 """
 

@@ -386,7 +386,8 @@ def test_no_reference_checks_against_an_unreadable_file(tmp_path: Path) -> None:
 
 
 def test_sources_on_one_connection_need_distinct_slots(tmp_path: Path) -> None:
-    same_connection = SOURCES.replace("sources:", "").replace("id: postgres_main", "id: POSTGRES_MAIN")
+    same_connection = SOURCES.replace("sources:", "").replace("id: postgres_main", "id: POSTGRES_MAIN") + (
+        "        target_schema: other\n")
     write(tmp_path, {"connectors.yaml": CONNECTORS, "cdc.yaml": SOURCES + same_connection})
     assert lines_of(tmp_path) == [
         "cdc.yaml: sources[1].slot_name: replication slot 'cdc_postgres_main' is also used by sources[0] on the same "
@@ -471,3 +472,28 @@ def test_problems_never_echo_a_password(tmp_path: Path, monkeypatch: pytest.Monk
     assert "type: should be 'postgresql', 'mysql', 'mongodb' or 'file' (got 'postgresql://user:***@host/db')" in (
         str(exc.value)
     )
+
+
+def test_two_sources_loading_one_sink_table_is_a_problem(tmp_path: Path) -> None:
+    other = (
+        "      - id: crm\n"
+        "        type: postgresql\n"
+        "        connection_string: postgresql://crm@localhost/crm\n"
+        "        tables: [sales.users, accounts]\n"
+        "        sink: warehouse\n"
+    )
+    write(tmp_path, {"connectors.yaml": CONNECTORS, "cdc.yaml": SOURCES + other})
+    assert lines_of(tmp_path) == [
+        "cdc.yaml: sources[1].tables: sources 'postgres_main' (sources[0]) and 'crm' would both load table 'users' "
+        "into schema 'public' of sink 'warehouse'; give one of them another target_schema"
+    ]
+    # Another target_schema keeps them apart.
+    write(tmp_path, {"cdc.yaml": SOURCES + other + "        target_schema: crm\n"})
+    assert [s.target_schema for s in load_config(tmp_path).sources] == ["public", "crm"]
+
+
+def test_ledger_schema_is_optional(tmp_path: Path) -> None:
+    write(tmp_path, {"connectors.yaml": CONNECTORS, "cdc.yaml": SOURCES})
+    assert load_config(tmp_path).sources[0].ledger_schema is None
+    write(tmp_path, {"cdc.yaml": SOURCES + "        ledger_schema: cdc_meta\n"})
+    assert load_config(tmp_path).sources[0].ledger_schema == "cdc_meta"

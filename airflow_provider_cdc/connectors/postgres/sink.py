@@ -19,6 +19,7 @@ form, so COPY parses them with the target's column types: nothing is converted i
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable
@@ -32,10 +33,26 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from airflow_provider_cdc.connectors.base import ApplyResult
-from airflow_provider_cdc.connectors.postgres.types import POSTGRES_DIALECT, logical_sink_type, sink_column_type
+from airflow_provider_cdc.connectors.postgres.types import (
+    POSTGRES_DIALECT,
+    canonical_type,
+    is_safe_widening,
+    logical_sink_type,
+    sink_column_type,
+)
 from airflow_provider_cdc.errors import SinkError
-from airflow_provider_cdc.fold import fold_changes
-from airflow_provider_cdc.events import OP_DELETE, OP_TRUNCATE, Column, ChangeBatch, TableSchema
+from airflow_provider_cdc.events import (
+    BEFORE_PREFIX,
+    OP_DELETE,
+    OP_TRUNCATE,
+    RESERVED_PREFIX,
+    ChangeBatch,
+    Column,
+    SchemaChange,
+    TableSchema,
+    reserved_columns,
+)
+from airflow_provider_cdc.fold import MOVED_COLUMN, fold_changes
 
 log = logging.getLogger("airflow_provider_cdc.sink.postgres")
 
@@ -56,8 +73,23 @@ class _DuplicateBatch(Exception):
     """The ledger insert met a concurrent commit of the same batch."""
 
 
+@dataclasses.dataclass
+class _Migration:
+    """One sink table being migrated: its columns and types as they are now, and what errors must name."""
+
+    target: sql.Identifier
+    label: str
+    source_id: str | None
+    batch_id: str | None
+    existing: dict[str, str]
+    has_rows: bool | None = None
+
+
 class PgSink:
     """Applies change batches to tables in one PostgreSQL schema, with the ledger in ``ledger_schema``.
+
+    The ledger goes in ``target_schema`` unless told otherwise, so that a sink role needs rights on its own schema
+    only (PostgreSQL 15 and later no longer let every role create tables in ``public``).
 
     Sink tables keep the source table's name (``<target_schema>.<table>``), the source's columns (types from
     :mod:`.types`), its primary key, and the bookkeeping columns ``_cdc_op``, ``_cdc_position`` (the ``seq`` of the
@@ -72,15 +104,15 @@ class PgSink:
         sink_id: str,
         target_schema: str = "public",
         delete_mode: DeleteMode = "hard",
-        ledger_schema: str = "public",
+        ledger_schema: str | None = None,
     ) -> None:
         if delete_mode not in ("hard", "soft"):
             raise ValueError(f"sink {sink_id!r}: delete_mode must be 'hard' or 'soft', not {delete_mode!r}")
         self.sink_id = sink_id
         self.target_schema = target_schema
         self.delete_mode: DeleteMode = delete_mode
-        self.ledger_schema = ledger_schema
-        self._ledger = sql.Identifier(ledger_schema, LEDGER_TABLE)
+        self.ledger_schema = ledger_schema or target_schema
+        self._ledger = sql.Identifier(self.ledger_schema, LEDGER_TABLE)
         self._type_exists: dict[str, bool] = {}
         self._reported_dropped: set[tuple[str, tuple[str, ...]]] = set()
         try:
@@ -109,7 +141,11 @@ class PgSink:
         try:
             with self._conn.transaction(), self._conn.cursor() as cur:
                 self._ensure_ledger(cur)
-                self._ensure_tables(cur, schemas, where)
+                if schemas:
+                    self._ensure_schema(cur, self.target_schema)
+                for schema in schemas:
+                    where["table"] = self._table_label(schema)
+                    self._ensure_table(cur, schema)
         except psycopg.Error as exc:
             raise SinkError(self.sink_id, f"cannot create or alter the table: {exc}", table=where["table"]) from exc
 
@@ -167,8 +203,11 @@ class PgSink:
                 self._ensure_ledger(cur)
                 if self._ledger_has(cur, batch.batch_id):
                     raise psycopg.Rollback(tx)
-                self._ensure_tables(cur, self._batch_schemas(batch), where)
+                # The ledger row is what makes a replay a no-op: it must be as durable as the data it vouches for,
+                # whatever the role or database sets (synchronous_commit = off would lose it on a server crash).
+                self._force_durable_commit(cur)
                 high_water = self._high_water(cur, batch.source_id)
+                self._migrate_tables(cur, batch, high_water, where)
                 result.schema_changes = sum(1 for change in batch.schema_changes if change.seq > high_water)
                 for name, changes in batch.tables.items():
                     schema = batch.schemas.get(name)
@@ -176,7 +215,7 @@ class PgSink:
                         raise SinkError(self.sink_id, f"the batch has changes for {name} but no schema for it",
                                         table=name, batch_id=batch.batch_id)
                     where["table"] = self._table_label(schema)
-                    stats = self._apply_table(cur, schema, changes, high_water)
+                    stats = self._apply_table(cur, schema, changes, high_water, batch)
                     result.tables[name] = stats
                     result.upserted += stats["upserted"]
                     result.deleted += stats["deleted"]
@@ -217,7 +256,53 @@ class PgSink:
             log.info("sink %s: batch %s is already in the ledger; nothing to do", self.sink_id, batch.batch_id)
         return result
 
+    # --- re-snapshot ---------------------------------------------------------------------------------------------
+
+    def forget_source(self, source_id: str) -> int:
+        """Delete the ledger rows of ``source_id`` (its high water drops to 0): a re-snapshot starts it anew.
+
+        Returns how many rows went. Its own transaction; a sink without a ledger has nothing to forget."""
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                if not self._ledger_exists(cur):
+                    return 0
+                self._force_durable_commit(cur)
+                cur.execute(sql.SQL("DELETE FROM {} WHERE source_id = %s").format(self._ledger), (source_id,))
+                deleted = max(cur.rowcount, 0)
+        except psycopg.Error as exc:
+            raise SinkError(self.sink_id, f"cannot delete the ledger rows of source {source_id!r}: "
+                                          f"{_describe(exc)}") from exc
+        log.info("sink %s: forgot source %s (%d ledger rows deleted)", self.sink_id, source_id, deleted)
+        return deleted
+
+    def reset_table(self, table: TableSchema | str) -> bool:
+        """Empty the sink table of ``table`` (a source schema or the sink table's name) before a re-snapshot.
+
+        ``TRUNCATE``, in its own transaction; returns whether the table existed. A ``schema.table`` name whose
+        sink table does not exist under that exact name is taken as a source name (sink tables drop the schema).
+        """
+        label = None
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                name = table.name if isinstance(table, TableSchema) else table
+                if not isinstance(table, TableSchema) and "." in name and self._existing_columns(cur, name) is None:
+                    name = name.partition(".")[2]
+                label = f"{self.target_schema}.{name}"
+                if self._existing_columns(cur, name) is None:
+                    log.info("sink %s: table %s does not exist; nothing to reset", self.sink_id, label)
+                    return False
+                self._force_durable_commit(cur)
+                cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(self.target_schema, name)))
+        except psycopg.Error as exc:
+            raise SinkError(self.sink_id, f"cannot empty the table: {_describe(exc)}", table=label) from exc
+        log.info("sink %s: emptied table %s for a re-snapshot", self.sink_id, label)
+        return True
+
     # --- ledger ------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _force_durable_commit(cur: psycopg.Cursor) -> None:
+        cur.execute("SET LOCAL synchronous_commit = on")
 
     def _ledger_exists(self, cur: psycopg.Cursor) -> bool:
         cur.execute(
@@ -280,40 +365,55 @@ class PgSink:
     def _table_label(self, schema: TableSchema) -> str:
         return f"{self.target_schema}.{schema.name}"
 
-    @staticmethod
-    def _batch_schemas(batch: ChangeBatch) -> list[TableSchema]:
-        """Every schema the batch saw, oldest first: a column added and dropped again within it still gets made."""
-        changes = sorted(batch.schema_changes, key=lambda change: change.seq)
-        return [change.after for change in changes] + list(batch.schemas.values())
-
     def _ensure_schema(self, cur: psycopg.Cursor, name: str) -> None:
         # Look first: CREATE SCHEMA IF NOT EXISTS needs the CREATE privilege on the database even when it exists.
         cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (name,))
         if cur.fetchone() is None:
             cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(name)))
 
-    def _ensure_tables(self, cur: psycopg.Cursor, schemas: list[TableSchema], where: dict[str, str | None]) -> None:
-        if not schemas:
+    def _migrate_tables(
+        self, cur: psycopg.Cursor, batch: ChangeBatch, high_water: int, where: dict[str, str | None]
+    ) -> None:
+        """Bring every sink table of the batch to the batch's schema, following its schema changes in ``seq`` order.
+
+        Changes at or below the high water were applied by an earlier batch: replaying a rename or a type change
+        after later ones would undo them, so only newer changes migrate. A table whose changes are all replayed is
+        left alone when it exists (its final schema may be older than the sink's).
+        """
+        changes: dict[str, list[SchemaChange]] = {}
+        for change in sorted(batch.schema_changes, key=lambda change: change.seq):
+            changes.setdefault(change.table, []).append(change)
+        names = list(dict.fromkeys([*changes, *batch.schemas]))
+        if not names:
             return
         self._ensure_schema(cur, self.target_schema)
         sources: dict[str, str] = {}
-        for schema in schemas:
-            where["table"] = self._table_label(schema)
-            first = sources.setdefault(schema.name, schema.qualified_name)
-            if first != schema.qualified_name:
+        for qualified in names:
+            final = batch.schemas.get(qualified) or changes[qualified][-1].after
+            where["table"] = self._table_label(final)
+            first = sources.setdefault(final.name, final.qualified_name)
+            if first != final.qualified_name:
                 raise SinkError(
                     self.sink_id,
-                    f"source tables {first} and {schema.qualified_name} would both load into {where['table']}; "
+                    f"source tables {first} and {final.qualified_name} would both load into {where['table']}; "
                     f"give them separate sinks (target_schema) or rename one at the source",
-                    table=where["table"],
+                    table=where["table"], batch_id=batch.batch_id,
                 )
-            self._ensure_table(cur, schema)
+            live = [change for change in changes.get(qualified, []) if change.seq > high_water]
+            table = batch.tables.get(qualified)
+            has_new_rows = table is not None and table.num_rows > 0 and (
+                not high_water or pc.max(table["_cdc_seq"]).as_py() > high_water)
+            earlier = [schema for change in changes.get(qualified, []) for schema in (change.before, change.after)
+                       if schema is not None]
+            self._ensure_table(cur, final, live, earlier=earlier, source_id=batch.source_id,
+                               batch_id=batch.batch_id, reconcile=bool(live) or has_new_rows)
         where["table"] = None
 
-    def _existing_columns(self, cur: psycopg.Cursor, table: str) -> list[str] | None:
-        """The sink table's columns in order, or None when it does not exist."""
+    def _existing_columns(self, cur: psycopg.Cursor, table: str) -> dict[str, str] | None:
+        """The sink table's columns in order with their types (``format_type``), or None when it does not exist."""
         cur.execute(
-            "SELECT a.attname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
             " LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
             " WHERE n.nspname = %s AND c.relname = %s ORDER BY a.attnum",
             (self.target_schema, table),
@@ -321,7 +421,7 @@ class PgSink:
         rows = cur.fetchall()
         if not rows:
             return None
-        return [name for (name,) in rows if name is not None]
+        return {name: type_ for name, type_ in rows if name is not None}
 
     def _bookkeeping_definitions(self) -> list[tuple[str, str]]:
         columns = [("_cdc_op", "text"), ("_cdc_position", "bigint"), ("_cdc_ts", "timestamptz")]
@@ -329,44 +429,77 @@ class PgSink:
             columns.append(("_cdc_deleted_at", "timestamptz"))
         return columns
 
-    def _ensure_table(self, cur: psycopg.Cursor, schema: TableSchema) -> None:
-        label = self._table_label(schema)
-        key = schema.primary_key
-        if not key:
+    def _check_source_table(self, schema: TableSchema, label: str, batch_id: str | None) -> None:
+        if not schema.primary_key:
             raise SinkError(
                 self.sink_id,
                 f"source table {schema.qualified_name} has no primary key; add a primary key at the source "
                 f"(the sink merges changes by key)",
-                table=label,
+                table=label, batch_id=batch_id,
             )
-        clashes = [name for name in schema.column_names if name in BOOKKEEPING_COLUMNS]
+        clashes = reserved_columns(schema.column_names)
         if clashes:
             raise SinkError(
                 self.sink_id,
-                f"source table {schema.qualified_name} has columns {clashes} that the sink reserves for its "
-                f"bookkeeping; rename them at the source",
-                table=label,
+                f"source table {schema.qualified_name} has columns {clashes} in the reserved bookkeeping namespace "
+                f"{RESERVED_PREFIX}*; rename them at the source",
+                table=label, batch_id=batch_id,
             )
+
+    def _ensure_table(
+        self,
+        cur: psycopg.Cursor,
+        schema: TableSchema,
+        changes: list[SchemaChange] = (),  # type: ignore[assignment]
+        *,
+        earlier: list[TableSchema] = (),  # type: ignore[assignment]
+        source_id: str | None = None,
+        batch_id: str | None = None,
+        reconcile: bool = True,
+    ) -> None:
+        """Create the sink table, or migrate it through ``changes`` and then to ``schema``.
+
+        A new table gets the final schema's columns plus those of ``earlier`` schemas that the final one no longer
+        has (dropped within the batch: the batch's rows may still carry them); a renamed column (same ordinal)
+        is not made twice.
+        """
+        label = self._table_label(schema)
+        for each in (schema, *(change.after for change in changes)):
+            self._check_source_table(each, label, batch_id)
         target = sql.Identifier(self.target_schema, schema.name)
         existing = self._existing_columns(cur, schema.name)
         if existing is None:
+            columns = list(schema.columns)
+            names = set(schema.column_names)
+            ordinals = {col.ordinal for col in schema.columns if col.ordinal is not None}
+            for other in earlier:
+                for col in other.columns:
+                    if col.name not in names and (col.ordinal is None or col.ordinal not in ordinals):
+                        columns.append(col)
+                        names.add(col.name)
             definitions = [
                 sql.SQL("{} {}").format(sql.Identifier(col.name), sql.SQL(self._column_type(cur, col, schema)))
-                for col in schema.columns
+                for col in columns
             ]
             definitions += [
                 sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(type_)) for name, type_ in
                 self._bookkeeping_definitions()
             ]
-            definitions.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key))))
+            definitions.append(sql.SQL("PRIMARY KEY ({})").format(
+                sql.SQL(", ").join(map(sql.Identifier, schema.primary_key))))
             cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(target, sql.SQL(", ").join(definitions)))
-            log.info("sink %s: created table %s (key %s) for source table %s", self.sink_id, label, key,
-                     schema.qualified_name)
+            log.info("sink %s: created table %s (key %s) for source table %s", self.sink_id, label,
+                     schema.primary_key, schema.qualified_name)
+            return
+        if not reconcile and not changes:
             return
 
-        present = set(existing)
-        added = [(col.name, self._column_type(cur, col, schema)) for col in schema.columns if col.name not in present]
-        added += [(name, type_) for name, type_ in self._bookkeeping_definitions() if name not in present]
+        context = _Migration(target=target, label=label, source_id=source_id, batch_id=batch_id, existing=existing)
+        for change in changes:
+            self._rename_columns(cur, change, context)
+            self._reconcile_columns(cur, change.after, change.before, context)
+        self._reconcile_columns(cur, schema, None, context)
+        added = [(name, type_) for name, type_ in self._bookkeeping_definitions() if name not in existing]
         if added:
             cur.execute(sql.SQL("ALTER TABLE {} {}").format(target, sql.SQL(", ").join(
                 sql.SQL("ADD COLUMN IF NOT EXISTS {} {}").format(sql.Identifier(name), sql.SQL(type_))
@@ -378,9 +511,102 @@ class PgSink:
         if dropped and (label, dropped) not in self._reported_dropped:
             self._reported_dropped.add((label, dropped))
             log.info(
-                "sink %s: table %s keeps columns %s that source table %s no longer has (new rows get NULL there)",
+                "sink %s: table %s keeps columns %s that source table %s no longer has (rows changed from now on "
+                "get NULL there)",
                 self.sink_id, label, list(dropped), schema.qualified_name,
             )
+
+    def _rename_columns(self, cur: psycopg.Cursor, change: SchemaChange, context: _Migration) -> None:
+        """A column that keeps its ordinal but changes its name was renamed: rename it in the sink too."""
+        if change.before is None:
+            return
+        old_by_ordinal = {col.ordinal: col for col in change.before.columns if col.ordinal is not None}
+        existing = context.existing
+        for col in change.after.columns:
+            old = old_by_ordinal.get(col.ordinal) if col.ordinal is not None else None
+            if old is None or old.name == col.name:
+                continue
+            if old.name in existing and col.name not in existing:
+                cur.execute(sql.SQL("ALTER TABLE {} RENAME COLUMN {} TO {}").format(
+                    context.target, sql.Identifier(old.name), sql.Identifier(col.name)))
+                context.existing = existing = {
+                    (col.name if name == old.name else name): type_ for name, type_ in existing.items()}
+                log.info("sink %s: table %s: renamed column %s to %s (renamed at the source, seq %d)",
+                         self.sink_id, context.label, old.name, col.name, change.seq)
+            elif old.name in existing and col.name in existing:
+                log.warning("sink %s: table %s: source renamed column %s to %s, but the sink has both; "
+                            "leaving them as they are", self.sink_id, context.label, old.name, col.name)
+
+    def _reconcile_columns(
+        self, cur: psycopg.Cursor, schema: TableSchema, before: TableSchema | None, context: _Migration
+    ) -> None:
+        """Add the columns ``schema`` has and the sink lacks, and follow type changes that lose nothing.
+
+        An added column is created with its backfill as a default that is dropped again at once: rows that existed
+        before the source's ``ADD COLUMN`` hold that value at the source without any WAL telling us so. A type
+        change the sink cannot follow exactly (not a safe widening) stops the batch: loading on would round or
+        truncate values silently.
+        """
+        existing = context.existing
+        old_by_ordinal = {col.ordinal: col for col in before.columns if col.ordinal is not None} if before else {}
+        old_by_name = {col.name: col for col in before.columns} if before else {}
+        for col in schema.columns:
+            new_type = self._column_type(cur, col, schema)
+            if col.name not in existing:
+                self._add_column(cur, col, new_type, schema, context)
+                continue
+            old_type = existing[col.name]
+            if canonical_type(old_type) == canonical_type(new_type):
+                continue
+            if is_safe_widening(old_type, new_type):
+                cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}").format(
+                    context.target, sql.Identifier(col.name), sql.SQL(new_type)))
+                existing[col.name] = new_type
+                log.info("sink %s: table %s: column %s widened from %s to %s", self.sink_id, context.label,
+                         col.name, old_type, new_type)
+                continue
+            declared = old_by_ordinal.get(col.ordinal) if col.ordinal is not None else None
+            declared = declared or old_by_name.get(col.name)
+            changed_at_source = declared is not None and canonical_type(
+                sink_column_type(declared, schema.dialect)) != canonical_type(sink_column_type(col, schema.dialect))
+            if not changed_at_source and is_safe_widening(new_type, old_type):
+                continue  # the sink's column is wider than the source's: every value fits as it is
+            raise SinkError(
+                self.sink_id,
+                f"column {col.name!r} of source table {schema.qualified_name} changed type: {old_type} -> "
+                f"{new_type} in the sink would not keep every value exactly (not a safe widening), so nothing was "
+                f"written. Re-snapshot the table (python -m airflow_provider_cdc resnapshot "
+                f"{context.source_id or '<source_id>'} --table {schema.qualified_name}) or change the source "
+                f"column back to a type the sink can widen to",
+                table=context.label, batch_id=context.batch_id,
+            )
+
+    def _add_column(
+        self, cur: psycopg.Cursor, col: Column, type_: str, schema: TableSchema, context: _Migration
+    ) -> None:
+        if context.has_rows is None:
+            cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(context.target))
+            context.has_rows = bool(cur.fetchone()[0])
+        if col.backfill_unknown and context.has_rows:
+            raise SinkError(
+                self.sink_id,
+                f"column {col.name!r} was added to source table {schema.qualified_name} in a way that rewrote "
+                f"existing rows with values the change stream does not carry (a volatile default), so the rows "
+                f"already in the sink cannot be given their values; nothing was written. Re-snapshot the table: "
+                f"python -m airflow_provider_cdc resnapshot {context.source_id or '<source_id>'} "
+                f"--table {schema.qualified_name}",
+                table=context.label, batch_id=context.batch_id,
+            )
+        name = sql.Identifier(col.name)
+        if col.backfill is not None and context.has_rows:
+            cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {} DEFAULT {}::{}").format(
+                context.target, name, sql.SQL(type_), sql.Literal(col.backfill), sql.SQL(type_)))
+            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP DEFAULT").format(context.target, name))
+        else:
+            cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(context.target, name, sql.SQL(type_)))
+        context.existing[col.name] = type_
+        log.info("sink %s: table %s: added column %s %s%s", self.sink_id, context.label, col.name, type_,
+                 "" if col.backfill is None else f" (existing rows: {col.backfill!r})")
 
     def _column_type(self, cur: psycopg.Cursor, col: Column, schema: TableSchema) -> str:
         """The sink type; a PostgreSQL type the sink database lacks (an enum, a domain) becomes the mapped one."""
@@ -406,7 +632,7 @@ class PgSink:
     # --- rows --------------------------------------------------------------------------------------------------
 
     def _apply_table(
-        self, cur: psycopg.Cursor, schema: TableSchema, changes: pa.Table, high_water: int
+        self, cur: psycopg.Cursor, schema: TableSchema, changes: pa.Table, high_water: int, batch: ChangeBatch
     ) -> dict[str, int]:
         """Apply one table's events: segments between truncates are folded and merged, in ``seq`` order."""
         stats = {"events": changes.num_rows, "skipped_replayed": 0, "staged": 0, "upserted": 0, "deleted": 0,
@@ -417,12 +643,20 @@ class PgSink:
         if changes.num_rows == 0:
             return stats
         changes = changes.sort_by("_cdc_seq")
-        columns = [name for name in schema.column_names if name in changes.column_names]
+        sink_columns = self._existing_columns(cur, schema.name) or {}
+        # Source columns as the batch carries them (a column dropped within the batch may still be there, holding
+        # the values of rows written before the drop), limited to those the sink has.
+        columns = [name for name in changes.column_names
+                   if not name.startswith(RESERVED_PREFIX) and name in sink_columns]
+        # Sink columns the source no longer has: every row the merge writes gets NULL there, consistently.
+        present = set(columns)
+        gone = [name for name in sink_columns if name not in present and name not in BOOKKEEPING_COLUMNS]
         truncates = pc.indices_nonzero(pc.equal(changes["_cdc_op"], OP_TRUNCATE)).to_pylist()
         start = 0
         for index in [*truncates, changes.num_rows]:
             if index > start:
-                self._merge_segment(cur, schema, columns, changes.slice(start, index - start), stats)
+                self._merge_segment(cur, schema, columns, gone, sink_columns, changes.slice(start, index - start),
+                                    stats, batch)
             if index < changes.num_rows:
                 self._truncate(cur, schema, changes["_cdc_seq"][index].as_py(), changes["_cdc_ts_ms"][index].as_py(), stats)
             start = index + 1
@@ -445,22 +679,40 @@ class PgSink:
         stats["truncated_rows"] += max(cur.rowcount, 0)
 
     def _merge_segment(
-        self, cur: psycopg.Cursor, schema: TableSchema, columns: list[str], segment: pa.Table, stats: dict[str, int]
+        self,
+        cur: psycopg.Cursor,
+        schema: TableSchema,
+        columns: list[str],
+        gone: list[str],
+        sink_columns: dict[str, str],
+        segment: pa.Table,
+        stats: dict[str, int],
+        batch: ChangeBatch,
     ) -> None:
         key = schema.primary_key
-        folded = fold_changes(segment, key)
+        folded = fold_changes(segment, key, schema.columns)
         unchanged = unchanged_as_text(folded["_cdc_unchanged"])
         has_unchanged = bool(pc.any(pc.not_equal(unchanged, "{}")).as_py())
+        moved = pc.fill_null(pc.and_(folded[MOVED_COLUMN], pc.not_equal(unchanged, "{}")), False)
+        has_moved = has_unchanged and bool(pc.any(moved).as_py())
         # The stage is LIKE the target (which has its own _cdc_op ...), so the batch's bookkeeping gets stage names.
         staged = folded.select([*columns, "_cdc_op", "_cdc_seq", "_cdc_ts_ms"]).rename_columns(
             [*columns, "_cdc_s_op", "_cdc_s_seq", "_cdc_s_ts_ms"]).append_column("_cdc_s_unchanged", unchanged)
+        extra = [sql.SQL("_cdc_s_op text, _cdc_s_seq bigint, _cdc_s_ts_ms bigint, _cdc_s_unchanged text[]")]
+        from_columns = [f"_cdc_s_from_{i}" for i in range(len(key))]
+        if has_moved:
+            # Rows whose key changed and whose unchanged TOAST values live in the sink under their old key.
+            staged = staged.append_column("_cdc_s_moved", moved)
+            extra.append(sql.SQL("_cdc_s_moved boolean"))
+            for name, stage_name in zip(key, from_columns):
+                staged = staged.append_column(stage_name, folded[BEFORE_PREFIX + name])
+                extra.append(sql.SQL("{} {}").format(sql.Identifier(stage_name), sql.SQL(sink_columns[name])))
         stats["staged"] += staged.num_rows
 
         target = sql.Identifier(self.target_schema, schema.name)
         stage = sql.Identifier("_cdc_stage")
-        cur.execute(sql.SQL(
-            "CREATE TEMP TABLE {} (LIKE {}, _cdc_s_op text, _cdc_s_seq bigint, _cdc_s_ts_ms bigint, _cdc_s_unchanged text[]) ON COMMIT DROP"
-        ).format(stage, target))
+        cur.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {}, {}) ON COMMIT DROP").format(
+            stage, target, sql.SQL(", ").join(extra)))
         copy_columns = sql.SQL(", ").join(map(sql.Identifier, staged.column_names))
         with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(stage, copy_columns)) as copy:
             # Arrow quotes every string and leaves NULL unquoted and empty, which is exactly CSV COPY's NULL
@@ -476,16 +728,89 @@ class PgSink:
             sql.SQL("t.{0} = s.{0}").format(sql.Identifier(name)) for name in key
         )
         guard = sql.SQL("(t._cdc_position IS NULL OR t._cdc_position <= s._cdc_s_seq)")
+        if has_moved:
+            self._fill_moved_from_sink(cur, stage, target, key, columns, folded, from_columns)
+        if has_unchanged:
+            self._refuse_unresolved(cur, stage, target, schema, key, on, batch, has_moved)
         if pc.any(pc.equal(staged["_cdc_s_op"], OP_DELETE)).as_py():
             cur.execute(sql.SQL("SELECT count(*) FROM {} AS s JOIN {} AS t ON {} WHERE s._cdc_s_op = %s AND {}").format(
                 stage, target, on, guard), (OP_DELETE,))
             deleted = int(cur.fetchone()[0])
         else:
             deleted = 0
-        cur.execute(self._merge_statement(target, stage, key, columns, on, guard, has_unchanged))
+        cur.execute(self._merge_statement(target, stage, key, columns, gone, on, guard, has_unchanged))
         stats["deleted"] += deleted
         stats["upserted"] += max(cur.rowcount, 0) - deleted
         cur.execute(sql.SQL("DROP TABLE {}").format(stage))
+
+    def _fill_moved_from_sink(
+        self,
+        cur: psycopg.Cursor,
+        stage: sql.Identifier,
+        target: sql.Identifier,
+        key: list[str],
+        columns: list[str],
+        folded: pa.Table,
+        from_columns: list[str],
+    ) -> None:
+        """Give rows whose key changed the unchanged values the sink holds under their old key.
+
+        Runs before the ``MERGE``, which deletes the old key's row in the same statement that inserts the new one.
+        The new key's own sink row (if any) is never a source: it belongs to another row (a key swap).
+        """
+        wanted = {name for names in folded["_cdc_unchanged"].to_pylist() for name in names or ()}
+        fill = [name for name in columns if name in wanted]
+        if not fill:
+            return
+        sets = [sql.SQL("{0} = CASE WHEN {1} = ANY(s._cdc_s_unchanged) THEN o.{0} ELSE s.{0} END").format(
+            sql.Identifier(name), sql.Literal(name)) for name in fill]
+        sets.append(sql.SQL("_cdc_s_unchanged = '{}'"))
+        match = sql.SQL(" AND ").join(sql.SQL("o.{} = s.{}").format(sql.Identifier(name), sql.Identifier(from_))
+                                      for name, from_ in zip(key, from_columns))
+        live = sql.SQL(" AND o._cdc_deleted_at IS NULL") if self.delete_mode == "soft" else sql.SQL("")
+        cur.execute(sql.SQL(
+            "UPDATE {stage} AS s SET {sets} FROM {target} AS o"
+            " WHERE s._cdc_s_moved AND s._cdc_s_op <> {d} AND {match}{live}"
+        ).format(stage=stage, sets=sql.SQL(", ").join(sets), target=target, d=sql.Literal(OP_DELETE),
+                 match=match, live=live))
+
+    def _refuse_unresolved(
+        self,
+        cur: psycopg.Cursor,
+        stage: sql.Identifier,
+        target: sql.Identifier,
+        schema: TableSchema,
+        key: list[str],
+        on: sql.Composable,
+        batch: ChangeBatch,
+        has_moved: bool,
+    ) -> None:
+        """Stop before writing a row with values nobody has: unchanged TOAST neither the batch nor the sink holds.
+
+        Such a row would be inserted with NULL in place of a value the source still has (or, for a row whose key
+        changed, take another row's value): silent divergence. A matched update keeps the sink's own value instead.
+        """
+        moved = sql.SQL("s._cdc_s_moved OR ") if has_moved else sql.SQL("")
+        cur.execute(sql.SQL(
+            "SELECT {keys}, s._cdc_s_unchanged FROM {stage} AS s WHERE s._cdc_s_op <> {d}"
+            " AND s._cdc_s_unchanged <> '{{}}' AND ({moved}NOT EXISTS (SELECT 1 FROM {target} AS t WHERE {on}))"
+            " ORDER BY s._cdc_s_seq LIMIT 5"
+        ).format(keys=sql.SQL(", ").join(sql.SQL("s.{}::text").format(sql.Identifier(name)) for name in key),
+                 stage=stage, d=sql.Literal(OP_DELETE), moved=moved, target=target, on=on))
+        rows = cur.fetchall()
+        if not rows:
+            return
+        first = rows[0]
+        described = ", ".join(f"{name}={value}" for name, value in zip(key, first[:-1]))
+        raise SinkError(
+            self.sink_id,
+            f"the row with key ({described}) of source table {schema.qualified_name} would be written without "
+            f"the values of columns {list(first[-1])} (unchanged TOAST the source did not resend, and neither this "
+            f"batch nor the sink has them){f' ({len(rows)} rows or more)' if len(rows) > 1 else ''}; nothing was "
+            f"written. Re-snapshot the table: python -m airflow_provider_cdc resnapshot {batch.source_id} "
+            f"--table {schema.qualified_name}",
+            table=self._table_label(schema), batch_id=batch.batch_id,
+        )
 
     def _merge_statement(
         self,
@@ -493,6 +818,7 @@ class PgSink:
         stage: sql.Identifier,
         key: list[str],
         columns: list[str],
+        gone: list[str],
         on: sql.Composable,
         guard: sql.Composable,
         has_unchanged: bool,
@@ -509,6 +835,8 @@ class PgSink:
                     col, sql.Literal(name)))
             else:
                 updates.append(sql.SQL("{0} = s.{0}").format(col))
+        # Columns the source dropped: the sink keeps them for old rows, but a row changed since has no value there.
+        updates += [sql.SQL("{} = NULL").format(sql.Identifier(name)) for name in gone]
         updates += [sql.SQL("_cdc_op = s._cdc_s_op"), sql.SQL("_cdc_position = s._cdc_s_seq"), sql.SQL("_cdc_ts = {}").format(ts)]
         if self.delete_mode == "soft":
             updates.append(sql.SQL("_cdc_deleted_at = NULL"))

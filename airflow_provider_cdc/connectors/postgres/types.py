@@ -64,3 +64,88 @@ def sink_column_type(col: Column, dialect: str) -> str:
     if dialect == POSTGRES_DIALECT and col.source_type and is_safe_type_text(col.source_type.strip()):
         return col.source_type.strip()
     return logical_sink_type(col)
+
+
+# --- type changes ---------------------------------------------------------------------------------------------
+
+# Short spellings a source or a user may write, as format_type() prints them (the sink catalog's words).
+_ALIASES = {
+    "int": "integer", "int4": "integer", "int2": "smallint", "int8": "bigint",
+    "float4": "real", "float8": "double precision", "float": "double precision",
+    "decimal": "numeric", "varchar": "character varying", "char": "character", "bpchar": "character",
+    "bool": "boolean", "timestamptz": "timestamp with time zone", "timetz": "time with time zone",
+    "timestamp": "timestamp without time zone", "time": "time without time zone",
+}
+_TYPE_PARTS = re.compile(r"^(?P<base>[a-z_][a-z0-9_ .\"]*?)\s*(?:\((?P<mod>[\d, ]+)\))?(?P<suffix>(?: [a-z ]+)?)"
+                         r"(?P<arrays>(?:\[\d*\])*)$")
+# Integer types and how many decimal digits their largest value has: a numeric(p,s) with p - s at least that holds it.
+_INTEGER_DIGITS = {"smallint": 5, "integer": 10, "bigint": 19}
+_INTEGER_ORDER = ("smallint", "integer", "bigint")
+
+
+def canonical_type(type_text: str) -> str:
+    """``type_text`` as ``format_type()`` prints it, for the common spellings (``int4`` -> ``integer``,
+    ``varchar(10)`` -> ``character varying(10)``, ``timestamptz`` -> ``timestamp with time zone``)."""
+    text = " ".join(type_text.strip().lower().split())
+    match = _TYPE_PARTS.match(text)
+    if not match:
+        return text
+    base, mod, suffix, arrays = match["base"].strip(), match["mod"], match["suffix"].strip(), match["arrays"]
+    if base in ("timestamp", "time") and not suffix:
+        suffix = "without time zone"
+    elif base in ("timestamptz", "timetz"):
+        base, suffix = base[:-2], "with time zone"
+    else:
+        base = _ALIASES.get(base, base)
+    if base == "character" and mod is None and not suffix:
+        mod = "1"  # char alone is char(1)
+    mod_text = f"({','.join(part.strip() for part in mod.split(','))})" if mod else ""
+    return f"{base}{mod_text}{' ' + suffix if suffix else ''}{re.sub(r'[0-9]', '', arrays)}"
+
+
+def _parts(type_text: str) -> tuple[str, tuple[int, ...], str]:
+    """(base with suffix, type modifiers, array brackets) of a canonical type."""
+    match = _TYPE_PARTS.match(type_text)
+    if not match:
+        return type_text, (), ""
+    base = " ".join(p for p in (match["base"].strip(), match["suffix"].strip()) if p)
+    mods = tuple(int(m) for m in match["mod"].split(",")) if match["mod"] else ()
+    return base, mods, re.sub(r"\d", "", match["arrays"])
+
+
+def is_safe_widening(old: str, new: str) -> bool:
+    """Whether every value of type ``old`` converts to type ``new`` unchanged (so a sink may ``ALTER ... TYPE``).
+
+    The same type is trivially safe. Beyond that: ``numeric(p,s)`` to a ``numeric`` with at least as many integer
+    and fractional digits or none declared; integers to larger integers and numerics that hold them; ``real`` to
+    ``double precision``; ``varchar(n)`` to ``varchar(m >= n)``, unlimited ``varchar`` or ``text``; ``char(n)`` to
+    ``text`` or ``varchar(m >= n)`` (both sides drop its trailing blanks the same way). Arrays follow their elements.
+    """
+    old, new = canonical_type(old), canonical_type(new)
+    if old == new:
+        return True
+    old_base, old_mods, old_arrays = _parts(old)
+    new_base, new_mods, new_arrays = _parts(new)
+    if old_arrays != new_arrays:
+        return False
+    if new_base == "numeric":
+        if not new_mods:
+            return old_base == "numeric" or old_base in _INTEGER_DIGITS
+        new_p, new_s = new_mods[0], (new_mods[1] if len(new_mods) > 1 else 0)
+        if old_base in _INTEGER_DIGITS:
+            return new_p - new_s >= _INTEGER_DIGITS[old_base]
+        if old_base != "numeric" or not old_mods:
+            return False
+        old_p, old_s = old_mods[0], (old_mods[1] if len(old_mods) > 1 else 0)
+        return new_p - new_s >= old_p - old_s and new_s >= old_s
+    if old_base in _INTEGER_ORDER and new_base in _INTEGER_ORDER:
+        return _INTEGER_ORDER.index(new_base) >= _INTEGER_ORDER.index(old_base)
+    if (old_base, new_base) == ("real", "double precision"):
+        return True
+    if old_base in ("character varying", "character") and new_base == "text":
+        return True
+    if old_base in ("character varying", "text") and new_base == "character varying" and not new_mods:
+        return True
+    if old_base in ("character varying", "character") and new_base == "character varying":
+        return bool(old_mods) and new_mods[0] >= old_mods[0]
+    return False

@@ -1,0 +1,161 @@
+"""``python -m airflow_provider_cdc resnapshot``: the recovery after a lost position, end to end on real servers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from airflow_provider_cdc.errors import PositionLostError
+from airflow_provider_cdc.hooks.cdc import CdcHook
+from cdc_testing import (
+    assert_ledger_consistent,
+    assert_same_rows,
+    create_shop,
+    drain,
+    ledger_rows,
+    slot_lsn,
+    staged_run,
+    unique_id,
+    write_config,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, config_dir: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The command as a user runs it; the child shares this session's Airflow metadata DB and staging root."""
+    environ = dict(os.environ, CDC_CONFIG_DIR=str(config_dir))
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "airflow_provider_cdc", *args], env=environ, cwd=config_dir.parent,
+                          input=stdin, capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.fixture
+def shop(pg_database_factory, tmp_path):
+    source_url, sink_url = pg_database_factory(), pg_database_factory()
+    create_shop(source_url, users=150, orders=250)
+    return unique_id("resnap"), source_url, sink_url, tmp_path / "config"
+
+
+def drop_slot(url: str, slot: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+
+
+def test_resnapshot_recovers_a_source_whose_slot_was_dropped(shop):
+    source_id, source_url, sink_url, config_dir = shop
+    write_config(config_dir, source_id=source_id, source_url=source_url, sink_url=sink_url,
+                 tables=["users", "orders"], batch_size=100)
+    hook = CdcHook(source_id, str(config_dir))
+    drain(hook, "before")
+    assert_same_rows(source_url, sink_url, "users")
+
+    drop_slot(source_url, f"cdc_{source_id}")
+    with psycopg.connect(source_url, autocommit=True) as conn:  # changes nobody captured: only a snapshot has them
+        conn.execute("UPDATE users SET name = 'lost' WHERE id <= 20")
+        conn.execute("DELETE FROM orders WHERE id > 200")
+        conn.execute("INSERT INTO users (id, email, name) VALUES (1000, 'new@example.com', 'New')")
+    with pytest.raises(PositionLostError, match=rf"python -m airflow_provider_cdc resnapshot {source_id}\b"):
+        staged_run(hook, "lost")
+
+    refused = cli("resnapshot", source_id, "--config-dir", str(config_dir), config_dir=config_dir, stdin="y\n")
+    assert refused.returncode == 1 and "pass --yes" in refused.stderr  # stdin is not a terminal: nobody to ask
+
+    result = cli("resnapshot", source_id, "--yes", "--config-dir", str(config_dir), config_dir=config_dir)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    # Step 1 finds the slot gone (dropped above) or, if a capture re-created it meanwhile, drops it.
+    for step in (f"1. replication slot cdc_{source_id}: not there", f"1. dropped replication slot cdc_{source_id}"):
+        if step in result.stdout:
+            break
+    else:
+        raise AssertionError(result.stdout)
+    for step in ("from the sink ledger", "3. truncated sink tables users", "staged batch",
+                 f"5. deleted Variable cdc.position.{source_id}", "snapshot of 2 tables pending"):
+        assert step in result.stdout, result.stdout
+    assert slot_lsn(source_url, f"cdc_{source_id}") is not None  # a fresh slot, created by the command
+    assert "snapshot" in hook.positions.get(source_id)
+    assert ledger_rows(sink_url, source_id) == []
+
+    drain(hook, "after")
+    assert_same_rows(source_url, sink_url, "users")
+    assert_same_rows(source_url, sink_url, "orders")
+    assert_ledger_consistent(sink_url, source_id)
+
+    with psycopg.connect(source_url, autocommit=True) as conn:  # and it streams again
+        conn.execute("UPDATE users SET name = 'streamed' WHERE id BETWEEN 30 AND 40")
+    drain(hook, "streaming")
+    assert_same_rows(source_url, sink_url, "users")
+
+
+def test_resnapshot_of_one_table_keeps_the_others_streaming(shop):
+    source_id, source_url, sink_url, config_dir = shop
+    write_config(config_dir, source_id=source_id, source_url=source_url, sink_url=sink_url,
+                 tables=["users", "public.orders"], batch_size=100)
+    hook = CdcHook(source_id, str(config_dir))
+    drain(hook, "before")
+    slot_before = slot_lsn(source_url, f"cdc_{source_id}")
+    ledger_before = ledger_rows(sink_url, source_id)
+    with psycopg.connect(sink_url, autocommit=True) as conn:  # the sink table went wrong, say by hand
+        conn.execute("DELETE FROM users WHERE id % 3 = 0")
+        conn.execute("UPDATE users SET name = 'garbage' WHERE id % 3 = 1")
+
+    result = cli("resnapshot", source_id, "--table", "users", "--yes", config_dir=config_dir)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    assert "truncated sink tables users" in result.stdout and "public.users queued" in result.stdout
+    assert slot_lsn(source_url, f"cdc_{source_id}") == slot_before  # the slot and the stream stay
+    assert ledger_rows(sink_url, source_id) == ledger_before
+
+    with psycopg.connect(source_url, autocommit=True) as conn:  # both tables change while users is re-read
+        conn.execute("UPDATE users SET balance = balance + 1 WHERE id <= 50")
+        conn.execute("INSERT INTO orders (user_id, amount, status) VALUES (1, 9.99, 'new'), (2, 1.5, 'paid')")
+        conn.execute("DELETE FROM orders WHERE id <= 10")
+    drain(hook, "after")
+    assert_same_rows(source_url, sink_url, "users")
+    assert_same_rows(source_url, sink_url, "orders")
+    assert_ledger_consistent(sink_url, source_id)
+
+
+def test_resnapshot_refuses_unknown_source_and_table(shop):
+    source_id, source_url, sink_url, config_dir = shop
+    write_config(config_dir, source_id=source_id, source_url=source_url, sink_url=sink_url, tables=["users"])
+
+    unknown = cli("resnapshot", "nope", "--yes", config_dir=config_dir)
+    assert unknown.returncode == 1 and f"unknown source 'nope'" in unknown.stderr and source_id in unknown.stderr
+
+    table = cli("resnapshot", source_id, "--table", "orders", "--yes", config_dir=config_dir)
+    assert table.returncode == 1
+    assert "not a configured table of this source: orders (configured: public.users)" in table.stderr
+
+
+def test_resnapshot_refuses_while_a_dag_run_is_running(shop):
+    import datetime as dt
+
+    from sqlalchemy import delete
+
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+
+    source_id, source_url, sink_url, config_dir = shop
+    write_config(config_dir, source_id=source_id, source_url=source_url, sink_url=sink_url, tables=["users"])
+    with create_session() as session:
+        session.add(DagRun(dag_id=f"cdc_{source_id}", run_id="manual__busy", state=DagRunState.RUNNING,
+                           run_type="manual", run_after=dt.datetime.now(dt.timezone.utc)))
+    try:
+        refused = cli("resnapshot", source_id, config_dir=config_dir)
+        assert refused.returncode == 1
+        assert f"DAG cdc_{source_id} has 1 running run (manual__busy)" in refused.stderr
+        assert "Pause the DAG" in refused.stderr and "--yes" in refused.stderr
+        assert "will:" not in refused.stdout  # refused before anything was planned or done
+
+        forced = cli("resnapshot", source_id, "--yes", config_dir=config_dir)
+        assert "warning: DAG" in forced.stderr and "going ahead because of --yes" in forced.stderr
+        assert "will:" in forced.stdout
+    finally:
+        with create_session() as session:
+            session.execute(delete(DagRun).where(DagRun.dag_id == f"cdc_{source_id}"))
