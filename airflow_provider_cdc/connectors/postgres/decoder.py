@@ -189,9 +189,37 @@ class StreamDecoder:
     def _flush_transaction(self, commit: pgoutput.Commit) -> None:
         begin = self.begin
         ts_ms, tx_id, position = commit.ts_ms, str(begin.xid) if begin else None, self.tx_position
+        # Under a deferred key, two rows may hold one key inside a transaction (``SET id = 3 - id``): the row that
+        # moved onto a key this transaction, and the row still there, which moves away later. With whole old rows
+        # (REPLICA IDENTITY FULL) an event of the row still there is told apart from the newcomer by its image; its
+        # delete or update at that key is suppressed (its later move carries its whole new row), so the newcomer
+        # is never deleted or overwritten at the sink.
+        occupants: dict[tuple[str, tuple], list] = {}
         for op, (schema, key_idx), new, old_kind, old in self.pending:
             if not self.wanted(schema):
                 continue
+            name = schema.qualified_name
+            displaced = False
+            if old_kind == "O" and old is not None:
+                old_key = (name, tuple(old[i] for i in key_idx))
+                holder = occupants.get(old_key)
+                if holder is not None and holder != [None if v is pgoutput.UNCHANGED else v for v in old]:
+                    displaced = True
+                else:
+                    occupants.pop(old_key, None)
+            if new is not None and (op == OP_CREATE or old_kind == "O"):
+                filled = [o if v is pgoutput.UNCHANGED and old is not None else v
+                          for v, o in zip(new, old or new)]
+                if not any(v is pgoutput.UNCHANGED for v in filled):
+                    occupants[(name, tuple(filled[i] for i in key_idx))] = list(filled)
+            if displaced:
+                if op == OP_DELETE or (op == OP_UPDATE and not any(old[i] != new[i] for i in key_idx)):
+                    continue
+                # A displaced row moving away: only its arrival at the new key is an event (its whole row: the old
+                # image fills what the new one did not resend).
+                new = [o if v is pgoutput.UNCHANGED else v for v, o in zip(new, old)]
+                old_kind, old = None, None
+                op = OP_CREATE
             if self.schemas.get(schema.qualified_name) is not schema:
                 self._note_schema(schema, ts_ms, position)
             builder = self._builder(schema)

@@ -205,9 +205,10 @@ class PgSource:
             return ("REPLICA IDENTITY NOTHING: its updates and deletes carry no key, and publishing it would make "
                     "the application's own UPDATE and DELETE fail; set REPLICA IDENTITY DEFAULT (with a primary "
                     "key) or USING INDEX")
-        if info["pk_deferrable"]:
+        if info["pk_deferrable"] and identity != "f":
             return ("its primary key is DEFERRABLE, which cannot identify rows for logical replication (publishing "
-                    "it would make the application's UPDATE and DELETE fail); make the key NOT DEFERRABLE")
+                    "it would make the application's UPDATE and DELETE fail); make the key NOT DEFERRABLE, or set "
+                    "REPLICA IDENTITY FULL")
         if identity == "i" and not info["identity_index"]:
             return "REPLICA IDENTITY USING INDEX names no index"
         if identity in ("d", "f") and not info["primary_key"]:

@@ -710,24 +710,6 @@ def test_key_change_onto_a_key_with_a_sink_row_never_keeps_that_rows_value(sink,
     assert blob_rows(pg_database) == [("2", "a", "doc of 1")]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a swap under a deferred key (d1, c2<-1, d2, c1<-2) reads like the chain 1 -> 2 -> 1: the fold takes d2 as the "
-    "delete of the row that moved onto 2. Telling them apart needs to know whether key 2 was occupied when row 1 "
-    "moved onto it, i.e. the sink's rows; not done yet"))
-def test_deferred_key_swap_takes_each_rows_own_value(sink, pg_database):
-    sink.apply(make_batch([("c", 1, {"id": "1", "name": "a", "doc": "doc of 1"}),
-                           ("c", 2, {"id": "2", "name": "b", "doc": "doc of 2"})], BLOBS))
-    # UPDATE blobs SET id = 3 - id under a deferred key: 1 -> 2, then 2 -> 1.
-    sink.apply(make_batch([
-        ("d", 3, {"id": "1"}),
-        ("c", 4, {"id": "2", "name": "a"}, ["doc"], {"id": "1"}),
-        ("d", 5, {"id": "2"}),
-        ("c", 6, {"id": "1", "name": "b"}, ["doc"], {"id": "2"}),
-    ], BLOBS))
-    # Each row lives under its new key with its own doc, not the doc its new key had before.
-    assert blob_rows(pg_database) == [("1", "b", "doc of 2"), ("2", "a", "doc of 1")]
-
-
 def test_key_change_whose_values_nobody_has_is_refused(sink, pg_database):
     sink.apply(make_batch([("c", 1, {"id": "5", "name": "other", "doc": "x"})], BLOBS))
     with pytest.raises(SinkError) as info:
