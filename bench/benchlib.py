@@ -13,6 +13,8 @@ import math
 import os
 import platform
 import resource
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -192,6 +194,24 @@ def drain(
     totals["ops"] = dict(totals["ops"])
     totals["stage_seconds"] = dict(totals["stage_seconds"])
     return totals
+
+
+def run_fresh(command: list[str]) -> tuple[str, str, int]:
+    """Run ``command`` as a grandchild, through ``sh``, in its own process group.
+
+    Linux keeps a process's peak RSS across ``exec``: a child that Python starts directly reports this process's
+    peak as its own ``ru_maxrss``. Forked by a small ``sh`` instead (``"$@"; exit $?`` keeps sh from exec-ing in
+    place), it starts from sh's. On any exception (Ctrl-C, SIGTERM) the whole group is killed.
+    """
+    proc = subprocess.Popen(["/bin/sh", "-c", '"$@"; exit $?', "sh", *command], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate()
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return stdout, stderr, proc.returncode
 
 
 # --- databases -----------------------------------------------------------------------------------------------------

@@ -27,6 +27,9 @@ def main() -> None:
     parser.add_argument("--target-schema", required=True)
     parser.add_argument("--staging-root", required=True)
     parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--details", action="store_true",
+                        help="also report each batch: changes, seconds per stage, whether its position is inside a "
+                             "transaction (``partial``)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -43,8 +46,17 @@ def main() -> None:
     baseline = benchlib.rss_kb()  # imports, connections, Airflow's ObjectStoragePath: everything but the batches
     started = time.perf_counter()
     peaks: list[int] = []
-    totals = benchlib.drain(source, sink, positions, store, batch_size=args.batch_size,
-                            on_batch=lambda _summary: peaks.append(benchlib.rss_kb()))
+    details: list[dict] = []
+
+    def on_batch(summary: dict) -> None:
+        peaks.append(benchlib.rss_kb())
+        if args.details:
+            stored = positions.get(source.source_id) or {}
+            details.append({"changes": summary["change_count"], "seconds": summary["seconds"],
+                            "capture_s": summary["capture_s"], "load_s": summary["load_s"],
+                            "commit_s": summary["commit_s"], "partial": stored.get("partial")})
+
+    totals = benchlib.drain(source, sink, positions, store, batch_size=args.batch_size, on_batch=on_batch)
     seconds = time.perf_counter() - started
     source.close()
     sink.close()
@@ -57,6 +69,9 @@ def main() -> None:
         "peak_rss_kb": benchlib.rss_kb(),
         "vmhwm_kb": benchlib.vmhwm_kb(),
         "peak_after_batch_kb": peaks,
+        "stage_seconds": totals["stage_seconds"],
+        "last_round_seconds": totals["last_round_seconds"],
+        **({"batch_details": details} if args.details else {}),
     }))
 
 

@@ -1,11 +1,13 @@
 """Benchmarks of the PostgreSQL capture and load path against same-run references (DESIGN section 6).
 
-    .venv/bin/python bench/run.py [--quick] [--dsn URL] [--only 1,2,3] [--output PATH] [--json PATH]
+    .venv/bin/python bench/run.py [--quick] [--dsn URL] [--only 1,2,3,big-tx] [--output PATH] [--json PATH]
                                   [--profile-load]
 
 1. capture: ``PgSource.capture`` + ``BatchStore.write`` against a raw fetch of the same pgoutput stream;
 2. capture → load → commit (staged) against an ``updated_at`` watermark load, on the same workload;
-3. peak RSS of capture → load → commit over a backlog and over a 10× larger one, each in a fresh process.
+3. peak RSS of capture → load → commit over a backlog and over a 10× larger one, each in a fresh process;
+4. (``--only big-tx``, or ``4``) one 2,000,000-row transaction drained at batch size 50,000:
+   ``bench/big_transaction.py``, which owns its databases and its section of BENCHMARKS.md (a run of 1–3 keeps it).
 
 The benchmark creates and drops its own databases (``cdc_bench_src``, ``cdc_bench_sink``) with their slots and
 publications, also when it fails or is interrupted. Positions stay in memory (never in Airflow's database) and
@@ -26,7 +28,6 @@ import os
 import pstats
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +41,7 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import benchlib  # noqa: E402  (sets a private AIRFLOW_HOME before Airflow is imported)
 import psycopg  # noqa: E402
-from benchlib import log  # noqa: E402
+from benchlib import log, run_fresh  # noqa: E402
 
 RAW_SQL = (
     "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL, 'proto_version', '1', "
@@ -214,24 +215,6 @@ def bench_capture(ctx: dict[str, Any], scale: Scale) -> dict[str, Any]:
 
 
 # --- benchmark 3: peak RSS ----------------------------------------------------------------------------------------
-
-
-def run_fresh(command: list[str]) -> tuple[str, str, int]:
-    """Run ``command`` as a grandchild, through ``sh``, in its own process group.
-
-    Linux keeps a process's peak RSS across ``exec``: a child that Python starts directly reports this process's
-    peak as its own ``ru_maxrss``. Forked by a small ``sh`` instead (``"$@"; exit $?`` keeps sh from exec-ing in
-    place), it starts from sh's. On any exception (Ctrl-C, SIGTERM) the whole group is killed.
-    """
-    proc = subprocess.Popen(["/bin/sh", "-c", '"$@"; exit $?', "sh", *command], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate()
-    except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise
-    return stdout, stderr, proc.returncode
 
 
 def bench_rss(ctx: dict[str, Any], scale: Scale) -> dict[str, Any]:
@@ -583,7 +566,8 @@ def render_markdown(results: dict[str, Any], scale: Scale, info: dict[str, Any],
         f"- Python {info['python']}, psycopg {info['psycopg']}, pyarrow {info['pyarrow']}, Airflow {info['airflow']}",
         f"- command: `.venv/bin/python bench/run.py{' ' + ' '.join(argv) if argv else ''}` "
         "(`make bench` runs it with no options; `--quick` is a 10× smaller smoke run that writes nothing; "
-        "`--dsn URL` picks another server; `--only 1,3` runs a subset)",
+        "`--dsn URL` picks another server; `--only 1,3` runs a subset; `--only big-tx` runs benchmark 4 alone, "
+        "which is not in the default run)",
         "- source and sink are two databases of that one server (`cdc_bench_src`, `cdc_bench_sink`), created and "
         "dropped by the run; positions are kept in memory (the `PositionStore` interface, not Airflow's database); "
         "batches are staged as Parquet under a temporary `file://` directory",
@@ -784,15 +768,18 @@ def main() -> int:
     parser.add_argument("--dsn", default=benchlib.DEFAULT_DSN,
                         help=f"an administrative connection to the server (default {benchlib.DEFAULT_DSN}); the "
                              "benchmark creates and drops its own databases there")
-    parser.add_argument("--only", default="1,2,3", help="which benchmarks, e.g. 1,3 (default all)")
+    parser.add_argument("--only", default="1,2,3",
+                        help="which benchmarks, e.g. 1,3 (default 1,2,3); big-tx (or 4) is the one-large-transaction "
+                             "benchmark, bench/big_transaction.py")
     parser.add_argument("--output", help="write the report here (default: BENCHMARKS.md after a full run of all three)")
     parser.add_argument("--json", help="also dump the raw results to this JSON file")
     parser.add_argument("--profile-load", action="store_true",
                         help="also profile the first stream batch's load_stage in benchmark 2 (slows that batch)")
     args = parser.parse_args()
-    only = {int(x) for x in args.only.split(",") if x.strip()}
+    only = {4 if x.strip() in ("big-tx", "big_tx") else int(x) for x in args.only.split(",") if x.strip()}
     scale = QUICK if args.quick else FULL
-    output = args.output or (str(REPO_ROOT / "BENCHMARKS.md") if not args.quick and only == {1, 2, 3} else None)
+    output = args.output or (str(REPO_ROOT / "BENCHMARKS.md")
+                             if not args.quick and (only >= {1, 2, 3} or only == {4}) else None)
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, _terminate)
@@ -815,7 +802,8 @@ def main() -> int:
     }
     results: dict[str, Any] = {}
     try:
-        benchlib.create_bench_databases(args.dsn)
+        if only & {1, 2, 3}:
+            benchlib.create_bench_databases(args.dsn)
         if only & {1, 3}:
             results["changes_workload"] = prepare_changes_workload(ctx, scale, 1 in only, 3 in only)
         if 1 in only:
@@ -825,6 +813,13 @@ def main() -> int:
             results["rss"] = bench_rss(ctx, scale)
         if 2 in only:
             results["watermark"] = bench_watermark(ctx, scale, args.profile_load)
+        if 4 in only:
+            import big_transaction
+
+            big_started_at, big_started = dt.datetime.now(dt.timezone.utc), time.perf_counter()
+            results["big_tx"] = big_transaction.run_benchmark(
+                args.dsn, big_transaction.QUICK if args.quick else big_transaction.FULL)
+            results["big_tx"]["_timing"] = (big_started_at, time.perf_counter() - big_started)
     finally:
         for close in ctx["closers"]:
             try:
@@ -841,11 +836,31 @@ def main() -> int:
     elapsed = time.perf_counter() - started
 
     print_results(results)
+    big_section = None
+    if "big_tx" in results:
+        import big_transaction
+
+        big_transaction.print_summary(results["big_tx"])
+        big_started_at, big_elapsed = results["big_tx"].pop("_timing")
+        command = ".venv/bin/python bench/run.py --only big-tx" + (" --quick" if args.quick else "")
+        big_section = big_transaction.render_section(results["big_tx"], info, big_started_at, big_elapsed, command)
+    elif output:
+        import big_transaction
+
+        big_section = big_transaction.existing_section(Path(output))  # kept from the previous run
     if args.json:
         Path(args.json).write_text(json.dumps({"scale": scale.name, "machine": info, "results": results}, indent=1,
                                               default=str))
     if output:
-        Path(output).write_text(render_markdown(results, scale, info, started_at, elapsed, sys.argv[1:]))
+        import big_transaction
+
+        if only & {1, 2, 3}:
+            report = render_markdown(results, scale, info, started_at, elapsed, sys.argv[1:])
+        else:  # big-tx alone: only its section changes
+            report = Path(output).read_text() if Path(output).exists() else "# Benchmarks\n"
+        if big_section:
+            report = big_transaction.splice_section(report, big_section)
+        Path(output).write_text(report)
         log(f"wrote {output}")
     log(f"done in {elapsed:.0f}s")
     return 0
