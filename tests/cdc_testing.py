@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 BOOKKEEPING = ("_cdc_op", "_cdc_position", "_cdc_ts", "_cdc_deleted_at")
 
@@ -27,6 +28,7 @@ def write_config(
     delete_mode: str = "hard",
     snapshot: str = "initial",
     extra: str = "",
+    heartbeat_interval: float = 0,
 ) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "connectors.yaml").write_text(textwrap.dedent(f"""\
@@ -47,7 +49,7 @@ def write_config(
             snapshot: {snapshot}
             batch_size: {batch_size}
             poll_interval: 0.2
-            heartbeat_interval: 0
+            heartbeat_interval: {heartbeat_interval}
             sink: warehouse
             target_schema: public
             delete_mode: {delete_mode}
@@ -97,20 +99,24 @@ def table_rows(url: str, table: str, *, columns: list[str] | None = None, where:
         if columns is None:
             cur = conn.execute(f"SELECT * FROM {table} LIMIT 0")
             columns = [d.name for d in cur.description if d.name not in BOOKKEEPING]
-        cols = ", ".join(f"{c}::text" for c in columns)
+        # Quoted: source columns may be named "Mixed Case", "before.x" or _op.
+        cols = ", ".join(sql.Identifier(c).as_string(conn) + "::text" for c in columns)
         return conn.execute(f"SELECT {cols} FROM {table} {where} ORDER BY 1").fetchall()
 
 
-def assert_same_rows(source_url: str, sink_url: str, table: str, *, sink_where: str = "") -> int:
+def assert_same_rows(source_url: str, sink_url: str, table: str, *, sink_where: str = "",
+                     sink_table: str | None = None) -> int:
+    """Source and sink hold the same rows on the source's current columns (``sink_table`` when the sink's name
+    differs, e.g. ``s2.items`` lands as ``items``; ``ONLY parent`` compares an inheritance parent's own rows)."""
     source = table_rows(source_url, table)
     with psycopg.connect(source_url) as conn:
         columns = [d.name for d in conn.execute(f"SELECT * FROM {table} LIMIT 0").description]
-    sink = table_rows(sink_url, table, columns=columns, where=sink_where)
+    sink = table_rows(sink_url, sink_table or table, columns=columns, where=sink_where)
     missing = set(source) - set(sink)
     extra = set(sink) - set(source)
     assert not missing and not extra and len(source) == len(sink), (
-        f"{table}: {len(source)} source rows, {len(sink)} sink rows; missing in sink {sorted(missing)[:5]}, "
-        f"extra in sink {sorted(extra)[:5]}"
+        f"{table}: {len(source)} source rows, {len(sink)} sink rows; missing in sink {sorted(missing, key=repr)[:5]}, "
+        f"extra in sink {sorted(extra, key=repr)[:5]}"
     )
     return len(source)
 

@@ -159,8 +159,12 @@ class Catalog:
         return TableSchema(schema, name, columns, "postgresql")
 
     def schema_from_relation(self, rel: Relation, previous: TableSchema | None = None) -> TableSchema:
-        """The columns a Relation message announced, with identities from the catalog (or ``previous``)."""
+        """The columns a Relation message announced, with identities from the catalog (or ``previous``).
+
+        A table dropped since keeps the key it had when last seen (its last changes still merge by it)."""
         keys = set(self.primary_key(rel.relid))
+        if not keys and previous is not None and not self.attributes(rel.relid):
+            keys = set(previous.primary_key)
         columns = []
         for name, oid, typmod in zip(rel.columns, rel.type_oids, rel.typmods):
             declared = self.type_name(oid, typmod)

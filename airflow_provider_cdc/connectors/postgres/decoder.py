@@ -9,6 +9,7 @@ half-read transaction is never emitted.
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -32,6 +33,8 @@ from airflow_provider_cdc.events import (
 
 if TYPE_CHECKING:
     from airflow_provider_cdc.connectors.postgres.source import PgSource
+
+log = logging.getLogger("airflow_provider_cdc.source.postgres")
 
 
 def fingerprint_hash(table: TableSchema) -> str:
@@ -118,9 +121,20 @@ class StreamDecoder:
         self.pending: list[tuple] = []
         self.partial: dict[str, Any] | None = None
         self.partial_from = 0
+        self.warned: set[str] = set()
 
     def wanted(self, schema: TableSchema) -> bool:
-        return self.keep is None or schema.qualified_name in self.keep
+        if self.keep is not None and schema.qualified_name not in self.keep:
+            return False
+        if not schema.primary_key:
+            # Only a table dropped since (its key is gone from the catalog and was never seen) gets here: prepare()
+            # refuses tables without a key. Its last changes cannot be merged by key.
+            if schema.qualified_name not in self.warned:
+                self.warned.add(schema.qualified_name)
+                log.warning("source %s: changes of %s are skipped: the table is gone at the source and its key is "
+                            "unknown", self.source.source_id, schema.qualified_name)
+            return False
+        return True
 
     def known_schema(self, qualified: str) -> TableSchema | None:
         """The table's columns as last seen: earlier in this batch, else as the position remembers them."""

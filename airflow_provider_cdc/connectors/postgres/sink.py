@@ -229,7 +229,7 @@ class PgSink:
                         stats["truncated_rows"],
                     )
                 where["table"] = None
-                self._insert_ledger(cur, batch, result, run_id, rule_versions, schema_versions)
+                self._insert_ledger(cur, batch, result, run_id, rule_versions, schema_versions, high_water)
                 result.applied = True
                 where["step"] = "commit"
         except _DuplicateBatch:
@@ -342,9 +342,13 @@ class PgSink:
         run_id: str | None,
         rule_versions: dict[str, Any] | None,
         schema_versions: dict[str, Any] | None,
+        high_water: int = 0,
     ) -> None:
+        # The range this row vouches for starts after the high water: a batch that overlaps an earlier one (an
+        # overlapping run captured a longer range from the same position) applied only what came after it.
+        seq_from = max(batch.seq_from, high_water + 1)
         values = (
-            batch.batch_id, batch.source_id, Jsonb(batch.position_from), Jsonb(batch.position_to), batch.seq_from,
+            batch.batch_id, batch.source_id, Jsonb(batch.position_from), Jsonb(batch.position_to), seq_from,
             batch.seq_to, Jsonb(batch.counts()), None if rule_versions is None else Jsonb(rule_versions),
             None if schema_versions is None else Jsonb(schema_versions), run_id, result.upserted, result.deleted,
         )

@@ -437,9 +437,7 @@ class PgSource:
                 self.source_id, position, f"the server's timeline changed from {position['timeline']} to "
                 f"{identity['timeline']} (a failover or a point-in-time restore): LSNs after the switch may name "
                 "other changes")
-        with self.conn.cursor() as cur:
-            cur.execute("SELECT pg_current_wal_lsn()::text")
-            (current,) = cur.fetchone()
+        current = self._current_lsn()
         if pgoutput.lsn_to_int(position["lsn"]) > pgoutput.lsn_to_int(current):
             raise PositionLostError(
                 self.source_id, position, f"the position is ahead of the server's WAL ({current}): it belongs to "
@@ -461,6 +459,11 @@ class PgSource:
             )
         return state
 
+    def _current_lsn(self) -> str:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT pg_current_wal_lsn()::text")
+            return cur.fetchone()[0]
+
     # -- capture --------------------------------------------------------------------------------------------
 
     def capture(self, position: dict[str, Any] | None, max_changes: int) -> ChangeBatch:
@@ -477,8 +480,8 @@ class PgSource:
         stream_budget = max(1, max_changes // 2) if snapshot else max_changes
         decoder = self._capture_stream(position, stream_budget, self._streamed_tables(position))
         stream = decoder.finish()
+        stream = self._settle(stream, snapshot)
         if snapshot:
-            stream = self._drop_unread_keys(stream, snapshot)
             batch = self._capture_snapshot(stream, max(max_changes - stream.change_count, max_changes // 2))
         else:
             batch = stream
@@ -696,6 +699,28 @@ class PgSource:
                 cur.execute(f"SELECT data FROM {source}", (self.slot_name, limit, self._publication_option))
                 return pa.array([data for (data,) in cur], pa.large_binary())
 
+    def _settle(self, batch: ChangeBatch, snapshot: dict[str, Any] | None) -> ChangeBatch:
+        """Reconcile stream changes with snapshot reads of the same time span.
+
+        While a table's snapshot runs, and until the stream has passed the point where it ended ("settling"), the
+        stream may bring changes older than the rows the snapshot read. Changes of keys the snapshot has not read
+        yet are dropped (it reads them later); rows that moved to a new key without resending their out-of-line
+        values are read again from the source (their old key may never have reached the sink). Once the stream is
+        past a snapshot's end, every row it changes is in the sink as the stream left it."""
+        settling = dict(batch.position_to.get("settling", {}))
+        if snapshot and snapshot.get("after") is not None:
+            batch = self._drop_unread_keys(batch, snapshot)
+        for name, until in list(settling.items()):
+            if name in batch.tables and batch.tables[name].num_rows:
+                batch.tables[name] = self._reread_moved_rows(batch.schemas[name], batch.tables[name])
+            if pgoutput.lsn_to_int(batch.position_to["lsn"]) > pgoutput.lsn_to_int(until):
+                del settling[name]
+        if settling:
+            batch.position_to["settling"] = settling
+        else:
+            batch.position_to.pop("settling", None)
+        return batch
+
     def _drop_unread_keys(self, batch: ChangeBatch, snapshot: dict[str, Any]) -> ChangeBatch:
         """Drop stream changes of the table being snapshotted whose keys the snapshot has not read yet: it reads
         them later, with these changes in them (keys compare as the server orders them, typed and collated)."""
@@ -718,14 +743,67 @@ class PgSource:
         with self.conn.cursor() as cur:
             cur.execute(query, [table[c].to_pylist() for c in key])
             unread = {n - 1 for (n,) in cur.fetchall()}
-        if not unread:
-            return batch
-        mask = pa.array([i not in unread for i in range(table.num_rows)])
-        mask = pc.or_(mask, pc.invert(is_row))
-        batch.tables[name] = table.filter(mask)
-        log.info("source %s: %d changes of %s are past its snapshot's last key; the snapshot reads them later",
-                 self.source_id, len(unread), name)
+        if unread:
+            mask = pa.array([i not in unread for i in range(table.num_rows)])
+            table = table.filter(pc.or_(mask, pc.invert(is_row)))
+            log.info("source %s: %d changes of %s are past its snapshot's last key; the snapshot reads them later",
+                     self.source_id, len(unread), name)
+        batch.tables[name] = self._reread_moved_rows(schema, table)
         return batch
+
+    def _reread_moved_rows(self, schema: TableSchema, table: pa.Table) -> pa.Table:
+        """Changes that did not resend some values (unchanged TOAST), in a table whose snapshot the stream has not
+        caught up with: the sink may not hold the row they change. It moved onto its key from one the snapshot
+        read before it came, or it was there when the change was written but gone before the snapshot read its
+        key. Their values are read again from the source, as the snapshot would read them (the row as it is now;
+        later changes converge on it as on any snapshot row); a row no longer there becomes a delete of its key."""
+        moved = pc.fill_null(pc.and_(pc.is_in(table["_cdc_op"], pa.array(["c", "u"])),
+                                     pc.greater(pc.list_value_length(table["_cdc_unchanged"]), 0)), False)
+        rows = pc.indices_nonzero(moved).to_pylist()
+        if not rows:
+            return table
+        key = schema.primary_key
+        keys = [[table[c][i].as_py() for i in rows] for c in key]
+        found = self._read_rows_by_key(schema, keys)
+        records = table.to_pylist()
+        for n, i in enumerate(rows):
+            record = records[i]
+            current = found.get(n)
+            if current is None:
+                record["_cdc_op"] = "d"
+            else:
+                record.update(current)
+            record["_cdc_unchanged"] = None
+        log.info("source %s: %d changes of %s did not resend some values while its snapshot settles; read those rows "
+                 "again from the source", self.source_id, len(rows), schema.qualified_name)
+        return pa.Table.from_pylist(records, schema=table.schema)
+
+    def _read_rows_by_key(self, schema: TableSchema, keys: list[list[str]]) -> dict[int, dict[str, str | None]]:
+        """Current rows for the given keys (text, one list per key column), by the keys' position in the lists."""
+        names = [f"k{i}" for i in range(len(keys))]
+        joined = sql.SQL(" AND ").join(
+            sql.SQL("t.{} = u.{}::{}").format(sql.Identifier(c), sql.Identifier(k), sql.SQL(schema.column(c).source_type))
+            for c, k in zip(schema.primary_key, names))
+        query = sql.SQL("SELECT u.n, {} FROM unnest({}) WITH ORDINALITY AS u({}, n) JOIN {} AS t ON {}").format(
+            sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in schema.column_names),
+            sql.SQL(", ").join(sql.Literal(values) + sql.SQL("::text[]") for values in keys),
+            sql.SQL(", ").join(map(sql.Identifier, names)), sql.Identifier(schema.schema, schema.name), joined)
+        buf = io.BytesIO()
+        with self.conn.transaction():
+            with self.conn.cursor() as cur:
+                with cur.copy(sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(query)) as copy:
+                    for block in copy:
+                        buf.write(block)
+        if buf.tell() == 0:
+            return {}
+        buf.seek(0)
+        columns = ["_n", *schema.column_names]
+        read = pacsv.read_csv(buf, read_options=pacsv.ReadOptions(column_names=columns),
+                              parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                              convert_options=pacsv.ConvertOptions(
+                                  column_types={c: pa.string() for c in columns}, strings_can_be_null=True,
+                                  quoted_strings_can_be_null=False, null_values=[""]))
+        return {int(row.pop("_n")) - 1: row for row in read.to_pylist()}
 
     def _capture_snapshot(self, stream: ChangeBatch, max_changes: int) -> ChangeBatch:
         """Add the next ``max_changes`` rows of the pending snapshot to ``stream``'s batch, table by table in key
@@ -743,6 +821,7 @@ class PgSource:
         catalog = Catalog(self.conn)
         ts_ms = int(time.time() * 1000)
         after = state.get("after")
+        settling = dict(position.get("settling", {}))
         while remaining > 0 and pending:
             qualified = pending[0]
             schema_name, _, table_name = qualified.partition(".")
@@ -788,7 +867,11 @@ class PgSource:
             else:
                 pending.pop(0)
                 after = None
+                # Its rows were read up to now; the stream catches up with them once it passes this point.
+                settling[qualified] = self._current_lsn()
         position_to = {**position, "seq": seq, "schemas": schemas_seen}
+        if settling:
+            position_to["settling"] = settling
         position_to.pop("snapshot", None)
         if pending:
             position_to["snapshot"] = {"pending": pending, "after": after}
