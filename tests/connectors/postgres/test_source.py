@@ -235,3 +235,24 @@ def test_deferrable_key_without_full_identity_is_refused_and_never_published(pg_
         assert conn.execute("SELECT count(*) FROM pg_publication_tables WHERE pubname = 'cdc_t_pub'").fetchone() == (0,)
         conn.execute("UPDATE d SET v = 'b'")  # the application's own writes still work
         conn.execute("DELETE FROM d")
+
+
+def test_user_publication_row_filter_reaches_the_snapshot_and_column_lists_are_refused(pg_database):
+    execute(pg_database, "CREATE TABLE f (id int PRIMARY KEY, region text, v text)",
+            "INSERT INTO f SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, 'v' || g FROM generate_series(1, 10) g",
+            "CREATE PUBLICATION eu_only FOR TABLE f WHERE (region = 'eu')")
+    source = PgSource(pg_database, source_id="t", tables=[("public", "f")], slot_name="cdc_t",
+                      publication_name="eu_only", create_publication=False)
+    with source:
+        source.prepare()
+        batch = source.capture(None, 1000)
+        snapshot_ids = sorted(int(e.after["id"]) for e in batch.events() if e.op == "r")
+        assert snapshot_ids == [2, 4, 6, 8, 10]  # what the stream will send changes for
+        execute(pg_database, "INSERT INTO f VALUES (11, 'us', 'x'), (12, 'eu', 'y')")
+        later = source.capture(batch.position_to, 1000)
+        assert [e.after["id"] for e in later.events() if e.op == "c"] == ["12"]
+    execute(pg_database, "CREATE PUBLICATION some_columns FOR TABLE f (id, region)")
+    source = PgSource(pg_database, source_id="u", tables=[("public", "f")], slot_name="cdc_u",
+                      publication_name="some_columns", create_publication=False)
+    with source, pytest.raises(SourceError, match=r"publication 'some_columns'.*public\.f has a column list"):
+        source.prepare()
