@@ -278,7 +278,7 @@ def test_overlapping_batch_applies_only_new_events(sink, pg_database):
     result = sink.apply(overlapping)
     assert result.applied and result.skipped_replayed == 2 and result.upserted == 2
     assert rows(pg_database, columns="id, name") == [("1", "sink edit"), ("2", "b2"), ("3", "c")]
-    assert ledger(pg_database) == [("shop:1-2", "shop", 1, 2, 2, 0), ("shop:1-4", "shop", 1, 4, 2, 0)]
+    assert ledger(pg_database) == [("shop:1-2", "shop", 1, 2, 2, 0), ("shop:1-4", "shop", 3, 4, 2, 0)]  # the range it applied
 
 
 def test_a_batch_of_only_replayed_events_is_recorded_and_changes_nothing(sink, pg_database):
