@@ -141,7 +141,8 @@ def commit_position(
         )
     stored = positions.get(source.source_id)
     newest = position_to
-    if stored is None or source.position_order(position_to) > source.position_order(stored):
+    if stored is None or source.position_order(position_to) > source.position_order(stored) or (
+            source.position_order(position_to) == source.position_order(stored) and position_to != stored):
         positions.set(source.source_id, position_to, batch_id=batch_id)
         stored_now = True
     else:
@@ -149,7 +150,22 @@ def commit_position(
         stored_now = False
         log.info("Variable cdc.position.%s already holds a later position; left as is", source.source_id)
     source.acknowledge(newest)
+    held = sink.held_tables(source.source_id)
+    if held:
+        # Committed first: the other tables keep flowing. The run still fails, so that the held table is seen.
+        raise TablesHeldError(source.source_id, held)
     return {"batch_id": batch_id, "position_stored": stored_now, "seq": newest.get("seq")}
+
+
+class TablesHeldError(CdcError):
+    def __init__(self, source_id: str, held: dict[str, str]) -> None:
+        self.held = held
+        lines = "; ".join(f"{table}: {reason}" for table, reason in held.items())
+        super().__init__(
+            f"source {source_id!r}: the batch was committed for every other table, but tables {sorted(held)} are "
+            f"held: their changes are not applied until each is re-snapshotted (python -m airflow_provider_cdc "
+            f"resnapshot {source_id} --table <table>). {lines}"
+        )
 
 
 def commit_stage(

@@ -61,10 +61,16 @@ class ResnapshotSummary:
         return [head, f"  {len(self.steps)} steps done; unpause the DAG {dag_id} if it is paused"]
 
 
-def _reset_tables(sink: Any, chosen: list[str]) -> str:
-    """Truncate the sink table of each ``schema.table`` (sink tables keep the table's name, not its schema)."""
+def _reset_tables(sink: Any, source_id: str, chosen: list[str]) -> str:
+    """Truncate the sink table of each ``schema.table`` (sink tables keep the table's name, not its schema).
+
+    A table the sink holds back (a schema change it could not follow) is released and its sink table dropped
+    instead: the snapshot creates it again with the source's current columns."""
     parts = []
     for qualified in chosen:
+        if sink.release_table(source_id, qualified):
+            parts.append(f"{_sink_name(qualified)} (was held: released, its sink table dropped to be made anew)")
+            continue
         existed = sink.reset_table(_sink_name(qualified))
         parts.append(_sink_name(qualified) + (" (no sink table yet)" if existed is False else ""))
     return f"truncated sink tables {', '.join(parts)}"
@@ -187,7 +193,7 @@ def _resnapshot_source(hook: CdcHook, source: Any, sink: Any, chosen: list[str],
         return f"deleted {rows} of source {source_id} from the sink ledger"
 
     def reset_tables() -> str:
-        return _reset_tables(sink, chosen)
+        return _reset_tables(sink, source_id, chosen)
 
     def purge() -> str:
         removed = hook.store.purge(source_id, older_than_hours=_PURGE_ALL_HOURS)
@@ -231,7 +237,7 @@ def _resnapshot_tables(hook: CdcHook, source: Any, sink: Any, chosen: list[str],
         )
 
     def reset_tables() -> str:
-        return _reset_tables(sink, chosen)
+        return _reset_tables(sink, source_id, chosen)
 
     def queue_snapshot() -> str:
         new_position = source.resnapshot_position(position, chosen)

@@ -56,6 +56,7 @@ class ApplyResult:
     skipped_replayed: int = 0
     schema_changes: int = 0
     tables: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    held_tables: dict[str, str] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,5 +90,11 @@ class Sink(Protocol):
 
     def last_committed(self, source_id: str) -> dict[str, Any] | None:
         """``position_to`` of the ledger row with the highest ``seq_to`` for ``source_id`` (None when none)."""
+
+    def held_tables(self, source_id: str) -> dict[str, str]:
+        """Source tables whose changes the sink holds back (a schema change it cannot follow), with the reason."""
+
+    def release_table(self, source_id: str, table: str) -> bool:
+        """Stop holding ``table`` back before its re-snapshot; True when it was held."""
 
     def close(self) -> None: ...

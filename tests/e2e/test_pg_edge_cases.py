@@ -244,21 +244,36 @@ def test_safe_type_widening_follows(env):
 
 
 @pytest.mark.parametrize("change", ["numeric_narrowing", "text_to_int"])
-def test_unsafe_type_change_fails_clearly_and_leaves_the_sink_untouched(env, change):
+def test_unsafe_type_change_holds_only_that_table_until_it_is_resnapshotted(env, change):
     env.src("CREATE TABLE t (id int PRIMARY KEY, n numeric(12,4), s text)",
-            "INSERT INTO t SELECT g, g + 0.1234, g::text FROM generate_series(1, 5) g")
-    env.config(["t"])
+            "INSERT INTO t SELECT g, g + 0.1234, g::text FROM generate_series(1, 5) g",
+            "CREATE TABLE o (id int PRIMARY KEY, v text)", "INSERT INTO o VALUES (1, 'one')")
+    env.config(["t", "o"])
     env.run()
     before = table_rows(env.sink_url, "t")
     if change == "numeric_narrowing":
         env.src("ALTER TABLE t ALTER COLUMN n TYPE numeric(6,2)", "UPDATE t SET s = '99' WHERE id = 1")
-        words = ("t", "n", "numeric")
+        words = ("t", "n", "numeric", "held", "resnapshot")
     else:
         env.src("ALTER TABLE t ALTER COLUMN s TYPE int USING s::int", "UPDATE t SET n = 9 WHERE id = 1")
-        words = ("t", "s", "int")
+        words = ("t", "s", "int", "held", "resnapshot")
+    env.src("INSERT INTO o VALUES (2, 'two')")
     message = assert_failed_clearly(env, *words)
     assert re.search(r"\bt\b", message), message
-    assert table_rows(env.sink_url, "t") == before, "the sink changed although the run failed"
+    assert table_rows(env.sink_url, "t") == before, "the held table changed"
+    env.same("o")  # the other table kept flowing
+    env.src("INSERT INTO o VALUES (3, 'three')", "UPDATE t SET s = '7' WHERE id = 2")
+    env.run(expect="failed")  # still held: every run says so, and still moves the others
+    env.same("o")
+    assert table_rows(env.sink_url, "t") == before
+    proc = subprocess.run([sys.executable, "-m", "airflow_provider_cdc", "resnapshot", env.source_id, "--table", "t",
+                           "--yes", "--config-dir", str(env.config_dir)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CDC_CONFIG_DIR": str(env.config_dir)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "was held" in proc.stdout + proc.stderr
+    env.run()
+    env.same("t")
+    env.same("o")
 
 
 def test_rename_column_renames_the_sink_column(env):

@@ -57,6 +57,7 @@ from airflow_provider_cdc.fold import MOVED_COLUMN, fold_changes
 log = logging.getLogger("airflow_provider_cdc.sink.postgres")
 
 LEDGER_TABLE = "_cdc_ledger"
+HELD_TABLE = "_cdc_held"  # source tables whose changes wait: a schema change the sink cannot follow
 BOOKKEEPING_COLUMNS = ("_cdc_op", "_cdc_position", "_cdc_ts", "_cdc_deleted_at")
 COPY_CHUNK_ROWS = 65_536  # rows per CSV chunk written to COPY: bounds the extra memory of the text form
 
@@ -67,6 +68,10 @@ _LEDGER_COLUMNS = (
     "schema_versions", "run_id", "rows_upserted", "rows_deleted",
 )
 _CSV_OPTIONS = pacsv.WriteOptions(include_header=False)
+
+
+class TableHeld(SinkError):
+    """A schema change the sink cannot follow exactly: that table is held back, the others keep flowing."""
 
 
 class _DuplicateBatch(Exception):
@@ -113,6 +118,7 @@ class PgSink:
         self.delete_mode: DeleteMode = delete_mode
         self.ledger_schema = ledger_schema or target_schema
         self._ledger = sql.Identifier(self.ledger_schema, LEDGER_TABLE)
+        self._held = sql.Identifier(self.ledger_schema, HELD_TABLE)
         self._type_exists: dict[str, bool] = {}
         self._reported_dropped: set[tuple[str, tuple[str, ...]]] = set()
         try:
@@ -207,9 +213,15 @@ class PgSink:
                 # whatever the role or database sets (synchronous_commit = off would lose it on a server crash).
                 self._force_durable_commit(cur)
                 high_water = self._high_water(cur, batch.source_id)
-                self._migrate_tables(cur, batch, high_water, where)
+                held = self._held_tables(cur, batch.source_id)
+                held.update(self._migrate_tables(cur, batch, high_water, where, held))
+                result.held_tables = held
                 result.schema_changes = sum(1 for change in batch.schema_changes if change.seq > high_water)
                 for name, changes in batch.tables.items():
+                    if name in held:
+                        log.error("sink %s, batch %s: %d changes of held table %s are not applied (%s)",
+                                  self.sink_id, batch.batch_id, changes.num_rows, name, held[name])
+                        continue
                     schema = batch.schemas.get(name)
                     if schema is None:
                         raise SinkError(self.sink_id, f"the batch has changes for {name} but no schema for it",
@@ -325,6 +337,49 @@ class PgSink:
         cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (source_id, seq_to)").format(
             sql.Identifier(f"{LEDGER_TABLE}_source_seq_idx"), self._ledger))
 
+    def _ensure_held(self, cur: psycopg.Cursor) -> None:
+        cur.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (source_id text NOT NULL, source_table text NOT NULL, reason text,"
+            " batch_id text, held_at timestamptz DEFAULT now(), PRIMARY KEY (source_id, source_table))"
+        ).format(self._held))
+
+    def _held_tables(self, cur: psycopg.Cursor, source_id: str) -> dict[str, str]:
+        cur.execute(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s"
+            " AND c.relname = %s", (self.ledger_schema, HELD_TABLE))
+        if cur.fetchone() is None:
+            return {}
+        cur.execute(sql.SQL("SELECT source_table, reason FROM {} WHERE source_id = %s").format(self._held),
+                    (source_id,))
+        return dict(cur.fetchall())
+
+    def held_tables(self, source_id: str) -> dict[str, str]:
+        """Source tables of ``source_id`` whose changes the sink holds back (a schema change it cannot follow),
+        with the reason. The other tables keep flowing; ``resnapshot --table`` releases one."""
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                return self._held_tables(cur, source_id)
+        except psycopg.Error as exc:
+            raise SinkError(self.sink_id, f"cannot read the held tables of source {source_id!r}: {exc}") from exc
+
+    def release_table(self, source_id: str, table: str) -> bool:
+        """Stop holding ``table`` (``schema.table`` of the source) back, and drop its sink table so that a
+        re-snapshot creates it again with the source's current columns. True when it was held."""
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                if table not in self._held_tables(cur, source_id):
+                    return False
+                self._force_durable_commit(cur)
+                cur.execute(sql.SQL("DELETE FROM {} WHERE source_id = %s AND source_table = %s").format(self._held),
+                            (source_id, table))
+                cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
+                    sql.Identifier(self.target_schema, table.partition(".")[2])))
+        except psycopg.Error as exc:
+            raise SinkError(self.sink_id, f"cannot release table {table}: {_describe(exc)}") from exc
+        log.info("sink %s: released table %s of source %s (its sink table is created anew by the re-snapshot)",
+                 self.sink_id, table, source_id)
+        return True
+
     def _ledger_has(self, cur: psycopg.Cursor, batch_id: str) -> bool:
         cur.execute(sql.SQL("SELECT 1 FROM {} WHERE batch_id = %s").format(self._ledger), (batch_id,))
         return cur.fetchone() is not None
@@ -376,8 +431,9 @@ class PgSink:
             cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(name)))
 
     def _migrate_tables(
-        self, cur: psycopg.Cursor, batch: ChangeBatch, high_water: int, where: dict[str, str | None]
-    ) -> None:
+        self, cur: psycopg.Cursor, batch: ChangeBatch, high_water: int, where: dict[str, str | None],
+        held: dict[str, str],
+    ) -> dict[str, str]:
         """Bring every sink table of the batch to the batch's schema, following its schema changes in ``seq`` order.
 
         Changes at or below the high water were applied by an earlier batch: replaying a rename or a type change
@@ -387,9 +443,10 @@ class PgSink:
         changes: dict[str, list[SchemaChange]] = {}
         for change in sorted(batch.schema_changes, key=lambda change: change.seq):
             changes.setdefault(change.table, []).append(change)
-        names = list(dict.fromkeys([*changes, *batch.schemas]))
+        names = [name for name in dict.fromkeys([*changes, *batch.schemas]) if name not in held]
+        newly_held: dict[str, str] = {}
         if not names:
-            return
+            return newly_held
         self._ensure_schema(cur, self.target_schema)
         sources: dict[str, str] = {}
         for qualified in names:
@@ -409,9 +466,20 @@ class PgSink:
                 not high_water or pc.max(table["_cdc_seq"]).as_py() > high_water)
             earlier = [schema for change in changes.get(qualified, []) for schema in (change.before, change.after)
                        if schema is not None]
-            self._ensure_table(cur, final, live, earlier=earlier, source_id=batch.source_id,
-                               batch_id=batch.batch_id, reconcile=bool(live) or has_new_rows)
+            try:
+                with self._conn.transaction():  # a savepoint: a table that cannot follow is held, alone
+                    self._ensure_table(cur, final, live, earlier=earlier, source_id=batch.source_id,
+                                       batch_id=batch.batch_id, reconcile=bool(live) or has_new_rows)
+            except TableHeld as exc:
+                self._ensure_held(cur)
+                cur.execute(sql.SQL("INSERT INTO {} (source_id, source_table, reason, batch_id) VALUES (%s, %s, %s, %s)"
+                                    " ON CONFLICT DO NOTHING").format(self._held),
+                            (batch.source_id, qualified, str(exc), batch.batch_id))
+                newly_held[qualified] = str(exc)
+                log.error("sink %s: table %s is held from batch %s on: %s. The other tables keep flowing.",
+                          self.sink_id, qualified, batch.batch_id, exc)
         where["table"] = None
+        return newly_held
 
     def _existing_columns(self, cur: psycopg.Cursor, table: str) -> dict[str, str] | None:
         """The sink table's columns in order with their types (``format_type``), or None when it does not exist."""
@@ -575,10 +643,10 @@ class PgSink:
                 sink_column_type(declared, schema.dialect)) != canonical_type(sink_column_type(col, schema.dialect))
             if not changed_at_source and is_safe_widening(new_type, old_type):
                 continue  # the sink's column is wider than the source's: every value fits as it is
-            raise SinkError(
+            raise TableHeld(
                 self.sink_id,
                 f"column {col.name!r} of source table {schema.qualified_name} changed type: {old_type} -> "
-                f"{new_type} in the sink would not keep every value exactly (not a safe widening), so nothing was "
+                f"{new_type} in the sink would not keep every value exactly (not a safe widening), so nothing of it was "
                 f"written. Re-snapshot the table (python -m airflow_provider_cdc resnapshot "
                 f"{context.source_id or '<source_id>'} --table {schema.qualified_name}) or change the source "
                 f"column back to a type the sink can widen to",
@@ -592,11 +660,11 @@ class PgSink:
             cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(context.target))
             context.has_rows = bool(cur.fetchone()[0])
         if col.backfill_unknown and context.has_rows:
-            raise SinkError(
+            raise TableHeld(
                 self.sink_id,
                 f"column {col.name!r} was added to source table {schema.qualified_name} in a way that rewrote "
                 f"existing rows with values the change stream does not carry (a volatile default), so the rows "
-                f"already in the sink cannot be given their values; nothing was written. Re-snapshot the table: "
+                f"already in the sink cannot be given their values; nothing of it was written. Re-snapshot the table: "
                 f"python -m airflow_provider_cdc resnapshot {context.source_id or '<source_id>'} "
                 f"--table {schema.qualified_name}",
                 table=context.label, batch_id=context.batch_id,

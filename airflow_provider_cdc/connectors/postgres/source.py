@@ -958,8 +958,9 @@ class PgSource:
         log.info("advanced slot %s to %s", self.slot_name, position["lsn"])
 
     def position_order(self, position: dict[str, Any]) -> tuple:
-        """Later positions have more events (``seq``) or, for event-less heartbeats, a later LSN."""
-        return (position.get("seq", 0), pgoutput.lsn_to_int(position["lsn"]), "snapshot" not in position)
+        """Later positions have more events (``seq``) or, for event-less heartbeats, a later LSN. Positions that
+        tie differ only in bookkeeping (tables queued for a snapshot, say): the newer document wins."""
+        return (position.get("seq", 0), pgoutput.lsn_to_int(position["lsn"]))
 
     def heartbeat(self) -> None:
         """Emit a transactional logical message: an idle source then still has a commit to advance the slot to."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import dataclasses
 import threading
 import uuid
@@ -557,12 +559,16 @@ def test_added_column_with_unknown_backfill_stops_when_the_sink_has_rows(sink, p
         fresh.ensure_tables([DOCS])
         assert fresh.apply(make_batch([("c", 4, {"id": "1", "token": None})], after, schema_changes=[change])).applied
     sink.apply(make_batch([("c", 1, {"id": "1", "title": "a"})], DOCS))
-    with pytest.raises(SinkError) as info:
-        sink.apply(make_batch([("c", 4, {"id": "2", "token": None})], after, schema_changes=[change]))
-    message = str(info.value)
-    assert info.value.table == "public.docs" and "'token'" in message and "nothing was written" in message
+    result = sink.apply(make_batch([("c", 4, {"id": "2", "token": None})], after, schema_changes=[change]))
+    # The table is held (its changes wait for a re-snapshot); the batch is recorded for the others.
+    message = result.held_tables["public.docs"]
+    assert "'token'" in message and "nothing of it was written" in message
     assert "python -m airflow_provider_cdc resnapshot shop --table public.docs" in message
-    assert "token" not in column_types(pg_database, "docs") and ledger(pg_database)[-1][0] == "shop:1-1"
+    assert "token" not in column_types(pg_database, "docs") and rows(pg_database, "docs", "id") == [("1",)]
+    assert sink.held_tables("shop") == {"public.docs": message}
+    assert sink.release_table("shop", "public.docs") and sink.held_tables("shop") == {}
+    # Dropped, to be made anew by the re-snapshot.
+    assert query(pg_database, "SELECT to_regclass('public.docs')") == [(None,)]
 
 
 def test_widened_types_follow_the_source_and_keep_values(sink, pg_database):
@@ -585,17 +591,28 @@ def test_type_change_that_loses_values_stops_the_batch(sink, pg_database):
     sink.apply(make_batch([("c", 1, {"id": "1", "price": "1.2345"})], wide))
     narrow = with_columns(wide, retype={"price": "numeric(6,2)"})
     change = SchemaChange("public.docs", 2, after=narrow, before=wide)
-    with pytest.raises(SinkError) as info:
-        sink.apply(make_batch([("u", 3, {"id": "1", "title": "x", "price": "1.23"})], narrow, schema_changes=[change]))
-    message = str(info.value)
-    assert info.value.table == "public.docs" and "'price'" in message
-    assert "numeric(12,4) -> numeric(6,2)" in message and "nothing was written" in message
-    assert "resnapshot shop --table public.docs" in message
+    other = TableSchema("public", "others", (Column("id", "integer", "integer", False, True, 1),
+                                              Column("v", "text", "text", ordinal=2)))
+    batch = make_batch([("u", 3, {"id": "1", "title": "x", "price": "1.23"})], narrow, schema_changes=[change])
+    batch.tables["public.others"] = make_batch([("c", 3, {"id": "7", "v": "kept flowing"})], other).tables[
+        "public.others"]
+    batch.schemas["public.others"] = other
+    result = sink.apply(batch)
+    message = result.held_tables["public.docs"]
+    assert "'price'" in message and "numeric(12,4) -> numeric(6,2)" in message
+    assert "nothing of it was written" in message and "resnapshot shop --table public.docs" in message
+    assert rows(pg_database, "docs", "id, title, price") == [("1", None, "1.2345")]  # held: untouched
+    assert rows(pg_database, "others", "id, v") == [("7", "kept flowing")]  # the other table flows
+    # Held from now on: later changes of the table wait too.
+    later = sink.apply(make_batch([("u", 4, {"id": "1", "title": "y", "price": "1.23"})], narrow, batch_id="shop:4-4"))
+    assert later.applied and "public.docs" in later.held_tables
     assert rows(pg_database, "docs", "id, title, price") == [("1", None, "1.2345")]
     # Text to integer is no widening either, without a declared change too.
     retyped = with_columns(DOCS, retype={"title": "integer"})
-    with pytest.raises(SinkError, match=r"'title'.*text -> integer"):
-        sink.apply(make_batch([("u", 4, {"id": "1", "title": "5"})], retyped))
+    with PgSink(pg_database, sink_id="w", target_schema="fresh") as fresh:
+        fresh.apply(make_batch([("c", 1, {"id": "1", "title": "5"})], DOCS))
+        held = fresh.apply(make_batch([("u", 4, {"id": "1", "title": "5"})], retyped, batch_id="shop:4-4"))
+    assert re.search(r"'title'.*text -> integer", held.held_tables["public.docs"])
 
 
 def test_renamed_column_is_renamed_in_the_sink(sink, pg_database, caplog):
