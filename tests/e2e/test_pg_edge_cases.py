@@ -530,19 +530,23 @@ def test_awkward_names_all_land(pg_database_factory, tmp_path, monkeypatch):
     env = Env(pg_database_factory(), pg_database_factory(), f"Shop_A1_{uuid.uuid4().hex[:6]}", tmp_path / "config",
               monkeypatch)
     env.src(f'CREATE TABLE weird (id int PRIMARY KEY, _op text, _seq int, _position text, _unchanged text, '
-            f'"before.x" text, "Mixed Case" text, {LONG_COLUMN} text)',
-            "INSERT INTO weird SELECT g, 'op' || g, g, 'pos' || g, 'u' || g, 'bx' || g, 'mc' || g, 'l' || g "
-            "FROM generate_series(1, 5) g",
+            f'"before.x" text, "Mixed Case" text, {LONG_COLUMN} text, "select" text, '
+            f'"x""; DROP TABLE weird; --" text)',
+            "INSERT INTO weird SELECT g, 'op' || g, g, 'pos' || g, 'u' || g, 'bx' || g, 'mc' || g, 'l' || g, "
+            "'sel' || g, 'inj' || g FROM generate_series(1, 5) g",
+            'CREATE TABLE "Orders" (id int PRIMARY KEY, v text)', """INSERT INTO "Orders" VALUES (1, 'upper')""",
             f"CREATE TABLE {LONG_TABLE} (id int PRIMARY KEY, v text)", f"INSERT INTO {LONG_TABLE} VALUES (1, 'long')",
             "CREATE TABLE клиенты (id int PRIMARY KEY, имя text)", "INSERT INTO клиенты VALUES (1, 'Анна')",
             "CREATE TABLE заказы (id int PRIMARY KEY, сумма numeric)", "INSERT INTO заказы VALUES (1, 10.5)")
-    env.config(["weird", LONG_TABLE, "клиенты", "заказы"])
+    env.config(["weird", LONG_TABLE, "клиенты", "заказы", "Orders"])
     env.run()
     env.src("UPDATE weird SET _op = 'changed', \"Mixed Case\" = 'MC', \"before.x\" = NULL WHERE id = 1",
             "DELETE FROM weird WHERE id = 2", "INSERT INTO weird (id, _seq) VALUES (9, 99)",
             f"UPDATE {LONG_TABLE} SET v = 'longer'", "INSERT INTO клиенты VALUES (2, 'Борис')",
-            "UPDATE заказы SET сумма = 11")
+            "UPDATE заказы SET сумма = 11", """UPDATE weird SET "x""; DROP TABLE weird; --" = 'still here'""",
+            """UPDATE "Orders" SET v = 'UPPER'""")
     env.run()
+    assert env.same('"Orders"') == 1
     assert env.same("weird") == 5
     assert env.same(LONG_TABLE) == 1
     assert env.same("клиенты") == 2

@@ -256,3 +256,15 @@ def test_user_publication_row_filter_reaches_the_snapshot_and_column_lists_are_r
                       publication_name="some_columns", create_publication=False)
     with source, pytest.raises(SourceError, match=r"publication 'some_columns'.*public\.f has a column list"):
         source.prepare()
+
+
+def test_a_position_from_another_timeline_or_server_is_lost(items):
+    with make_source(items) as source:
+        source.prepare()
+        position = source.initial_position(snapshot=False)
+        assert position["system_id"] and position["timeline"] >= 1
+        for key, value, reason in (("timeline", position["timeline"] + 1, "timeline changed"),
+                                   ("system_id", "1", "another server")):
+            with pytest.raises(PositionLostError, match=f"{reason}.*resnapshot t"):
+                source.capture({**position, key: value}, 100)
+        assert source.capture(position, 100).is_empty  # the real one still works
