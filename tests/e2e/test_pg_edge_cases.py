@@ -804,3 +804,26 @@ def test_cli_runs_ddl_and_partitions(env):
     dags_test_cli(env.source_id, env.config_dir)
     assert env.same("p") == 3
     assert env.same("t") == 2
+
+
+EXTREME_VALUES = [
+    "1, 'NaN', '0.0000000000000000000000001', '-infinity', 'infinity', '0044-03-15 BC', '10000-01-01', "
+    "'nan'::float8, '\\x00ff'::bytea",
+    "2, 'Infinity', '1e-20', 'infinity', '-infinity', '1899-12-31', '9999-12-31', '-0'::float8, ''::bytea",
+]
+
+
+def test_extreme_values_round_trip_whatever_the_sink_session_time_zone(env):
+    """NaN and infinities, timestamps at infinity, dates BC and after 9999, float -0, bytea: exactly the same in a
+    PostgreSQL sink, by snapshot and by stream, while the sink database runs in another time zone."""
+    sink_db = psycopg.conninfo.conninfo_to_dict(env.sink_url)["dbname"]
+    autocommit(env.sink_url, f"ALTER DATABASE {sink_db} SET TimeZone = 'Asia/Tokyo'")
+    env.src("CREATE TABLE x (id int PRIMARY KEY, n numeric, n2 numeric(30,25), ts timestamptz, t timestamp, "
+            "d date, d2 date, f float8, b bytea)",
+            f"INSERT INTO x VALUES ({EXTREME_VALUES[0]})")
+    env.config(["x"])
+    env.run()  # row 1 by the snapshot
+    env.src(f"INSERT INTO x VALUES ({EXTREME_VALUES[1]})", "UPDATE x SET n = '-Infinity' WHERE id = 1")
+    env.run()  # row 2 and the update by the stream
+    env.same("x")
+    assert scalar(env.sink_url, "SELECT d::text FROM x WHERE id = 1") == "0044-03-15 BC"
