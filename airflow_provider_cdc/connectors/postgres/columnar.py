@@ -21,6 +21,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from airflow_provider_cdc.connectors.postgres import pgoutput
+from airflow_provider_cdc.connectors.postgres.schemas import (
+    fingerprint_hash,
+    remembered,
+    seen_fingerprint,
+    seen_schema,
+)
 from airflow_provider_cdc.errors import CdcError
 from airflow_provider_cdc.events import (
     BEFORE_PREFIX,
@@ -192,7 +198,7 @@ def decode_columnar(dec: StreamDecoder, arr: pa.LargeBinaryArray) -> dict[str, p
     announce: dict[int, set[int]] = {}
     for relid, (i, k) in first_seen.items():
         schema = dec.relations[relid][0]
-        if seen_fingerprint(dec.schemas_seen.get(schema.qualified_name)) != _fingerprint(schema):
+        if seen_fingerprint(dec.schemas_seen.get(schema.qualified_name)) != fingerprint_hash(schema):
             units[i] += 1
             announce.setdefault(i, set()).add(k)
     ends = dec.seq + np.cumsum(units)
@@ -242,30 +248,6 @@ def decode_columnar(dec: StreamDecoder, arr: pa.LargeBinaryArray) -> dict[str, p
             table = table.take(pc.sort_indices(table, [("_cdc_seq", "ascending")]))
         tables[schema.qualified_name] = table
     return tables
-
-
-def _fingerprint(schema: TableSchema) -> str:
-    from airflow_provider_cdc.connectors.postgres.decoder import fingerprint_hash
-
-    return fingerprint_hash(schema)
-
-
-def seen_fingerprint(entry: Any) -> str | None:
-    from airflow_provider_cdc.connectors.postgres.decoder import seen_fingerprint as seen
-
-    return seen(entry)
-
-
-def seen_schema(entry: Any) -> TableSchema | None:
-    from airflow_provider_cdc.connectors.postgres.decoder import seen_schema as schema_of
-
-    return schema_of(entry)
-
-
-def remembered(schema: TableSchema) -> dict[str, Any]:
-    from airflow_provider_cdc.connectors.postgres.decoder import remembered as remember
-
-    return remember(schema)
 
 
 def _relation_table(

@@ -8,15 +8,20 @@ half-read transaction is never emitted.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401 - pa.compute in align()
+import pyarrow.compute as pc
 
 from airflow_provider_cdc.connectors.postgres import pgoutput
 from airflow_provider_cdc.connectors.postgres.catalog import Catalog
+from airflow_provider_cdc.connectors.postgres.schemas import (
+    fingerprint_hash,
+    remembered,
+    seen_fingerprint,
+    seen_schema,
+)
 from airflow_provider_cdc.events import (
     BEFORE_PREFIX,
     OP_CREATE,
@@ -35,25 +40,6 @@ if TYPE_CHECKING:
     from airflow_provider_cdc.connectors.postgres.source import PgSource
 
 log = logging.getLogger("airflow_provider_cdc.source.postgres")
-
-
-def fingerprint_hash(table: TableSchema) -> str:
-    return hashlib.sha1(table.fingerprint().encode()).hexdigest()[:16]
-
-
-def remembered(table: TableSchema) -> dict[str, Any]:
-    """How a position remembers a table's schema: the fingerprint to notice a change, and the columns, so that the
-    next batch's schema event has a ``before`` (a rename is told from a drop by the column's ordinal)."""
-    return {"fp": fingerprint_hash(table), "table": table.to_dict()}
-
-
-def seen_fingerprint(entry: Any) -> str | None:
-    """The fingerprint of a position's ``schemas`` entry (older positions kept the bare hash)."""
-    return entry.get("fp") if isinstance(entry, dict) else entry
-
-
-def seen_schema(entry: Any) -> TableSchema | None:
-    return TableSchema.from_dict(entry["table"]) if isinstance(entry, dict) and entry.get("table") else None
 
 
 def align(table: pa.Table, old: TableSchema, new: TableSchema) -> pa.Table:
@@ -75,7 +61,7 @@ def align(table: pa.Table, old: TableSchema, new: TableSchema) -> pa.Table:
         if col.name not in table.column_names:
             values = pa.array([col.backfill] * table.num_rows, pa.string())
             # Truncate rows carry no row image.
-            values = pa.compute.if_else(pa.compute.equal(table["_cdc_op"], OP_TRUNCATE), None, values)
+            values = pc.if_else(pc.equal(table["_cdc_op"], OP_TRUNCATE), None, values)
             table = table.append_column(col.name, values)
     return table
 

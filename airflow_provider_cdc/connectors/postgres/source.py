@@ -46,10 +46,8 @@ from psycopg import sql
 from airflow_provider_cdc.connectors.postgres import pgoutput
 from airflow_provider_cdc.connectors.postgres.catalog import Catalog
 from airflow_provider_cdc.connectors.postgres.columnar import Unsupported, decode_columnar
-from airflow_provider_cdc.connectors.postgres.decoder import (
-    StreamDecoder,
-    align,
-    commits_after,
+from airflow_provider_cdc.connectors.postgres.decoder import StreamDecoder, align, commits_after
+from airflow_provider_cdc.connectors.postgres.schemas import (
     fingerprint_hash,
     remembered,
     seen_fingerprint,
@@ -744,8 +742,8 @@ class PgSource:
             cur.execute(query, [table[c].to_pylist() for c in key])
             unread = {n - 1 for (n,) in cur.fetchall()}
         if unread:
-            mask = pa.array([i not in unread for i in range(table.num_rows)])
-            table = table.filter(pc.or_(mask, pc.invert(is_row)))
+            kept = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), value_set=pa.array(sorted(unread))))
+            table = table.filter(pc.or_(kept, pc.invert(is_row)))
             log.info("source %s: %d changes of %s are past its snapshot's last key; the snapshot reads them later",
                      self.source_id, len(unread), name)
         batch.tables[name] = self._reread_moved_rows(schema, table)
@@ -762,21 +760,21 @@ class PgSource:
         rows = pc.indices_nonzero(moved).to_pylist()
         if not rows:
             return table
-        key = schema.primary_key
-        keys = [[table[c][i].as_py() for i in rows] for c in key]
-        found = self._read_rows_by_key(schema, keys)
-        records = table.to_pylist()
-        for n, i in enumerate(rows):
-            record = records[i]
+        affected = table.filter(moved)
+        found = self._read_rows_by_key(schema, [affected[c].to_pylist() for c in schema.primary_key])
+        records = affected.to_pylist()  # only the few rows that did not resend values
+        for n, record in enumerate(records):
             current = found.get(n)
             if current is None:
                 record["_cdc_op"] = "d"
             else:
                 record.update(current)
             record["_cdc_unchanged"] = None
+        table = pa.concat_tables([table.filter(pc.invert(moved)), pa.Table.from_pylist(records, schema=table.schema)])
+        table = table.sort_by("_cdc_seq")
         log.info("source %s: %d changes of %s did not resend some values while its snapshot settles; read those rows "
                  "again from the source", self.source_id, len(rows), schema.qualified_name)
-        return pa.Table.from_pylist(records, schema=table.schema)
+        return table
 
     def _read_rows_by_key(self, schema: TableSchema, keys: list[list[str]]) -> dict[int, dict[str, str | None]]:
         """Current rows for the given keys (text, one list per key column), by the keys' position in the lists."""
@@ -788,21 +786,7 @@ class PgSource:
             sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in schema.column_names),
             sql.SQL(", ").join(sql.Literal(values) + sql.SQL("::text[]") for values in keys),
             sql.SQL(", ").join(map(sql.Identifier, names)), sql.Identifier(schema.schema, schema.name), joined)
-        buf = io.BytesIO()
-        with self.conn.transaction():
-            with self.conn.cursor() as cur:
-                with cur.copy(sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(query)) as copy:
-                    for block in copy:
-                        buf.write(block)
-        if buf.tell() == 0:
-            return {}
-        buf.seek(0)
-        columns = ["_n", *schema.column_names]
-        read = pacsv.read_csv(buf, read_options=pacsv.ReadOptions(column_names=columns),
-                              parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                              convert_options=pacsv.ConvertOptions(
-                                  column_types={c: pa.string() for c in columns}, strings_can_be_null=True,
-                                  quoted_strings_can_be_null=False, null_values=[""]))
+        read = self._copy_text(query, ["_n", *schema.column_names])
         return {int(row.pop("_n")) - 1: row for row in read.to_pylist()}
 
     def _capture_snapshot(self, stream: ChangeBatch, max_changes: int) -> ChangeBatch:
@@ -920,6 +904,11 @@ class PgSource:
             cols, sql.SQL("ONLY " if only else ""), sql.Identifier(table.schema, table.name), where, order,
             sql.Literal(limit)
         )
+        return self._copy_text(query, table.column_names)
+
+    def _copy_text(self, query: sql.Composable, names: list[str]) -> pa.Table:
+        """Rows of ``query`` as canonical text, read with ``COPY ... CSV`` in one REPEATABLE READ transaction and
+        parsed by Arrow (every column a string; an unquoted empty field is NULL, a quoted one ``''``)."""
         buf = io.BytesIO()
         conn = self.conn
         with conn.transaction():
@@ -928,7 +917,6 @@ class PgSource:
                 with cur.copy(sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(query)) as copy:
                     for block in copy:
                         buf.write(block)
-        names = table.column_names
         if buf.tell() == 0:
             return pa.table({c: pa.array([], pa.string()) for c in names})
         buf.seek(0)
