@@ -917,12 +917,14 @@ class PgSource:
                 with cur.copy(sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(query)) as copy:
                     for block in copy:
                         buf.write(block)
-        if buf.tell() == 0:
+        size = buf.tell()
+        if size == 0:
             return pa.table({c: pa.array([], pa.string()) for c in names})
         buf.seek(0)
         return pacsv.read_csv(
             buf,
-            read_options=pacsv.ReadOptions(column_names=names, block_size=1 << 24),
+            # A block must hold the largest row (a 100 MB text value is one field); the text is in memory anyway.
+            read_options=pacsv.ReadOptions(column_names=names, block_size=max(1 << 24, min(size + 1, 2**31 - 1))),
             parse_options=pacsv.ParseOptions(newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(
                 column_types={c: pa.string() for c in names},
