@@ -741,29 +741,30 @@ def test_overlapping_staged_runs_apply_nothing_twice(env, overlap):
 # ----------------------------------------------------------------------------------------------------- 10. keys
 
 
-def test_numeric_key_written_two_ways_is_one_row(env):
-    env.src("CREATE TABLE k (id numeric PRIMARY KEY, v text)", "INSERT INTO k VALUES (5, 'five')")
-    env.config(["k"])
-    env.run()
-    env.src("INSERT INTO k VALUES (1.0, 'first')")
-    env.src("UPDATE k SET id = 1.00, v = 'second' WHERE id = 1")
-    env.src("UPDATE k SET v = 'third' WHERE id = 1.000")
-    env.run()
-    assert env.same("k") == 2
-    assert scalar(env.sink_url, "SELECT count(*) FROM k WHERE id = 1") == 1
+KEYS_EQUAL_BY_VALUE = {
+    # key type: (first row, statements writing one key in other text, the count of that key in the sink)
+    "numeric": ("5, 'five'", ["INSERT INTO k VALUES (1.0, 'first')", "UPDATE k SET id = 1.00, v = 'second' WHERE id = 1",
+                              "UPDATE k SET v = 'third' WHERE id = 1.000"], "SELECT count(*) FROM k WHERE id = 1"),
+    "citext": ("'zzz', 'z'", ["INSERT INTO k VALUES ('Abc', 'first')",
+                              "UPDATE k SET id = 'abc', v = 'second' WHERE id = 'ABC'",
+                              "UPDATE k SET v = 'third' WHERE id = 'aBc'"],
+               "SELECT count(*) FROM k WHERE lower(id::text) = 'abc'"),
+}
 
 
-def test_citext_key_changing_case_is_one_row(env):
-    autocommit(env.source_url, "CREATE EXTENSION IF NOT EXISTS citext")
-    env.src("CREATE TABLE k (id citext PRIMARY KEY, v text)", "INSERT INTO k VALUES ('zzz', 'z')")
+@pytest.mark.parametrize("key_type", sorted(KEYS_EQUAL_BY_VALUE))
+def test_a_key_written_two_ways_is_one_row(env, key_type):
+    first, statements, count = KEYS_EQUAL_BY_VALUE[key_type]
+    if key_type == "citext":
+        autocommit(env.source_url, "CREATE EXTENSION IF NOT EXISTS citext")
+    env.src(f"CREATE TABLE k (id {key_type} PRIMARY KEY, v text)", f"INSERT INTO k VALUES ({first})")
     env.config(["k"])
     env.run()
-    env.src("INSERT INTO k VALUES ('Abc', 'first')")
-    env.src("UPDATE k SET id = 'abc', v = 'second' WHERE id = 'ABC'")
-    env.src("UPDATE k SET v = 'third' WHERE id = 'aBc'")
+    for statement in statements:  # one transaction each
+        env.src(statement)
     env.run()
     assert env.same("k") == 2
-    assert scalar(env.sink_url, "SELECT count(*) FROM k WHERE lower(id::text) = 'abc'") == 1
+    assert scalar(env.sink_url, count) == 1
 
 
 # ------------------------------------------------------------------------------------ 11. one large transaction
