@@ -20,6 +20,7 @@ from cdc_testing import (
     assert_ledger_consistent,
     assert_same_rows,
     ledger_rows,
+    slot_lsn,
     staged_run,
     table_rows,
     unique_id,
@@ -844,3 +845,27 @@ def test_huge_and_deeply_nested_values_arrive_whole(env):
     with psycopg.connect(env.source_url) as src, psycopg.connect(env.sink_url) as dst:
         query = "SELECT id, length(big), md5(big), md5(doc::text), n FROM h ORDER BY id"
         assert dst.execute(query).fetchall() == src.execute(query).fetchall()
+
+
+def test_sink_down_during_load_fails_clearly_and_acknowledges_nothing(env):
+    """The sink is unreachable when the batch is loaded: the run fails naming the sink, neither the position nor
+    the slot moves, and once the sink is back the same changes land exactly once."""
+    from airflow_provider_cdc.hooks.cdc import CdcHook
+
+    env.src("CREATE TABLE t (id int PRIMARY KEY, v text)", "INSERT INTO t VALUES (1, 'one')")
+    env.config(["t"])
+    env.run()
+    stored = position(env.source_id)
+    slot_before = slot_lsn(env.source_url, env.slot)
+    env.src("INSERT INTO t VALUES (2, 'two')", "UPDATE t SET v = 'uno' WHERE id = 1")
+    real_sink = env.sink_url
+    env.sink_url = "postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=2"  # nothing listens on port 1
+    env.config(["t"])
+    with pytest.raises(Exception, match="sink 'warehouse'.*cannot connect"):
+        staged_run(CdcHook(env.source_id, str(env.config_dir)), unique_id("down"))
+    assert position(env.source_id)["lsn"] == stored["lsn"] and slot_lsn(env.source_url, env.slot) == slot_before
+    env.sink_url = real_sink
+    env.config(["t"])
+    env.run()
+    env.same("t")
+    assert_ledger_consistent(env.sink_url, env.source_id)
