@@ -1,14 +1,19 @@
 """Errors of the product, each saying what went wrong, where, and what to do next.
 
     CdcError
-     ├── ConfigError          a config file is wrong (file, key, reason for every problem)
-     ├── SourceError          the source cannot be read (connection, privileges, server settings)
-     │    └── PositionLostError   the stored position is gone at the source: re-snapshot
-     ├── SinkError            the sink rejected a batch
-     └── StagingError         a staged batch is missing or unreadable
+     ├── ConfigError               a config file is wrong (file, key, reason for every problem)        terminal
+     ├── ConnectorUnavailableError a connector type has no source, sink or probe here                 terminal
+     ├── MissingExtraError         a connector's driver is not installed (names the pip extra)        terminal
+     ├── SourceError               the source cannot be read (connection, privileges, settings)       transient
+     │    ├── PositionLostError    the stored position is gone at the source: re-snapshot             terminal
+     │    └── TableRefusedError    a table cannot be captured faithfully (no key, reserved names...)  terminal
+     ├── SinkError                 the sink rejected a batch                                          either
+     └── StagingError              a staged batch is missing or unreadable                            terminal
 
-Context is kept as attributes (``source_id``, ``table``, ``position``) so that operators and the REST API can
-report it without parsing messages.
+Errors carry **intent**: ``terminal`` ones fail the task at once (retrying cannot help and would only delay the
+alert), the rest are transient (connections, locks, timeouts) and retry with backoff. Operators read the attribute
+(:func:`is_terminal`); nothing parses messages. Context is kept as attributes (``source_id``, ``table``,
+``position``) so that operators and the REST API can report it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,18 @@ from typing import Any
 
 
 class CdcError(Exception):
-    """Base of every error raised by airflow-provider-cdc."""
+    """Base of every error raised by airflow-provider-cdc. ``terminal``: retrying cannot help."""
+
+    terminal: bool = False
+
+
+def is_terminal(exc: BaseException) -> bool:
+    """Whether ``exc`` should fail the task at once instead of retrying."""
+    return bool(getattr(exc, "terminal", False))
+
+
+class ConnectorUnavailableError(CdcError):
+    terminal = True
 
 
 class SourceError(CdcError):
@@ -33,6 +49,8 @@ def _brief(position: dict[str, Any]) -> dict[str, Any]:
 
 
 class PositionLostError(SourceError):
+    terminal = True
+
     def __init__(self, source_id: str, position: dict[str, Any], reason: str) -> None:
         self.position = position
         super().__init__(
@@ -42,19 +60,31 @@ class PositionLostError(SourceError):
         )
 
 
+class TableRefusedError(SourceError):
+    """Tables that cannot be captured faithfully (no usable key, reserved column names...): fix them, then rerun."""
+
+    terminal = True
+
+
 class SinkError(CdcError):
-    def __init__(self, sink_id: str, message: str, *, table: str | None = None, batch_id: str | None = None) -> None:
+    def __init__(self, sink_id: str, message: str, *, table: str | None = None, batch_id: str | None = None,
+                 terminal: bool = False) -> None:
         self.sink_id, self.table, self.batch_id = sink_id, table, batch_id
+        self.terminal = terminal
         where = f"sink {sink_id!r}" + (f", table {table}" if table else "") + (f", batch {batch_id}" if batch_id else "")
         super().__init__(f"{where}: {message}")
 
 
 class StagingError(CdcError):
+    terminal = True
+
     def __init__(self, uri: str, message: str) -> None:
         self.uri = uri
         super().__init__(f"staged batch {uri}: {message}")
 
 
 class MissingExtraError(CdcError, ImportError):
+    terminal = True
+
     def __init__(self, module: str, extra: str) -> None:
         super().__init__(f"{module} is missing: pip install 'airflow-provider-cdc[{extra}]'")

@@ -5,10 +5,10 @@ per-source counter that increases by one for every event the source ever emits. 
 position document, so capturing the same range twice reproduces the same numbers: that is what makes a batch
 replayable and lets a sink guard every row with ``_cdc_position`` (the row's last ``seq``).
 
-Row values travel in the source's **canonical text form** (what ``COPY ... TO`` would print), alongside the
-table's declared column types. A PostgreSQL sink then loads them with ``COPY`` untouched; other sinks, rules and
-checks convert with :func:`typed_column` where they need numbers or dates. Keeping text avoids a lossy round trip
-through Python floats (``numeric(38,10)`` stays exact, ``timestamptz`` keeps its zone).
+Row values travel as text in the **portable form** of their column's ``logical_type`` (the value contract,
+:mod:`airflow_provider_cdc.values`), alongside the table's declared column types. Rules, checks and typed sinks
+get Arrow types from :func:`airflow_provider_cdc.values.typed_table`; text keeps ``numeric(38,10)`` exact and lets a
+sink of the source's own dialect load values it has no portable form for (``logical_type: other``) unchanged.
 
 A :class:`ChangeBatch` keeps one ``pyarrow.Table`` per source table with these columns:
 
@@ -33,7 +33,6 @@ Schema changes (``op = "s"``) are kept beside the tables as :class:`SchemaChange
 from __future__ import annotations
 
 import dataclasses
-import decimal
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -82,6 +81,9 @@ class Column:
     # (a volatile default rewrote the table): a sink that must add the column then stops with an error.
     backfill: str | None = None
     backfill_unknown: bool = False
+    # A decimal's declared precision and scale (None: unconstrained), which fix its Arrow type (values.arrow_type).
+    precision: int | None = None
+    scale: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,12 +96,15 @@ class Column:
 
 @dataclasses.dataclass(frozen=True)
 class TableSchema:
-    """A source table: schema-qualified name, dialect of the source and its columns in source order."""
+    """A source table: schema-qualified name, its columns in source order, and the source's dialect.
+
+    ``dialect`` is the connector type that declared ``source_type`` (``postgresql``, ``mysql``...): a sink of the same
+    dialect may reuse those types verbatim; any other maps from ``logical_type``. Empty means unknown (map)."""
 
     schema: str
     name: str
     columns: tuple[Column, ...]
-    dialect: str = "postgresql"
+    dialect: str = ""
 
     @property
     def qualified_name(self) -> str:
@@ -136,7 +141,7 @@ class TableSchema:
         return cls(
             schema=data["schema"],
             name=data["name"],
-            dialect=data.get("dialect", "postgresql"),
+            dialect=data.get("dialect", ""),
             columns=tuple(Column.from_dict(c) for c in data["columns"]),
         )
 
@@ -319,7 +324,7 @@ class ChangeBatch:
     tables: dict[str, pa.Table] = dataclasses.field(default_factory=dict)
     schemas: dict[str, TableSchema] = dataclasses.field(default_factory=dict)
     schema_changes: list[SchemaChange] = dataclasses.field(default_factory=list)
-    connector: str = "postgresql"
+    connector: str = ""
     database: str = ""
 
     @property
@@ -388,30 +393,6 @@ class ChangeBatch:
 def make_batch_id(source_id: str, first: str, last: str) -> str:
     """``<source_id>:<first position>-<last position>``: the same range always yields the same id."""
     return f"{source_id}:{first}-{last}"
-
-
-_LOGICAL_ARROW = {
-    "integer": pa.int64(),
-    "float": pa.float64(),
-    "boolean": pa.bool_(),
-    "date": pa.date32(),
-}
-
-
-def typed_column(values: pa.Array | pa.ChunkedArray, column: Column) -> pa.Array | pa.ChunkedArray:
-    """Convert a canonical-text column to an Arrow type for rules and checks.
-
-    Decimals become ``decimal128`` with the declared scale where it fits, else Python ``Decimal`` via string;
-    timestamps and unknown types stay text (their text form already sorts and compares correctly for ISO data).
-    """
-    if column.logical_type == "boolean":
-        return pc.equal(values, "t")
-    target = _LOGICAL_ARROW.get(column.logical_type)
-    if target is not None:
-        return pc.cast(values, target)
-    if column.logical_type == "decimal":
-        return pa.array([None if v is None else decimal.Decimal(v) for v in values.to_pylist()])
-    return values
 
 
 def concat_tables(tables: Iterable[pa.Table]) -> pa.Table:

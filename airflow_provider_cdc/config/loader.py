@@ -55,6 +55,8 @@ class ConfigProblem:
 class ConfigError(CdcError):
     """The config directory has problems; ``problems`` lists all of them, in file order."""
 
+    terminal = True
+
     def __init__(self, problems: Sequence[ConfigProblem], directory: str | os.PathLike[str] | None = None) -> None:
         self.problems = list(problems)
         self.directory = Path(directory) if directory is not None else None

@@ -1,7 +1,8 @@
-"""The two contracts every connector implements: a :class:`Source` captures, a :class:`Sink` applies.
+"""The contracts every connector implements: a :class:`Source` captures, a :class:`Sink` applies, a
+:class:`ChangeProbe` waits for changes in the triggerer, and a sink declares its :class:`SinkCapabilities`.
 
-Neither knows Airflow. Operators get a Source or a Sink from :mod:`airflow_provider_cdc.connectors.registry` and
-call these methods; a new database is a module and a registry entry, not a branch in an operator.
+None of them knows Airflow. Operators get them from :mod:`airflow_provider_cdc.connectors.registry` and call these
+methods; a new database is a module and a registry entry, not a branch in an operator.
 """
 
 from __future__ import annotations
@@ -10,6 +11,62 @@ import dataclasses
 from typing import Any, Protocol, runtime_checkable
 
 from airflow_provider_cdc.events import ChangeBatch, TableSchema
+
+Position = dict[str, Any]
+"""A source-native position document (PostgreSQL ``{"lsn": ...}``, MySQL ``{"gtid": ...}``...) plus ``seq``: JSON-safe,
+stored as it is in ``cdc.position.<source_id>``. Only the source that made it reads inside it."""
+
+
+@runtime_checkable
+class PositionStore(Protocol):
+    """Where the committed position of each source lives (Airflow Variables in a DAG; anything in tests)."""
+
+    def get(self, source_id: str) -> Position | None: ...
+
+    def set(self, source_id: str, position: Position, *, batch_id: str | None) -> None: ...
+
+    def delete(self, source_id: str) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkCapabilities:
+    """What a sink can do, declared once per connector (dlt's destination capabilities are the model).
+
+    The pipeline and ``config check`` read these instead of assuming one database: a soft-delete source into a sink
+    that cannot keep deleted rows is a config error, a typed sink is given typed Arrow columns, and so on.
+    """
+
+    # Logical types of the value contract the sink stores in a native column type (the rest as text).
+    native_types: frozenset[str]
+    # The source dialect whose declared column types the sink reuses verbatim ("": none, map from logical types).
+    dialect: str = ""
+    # Data of every table and the ledger row commit in one transaction (else per table, idempotent by design).
+    transactional: bool = True
+    # Rows are merged by key (upsert and delete); False for an append-only change log.
+    merge_by_key: bool = True
+    soft_delete: bool = True
+    # Values of logical type ``other`` (a source's own text) are reproduced exactly only by a sink of that dialect.
+    stores_other_exactly: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["native_types"] = sorted(self.native_types)
+        return data
+
+
+@runtime_checkable
+class ChangeProbe(Protocol):
+    """The triggerer's view of a source: async, cheap, and checking the position the same way capture does.
+
+    ``has_changes_after`` raises :class:`~airflow_provider_cdc.errors.PositionLostError` when the position is gone,
+    exactly like the synchronous :meth:`Source.has_changes` (both share one check per connector)."""
+
+    async def has_changes_after(self, position: Position | None) -> bool: ...
+
+    async def heartbeat(self) -> None:
+        """Produce a tiny change so that an idle source still advances its position."""
+
+    async def aclose(self) -> None: ...
 
 
 @runtime_checkable
@@ -41,6 +98,20 @@ class Source(Protocol):
     def heartbeat(self) -> None:
         """Produce a tiny change so that an idle source still advances its position."""
 
+    # --- recovery after a lost position (``python -m airflow_provider_cdc resnapshot``) ---
+
+    def holds_position(self) -> bool:
+        """Whether what keeps this source's changes at the source exists (PostgreSQL: the replication slot)."""
+
+    def discard_position_holder(self) -> str | None:
+        """Drop what holds the old position at the source; says what was dropped (None: nothing was there)."""
+
+    def initial_position(self, *, snapshot: bool) -> Position:
+        """A fresh position from now on, with an initial snapshot pending when ``snapshot``."""
+
+    def resnapshot_position(self, position: Position, tables: list[str]) -> Position:
+        """``position`` with ``tables`` (``schema.table``) queued for a new snapshot; the rest keep streaming."""
+
     def close(self) -> None: ...
 
 
@@ -68,6 +139,7 @@ class Sink(Protocol):
     """Applies batches idempotently: data and the ``_cdc_ledger`` row in one transaction."""
 
     sink_id: str
+    capabilities: SinkCapabilities
 
     def ensure_tables(self, schemas: list[TableSchema]) -> None:
         """Create missing target tables (with ``_cdc_*`` bookkeeping columns) and add missing columns."""
@@ -82,11 +154,11 @@ class Sink(Protocol):
         batch: ChangeBatch,
         *,
         run_id: str | None = None,
-        rule_versions: dict[str, Any] | None = None,
-        schema_versions: dict[str, Any] | None = None,
+        versions: dict[str, dict[str, Any] | None] | None = None,
     ) -> ApplyResult:
-        """Apply ``batch`` and write its ledger row (with the rule and schema versions it was made with) in one
-        transaction; ``applied=False`` when the ledger already has the batch id."""
+        """Apply ``batch`` and write its ledger row (:func:`~airflow_provider_cdc.connectors.ledger.ledger_row`,
+        with the ``rule_versions``, ``schema_versions`` and ``stage_versions`` it was made with) in one transaction;
+        ``applied=False`` when the ledger already has the batch id."""
 
     def last_committed(self, source_id: str) -> dict[str, Any] | None:
         """``position_to`` of the ledger row with the highest ``seq_to`` for ``source_id`` (None when none)."""
@@ -96,5 +168,11 @@ class Sink(Protocol):
 
     def release_table(self, source_id: str, table: str) -> bool:
         """Stop holding ``table`` back before its re-snapshot; True when it was held."""
+
+    def forget_source(self, source_id: str) -> int:
+        """Delete the source's ledger rows (a whole re-snapshot starts its ``seq`` again); returns how many."""
+
+    def reset_table(self, table: TableSchema | str) -> bool:
+        """Empty one sink table before its re-snapshot; True when it existed."""
 
     def close(self) -> None: ...

@@ -1,52 +1,110 @@
-"""Connector type → Source and Sink classes. A new database is a module here and a line in each table."""
+"""Connector type → its factory, imported lazily: a DAG that uses only PostgreSQL never imports pymongo.
+
+Each connector package has a ``factory`` module with a module-level ``FACTORY`` (:class:`ConnectorFactory`): its
+options models, how to build its Source, Sink and ChangeProbe, the capabilities of its sink, and which Airflow
+provider hook resolves its Connections. A new database is a package and one line in :data:`CONNECTOR_MODULES`.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from airflow_provider_cdc.errors import CdcError
+from pydantic import BaseModel, ConfigDict
+
+from airflow_provider_cdc.errors import ConnectorUnavailableError, MissingExtraError
 
 if TYPE_CHECKING:
     from airflow_provider_cdc.config import ConnectorConfig, SourceConfig
-    from airflow_provider_cdc.connectors.base import Sink, Source
+    from airflow_provider_cdc.connectors.base import ChangeProbe, SinkCapabilities, Sink, Source
+
+# type → (package under airflow_provider_cdc.connectors, the extra that installs its drivers; None: always there)
+CONNECTOR_MODULES: dict[str, tuple[str, str | None]] = {
+    "postgresql": ("postgres", None),
+    "file": ("delta", "delta"),
+    "mysql": ("mysql", "mysql"),
+    "mongodb": ("mongodb", "mongodb"),
+}
 
 
-def make_source(config: SourceConfig, dsn: str) -> Source:
-    """The Source for one ``cdc.yaml`` entry, connected through ``dsn`` (never logged)."""
-    if config.type == "postgresql":
-        from airflow_provider_cdc.connectors.postgres.source import PgSource
+class NoOptions(BaseModel):
+    """Options model of a connector that has none: any key is a typo."""
 
-        return PgSource(
-            dsn,
-            source_id=config.id,
-            tables=config.qualified_tables("public"),
-            slot_name=config.effective_slot_name,
-            publication_name=config.effective_publication_name,
-            snapshot=config.snapshot,
-            create_slot=config.create_slot,
-            create_publication=config.create_publication,
-        )
-    raise CdcError(
-        f"source {config.id!r}: connector type {config.type!r} has no source in this version of "
-        "airflow-provider-cdc (available: postgresql)"
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def make_sink(connector: ConnectorConfig, dsn: str, source: SourceConfig) -> Sink:
-    """The Sink named by ``source.sink``, writing into ``source.target_schema`` with its delete mode.
+@dataclasses.dataclass(frozen=True)
+class AirflowHookRef:
+    """The provider hook that resolves this connector's Airflow Connections (imported by the hooks layer only)."""
 
-    The ledger goes in ``source.ledger_schema``, by default the target schema."""
-    if connector.type == "postgresql":
-        from airflow_provider_cdc.connectors.postgres.sink import PgSink
+    classpath: str  # "airflow.providers.postgres.hooks.postgres.PostgresHook"
+    conn_id_arg: str  # its constructor's connection id keyword: "postgres_conn_id"
+    extra: str | None = None  # the extra that installs the provider
 
-        return PgSink(
-            dsn,
-            sink_id=connector.id,
-            target_schema=source.target_schema,
-            delete_mode=source.delete_mode,
-            ledger_schema=source.ledger_schema,
-        )
-    raise CdcError(
-        f"sink {connector.id!r}: connector type {connector.type!r} has no sink in this version of "
-        "airflow-provider-cdc (available: postgresql)"
-    )
+
+@dataclasses.dataclass(frozen=True)
+class ConnectorFactory:
+    """How one connector type is built. ``connection`` arguments are driver URLs (secret: never logged)."""
+
+    type: str
+    source_options: type[BaseModel] = NoOptions
+    sink_options: type[BaseModel] = NoOptions
+    capabilities: SinkCapabilities | None = None
+    airflow_hook: AirflowHookRef | None = None
+    # (source config, connection, validated source options) -> Source
+    source: Callable[[SourceConfig, str, Any], Source] | None = None
+    # (connector config, connection, the source it loads, validated sink options) -> Sink
+    sink: Callable[[ConnectorConfig, str, SourceConfig, Any], Sink] | None = None
+    # (source config, connection, validated source options) -> ChangeProbe
+    probe: Callable[[SourceConfig, str, Any], ChangeProbe] | None = None
+
+
+def factory(connector_type: str) -> ConnectorFactory:
+    """The factory of ``connector_type``; :class:`MissingExtraError` names the extra when its driver is missing."""
+    try:
+        package, extra = CONNECTOR_MODULES[connector_type]
+    except KeyError:
+        known = ", ".join(CONNECTOR_MODULES)
+        raise ConnectorUnavailableError(f"connector type {connector_type!r} is unknown (known: {known})") from None
+    try:
+        module = importlib.import_module(f"airflow_provider_cdc.connectors.{package}.factory")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith(f"airflow_provider_cdc.connectors.{package}"):
+            raise ConnectorUnavailableError(f"connector type {connector_type!r} is not available in this version of "
+                               "airflow-provider-cdc") from None
+        raise MissingExtraError(exc.name or package, extra or connector_type) from exc
+    return module.FACTORY
+
+
+def source_options(config: SourceConfig) -> Any:
+    return factory(config.type).source_options.model_validate(config.options)
+
+
+def sink_options(connector: ConnectorConfig) -> Any:
+    return factory(connector.type).sink_options.model_validate(connector.options)
+
+
+def make_source(config: SourceConfig, connection: str) -> Source:
+    """The Source for one ``cdc.yaml`` entry, connected through ``connection`` (never logged)."""
+    built = factory(config.type)
+    if built.source is None:
+        raise ConnectorUnavailableError(f"cdc.yaml: source {config.id!r}: type {config.type!r} cannot be a source")
+    return built.source(config, connection, source_options(config))
+
+
+def make_sink(connector: ConnectorConfig, connection: str, source: SourceConfig) -> Sink:
+    """The Sink named by ``source.sink``, writing into ``source.target_schema`` with its delete mode."""
+    built = factory(connector.type)
+    if built.sink is None:
+        raise ConnectorUnavailableError(f"connectors.yaml: connector {connector.id!r}: type {connector.type!r} cannot be a sink")
+    return built.sink(connector, connection, source, sink_options(connector))
+
+
+def make_probe(config: SourceConfig, connection: str) -> ChangeProbe:
+    """The triggerer's async probe for one source."""
+    built = factory(config.type)
+    if built.probe is None:
+        raise ConnectorUnavailableError(f"cdc.yaml: source {config.id!r}: type {config.type!r} has no change probe")
+    return built.probe(config, connection, source_options(config))
