@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from airflow_provider_cdc.errors import ConnectorUnavailableError, MissingExtraError
 
 if TYPE_CHECKING:
-    from airflow_provider_cdc.config import ConnectorConfig, SourceConfig
+    from airflow_provider_cdc.config import CdcConfig, ConnectorConfig, SourceConfig
     from airflow_provider_cdc.connectors.base import ChangeProbe, SinkCapabilities, Sink, Source
 
 # type → (package under airflow_provider_cdc.connectors, the extra that installs its drivers; None: always there)
@@ -59,6 +59,14 @@ class ConnectorFactory:
     sink: Callable[[ConnectorConfig, str, SourceConfig, Any], Sink] | None = None
     # (source config, connection, validated source options) -> ChangeProbe
     probe: Callable[[SourceConfig, str, Any], ChangeProbe] | None = None
+    # The provider hook's ``get_uri()`` of an Airflow Connection -> this connector's driver URL (e.g. keep only the
+    # parameters the driver knows). None: use the URI as it is.
+    normalize_uri: Callable[[str], str] | None = None
+    # Checks across the sources of this type (``[(index in cdc.yaml, source, validated options)]``), e.g. two
+    # sources sharing one replication slot: ``[(index, key under the source, message)]``.
+    check_sources: Callable[[list[tuple[int, SourceConfig, Any]]], list[tuple[int, str, str]]] | None = None
+    # Online look for leftovers (``config check`` without --offline): warning lines.
+    inspect: Callable[[CdcConfig], list[str]] | None = None
 
 
 def factory(connector_type: str) -> ConnectorFactory:
