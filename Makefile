@@ -3,6 +3,7 @@
 #   make demo    the product running locally (embedded PostgreSQL, change generator, Airflow standalone)
 #   make test    the test suite against real servers (PYTEST_ARGS="-k pg18 -x" to narrow it)
 #   make bench   the benchmarks (results go into BENCHMARKS.md by hand)
+#   make lint    the lint and type gate (ruff, mypy), also run first by make test
 #   make venv    just the virtualenv (.venv) with the package installed editable and all extras
 #   make clean   state, caches and build output (distclean also removes .venv)
 
@@ -14,7 +15,7 @@ EXTRAS := test,mysql,mongodb,openlineage
 STAMP := $(VENV)/.cdc-installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo bench clean distclean system-deps
+.PHONY: venv lint test demo bench clean distclean system-deps
 
 venv: $(STAMP)
 
@@ -59,7 +60,12 @@ system-deps:
 	    fi; \
 	fi
 
-test: venv
+# The lint and type gate: ruff (with isort) over the repo, mypy over the package. Any violation fails `make test`.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: venv lint
 	@bash scripts/ensure_pg15_logical.sh || echo "warning: the machine's PostgreSQL is not ready for logical decoding; its tests will skip (fail with CI=true)"
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
