@@ -4,6 +4,11 @@ Each list entry of a file is one model; ``CdcConfig`` holds them all once the lo
 between files. The models forbid unknown keys so that a typo (``batchsize:``) is reported instead of silently
 ignored; transformation rules are the exception because later rule types add their own options.
 
+Connector-specific keys (a replication slot name, a server id, table format options) are not part of these models:
+they sit under ``options:`` of a source or connector, and the loader validates them with that connector's own
+model (:mod:`airflow_provider_cdc.connectors.registry`). Connector types, too, come from the registry, so a new
+database needs no change here.
+
 A connection string may hold a password, so ``repr()``/``str()`` of a model masks it with :func:`mask_url`, and
 validation errors never include the input (``hide_input_in_errors``): a traceback in a DAG import error must not
 leak a secret.
@@ -27,8 +32,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-ConnectorType = Literal["postgresql", "mysql", "mongodb", "file"]
-SourceType = Literal["postgresql", "mysql", "mongodb"]
+from airflow_provider_cdc.connectors import registry
+
 QualityPolicy = Literal["warn", "quarantine", "fail"]
 
 QUALITY_POLICIES: tuple[str, ...] = ("warn", "quarantine", "fail")
@@ -36,7 +41,6 @@ SCHEDULE_PRESETS: frozenset[str] = frozenset(
     {"@continuous", "@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually",
      "@midnight"}
 )
-MAX_PG_NAME_LENGTH = 63  # PostgreSQL's NAMEDATALEN - 1: longer slot names are rejected by the server
 
 # ---------------------------------------------------------------------------------------------------- secrets
 
@@ -52,8 +56,8 @@ MASK = "***"
 def mask_url(url: str) -> str:
     """Return ``url`` with its password replaced by ``***``, for logs, reprs and error messages.
 
-    Handles URLs (``postgresql://user:pw@host/db`` -> ``postgresql://user:***@host/db``), secret query parameters
-    (``?password=...``, ``&token=...``) and libpq key/value DSNs (``host=h password=pw``). When in doubt it masks
+    Handles URLs (``scheme://user:pw@host/db`` -> ``scheme://user:***@host/db``), secret query parameters
+    (``?password=...``, ``&token=...``) and key/value DSNs (``host=h password=pw``). When in doubt it masks
     too much rather than too little: a password with an unencoded ``@``, ``/`` or ``?`` is still hidden.
     """
     return _SECRET_PARAM.sub(lambda m: m.group(1) + MASK, _mask_userinfo(url))
@@ -85,13 +89,21 @@ def _mask_options(options: dict[str, Any]) -> dict[str, Any]:
 
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_]+")
 _TABLE = re.compile(r"[^.\s]+(\.[^\s]+)?")
-_SLOT_NAME = re.compile(rf"[a-z0-9_]{{1,{MAX_PG_NAME_LENGTH}}}")
 _CRON_FIELD = re.compile(r"[0-9A-Za-z*/,\-?LW#]+")
 
 
 def _check_identifier(value: str) -> str:
     if not _IDENTIFIER.fullmatch(value):
         raise ValueError(f"{value!r} may contain only letters, digits and underscores")
+    return value
+
+
+def _check_connector_type(value: str) -> str:
+    """A type the registry knows. Reported like a ``Literal`` mismatch (``should be 'a', 'b' or 'c'``)."""
+    known = list(registry.CONNECTOR_MODULES)
+    if value not in known:
+        expected = " or ".join(filter(None, [", ".join(repr(k) for k in known[:-1]), repr(known[-1])]))
+        raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
     return value
 
 
@@ -109,6 +121,7 @@ def _check_policy(rule: dict[str, Any]) -> dict[str, Any]:
 
 
 Identifier = Annotated[str, AfterValidator(_check_identifier)]
+ConnectorType = Annotated[str, AfterValidator(_check_connector_type)]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 TableName = Annotated[str, AfterValidator(_check_table)]
 QualityRule = Annotated[dict[str, Any], AfterValidator(_check_policy)]
@@ -161,7 +174,8 @@ class _ConfigModel(BaseModel):
 class ConnectorConfig(_ConfigModel):
     """One entry of ``connectors.yaml``: where data lives, as an Airflow Connection id or a URL.
 
-    For ``type: file`` the connection string is a path or URL (``s3://bucket/prefix``) of the files.
+    For ``type: file`` the connection string is a path or URL (``s3://bucket/prefix``) of the files. ``options``
+    are the connector's sink options, validated by the loader with its factory's ``sink_options`` model.
     """
 
     _one_of: ClassVar[tuple[str, ...]] = ("conn_id", "connection_string")
@@ -177,13 +191,14 @@ class SourceConfig(_ConfigModel):
     """One entry of ``cdc.yaml``: which tables of which database to capture, and where they go.
 
     Becomes one DAG ``cdc_<id>``. The connection is given exactly one way: inline ``connection_string``, a
-    ``connector`` id from connectors.yaml, or an Airflow ``conn_id``.
+    ``connector`` id from connectors.yaml, or an Airflow ``conn_id``. Whether ``type`` can be a source at all, and
+    which ``options`` it takes, is its connector factory's business (checked by the loader).
     """
 
     _one_of: ClassVar[tuple[str, ...]] = ("connection_string", "connector", "conn_id")
 
     id: Identifier
-    type: SourceType
+    type: ConnectorType
     connection_string: NonEmptyStr | None = None
     connector: NonEmptyStr | None = None
     conn_id: NonEmptyStr | None = None
@@ -200,15 +215,12 @@ class SourceConfig(_ConfigModel):
     quality: list[NonEmptyStr] | None = None
     schedule: str = "@continuous"
     mode: Literal["staged", "fused"] = "staged"
-    # validate_default: the default slot name derives from the id and must fit PostgreSQL's limit too.
-    slot_name: str | None = Field(None, validate_default=True)
-    publication_name: NonEmptyStr | None = None
-    create_slot: bool = True
-    create_publication: bool = True
     heartbeat_interval: float = Field(60.0, ge=0)  # seconds; 0 disables
     staging_format: Literal["parquet", "arrow"] = "parquet"
     staging_retention_hours: float = Field(24.0, gt=0)
     max_active_runs: int = Field(1, ge=1, validate_default=True)
+    # Connector-specific keys, validated by the loader with the source type's ``source_options`` model.
+    options: dict[str, Any] = {}
 
     @field_validator("tables")
     @classmethod
@@ -226,17 +238,6 @@ class SourceConfig(_ConfigModel):
             return schedule
         raise ValueError(f"{schedule!r} is neither a preset like @continuous or @hourly nor a 5-field cron expression")
 
-    @field_validator("slot_name")
-    @classmethod
-    def _check_slot_name(cls, slot_name: str | None, info: ValidationInfo) -> str | None:
-        if slot_name is not None and not _SLOT_NAME.fullmatch(slot_name):
-            raise ValueError(f"{slot_name!r}: a replication slot name is 1-63 lowercase letters, digits, underscores")
-        if slot_name is None and info.data.get("type") == "postgresql" and "id" in info.data:
-            default = f"cdc_{info.data['id']}".lower()
-            if len(default) > MAX_PG_NAME_LENGTH:
-                raise ValueError(f"default slot name {default!r} is longer than {MAX_PG_NAME_LENGTH}; set slot_name")
-        return slot_name
-
     @field_validator("max_active_runs")
     @classmethod
     def _continuous_runs_one_at_a_time(cls, max_active_runs: int, info: ValidationInfo) -> int:
@@ -247,15 +248,6 @@ class SourceConfig(_ConfigModel):
     @property
     def dag_id(self) -> str:
         return f"cdc_{self.id}"
-
-    @property
-    def effective_slot_name(self) -> str:
-        """Replication slot name: ``slot_name``, else ``cdc_<id>`` lowercased (PostgreSQL folds names)."""
-        return self.slot_name or f"cdc_{self.id}".lower()
-
-    @property
-    def effective_publication_name(self) -> str:
-        return self.publication_name or f"cdc_{self.id}_pub"
 
     def qualified_tables(self, default_schema: str) -> list[tuple[str, str]]:
         """``(schema, table)`` for every entry of ``tables``; an unqualified name gets ``default_schema``.
