@@ -1,0 +1,154 @@
+"""The file sink's own Delta tables: the ledger (``<root>/_cdc_ledger``) and the held tables (``<root>/_cdc_held``).
+
+A Delta sink has no transaction across tables, so the ledger row cannot commit with the data. It is appended
+**after** every table's commit, and each of those commits carries the batch as a Delta application transaction
+(``<source_id>:<schema.table>`` at version ``seq_to``). A crash in between leaves tables that say "done" and a
+ledger that does not: the replay skips those tables by their transaction version and appends the ledger row. So
+the ledger here is the audit trail and the batch-level guard, and Delta's log the table-level one.
+
+Rows are built and read only through :mod:`airflow_provider_cdc.connectors.ledger` (JSON columns as text).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+from deltalake import DeltaTable, write_deltalake
+
+from airflow_provider_cdc.connectors.delta.storage import (
+    commit_properties,
+    join,
+    open_table,
+    reset_app_transactions,
+)
+from airflow_provider_cdc.connectors.delta.types import UTC_MICROS
+from airflow_provider_cdc.connectors.ledger import LEDGER_COLUMNS, LEDGER_TABLE, LedgerRow
+
+HELD_TABLE = "_cdc_held"
+COMPACT_EVERY = 100  # ledger commits between two compactions of its files
+
+_ARROW_OF_LOGICAL = {"text": pa.string(), "json": pa.string(), "integer": pa.int64(), "timestamptz": UTC_MICROS}
+LEDGER_SCHEMA = pa.schema([pa.field(name, _ARROW_OF_LOGICAL[kind]) for name, kind in LEDGER_COLUMNS])
+HELD_SCHEMA = pa.schema([
+    pa.field("source_id", pa.string()),
+    pa.field("source_table", pa.string()),
+    pa.field("reason", pa.string()),
+    pa.field("batch_id", pa.string()),
+    pa.field("held_at", UTC_MICROS),
+])
+
+
+def ledger_app_id(source_id: str) -> str:
+    return f"{source_id}:{LEDGER_TABLE}"
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class _SmallTable:
+    """A Delta table of a few bookkeeping rows, read whole through pyarrow with a filter."""
+
+    schema: pa.Schema
+
+    def __init__(self, uri: str, storage_options: dict[str, str]) -> None:
+        self.uri = uri
+        self.storage_options = storage_options
+
+    def table(self) -> DeltaTable | None:
+        return open_table(self.uri, self.storage_options)
+
+    def read(self, where: ds.Expression, columns: list[str] | None = None) -> pa.Table:
+        table = self.table()
+        if table is None:
+            return self.schema.empty_table() if columns is None else self.schema.empty_table().select(columns)
+        return table.to_pyarrow_dataset().to_table(filter=where, columns=columns)
+
+    def append(self, rows: pa.Table, app_transactions: dict[str, int] | None = None) -> None:
+        write_deltalake(self.uri, rows, mode="append", storage_options=self.storage_options or None,
+                        commit_properties=commit_properties(app_transactions or {}))
+
+
+class DeltaLedger(_SmallTable):
+    """``<root>/_cdc_ledger``: one :class:`LedgerRow` per applied batch."""
+
+    schema = LEDGER_SCHEMA
+
+    def __init__(self, root: str, storage_options: dict[str, str]) -> None:
+        super().__init__(join(root, LEDGER_TABLE), storage_options)
+
+    def rows(self, source_id: str | None = None, batch_id: str | None = None) -> list[LedgerRow]:
+        where = ds.field("source_id").is_valid()
+        if source_id is not None:
+            where = where & (ds.field("source_id") == source_id)
+        if batch_id is not None:
+            where = where & (ds.field("batch_id") == batch_id)
+        return [LedgerRow.from_record(record) for record in self.read(where).to_pylist()]
+
+    def has_batch(self, batch_id: str) -> bool:
+        return self.read(ds.field("batch_id") == batch_id, ["batch_id"]).num_rows > 0
+
+    def high_water(self, source_id: str) -> int:
+        seqs = self.read(ds.field("source_id") == source_id, ["seq_to"])["seq_to"]
+        return int(pc.max(seqs).as_py() or 0) if len(seqs) else 0
+
+    def last_committed(self, source_id: str) -> dict[str, Any] | None:
+        oldest = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+        newest = max(self.rows(source_id), key=lambda row: (row.seq_to, row.committed_at or oldest), default=None)
+        return None if newest is None else newest.position_to
+
+    def append_row(self, row: LedgerRow) -> None:
+        """Append ``row`` with the batch as the ledger's own application transaction (``<source>:_cdc_ledger``)."""
+        record = row.to_record(json_as_text=True)
+        table = pa.Table.from_pylist([record], schema=LEDGER_SCHEMA)
+        self.append(table, {ledger_app_id(row.source_id): row.seq_to})
+        self._compact_now_and_then()
+
+    def _compact_now_and_then(self) -> None:
+        """Every append adds a file; merging them now and then keeps :meth:`has_batch` reading a few files, not
+        one per batch ever applied (a continuous pipeline applies thousands a day). Old files stay until a VACUUM."""
+        table = self.table()
+        if table is not None and table.version() % COMPACT_EVERY == 0:
+            table.optimize.compact()
+
+    def forget(self, source_id: str) -> int:
+        """Delete the rows of ``source_id`` and set its ledger transaction back (its ``seq`` starts again)."""
+        table = self.table()
+        if table is None:
+            return 0
+        metrics = table.delete(f"source_id = {_sql_text(source_id)}",
+                               commit_properties=commit_properties({ledger_app_id(source_id): 0}))
+        reset_app_transactions(table, [ledger_app_id(source_id)])
+        return int(metrics.get("num_deleted_rows", 0))
+
+
+class HeldTables(_SmallTable):
+    """``<root>/_cdc_held``: source tables whose changes wait (a schema change the sink cannot follow)."""
+
+    schema = HELD_SCHEMA
+
+    def __init__(self, root: str, storage_options: dict[str, str]) -> None:
+        super().__init__(join(root, HELD_TABLE), storage_options)
+
+    def held(self, source_id: str) -> dict[str, str]:
+        rows = self.read(ds.field("source_id") == source_id, ["source_table", "reason"]).to_pylist()
+        return {row["source_table"]: row["reason"] for row in rows}
+
+    def hold(self, source_id: str, source_table: str, reason: str, batch_id: str | None) -> None:
+        if source_table in self.held(source_id):
+            return
+        self.append(pa.Table.from_pylist([{
+            "source_id": source_id, "source_table": source_table, "reason": reason, "batch_id": batch_id,
+            "held_at": dt.datetime.now(dt.timezone.utc),
+        }], schema=HELD_SCHEMA))
+
+    def release(self, source_id: str, source_table: str) -> bool:
+        table = self.table()
+        if table is None or source_table not in self.held(source_id):
+            return False
+        table.delete(f"source_id = {_sql_text(source_id)} AND source_table = {_sql_text(source_table)}")
+        return True

@@ -1,0 +1,416 @@
+"""The file sink: one Delta Lake table per source table, each batch applied exactly once through Delta's own log.
+
+Tables live at ``<root>/<target_schema>/<table>`` (a ``file://``, ``s3://`` or ``gs://`` root, or a local path).
+Every table has the source's columns in the types of :mod:`.types` (the value contract, strictly: a value with no
+typed form stops the batch; ``time``, ``uuid``, ``other`` and unconstrained decimals, which Delta has no type for,
+keep their portable text, as the table there shows) and the bookkeeping columns ``_cdc_op``, ``_cdc_position``
+(the ``seq`` of the row's last event), ``_cdc_ts`` (its commit time at the source) and, with soft deletes,
+``_cdc_deleted_at``.
+
+Exactly once, without a transaction across tables (DESIGN section 3):
+
+1. a batch already in the ledger (``<root>/_cdc_ledger``) is a no-op;
+2. each table's part of the batch is ONE Delta ``MERGE`` commit that also records the batch as an application
+   transaction (``app_id`` ``<source_id>:<schema.table>``, version ``seq_to``); a table whose transaction version
+   is already ``seq_to`` or more took this batch before a crash, and is skipped;
+3. events at or below what the source (ledger high water) or the table (its transaction version) committed are
+   dropped, and the merge guard (``_cdc_position``) keeps an older change from overwriting a newer one;
+4. the ledger row is appended last, with its own application transaction. A crash before it replays the batch:
+   step 2 skips the tables that committed, the rest commit, and the ledger row follows.
+
+Everything that can refuse the batch (values, keys, unchanged values nobody has, schema changes) is checked for
+every table before the first commit, so a refused batch leaves nothing behind. A table whose schema change cannot
+be followed is held (``<root>/_cdc_held``), the others flow. No marker files: Delta's log is the record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# Imported at module level: without the ``delta`` extra, importing this module fails and the registry names the extra.
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import DeltaError
+
+from airflow_provider_cdc.connectors.base import ApplyResult, SinkCapabilities
+from airflow_provider_cdc.connectors.delta.ledger_table import DeltaLedger, HeldTables
+from airflow_provider_cdc.connectors.delta.merge import (
+    PreparedTable,
+    merge_table,
+    new_stats,
+    prepare_table,
+    stats_of_commit,
+)
+from airflow_provider_cdc.connectors.delta.options import DeltaSinkOptions
+from airflow_provider_cdc.connectors.delta.schema import (
+    Migration,
+    MigrationContext,
+    TableHeld,
+    bookkeeping_only,
+    execute_migration,
+    plan_migration,
+)
+from airflow_provider_cdc.connectors.delta.storage import (
+    arrow_schema,
+    commit_properties,
+    join,
+    normalise_root,
+    open_table,
+    reset_app_transactions,
+)
+from airflow_provider_cdc.connectors.delta.types import app_ids_of
+from airflow_provider_cdc.connectors.ledger import ledger_row
+from airflow_provider_cdc.errors import SinkError
+from airflow_provider_cdc.events import RESERVED_PREFIX, ChangeBatch, SchemaChange, TableSchema
+
+log = logging.getLogger("airflow_provider_cdc.sink.delta")
+
+DeleteMode = Literal["hard", "soft"]
+
+DELTA_CAPABILITIES = SinkCapabilities(
+    native_types=frozenset({"integer", "decimal", "float", "boolean", "text", "timestamptz", "timestamp", "date",
+                            "json", "binary"}),
+    dialect="",
+    transactional=False,
+    merge_by_key=True,
+    soft_delete=True,
+    stores_other_exactly=False,
+)
+
+
+@dataclasses.dataclass
+class _TablePlan:
+    """One table of a batch after the checks: what to migrate and merge, or why it is held or skipped."""
+
+    name: str
+    label: str
+    uri: str
+    app_id: str
+    target: DeltaTable | None
+    migration: Migration | None = None
+    prepared: PreparedTable | None = None
+    held: str | None = None
+    stats: dict[str, int] = dataclasses.field(default_factory=lambda: new_stats(0))
+
+
+class DeltaSink:
+    """Applies change batches to Delta tables under ``root`` (see the module docstring).
+
+    ``options.storage_options`` go to delta-rs as they are (credentials and endpoints for ``s3://`` and ``gs://``).
+    """
+
+    capabilities = DELTA_CAPABILITIES
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        sink_id: str,
+        target_schema: str = "public",
+        delete_mode: DeleteMode = "hard",
+        options: DeltaSinkOptions | None = None,
+    ) -> None:
+        if delete_mode not in ("hard", "soft"):
+            raise ValueError(f"sink {sink_id!r}: delete_mode must be 'hard' or 'soft', not {delete_mode!r}")
+        if target_schema.startswith(RESERVED_PREFIX):
+            raise SinkError(sink_id, f"target_schema {target_schema!r} is in the reserved namespace "
+                                     f"{RESERVED_PREFIX}* (the sink's own tables live there)", terminal=True)
+        options = options or DeltaSinkOptions()
+        if options.format != "delta":
+            raise ValueError(f"sink {sink_id!r}: DeltaSink writes format 'delta', not {options.format!r}")
+        self.sink_id = sink_id
+        self.target_schema = target_schema
+        self.delete_mode: DeleteMode = delete_mode
+        self.root = normalise_root(root)
+        self.storage_options = dict(options.storage_options)
+        self.configuration = ({"delta.targetFileSize": str(options.target_file_size)}
+                              if options.target_file_size else None)
+        self._ledger = DeltaLedger(self.root, self.storage_options)
+        self._held = HeldTables(self.root, self.storage_options)
+
+    # --- lifecycle ---------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Nothing to release: every operation opens what it needs."""
+
+    def __enter__(self) -> DeltaSink:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- paths -------------------------------------------------------------------------------------------------
+
+    def table_uri(self, table: str) -> str:
+        """Where the Delta table of sink table ``table`` lives."""
+        try:
+            return join(self.root, self.target_schema, table)
+        except ValueError as exc:
+            raise SinkError(self.sink_id, f"table {table!r} cannot be stored as a Delta table folder: {exc}",
+                            table=f"{self.target_schema}.{table}", terminal=True) from exc
+
+    def _label(self, schema: TableSchema) -> str:
+        return f"{self.target_schema}.{schema.name}"
+
+    @staticmethod
+    def app_id(source_id: str, qualified: str) -> str:
+        return f"{source_id}:{qualified}"
+
+    # --- Sink protocol: the ledger -------------------------------------------------------------------------------
+
+    def has_batch(self, batch_id: str) -> bool:
+        with self._errors("cannot read the ledger", batch_id=batch_id):
+            return self._ledger.has_batch(batch_id)
+
+    def high_water(self, source_id: str) -> int:
+        with self._errors(f"cannot read the ledger for source {source_id!r}"):
+            return self._ledger.high_water(source_id)
+
+    def last_committed(self, source_id: str) -> dict[str, Any] | None:
+        with self._errors(f"cannot read the ledger for source {source_id!r}"):
+            return self._ledger.last_committed(source_id)
+
+    def held_tables(self, source_id: str) -> dict[str, str]:
+        with self._errors(f"cannot read the held tables of source {source_id!r}"):
+            return self._held.held(source_id)
+
+    # --- Sink protocol: tables -------------------------------------------------------------------------------------
+
+    def ensure_tables(self, schemas: list[TableSchema]) -> None:
+        """Create missing Delta tables and add the columns the source gained (a change it cannot follow raises)."""
+        for schema in schemas:
+            label = self._label(schema)
+            with self._errors("cannot create or alter the table", table=label):
+                uri = self.table_uri(schema.name)
+                target = open_table(uri, self.storage_options)
+                existing = arrow_schema(target) if target is not None else None
+                context = MigrationContext(self.sink_id, label, None, None, functools.partial(_has_rows, target))
+                migration = plan_migration(existing, schema, delete_mode=self.delete_mode, app_id=None,
+                                           context=context)
+                if not migration.empty:
+                    execute_migration(uri, target, migration, storage_options=self.storage_options,
+                                      name=schema.qualified_name, configuration=self.configuration,
+                                      sink_id=self.sink_id, batch_id=None)
+
+    def apply(
+        self,
+        batch: ChangeBatch,
+        *,
+        run_id: str | None = None,
+        versions: dict[str, dict[str, Any] | None] | None = None,
+    ) -> ApplyResult:
+        """Apply ``batch`` table by table, then append its ledger row; a batch already in the ledger is a no-op."""
+        started = time.monotonic()
+        result = ApplyResult(batch_id=batch.batch_id, applied=False)
+        with self._errors("apply failed; apply the batch again: tables that committed are skipped by their Delta "
+                          "transaction version, the others and the ledger row follow", batch_id=batch.batch_id):
+            if self._ledger.has_batch(batch.batch_id):
+                log.info("sink %s: batch %s is already in the ledger; nothing to do", self.sink_id, batch.batch_id)
+                result.seconds = time.monotonic() - started
+                return result
+            high_water = self._ledger.high_water(batch.source_id)
+            held = self._held.held(batch.source_id)
+            result.held_tables = dict(held)
+            result.schema_changes = sum(1 for change in batch.schema_changes if change.seq > high_water)
+            plans = self._plan(batch, high_water, held)  # every check, no write
+            for plan in plans:
+                self._commit_table(batch, plan, result)
+            row = ledger_row(batch, result, high_water=high_water, run_id=run_id, versions=versions)
+            self._ledger.append_row(row)
+            result.applied = True
+        result.seconds = time.monotonic() - started
+        log.info(
+            "sink %s: batch %s applied: %d upserted, %d deleted, %d tables truncated, %d replayed events skipped, "
+            "%d schema changes, %d tables held, in %.3f s",
+            self.sink_id, batch.batch_id, result.upserted, result.deleted, result.truncated_tables,
+            result.skipped_replayed, result.schema_changes, len(result.held_tables), result.seconds,
+        )
+        return result
+
+    # --- re-snapshot ---------------------------------------------------------------------------------------------
+
+    def forget_source(self, source_id: str) -> int:
+        """Delete the ledger rows of ``source_id``, and set its tables' transaction versions back to 0: a whole
+        re-snapshot starts its ``seq`` again, and old versions would otherwise skip the new batches."""
+        with self._errors(f"cannot forget source {source_id!r}"):
+            names = {name for row in self._ledger.rows(source_id) for name in row.counts}
+            for qualified in sorted(names):
+                table = open_table(self.table_uri(qualified.partition(".")[2]), self.storage_options)
+                if table is not None:
+                    reset_app_transactions(table, [self.app_id(source_id, qualified)])
+            deleted = self._ledger.forget(source_id)
+        log.info("sink %s: forgot source %s (%d ledger rows deleted)", self.sink_id, source_id, deleted)
+        return deleted
+
+    def reset_table(self, table: TableSchema | str) -> bool:
+        """Empty one Delta table before its re-snapshot (one commit; its transaction versions go back to 0)."""
+        name = table.name if isinstance(table, TableSchema) else table
+        label = f"{self.target_schema}.{name}"
+        with self._errors("cannot empty the table", table=label):
+            target = open_table(self.table_uri(name), self.storage_options)
+            if target is None:
+                return False
+            schema = arrow_schema(target)
+            write_deltalake(target, schema.empty_table(), mode="overwrite",
+                            commit_properties=commit_properties({app_id: 0 for app_id in app_ids_of(schema)}))
+        log.info("sink %s: emptied table %s for a re-snapshot", self.sink_id, label)
+        return True
+
+    def release_table(self, source_id: str, table: str) -> bool:
+        """Stop holding ``table`` (``schema.table`` of the source) and empty its Delta table down to the bookkeeping
+        columns, so that the re-snapshot gives it the source's current columns. True when it was held."""
+        with self._errors(f"cannot release table {table}"):
+            if table not in self._held.held(source_id):
+                return False
+            target = open_table(self.table_uri(table.partition(".")[2]), self.storage_options)
+            if target is not None:
+                schema = arrow_schema(target)
+                write_deltalake(target, bookkeeping_only(schema).empty_table(), mode="overwrite",
+                                schema_mode="overwrite",
+                                commit_properties=commit_properties({app_id: 0 for app_id in app_ids_of(schema)}))
+            self._held.release(source_id, table)
+        log.info("sink %s: released table %s of source %s (its Delta table is emptied for the re-snapshot)",
+                 self.sink_id, table, source_id)
+        return True
+
+    # --- planning: every check before any commit ------------------------------------------------------------------
+
+    def _plan(self, batch: ChangeBatch, high_water: int, held: dict[str, str]) -> list[_TablePlan]:
+        changes: dict[str, list[SchemaChange]] = {}
+        for change in sorted(batch.schema_changes, key=lambda change: change.seq):
+            changes.setdefault(change.table, []).append(change)
+        names = sorted({*changes, *batch.schemas, *batch.tables})
+        sink_names: dict[str, str] = {}
+        plans = []
+        for name in names:
+            if name in held:
+                events = batch.tables[name].num_rows if name in batch.tables else 0
+                log.error("sink %s, batch %s: %d changes of held table %s are not applied (%s)",
+                          self.sink_id, batch.batch_id, events, name, held[name])
+                continue
+            final = batch.schemas.get(name) or (changes[name][-1].after if name in changes else None)
+            if final is None:
+                raise SinkError(self.sink_id, f"the batch has changes for {name} but no schema for it",
+                                table=name, batch_id=batch.batch_id, terminal=True)
+            label = self._label(final)
+            first = sink_names.setdefault(final.name, final.qualified_name)
+            if first != final.qualified_name:
+                raise SinkError(self.sink_id, f"source tables {first} and {final.qualified_name} would both load into "
+                                              f"{label}; give them separate sinks (target_schema)",
+                                table=label, batch_id=batch.batch_id, terminal=True)
+            plans.append(self._plan_table(batch, name, final, changes.get(name, []), high_water, label))
+        return plans
+
+    def _plan_table(self, batch: ChangeBatch, name: str, final: TableSchema, changes: list[SchemaChange],
+                    high_water: int, label: str) -> _TablePlan:
+        uri = self.table_uri(final.name)
+        target = open_table(uri, self.storage_options)
+        plan = _TablePlan(name, label, uri, self.app_id(batch.source_id, name), target)
+        events = batch.tables.get(name)
+        plan.stats = new_stats(events.num_rows if events is not None else 0)
+        committed = target.transaction_version(plan.app_id) if target is not None else None
+        if committed is not None and committed >= batch.seq_to:
+            plan.stats["skipped_replayed"] = plan.stats["events"]
+            if target is not None and committed == batch.seq_to:
+                stats_of_commit(target, batch.batch_id, plan.stats)
+            log.info("sink %s, batch %s: table %s already has this batch (Delta transaction %s at version %d); "
+                     "skipped", self.sink_id, batch.batch_id, label, plan.app_id, committed)
+            return plan
+        floor = max(high_water, committed or 0)
+        live = [change for change in changes if change.seq > floor]
+        if events is not None and floor:
+            events = events.filter(pc.greater(events["_cdc_seq"], floor))
+            plan.stats["skipped_replayed"] = plan.stats["events"] - events.num_rows
+        has_rows = events is not None and events.num_rows > 0
+        if target is not None and not live and not has_rows:
+            return plan
+        earlier = [schema for change in changes for schema in (change.before, change.after) if schema is not None]
+        context = MigrationContext(self.sink_id, label, batch.source_id, batch.batch_id,
+                                   functools.partial(_has_rows, target))
+        try:
+            plan.migration = plan_migration(arrow_schema(target) if target is not None else None, final, live,
+                                            earlier=earlier, delete_mode=self.delete_mode, app_id=plan.app_id,
+                                            context=context)
+        except TableHeld as exc:
+            plan.held = str(exc)
+            return plan
+        if has_rows:
+            assert events is not None
+            plan.prepared = prepare_table(name, events, _with_earlier_columns(final, earlier), target=target,
+                                          delete_mode=self.delete_mode, sink_id=self.sink_id, label=label,
+                                          batch=batch, stats=plan.stats)
+        return plan
+
+    # --- committing ----------------------------------------------------------------------------------------------
+
+    def _commit_table(self, batch: ChangeBatch, plan: _TablePlan, result: ApplyResult) -> None:
+        if plan.held is not None:
+            self._held.hold(batch.source_id, plan.name, plan.held, batch.batch_id)
+            result.held_tables[plan.name] = plan.held
+            log.error("sink %s: table %s is held from batch %s on: %s. The other tables keep flowing.",
+                      self.sink_id, plan.name, batch.batch_id, plan.held)
+            return
+        table = plan.target
+        if plan.migration is not None and not plan.migration.empty:
+            table = execute_migration(plan.uri, table, plan.migration, storage_options=self.storage_options,
+                                      name=plan.name, configuration=self.configuration, sink_id=self.sink_id,
+                                      batch_id=batch.batch_id)
+        stats = plan.stats
+        if plan.prepared is not None:
+            assert table is not None
+            stats = merge_table(table, plan.prepared, delete_mode=self.delete_mode, app_id=plan.app_id,
+                                seq_to=batch.seq_to, batch_id=batch.batch_id)
+            log.info(
+                "sink %s, batch %s, table %s: %d events, %d replayed (skipped), %d merged after folding, "
+                "%d upserted, %d deleted, %d truncates (%d rows)",
+                self.sink_id, batch.batch_id, plan.label, stats["events"], stats["skipped_replayed"],
+                stats["staged"], stats["upserted"], stats["deleted"], stats["truncates"], stats["truncated_rows"],
+            )
+        if stats["events"]:
+            result.tables[plan.name] = stats
+        result.upserted += stats["upserted"]
+        result.deleted += stats["deleted"]
+        result.skipped_replayed += stats["skipped_replayed"]
+        result.truncated_tables += 1 if stats["truncates"] else 0
+
+    # --- errors --------------------------------------------------------------------------------------------------
+
+    def _errors(self, message: str, *, table: str | None = None, batch_id: str | None = None) -> _Errors:
+        return _Errors(self.sink_id, message, table, batch_id)
+
+
+class _Errors:
+    """Storage and Delta errors as transient :class:`SinkError` (a retry usually helps); SinkErrors pass."""
+
+    def __init__(self, sink_id: str, message: str, table: str | None, batch_id: str | None) -> None:
+        self.sink_id, self.message, self.table, self.batch_id = sink_id, message, table, batch_id
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, (DeltaError, OSError, pa.ArrowException)) and not isinstance(exc, SinkError):
+            raise SinkError(self.sink_id, f"{self.message}: {type(exc).__name__}: {exc}", table=self.table,
+                            batch_id=self.batch_id) from exc
+
+
+def _has_rows(table: DeltaTable | None) -> bool:
+    return table is not None and table.count() > 0
+
+
+def _with_earlier_columns(final: TableSchema, earlier: list[TableSchema]) -> TableSchema:
+    """``final`` plus columns dropped within the batch, whose values the batch's rows may still carry."""
+    names = set(final.column_names)
+    extra = []
+    for schema in earlier:
+        for col in schema.columns:
+            if col.name not in names:
+                names.add(col.name)
+                extra.append(dataclasses.replace(col, primary_key=False))
+    return dataclasses.replace(final, columns=(*final.columns, *extra)) if extra else final
