@@ -30,10 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     again = commands.add_parser(
         "resnapshot",
         help="re-snapshot a source (or some of its tables) after a lost position, in one step",
-        description="The whole recovery after a lost position, in one step: without --table, drop the slot, "
-        "forget the source's ledger rows, truncate its sink tables, purge its staged batches and store a fresh "
-        "position with the snapshot pending; with --table, re-snapshot only those tables while the others keep "
-        "streaming. See the README, section Re-snapshot.",
+        description="The whole recovery after a lost position, in one step: without --table, drop what holds the "
+        "old position at the source (a replication slot, say), forget the source's ledger rows, truncate its sink "
+        "tables, purge its staged batches and store a fresh position with the snapshot pending; with --table, "
+        "re-snapshot only those tables while the others keep streaming. See the README, section Re-snapshot.",
     )
     resnapshot.add_arguments(again)
     return parser
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         from airflow_provider_cdc.config.__main__ import run_check
 
-        return run_check(args.directory, slots=not args.offline)
+        return run_check(args.directory, online=not args.offline)
     from airflow_provider_cdc import resnapshot
 
     return resnapshot.run(args)

@@ -10,7 +10,9 @@ def get_provider_info() -> dict[str, Any]:
         "package-name": "airflow-provider-cdc",
         "name": "Change Data Capture (CDC)",
         "description": "Log-based change data capture for Airflow: PostgreSQL, MySQL/MariaDB and MongoDB change "
-        "logs in micro-batches, loaded exactly once into sinks.",
+        "logs in micro-batches, loaded exactly once into database sinks or into Delta Lake tables on object storage "
+        "(the file sink). Connections are the providers' own (postgres, mysql, mongo): this package adds no "
+        "connection type.",
         "versions": ["0.1.0"],
         "integrations": [
             {

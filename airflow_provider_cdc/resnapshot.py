@@ -2,19 +2,23 @@
 
 Whole source (no ``--table``), in this order, each step logged with its counts:
 
-1. drop the replication slot, if it exists (the position it held is gone anyway);
+1. drop what holds the old position at the source (a replication slot, say), if it exists: the position it held is
+   gone anyway;
 2. delete the source's rows from the sink's ledger ``_cdc_ledger``: the ledger is the other half of the position
    (a run resumes from whichever of Variable and ledger is later), so a stale ledger row would resume the stream
    past the new snapshot;
 3. truncate every configured table's sink table: the snapshot rebuilds them, numbered from ``seq`` 0 again;
 4. purge the source's staged batches and run pointers, so that no cleared task replays a batch of the old stream;
 5. delete the Variable ``cdc.position.<source_id>``;
-6. create a new slot and store its position with the snapshot pending, whatever ``snapshot:`` says in cdc.yaml.
+6. store a fresh position from the source (which sets up a new holder) with the snapshot pending, whatever
+   ``snapshot:`` says in cdc.yaml.
 
-Every step is idempotent, so after a failure the command can simply be run again.
+Every step is idempotent, so after a failure the command can simply be run again. Only the generic
+:class:`~airflow_provider_cdc.connectors.base.Source` and ``Sink`` methods are used, so it works for every connector.
 
-With ``--table``: the slot, the ledger and the stream stay; only those tables' sink tables are truncated, and the
-stored position gets those tables queued for a new snapshot while the other tables keep streaming.
+With ``--table``: the holder of the position, the ledger and the stream stay; only those tables' sink tables are
+truncated, and the stored position gets those tables queued for a new snapshot while the other tables keep
+streaming.
 
 A running DAG run of ``cdc_<source_id>`` could commit an old position over the new one, so the command refuses
 while one is running, unless ``--yes`` (then it warns). Without ``--yes`` it asks for confirmation on a terminal,
@@ -34,6 +38,7 @@ from airflow_provider_cdc.errors import CdcError
 from airflow_provider_cdc.positions import position_key
 
 if TYPE_CHECKING:
+    from airflow_provider_cdc.connectors.base import Position, Sink, Source
     from airflow_provider_cdc.hooks.cdc import CdcHook
 
 log = logging.getLogger("airflow_provider_cdc.resnapshot")
@@ -61,7 +66,14 @@ class ResnapshotSummary:
         return [head, f"  {len(self.steps)} steps done; unpause the DAG {dag_id} if it is paused"]
 
 
-def _reset_tables(sink: Any, source_id: str, chosen: list[str]) -> str:
+def _describe(position: Position) -> str:
+    """The scalar parts of a position (``lsn=0/1A2B3C seq=0``): what a person compares, not remembered schemas."""
+    parts = [f"{key}={value}" for key, value in position.items()
+             if isinstance(value, (str, int, float)) and not isinstance(value, bool)]
+    return " ".join(parts) or "(empty)"
+
+
+def _reset_tables(sink: Sink, source_id: str, chosen: list[str]) -> str:
     """Truncate the sink table of each ``schema.table`` (sink tables keep the table's name, not its schema).
 
     A table the sink holds back (a schema change it could not follow) is released and its sink table dropped
@@ -102,11 +114,10 @@ def qualify_tables(configured: list[tuple[str, str]], requested: list[str]) -> l
 
 def running_dag_runs(dag_id: str) -> list[str]:
     """Run ids of the DAG's runs in state ``running``, from Airflow's metadata database."""
-    from sqlalchemy import select
-
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
     from airflow.utils.state import DagRunState
+    from sqlalchemy import select
 
     with create_session() as session:
         return list(session.scalars(
@@ -124,16 +135,16 @@ def plan(hook: CdcHook, tables: list[str] | None) -> tuple[list[str], list[str]]
         what = [
             f"truncate the sink table{'s' if len(chosen) > 1 else ''} {', '.join(_sink_name(t) for t in chosen)} "
             f"in {sink}",
-            f"queue {', '.join(chosen)} for a new snapshot in Variable {position_key(cfg.id)}; the replication slot "
-            f"{cfg.effective_slot_name}, the ledger and the other tables' stream stay as they are",
+            f"queue {', '.join(chosen)} for a new snapshot in Variable {position_key(cfg.id)}; what holds the "
+            "position at the source, the ledger and the other tables' stream stay as they are",
         ]
     else:
         what = [
-            f"drop the replication slot {cfg.effective_slot_name} (if it exists)",
+            f"drop what holds the old position of {cfg.id} at the source (if it exists)",
             f"delete the rows of source {cfg.id} from the ledger _cdc_ledger of {cfg.sink}",
             f"truncate the sink tables {', '.join(_sink_name(t) for t in chosen)} in {sink}",
             f"purge the staged batches of {cfg.id}",
-            f"delete Variable {position_key(cfg.id)}, then create a new slot and store a position with the snapshot "
+            f"delete Variable {position_key(cfg.id)}, then store a fresh position from the source with the snapshot "
             "of every table pending",
         ]
     return chosen, what
@@ -176,16 +187,15 @@ def _step(summary: ResnapshotSummary, number: str, name: str, action: Callable[[
     log.info("%s", line)
 
 
-def _resnapshot_source(hook: CdcHook, source: Any, sink: Any, chosen: list[str], summary: ResnapshotSummary) -> None:
+def _resnapshot_source(hook: CdcHook, source: Source, sink: Sink, chosen: list[str],
+                       summary: ResnapshotSummary) -> None:
     source_id = hook.source_id
-    slot_name = hook.source_config.effective_slot_name
 
-    def drop_slot() -> str:
-        state = source.slot_state()
-        if state is None:
-            return f"replication slot {slot_name}: not there, nothing to drop"
-        source.drop_slot()
-        return f"dropped replication slot {slot_name} (it was at {state['confirmed_flush_lsn']})"
+    def discard_holder() -> str:
+        dropped = source.discard_position_holder()
+        if dropped is None:
+            return "nothing holds the old position at the source any more, nothing to drop"
+        return f"dropped {dropped}"
 
     def forget_ledger() -> str:
         deleted = sink.forget_source(source_id)
@@ -209,10 +219,10 @@ def _resnapshot_source(hook: CdcHook, source: Any, sink: Any, chosen: list[str],
     def store_fresh() -> str:
         position = source.initial_position(snapshot=True)
         hook.positions.set(source_id, position, batch_id=None)
-        return (f"created replication slot {slot_name}; stored position {position.get('lsn')} with the snapshot of "
+        return (f"stored a fresh position ({_describe(position)}) with the snapshot of "
                 f"{len(chosen)} table{'s' if len(chosen) != 1 else ''} pending")
 
-    _step(summary, "1", "drop the replication slot", drop_slot)
+    _step(summary, "1", "drop what holds the old position", discard_holder)
     _step(summary, "2", "delete the ledger rows", forget_ledger)
     _step(summary, "3", "truncate the sink tables", reset_tables)
     _step(summary, "4", "purge staged batches", purge)
@@ -220,7 +230,8 @@ def _resnapshot_source(hook: CdcHook, source: Any, sink: Any, chosen: list[str],
     _step(summary, "6", "store a fresh position", store_fresh)
 
 
-def _resnapshot_tables(hook: CdcHook, source: Any, sink: Any, chosen: list[str], summary: ResnapshotSummary) -> None:
+def _resnapshot_tables(hook: CdcHook, source: Source, sink: Sink, chosen: list[str],
+                       summary: ResnapshotSummary) -> None:
     source_id = hook.source_id
     position = hook.positions.get(source_id)
     if position is None:
@@ -230,10 +241,10 @@ def _resnapshot_tables(hook: CdcHook, source: Any, sink: Any, chosen: list[str],
             f"source {source_id} has no stored position yet: its first run snapshots every table anyway. "
             "Nothing to re-snapshot per table"
         )
-    if source.slot_state() is None:
+    if not source.holds_position():
         raise ResnapshotError(
-            f"the replication slot {hook.source_config.effective_slot_name} of source {source_id} is gone, so the "
-            "stream cannot continue: re-snapshot the whole source (without --table)"
+            f"what holds the position of source {source_id} at the source is gone, so the stream cannot continue: "
+            "re-snapshot the whole source (without --table)"
         )
 
     def reset_tables() -> str:
@@ -242,7 +253,7 @@ def _resnapshot_tables(hook: CdcHook, source: Any, sink: Any, chosen: list[str],
     def queue_snapshot() -> str:
         new_position = source.resnapshot_position(position, chosen)
         hook.positions.set(source_id, new_position, batch_id=None)
-        return (f"stored position {new_position.get('lsn')} with {', '.join(chosen)} queued for a new snapshot; "
+        return (f"stored position ({_describe(new_position)}) with {', '.join(chosen)} queued for a new snapshot; "
                 "the other tables keep streaming")
 
     _step(summary, "1", "truncate the sink tables", reset_tables)
@@ -299,7 +310,7 @@ def _run(args: argparse.Namespace, stdin: Any, out: Any) -> int:
 
     try:
         running = running_dag_runs(cfg.dag_id)
-    except Exception as exc:  # noqa: BLE001 - the metadata DB may be elsewhere: say so, do not pretend
+    except Exception as exc:
         print(f"warning: could not check for running runs of DAG {cfg.dag_id} in Airflow's metadata database "
               f"({type(exc).__name__}: {exc}); make sure it is paused and idle", file=sys.stderr)
         running = []

@@ -16,9 +16,9 @@ from airflow_provider_cdc.get_provider_info import get_provider_info
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODULE_SECTIONS = ("sensors", "operators", "hooks", "triggers")
 EXPECTED_CLASSES = {
-    "airflow_provider_cdc.sensors.changes": ["CDCChangesSensor"],
-    "airflow_provider_cdc.operators.cdc": ["CdcCaptureOperator", "CdcLoadOperator", "CdcCommitOperator",
-                                           "CdcSyncOperator"],
+    "airflow_provider_cdc.sensors.changes": ["CdcChangesSensor"],
+    "airflow_provider_cdc.operators.cdc": ["CdcCaptureOperator", "CdcStageOperator", "CdcLoadOperator",
+                                           "CdcCommitOperator", "CdcFusedOperator"],
     "airflow_provider_cdc.hooks.cdc": ["CdcHook"],
     "airflow_provider_cdc.triggers.changes": ["ChangesAvailableTrigger"],
 }
@@ -56,7 +56,8 @@ def test_provider_info_matches_airflows_schema():
 
 def named_modules() -> list[str]:
     info = get_provider_info()
-    return [module for section in MODULE_SECTIONS for entry in info.get(section, []) for module in entry["python-modules"]]
+    return [module for section in MODULE_SECTIONS for entry in info.get(section, [])
+            for module in entry["python-modules"]]
 
 
 def test_provider_info_names_every_kind_of_module():

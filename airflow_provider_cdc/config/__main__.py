@@ -3,9 +3,9 @@
 Exit status 0 with a summary when the config loads, 1 with every problem on stderr (``file: key: reason``) when
 it does not, so it can gate a CI job or a deploy.
 
-When the config loads, the check also looks at each PostgreSQL source database for replication slots of sources
-that are no longer configured (they retain WAL forever) and prints a warning with the SQL that drops each one;
-the exit status stays 0. A database that cannot be reached is reported and skipped; ``--offline`` skips the look.
+When the config loads, the check also asks each connector factory in use to look at its databases for what
+removed sources left behind (a replication slot that retains WAL forever, say) and prints its warnings; the exit
+status stays 0. A database that cannot be reached is reported and skipped; ``--offline`` skips the look.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import sys
 from collections.abc import Sequence
 
 from airflow_provider_cdc.config.loader import CONFIG_DIR_ENV, ConfigError, default_config_dir, load_config
-from airflow_provider_cdc.config.models import CdcConfig
+from airflow_provider_cdc.config.models import CdcConfig, mask_url
+from airflow_provider_cdc.connectors import registry
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = commands.add_parser("check", help="load a config directory and report every problem in it")
     add_check_arguments(check)
     args = parser.parse_args(argv)
-    return run_check(args.directory, slots=not args.offline)
+    return run_check(args.directory, online=not args.offline)
 
 
 def add_check_arguments(check: argparse.ArgumentParser) -> None:
@@ -35,14 +36,14 @@ def add_check_arguments(check: argparse.ArgumentParser) -> None:
     )
     check.add_argument(
         "--offline", action="store_true",
-        help="do not connect to the source databases (skips the look for leftover replication slots)",
+        help="do not connect to the databases (skips the look for what removed sources left behind there)",
     )
 
 
-def run_check(directory: str | None, *, slots: bool = True) -> int:
+def run_check(directory: str | None, *, online: bool = True) -> int:
     """Load ``directory``; print a summary to stdout (0) or every problem to stderr (1).
 
-    With ``slots``, warnings about leftover replication slots follow the summary on stdout (still 0)."""
+    With ``online``, each connector factory's warnings about leftovers follow the summary on stdout (still 0)."""
     try:
         config = load_config(directory)
     except ConfigError as exc:
@@ -53,12 +54,34 @@ def run_check(directory: str | None, *, slots: bool = True) -> int:
         print(f"{count} problem{'s' if count != 1 else ''} in {where}", file=sys.stderr)
         return 1
     print(summarize(config))
-    if slots:
-        from airflow_provider_cdc.config.slots import find_leftover_slots
-
-        for line in find_leftover_slots(config).lines():
+    if online:
+        for line in inspect(config):
             print(line)
     return 0
+
+
+def used_types(config: CdcConfig) -> list[str]:
+    """The connector types of the sources and of the sinks they load into, in config order."""
+    types = [source.type for source in config.sources]
+    types += [config.connector(source.sink).type for source in config.sources]
+    return list(dict.fromkeys(types))
+
+
+def inspect(config: CdcConfig) -> list[str]:
+    """Warning lines of each used connector factory's online look (``ConnectorFactory.inspect``).
+
+    The look is advice, never a reason to fail the check: a factory that raises is reported as one warning."""
+    lines: list[str] = []
+    for connector_type in used_types(config):
+        look = registry.factory(connector_type).inspect  # the loader has imported every used factory already
+        if look is None:
+            continue
+        try:
+            lines += look(config)
+        except Exception as exc:
+            lines.append(f"warning: the {connector_type} connector could not look for leftovers "
+                         f"({type(exc).__name__}: {' '.join(mask_url(word) for word in str(exc).split())}); skipped")
+    return lines
 
 
 def summarize(config: CdcConfig) -> str:
@@ -69,8 +92,24 @@ def summarize(config: CdcConfig) -> str:
             f"  {source.dag_id}: {source.type}, {len(source.tables)} table{'s' if len(source.tables) != 1 else ''}"
             f" -> {source.sink}, schedule {source.schedule}"
         )
+    sinks = [config.connector(sink) for sink in dict.fromkeys(source.sink for source in config.sources)]
+    lines.append(f"sinks: {len(sinks)}")
+    for sink in sinks:
+        lines.append(f"  {sink.id}: {sink.type}{_capabilities(sink.type)}")
     lines += [f"rules: {len(config.rules)}", f"suites: {len(config.suites)}"]
     return "\n".join(lines)
+
+
+
+def _capabilities(connector_type: str) -> str:
+    """``, transactional, merge by key, soft delete`` from the sink's declared capabilities ("" when none)."""
+    capabilities = registry.factory(connector_type).capabilities
+    if capabilities is None:
+        return ""
+    flags = [("transactional", capabilities.transactional), ("merge by key", capabilities.merge_by_key),
+             ("soft delete", capabilities.soft_delete)]
+    words = [name if present else f"no {name}" for name, present in flags]
+    return ", " + ", ".join(words)
 
 
 if __name__ == "__main__":

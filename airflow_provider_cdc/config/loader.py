@@ -6,6 +6,12 @@ problem is reported with its file and key (``cdc.yaml: sources[1].sink: unknown 
 
 Entries are validated one by one, so a bad entry does not hide the others; a reference to an entry that exists
 but is itself invalid is not reported twice.
+
+What is specific to one database is asked of its connector factory (:mod:`airflow_provider_cdc.connectors.registry`):
+whether the type can be a source or a sink, the ``options`` model of each source and sink connector, the sink's
+capabilities (``delete_mode: soft`` needs a sink that keeps deleted rows) and checks across the sources of one type
+(two sources sharing one replication slot, say). A factory whose driver is not installed is a problem naming the
+``pip install`` that fixes it.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -27,11 +33,11 @@ from airflow_provider_cdc.config.models import (
     ConnectorConfig,
     RuleConfig,
     SourceConfig,
-    SourceType,
     SuiteConfig,
     mask_url,
 )
-from airflow_provider_cdc.errors import CdcError
+from airflow_provider_cdc.connectors import registry
+from airflow_provider_cdc.errors import CdcError, ConnectorUnavailableError, MissingExtraError
 
 CONFIG_DIR_ENV = "CDC_CONFIG_DIR"
 DEFAULT_CONFIG_DIR = Path("include") / "config"
@@ -155,6 +161,7 @@ def load_config(directory: str | os.PathLike[str] | None = None) -> CdcConfig:
     for result in loaded.values():
         _check_duplicate_ids(result, problems)
     _check_references(loaded, problems)
+    _check_connector_roles(loaded, problems)
     if problems.items:
         raise ConfigError(sorted(problems.items, key=_reading_order), root)
     return CdcConfig(directory=root, **{key: list(result.entries.values()) for key, result in loaded.items()})
@@ -320,6 +327,10 @@ def _reason(error: ErrorDetails, model: type[BaseModel]) -> str:
     if kind == "missing":
         return "is required"
     if kind == "extra_forbidden":
+        if len(error["loc"]) > 1:  # a key of a nested mapping: the model's own field names would mislead
+            return "unknown key"
+        if not model.model_fields:
+            return "unknown key (no options are allowed here)"
         return _unknown_key(str(error["loc"][-1]), list(model.model_fields))
     if kind in ("model_type", "dict_type"):
         return "should be a mapping of keys to values"
@@ -385,7 +396,7 @@ def _check_references(loaded: dict[str, _Loaded], problems: _Problems) -> None:
         connector = raw.get("connector")
         target = valid_connectors.get(connector) if isinstance(connector, str) else None
         source_type = raw.get("type")
-        if target is not None and source_type in get_args(SourceType) and target.type != source_type:
+        if target is not None and source_type in registry.CONNECTOR_MODULES and target.type != source_type:
             problems.add(
                 file, (*at, "type"), f"{source_type!r} does not match connector {target.id!r} of type {target.type!r}"
             )
@@ -393,7 +404,6 @@ def _check_references(loaded: dict[str, _Loaded], problems: _Problems) -> None:
             names = raw.get(key)
             for position, name in enumerate(names if isinstance(names, list) else []):
                 _check_pointer(name, other, what, file, (*at, key, position), problems)
-    _check_slot_names(loaded["sources"], problems)
     _check_sink_tables(loaded["sources"], problems)
 
 
@@ -402,26 +412,6 @@ def _check_pointer(name: Any, target: _Loaded, what: str, file: str, loc: Loc, p
         return  # not a name (already reported), target file unreadable (already reported), or found
     hint = "" if target.present else f" (there is no {target.spec.name})"
     problems.add(file, loc, f"unknown {what} {name!r}{_suggest(name, target.raw_ids)}{hint}")
-
-
-def _check_slot_names(sources: _Loaded, problems: _Problems) -> None:
-    """Replication slots are per server: two sources on one connection must not share one.
-
-    Ids that differ only in case (``Users``, ``users``) would, since the default slot name is lowercased.
-    """
-    first: dict[tuple[Any, ...], int] = {}
-    for index, source in sources.entries.items():
-        if source.type != "postgresql":
-            continue
-        slot = (source.connector, source.conn_id, source.connection_string, source.effective_slot_name)
-        if slot in first and sources.entries[first[slot]].id != source.id:  # same id: already a duplicate id
-            problems.add(
-                sources.spec.name,
-                ("sources", index, "slot_name"),
-                f"replication slot {slot[-1]!r} is also used by sources[{first[slot]}] on the same connection; "
-                "set a distinct slot_name",
-            )
-        first.setdefault(slot, index)
 
 
 def _check_sink_tables(sources: _Loaded, problems: _Problems) -> None:
@@ -445,7 +435,131 @@ def _check_sink_tables(sources: _Loaded, problems: _Problems) -> None:
         problems.add(
             sources.spec.name,
             ("sources", index, "tables"),
-            f"sources {other.id!r} (sources[{first}]) and {source.id!r} would both load table{'s' if len(tables) > 1 else ''} "
+            f"sources {other.id!r} (sources[{first}]) and {source.id!r} would both load "
+            f"table{'s' if len(tables) > 1 else ''} "
             f"{names} into schema {source.target_schema!r} of sink {source.sink!r}; give one of them another "
             f"target_schema",
         )
+
+
+# ---------------------------------------------------------------------------------------------- connectors
+
+
+class _Factories:
+    """Each connector type's factory, imported once; an import failure is kept as the reason to report."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, registry.ConnectorFactory | str] = {}
+
+    def get(self, connector_type: str) -> registry.ConnectorFactory | str:
+        """The factory, or why there is none (the driver is missing, or the type is not in this version)."""
+        if connector_type not in self._cache:
+            try:
+                self._cache[connector_type] = registry.factory(connector_type)
+            except MissingExtraError as exc:
+                self._cache[connector_type] = f"connector type {connector_type!r} needs a driver: {exc}"
+            except ConnectorUnavailableError as exc:
+                self._cache[connector_type] = str(exc)
+        return self._cache[connector_type]
+
+
+def _check_connector_roles(loaded: dict[str, _Loaded], problems: _Problems) -> None:
+    """Ask each connector factory about the sources and sinks of its type (see the module docstring).
+
+    Options are validated from the raw entries, so a bad ``options.slot_name`` is reported together with a bad
+    ``batch_size`` of the same source; the factory's checks across sources see only entries that are valid whole.
+    """
+    factories = _Factories()
+    valid_options = _check_source_options(loaded["sources"], factories, problems)
+    for connector_type, entries in valid_options.items():
+        built = factories.get(connector_type)
+        if isinstance(built, str) or built.check_sources is None or not entries:
+            continue
+        for index, key, reason in built.check_sources(entries):
+            at = _format_key(("sources", index))
+            problems.add(_SOURCES.name, f"{at}.{key}" if key else at, reason)
+    _check_sinks(loaded["connectors"], loaded["sources"], factories, problems)
+
+
+def _check_source_options(
+    sources: _Loaded, factories: _Factories, problems: _Problems
+) -> dict[str, list[tuple[int, SourceConfig, Any]]]:
+    """Whether each source's type can capture, and its ``options``; the valid ones by type, for ``check_sources``."""
+    valid: dict[str, list[tuple[int, SourceConfig, Any]]] = {}
+    for index, raw in enumerate(sources.raw):
+        connector_type = raw.get("type") if isinstance(raw, dict) else None
+        if not isinstance(connector_type, str) or connector_type not in registry.CONNECTOR_MODULES:
+            continue  # not a dict, or a bad type: reported by the model
+        at: Loc = ("sources", index)
+        built = factories.get(connector_type)
+        if isinstance(built, str):
+            problems.add(_SOURCES.name, (*at, "type"), built)
+            continue
+        if built.source is None:
+            problems.add(_SOURCES.name, (*at, "type"), f"connector type {connector_type!r} cannot be a source")
+            continue
+        options = raw.get("options", {})
+        if not isinstance(options, dict):
+            continue  # reported by the model
+        parsed = _validate_options(built.source_options, options, _SOURCES.name, (*at, "options"), problems)
+        entry = sources.entries.get(index)
+        if parsed is not None and entry is not None:
+            valid.setdefault(connector_type, []).append((index, entry, parsed))
+    return valid
+
+
+def _check_sinks(connectors: _Loaded, sources: _Loaded, factories: _Factories, problems: _Problems) -> None:
+    """Each connector named by a ``sink:``: it can be a sink, its ``options`` fit, and it can do what the sources
+    loading into it ask (``delete_mode: soft``). A connector used by no sink has no use for options."""
+    sink_users: dict[str, list[int]] = {}
+    source_users: dict[str, list[int]] = {}
+    for index, raw in enumerate(sources.raw):
+        if isinstance(raw, dict):
+            for key, by_connector in (("sink", sink_users), ("connector", source_users)):
+                if isinstance(raw.get(key), str):
+                    by_connector.setdefault(raw[key], []).append(index)
+    seen: set[str] = set()
+    for position, connector in connectors.entries.items():
+        if connector.id in seen:
+            continue  # a duplicate id, reported as such
+        seen.add(connector.id)
+        at: Loc = ("connectors", position)
+        users = sink_users.get(connector.id, [])
+        built = factories.get(connector.type)
+        if not users:
+            if connector.options and source_users.get(connector.id):
+                where = ", ".join(_format_key(("sources", i)) for i in source_users[connector.id])
+                problems.add(connectors.spec.name, (*at, "options"),
+                             f"connector {connector.id!r} is used by no sink, only as a source ({where}), so these "
+                             "options would be ignored: a source's options go under that source's options: in cdc.yaml")
+            elif connector.options and not isinstance(built, str) and built.sink is not None:
+                _validate_options(built.sink_options, connector.options, connectors.spec.name, (*at, "options"),
+                                  problems)
+            continue
+        if isinstance(built, str):
+            problems.add(connectors.spec.name, (*at, "type"), built)
+            continue
+        if built.sink is None:
+            for index in users:
+                problems.add(_SOURCES.name, ("sources", index, "sink"),
+                             f"connector {connector.id!r} is of type {connector.type!r}, which cannot be a sink")
+            continue
+        _validate_options(built.sink_options, connector.options, connectors.spec.name, (*at, "options"), problems)
+        keeps_deleted_rows = built.capabilities is None or built.capabilities.soft_delete
+        for index in users:
+            if sources.raw[index].get("delete_mode") == "soft" and not keeps_deleted_rows:
+                problems.add(_SOURCES.name, ("sources", index, "delete_mode"),
+                             f"sink {connector.id!r} (type {connector.type!r}) cannot keep deleted rows; use "
+                             "delete_mode: hard, or a sink that can")
+
+
+def _validate_options(model: type[BaseModel], options: dict[str, Any], file: str, loc: Loc,
+                      problems: _Problems) -> Any:
+    """``options`` validated by a connector's model, or None after reporting each of its problems under ``loc``."""
+    try:
+        return model.model_validate(options)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            problems.add(file, (*loc, *error["loc"]), _reason(error, model),
+                         always=error["type"] == "extra_forbidden")
+        return None

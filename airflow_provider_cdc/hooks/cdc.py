@@ -1,56 +1,106 @@
 """``CdcHook``: one source of ``cdc.yaml`` with its sink, positions and staging, resolved for a task.
 
 Connections come from the config: an inline URL (``${ENV}`` interpolated), a connector of connectors.yaml, or an
-Airflow Connection (``conn_id``) looked up through the Task SDK, so secrets backends work. DSNs stay inside the hook:
-never in XCom, logs or trigger arguments.
+Airflow Connection (``conn_id``). An Airflow Connection is resolved by the provider hook its connector factory
+names (``PostgresHook``, ``MySqlHook``, ``MongoHook``...), looked up through the Task SDK so that secrets backends
+work, and its URI is then made into the driver's URL by the factory's ``normalize_uri``: this module never rebuilds
+a URL for one database. DSNs stay inside the hook: never in XCom, logs or trigger arguments.
 """
 
 from __future__ import annotations
 
-from functools import cache, cached_property
+import importlib
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 from airflow.sdk import BaseHook
 
 from airflow_provider_cdc.config import load_config
-from airflow_provider_cdc.connectors.registry import make_sink, make_source
+from airflow_provider_cdc.connectors import registry
+from airflow_provider_cdc.errors import MissingExtraError
 from airflow_provider_cdc.positions import PositionStore
 from airflow_provider_cdc.staging import BatchStore
 
 if TYPE_CHECKING:
     from airflow_provider_cdc.config import CdcConfig, ConnectorConfig, SourceConfig
-    from airflow_provider_cdc.connectors.base import Sink, Source
-
-_URI_SCHEMES = {"postgres": "postgresql", "postgresql": "postgresql"}
+    from airflow_provider_cdc.connectors.base import ChangeProbe, Sink, Source
 
 
-@cache
-def _libpq_keywords() -> frozenset[str]:
-    from psycopg import pq
+def provider_hook(connector_type: str, conn_id: str) -> BaseHook | None:
+    """The provider hook that owns ``connector_type``'s Connections, for ``conn_id`` (None: the factory names none).
 
-    return frozenset(option.keyword.decode() for option in pq.Conninfo.get_defaults())
+    A provider that is not installed is a :class:`MissingExtraError` naming the extra that installs it."""
+    ref = registry.factory(connector_type).airflow_hook
+    if ref is None:
+        return None
+    module_name, _, class_name = ref.classpath.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise MissingExtraError(exc.name or module_name, ref.extra or connector_type) from exc
+    hook_class = getattr(module, class_name)
+    return hook_class(**{ref.conn_id_arg: conn_id})
 
 
-def connection_dsn(conn_id: str) -> str:
-    """A driver URL for an Airflow Connection (``postgres://`` becomes ``postgresql://``).
+def _with_extras(uri: str, extras: dict[str, Any]) -> str:
+    """``uri`` plus the Connection's scalar extras that its query does not have yet.
 
-    For PostgreSQL only libpq's own parameters are kept from the extras: PostgresHook-only extras (``cursor``,
-    ``iam``, ``aws_conn_id``) would make libpq refuse the URL, and values are percent-encoded (libpq does not read
-    ``+`` as a space).
+    Provider hooks differ in what their URI carries: ``PostgresHook.get_uri()`` is a SQLAlchemy URL without the
+    Connection's extras (``sslmode`` would be lost, and with it the refusal of an unencrypted connection), while
+    ``MySqlHook`` keeps them. The connector's ``normalize_uri`` then keeps the ones its driver knows. Values are
+    percent-encoded with ``%20`` for a space (libpq-style parsers do not read ``+`` as a space).
     """
-    uri = BaseHook.get_connection(conn_id).get_uri()
-    scheme, sep, rest = uri.partition("://")
-    scheme = _URI_SCHEMES.get(scheme, scheme)
-    if scheme == "postgresql":
-        base, _, query = rest.partition("?")
-        kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k in _libpq_keywords()]
-        rest = base + (f"?{urlencode(kept, quote_via=quote)}" if kept else "")
-    return f"{scheme}{sep}{rest}"
+    base, sep, query = uri.partition("?")
+    fragment = ""
+    if "#" in query:
+        query, _, fragment = query.partition("#")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    present = {key for key, _ in pairs}
+    added = []
+    for key, value in extras.items():
+        if key in present or value is None or isinstance(value, (dict, list)):
+            continue  # the hook's own value wins; nested extras configure the hook, not the driver
+        added.append((key, str(value).lower() if isinstance(value, bool) else str(value)))
+    if not added:
+        return uri
+    joined = "&".join(filter(None, [query, urlencode(added, quote_via=quote)]))
+    return f"{base}?{joined}" + (f"#{fragment}" if fragment else "")
+
+
+def connection_dsn(conn_id: str, connector_type: str) -> str:
+    """A driver URL for the Airflow Connection ``conn_id`` of a ``connector_type`` connector (secret: never logged).
+
+    The provider hook of the connector's factory resolves it (``get_uri()``), with the Connection's extras added;
+    the factory's ``normalize_uri`` makes the driver's URL of it. A connector without a provider hook uses the
+    Connection's own URI."""
+    built = registry.factory(connector_type)
+    hook = provider_hook(connector_type, conn_id)
+    connection = BaseHook.get_connection(conn_id)
+    if hook is None:
+        uri = connection.get_uri()
+    else:
+        get_uri = getattr(hook, "get_uri", None)
+        uri = get_uri() if callable(get_uri) else getattr(hook, "uri", None) or connection.get_uri()
+        uri = _with_extras(uri, connection.extra_dejson)
+    return built.normalize_uri(uri) if built.normalize_uri is not None else uri
+
+
+def entry_dsn(config: CdcConfig, entry: SourceConfig | ConnectorConfig) -> str:
+    """The driver URL of a source or connector entry: its ``connection_string``, its Airflow Connection, or (for a
+    source) that of the connector it names. For the online checks of ``config check`` as much as for tasks."""
+    if entry.connection_string:
+        return entry.connection_string
+    if entry.conn_id:
+        return connection_dsn(entry.conn_id, entry.type)
+    connector = getattr(entry, "connector", None)
+    if connector:
+        return entry_dsn(config, config.connector(connector))
+    raise ValueError(f"{entry.id!r} names no connection")  # the config loader prevents this
 
 
 class CdcHook(BaseHook):
-    """Builds the Source, Sink, PositionStore and BatchStore of one configured source."""
+    """Builds the Source, Sink, ChangeProbe, PositionStore and BatchStore of one configured source."""
 
     hook_name = "Change Data Capture"
 
@@ -71,29 +121,21 @@ class CdcHook(BaseHook):
     def sink_config(self) -> ConnectorConfig:
         return self.config.connector(self.source_config.sink)
 
-    def _dsn(self, *, connection_string: str | None, connector: str | None, conn_id: str | None) -> str:
-        if connection_string:
-            return connection_string
-        if conn_id:
-            return connection_dsn(conn_id)
-        if connector:
-            ref = self.config.connector(connector)
-            return self._dsn(connection_string=ref.connection_string, connector=None, conn_id=ref.conn_id)
-        raise ValueError(f"source {self.source_id!r} names no connection")  # the config loader prevents this
-
     def source_dsn(self) -> str:
-        cfg = self.source_config
-        return self._dsn(connection_string=cfg.connection_string, connector=cfg.connector, conn_id=cfg.conn_id)
+        return entry_dsn(self.config, self.source_config)
 
     def sink_dsn(self) -> str:
-        cfg = self.sink_config
-        return self._dsn(connection_string=cfg.connection_string, connector=None, conn_id=cfg.conn_id)
+        return entry_dsn(self.config, self.sink_config)
 
     def get_source(self) -> Source:
-        return make_source(self.source_config, self.source_dsn())
+        return registry.make_source(self.source_config, self.source_dsn())
 
     def get_sink(self) -> Sink:
-        return make_sink(self.sink_config, self.sink_dsn(), self.source_config)
+        return registry.make_sink(self.sink_config, self.sink_dsn(), self.source_config)
+
+    def get_probe(self) -> ChangeProbe:
+        """The triggerer's async probe of the source (the trigger builds it from the same config)."""
+        return registry.make_probe(self.source_config, self.source_dsn())
 
     @cached_property
     def positions(self) -> PositionStore:

@@ -26,12 +26,13 @@ SOURCES = """
         tables: [users, orders]
         sink: warehouse
       - id: shop
-        type: mysql
-        conn_id: mysql_shop
+        type: postgresql
+        conn_id: pg_shop
         tables: [shop.orders]
         sink: warehouse
         target_schema: shop
         schedule: "*/10 * * * *"
+        options: {slot_name: shop_slot}
 """
 
 
@@ -58,14 +59,16 @@ def test_check_valid_config_prints_summary(tmp_path: Path) -> None:
         "cdc.yaml": SOURCES,
         "transformations.yaml": "rules:\n  - {rule_id: mask_email, rule_type: map}\n",
     })
-    result = run("check", str(config), cwd=tmp_path, WAREHOUSE_URL=f"postgresql://u:{SECRET}@wh/dwh")
+    result = run("check", "--offline", str(config), cwd=tmp_path, WAREHOUSE_URL=f"postgresql://u:{SECRET}@wh/dwh")
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.splitlines() == [
         f"config OK: {config}",
         "connectors: 2",
         "sources: 2",
         "  cdc_postgres_main: postgresql, 2 tables -> warehouse, schedule @continuous",
-        "  cdc_shop: mysql, 1 table -> warehouse, schedule */10 * * * *",
+        "  cdc_shop: postgresql, 1 table -> warehouse, schedule */10 * * * *",
+        "sinks: 1",
+        "  warehouse: postgresql, transactional, merge by key, soft delete",
         "rules: 1",
         "suites: 0",
     ]
@@ -76,7 +79,7 @@ def test_check_reports_every_problem_on_stderr(tmp_path: Path) -> None:
         "connectors.yaml": CONNECTORS.replace("connection_string: ${WAREHOUSE_URL}",
                                               f"connection_string: postgresql://u:{SECRET}@wh/dwh\n        user: u"),
         "cdc.yaml": SOURCES.replace("sink: warehouse\n      - id: shop", "sink: wharehouse\n      - id: shop")
-        .replace("tables: [shop.orders]", "tables: []"),
+        .replace("tables: [shop.orders]", "tables: []").replace("slot_name: shop_slot", "slot_nme: shop_slot"),
     })
     result = run("check", str(config), cwd=tmp_path)
     assert (result.returncode, result.stdout) == (1, "")
@@ -84,7 +87,8 @@ def test_check_reports_every_problem_on_stderr(tmp_path: Path) -> None:
         "connectors.yaml: connectors[1].user: unknown key (allowed: id, type, conn_id, connection_string, options)",
         "cdc.yaml: sources[0].sink: unknown connector 'wharehouse'; did you mean 'warehouse'?",
         "cdc.yaml: sources[1].tables: should not be empty",
-        f"3 problems in {config}",
+        "cdc.yaml: sources[1].options.slot_nme: unknown key; did you mean 'slot_name'?",
+        f"4 problems in {config}",
     ]
     assert SECRET not in result.stderr
 
@@ -119,11 +123,14 @@ def test_usage_error_exits_2(tmp_path: Path) -> None:
 
 
 def test_config_package_imports_no_airflow(tmp_path: Path) -> None:
+    """Neither the config package nor the connector factories it consults import Airflow: the check runs anywhere."""
+    config = write(tmp_path / "cfg", {"connectors.yaml": CONNECTORS, "cdc.yaml": SOURCES})
     code = (
         "import sys, airflow_provider_cdc.config, airflow_provider_cdc.config.__main__\n"
+        f"airflow_provider_cdc.config.load_config({str(config)!r})\n"
         "print(sorted(m for m in sys.modules if m == 'airflow' or m.startswith('airflow.')))"
     )
-    environ = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    environ = dict(os.environ, PYTHONPATH=str(REPO_ROOT), WAREHOUSE_URL="postgresql://u@wh/dwh")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=environ, capture_output=True, text=True,
                             timeout=60, check=True)
     assert result.stdout.strip() == "[]"

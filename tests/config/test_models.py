@@ -78,19 +78,34 @@ def test_connector_forbids_unknown_keys() -> None:
 def test_source_defaults_and_derived_names() -> None:
     src = source(id="Orders")
     assert src.dag_id == "cdc_Orders"
-    assert src.effective_slot_name == "cdc_orders"
-    assert src.effective_publication_name == "cdc_Orders_pub"
     assert (src.poll_interval, src.snapshot, src.batch_size, src.target_schema) == (1.0, "initial", 50000, "public")
     assert (src.delete_mode, src.schedule, src.mode, src.max_active_runs) == ("hard", "@continuous", "staged", 1)
-    assert (src.create_slot, src.create_publication, src.heartbeat_interval) == (True, True, 60.0)
+    assert (src.heartbeat_interval, src.options) == (60.0, {})
     assert (src.staging_format, src.staging_retention_hours) == ("parquet", 24.0)
     assert src.transformations is None
     assert src.quality is None
 
 
-def test_source_explicit_slot_and_publication_names_win() -> None:
-    src = source(slot_name="my_slot", publication_name="my_pub")
-    assert (src.effective_slot_name, src.effective_publication_name) == ("my_slot", "my_pub")
+@pytest.mark.parametrize("key", ["slot_name", "publication_name", "create_slot", "create_publication"])
+def test_connector_specific_keys_are_not_source_keys(key: str) -> None:
+    """They belong under ``options:``, where the connector's own model validates them (the loader's job)."""
+    with pytest.raises(ValidationError) as exc:
+        source(**{key: "x"})
+    assert errors_of(exc) == {(key,): "Extra inputs are not permitted"}
+    assert source(options={key: "x"}).options == {key: "x"}
+
+
+def test_connector_types_come_from_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_cdc.connectors import registry
+
+    with pytest.raises(ValidationError) as exc:
+        source(type="oracle")
+    known = list(registry.CONNECTOR_MODULES)
+    expected = ", ".join(repr(k) for k in known[:-1]) + f" or {known[-1]!r}"
+    assert errors_of(exc) == {("type",): f"Input should be {expected}"}
+
+    monkeypatch.setitem(registry.CONNECTOR_MODULES, "oracle", ("oracle", "oracle"))
+    assert source(type="oracle").type == "oracle"
 
 
 def test_qualified_tables_uses_default_schema_and_splits_at_first_dot() -> None:
@@ -108,14 +123,14 @@ def test_qualified_tables_uses_default_schema_and_splits_at_first_dot() -> None:
         ({"poll_interval": 0}, ("poll_interval",)),
         ({"batch_size": 0}, ("batch_size",)),
         ({"snapshot": "always"}, ("snapshot",)),
-        ({"type": "file"}, ("type",)),
+        ({"type": "ftp"}, ("type",)),
+        ({"options": ["slot"]}, ("options",)),
         ({"delete_mode": "soft_ish"}, ("delete_mode",)),
         ({"mode": "fast"}, ("mode",)),
         ({"staging_format": "csv"}, ("staging_format",)),
         ({"heartbeat_interval": -1}, ("heartbeat_interval",)),
         ({"schedule": "every minute"}, ("schedule",)),
         ({"schedule": "* * * *"}, ("schedule",)),
-        ({"slot_name": "Bad-Slot"}, ("slot_name",)),
         ({"max_active_runs": 2}, ("max_active_runs",)),
         ({"sink": None}, ("sink",)),
         ({"id": "orders!"}, ("id",)),
@@ -137,15 +152,6 @@ def test_source_accepts_cron_schedule_with_several_active_runs() -> None:
     src = source(schedule="*/5 * * * *", max_active_runs=3)
     assert (src.schedule, src.max_active_runs) == ("*/5 * * * *", 3)
     assert source(schedule="@hourly").schedule == "@hourly"
-
-
-def test_default_slot_name_must_fit_postgres_limit() -> None:
-    long_id = "x" * 60  # cdc_ + 60 > 63
-    with pytest.raises(ValidationError) as exc:
-        source(id=long_id)
-    assert "set slot_name" in errors_of(exc)[("slot_name",)]
-    assert source(id=long_id, slot_name="short").effective_slot_name == "short"
-    assert source(id=long_id, type="mysql").id == long_id  # no slots outside PostgreSQL
 
 
 # ------------------------------------------------------------------------------------------- rules, suites
