@@ -11,7 +11,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-EXTRAS := test,mysql,mongodb,openlineage
+EXTRAS := test,mysql,mongodb,openlineage,delta
 STAMP := $(VENV)/.cdc-installed
 PYTEST_ARGS ?=
 
