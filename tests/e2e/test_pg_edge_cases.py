@@ -511,7 +511,7 @@ def test_user_publication_for_all_tables_captures_only_configured_tables(env):
     env.src("CREATE TABLE a (id int PRIMARY KEY, v text)", "CREATE TABLE other (id int PRIMARY KEY, v text)",
             "INSERT INTO a VALUES (1, 'a1')", "INSERT INTO other VALUES (1, 'o1')")
     autocommit(env.source_url, "CREATE PUBLICATION mypub FOR ALL TABLES")
-    env.config(["a"], extra="publication_name: mypub\ncreate_publication: false\n")
+    env.config(["a"], extra="options: {publication_name: mypub, create_publication: false}\n")
     env.run()
     env.src("UPDATE a SET v = 'a2'", "INSERT INTO a VALUES (2, 'a2')", "UPDATE other SET v = 'o2'",
             "INSERT INTO other VALUES (2, 'o2')")

@@ -11,29 +11,45 @@ from __future__ import annotations
 import psycopg
 
 from airflow_provider_cdc.connectors.postgres.pgoutput import Relation
+from airflow_provider_cdc.connectors.postgres.types import POSTGRES_DIALECT
+from airflow_provider_cdc.connectors.postgres.values import numeric_precision_scale, to_portable_scalar
 from airflow_provider_cdc.events import Column, TableSchema
 
 _LOGICAL_BY_TYPE = {
     "smallint": "integer", "integer": "integer", "bigint": "integer", "oid": "integer",
-    "numeric": "decimal", "real": "float", "double precision": "float", "money": "decimal",
+    "numeric": "decimal", "real": "float", "double precision": "float",
     "boolean": "boolean",
     "text": "text", "character varying": "text", "character": "text", "name": "text", "citext": "text",
     "timestamp with time zone": "timestamptz", "timestamp without time zone": "timestamp",
-    "date": "date", "time without time zone": "time", "time with time zone": "time",
+    "date": "date", "time without time zone": "time",
     "json": "json", "jsonb": "json", "bytea": "binary", "uuid": "uuid",
 }
 
 
 def logical_type(declared: str) -> str:
-    """The portable family of a declared type: ``numeric(12,2)`` → ``decimal``; arrays and the rest → ``other``."""
+    """The portable family of a declared type: ``numeric(12,2)`` → ``decimal``; arrays and the rest → ``other``.
+
+    ``money`` (text in the server's locale) and ``time with time zone`` (an offset without a date means no instant)
+    have no portable form: ``other``, their PostgreSQL text."""
     if declared.endswith("]"):
         return "other"
     base = declared.split("(")[0].strip()
-    if base.startswith("timestamp"):
-        base = "timestamp with time zone" if "with time zone" in declared else "timestamp without time zone"
-    elif base.startswith("time"):
-        base = "time with time zone" if "with time zone" in declared else "time without time zone"
+    for family in ("timestamp", "time"):  # "timestamp(3) with time zone": the modifier splits the words
+        if base == family or base.startswith(family + " "):
+            zone = "with" if "with time zone" in declared else "without"
+            base = f"{family} {zone} time zone"
+            break
     return _LOGICAL_BY_TYPE.get(base, "other")
+
+
+def make_column(name: str, declared: str, *, nullable: bool = True, primary_key: bool = False,
+                ordinal: int | None = None, backfill: str | None = None, backfill_unknown: bool = False) -> Column:
+    """A column as the PostgreSQL source declares it: logical type, numeric precision and scale, and its backfill
+    (PostgreSQL text) in the portable form."""
+    kind = logical_type(declared)
+    precision, scale = numeric_precision_scale(declared) if kind == "decimal" else (None, None)
+    return Column(name, declared, kind, nullable, primary_key, ordinal, to_portable_scalar(backfill, kind),
+                  backfill_unknown, precision, scale)
 
 
 class Catalog:
@@ -136,7 +152,8 @@ class Catalog:
             known = {c.name: c for c in previous.columns} if previous is not None else {}
             ordinal = known[name].ordinal if name in known else None
             backfill, unknown = None, False
-        return Column(name, declared, logical_type(declared), nullable, name in keys, ordinal, backfill, unknown)
+        return make_column(name, declared, nullable=nullable, primary_key=name in keys, ordinal=ordinal,
+                           backfill=backfill, backfill_unknown=unknown)
 
     def table_schema(self, relid: int) -> TableSchema:
         """The table's current columns from the catalog (used by the snapshot)."""
@@ -156,7 +173,7 @@ class Catalog:
         keys = set(self.primary_key(relid))
         columns = tuple(self._column(relid, attname, declared, keys, nullable, None)
                         for attname, declared, nullable in rows)
-        return TableSchema(schema, name, columns, "postgresql")
+        return TableSchema(schema, name, columns, POSTGRES_DIALECT)
 
     def schema_from_relation(self, rel: Relation, previous: TableSchema | None = None) -> TableSchema:
         """The columns a Relation message announced, with identities from the catalog (or ``previous``).
@@ -169,4 +186,4 @@ class Catalog:
         for name, oid, typmod in zip(rel.columns, rel.type_oids, rel.typmods):
             declared = self.type_name(oid, typmod)
             columns.append(self._column(rel.relid, name, declared, keys, name not in keys, previous))
-        return TableSchema(rel.namespace, rel.name, tuple(columns), "postgresql")
+        return TableSchema(rel.namespace, rel.name, tuple(columns), POSTGRES_DIALECT)

@@ -14,19 +14,22 @@ change within the batch, an update that changes the key, binary tuple data, more
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import dataclasses
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from airflow_provider_cdc.connectors.postgres import pgoutput
+from airflow_provider_cdc.connectors.postgres.catalog import Catalog
 from airflow_provider_cdc.connectors.postgres.schemas import (
     fingerprint_hash,
     remembered,
     seen_fingerprint,
     seen_schema,
 )
+from airflow_provider_cdc.connectors.postgres.values import portable_table
 from airflow_provider_cdc.errors import CdcError
 from airflow_provider_cdc.events import (
     BEFORE_PREFIX,
@@ -37,9 +40,6 @@ from airflow_provider_cdc.events import (
     batch_schema,
     concat_tables,
 )
-
-if TYPE_CHECKING:
-    from airflow_provider_cdc.connectors.postgres.decoder import StreamDecoder
 
 _B, _C, _R, _I, _U, _D, _T = (ord(k) for k in "BCRIUDT")
 _TEXT, _NULL, _UNCHANGED = ord("t"), ord("n"), ord("u")
@@ -114,12 +114,42 @@ def _strings(buf: np.ndarray, data: pa.Buffer, starts: np.ndarray, lens: np.ndar
     return view.cast(pa.string())
 
 
-def decode_columnar(dec: StreamDecoder, arr: pa.LargeBinaryArray) -> dict[str, pa.Table]:
-    """Decode the messages in ``arr`` into per-table Arrow tables, updating ``dec``'s positions, seq and schemas."""
+@dataclasses.dataclass
+class ColumnarResult:
+    """What decoding one batch columnar produced: the tables, and the decoder state after them."""
+
+    tables: dict[str, pa.Table]
+    messages: int
+    seq: int
+    relations: dict[int, tuple[TableSchema, list[int]]]
+    schemas_seen: dict[str, Any]
+    schemas: dict[str, TableSchema] = dataclasses.field(default_factory=dict)
+    schema_changes: list[SchemaChange] = dataclasses.field(default_factory=list)
+    transactions: int = 0
+    skipped: int = 0
+    first_commit: int | None = None
+    last_end: int | None = None
+
+
+class DecoderState(Protocol):
+    """What the columnar decoder reads of the per-message decoder it stands in for (nothing is written to it)."""
+
+    start_lsn: int
+    seq: int
+    relations: dict[int, tuple[TableSchema, list[int]]]
+    schemas_seen: dict[str, Any]
+    catalog: Catalog
+
+    def wanted(self, schema: TableSchema) -> bool: ...
+
+
+def decode_columnar(dec: DecoderState, arr: pa.LargeBinaryArray) -> ColumnarResult:
+    """Decode the messages in ``arr`` into per-table Arrow tables (values in the portable form) and the positions,
+    ``seq`` and schemas after them; ``dec`` is the decoder state before the batch and is left unchanged."""
     n = len(arr)
-    dec.messages = n
+    out = ColumnarResult({}, n, dec.seq, dict(dec.relations), dict(dec.schemas_seen))
     if n == 0:
-        return {}
+        return out
     messages = _Messages(arr)
     _, offsets_buf, data = arr.buffers()
     if data is None or data.size > _MAX_OFFSET:
@@ -133,40 +163,41 @@ def decode_columnar(dec: StreamDecoder, arr: pa.LargeBinaryArray) -> dict[str, p
     if len(b_idx) != len(c_idx) or (c_idx < b_idx).any():
         raise Unsupported("incomplete transaction")
     if not len(b_idx):
-        return {}
+        return out
     tx_of = np.cumsum(kinds == _B) - 1
     final_lsn = _be(buf, starts[b_idx] + 1, 8)
     if (np.diff(final_lsn.astype(np.int64)) < 0).any():
         raise CdcError("peeked transactions are out of commit order; this is a bug, please report it")
     kept_tx = final_lsn >= np.uint64(dec.start_lsn)
-    dec.skipped = int((~kept_tx).sum())
-    dec.transactions = int(kept_tx.sum())
-    if dec.transactions:
+    out.skipped = int((~kept_tx).sum())
+    out.transactions = int(kept_tx.sum())
+    if out.transactions:
         commit_lsn, end_lsn = _be(buf, starts[c_idx] + 2, 8), _be(buf, starts[c_idx] + 10, 8)
         first, last = np.flatnonzero(kept_tx)[[0, -1]]
-        dec.first_commit, dec.last_end = int(commit_lsn[first]), int(end_lsn[last])
+        out.first_commit, out.last_end = int(commit_lsn[first]), int(end_lsn[last])
     ts_ms = _be(buf, starts[c_idx] + 18, 8).view(np.int64) // 1000 + pgoutput.PG_EPOCH_OFFSET_MS
     xids = _be(buf, starts[b_idx] + 17, 4)
     tx_ids = pa.array([str(x) for x in xids.tolist()], pa.string())
     tx_positions = pa.array([pgoutput.int_to_lsn(x) for x in final_lsn.tolist()], pa.string())
+    relations, schemas_seen = out.relations, out.schemas_seen
 
     # Relations (in skipped transactions too: pgoutput announces each once per session).
     for i in np.flatnonzero(kinds == _R).tolist():
         rel = pgoutput.decode_relation(messages[i])
-        known = dec.relations.get(rel.relid)
+        known = relations.get(rel.relid)
         schema = dec.catalog.schema_from_relation(
-            rel, known[0] if known else dec.known_schema(f"{rel.namespace}.{rel.name}"))
+            rel, known[0] if known else seen_schema(schemas_seen.get(f"{rel.namespace}.{rel.name}")))
         if known is not None and known[0].fingerprint() != schema.fingerprint():
             raise Unsupported("relation changed within the batch")
         if known is None:
-            dec.relations[rel.relid] = (schema, [i for i, c in enumerate(schema.columns) if c.primary_key])
+            relations[rel.relid] = (schema, [i for i, c in enumerate(schema.columns) if c.primary_key])
 
     kept_msg = kept_tx[np.maximum(tx_of, 0)] & (tx_of >= 0)
     is_row = ((kinds == _I) | (kinds == _U) | (kinds == _D)) & kept_msg
     row_idx = np.flatnonzero(is_row)
     row_relid = _be(buf, starts[row_idx] + 1, 4)
     # Tables not configured (a publication for all tables) or waiting for their snapshot: dropped before any seq.
-    unwanted = [relid for relid, (schema, _) in dec.relations.items() if not dec.wanted(schema)]
+    unwanted = [relid for relid, (schema, _) in relations.items() if not dec.wanted(schema)]
     if unwanted:
         mine = ~np.isin(row_relid, unwanted)
         row_idx, row_relid = row_idx[mine], row_relid[mine]
@@ -174,7 +205,7 @@ def decode_columnar(dec: StreamDecoder, arr: pa.LargeBinaryArray) -> dict[str, p
     shape = buf[starts[row_idx] + 5]  # 'N' new tuple, 'K' old key, 'O' old row
     if ((row_kind == _U) & (shape == ord("K"))).any():
         raise Unsupported("update of a key")
-    unknown = set(np.unique(row_relid).tolist()) - set(dec.relations)
+    unknown = set(np.unique(row_relid).tolist()) - set(relations)
     if unknown:
         raise Unsupported(f"rows of unannounced relations {unknown}")
 
@@ -191,29 +222,29 @@ def decode_columnar(dec: StreamDecoder, arr: pa.LargeBinaryArray) -> dict[str, p
     for i, relids in truncates:
         units[i] = len(relids)
         for k, relid in enumerate(relids):
-            if relid not in dec.relations:
+            if relid not in relations:
                 raise Unsupported("truncate of an unannounced relation")
             if relid not in first_seen or first_seen[relid][0] > i:
                 first_seen[relid] = (i, k)
     announce: dict[int, set[int]] = {}
     for relid, (i, k) in first_seen.items():
-        schema = dec.relations[relid][0]
-        if seen_fingerprint(dec.schemas_seen.get(schema.qualified_name)) != fingerprint_hash(schema):
+        schema = relations[relid][0]
+        if seen_fingerprint(schemas_seen.get(schema.qualified_name)) != fingerprint_hash(schema):
             units[i] += 1
             announce.setdefault(i, set()).add(k)
     ends = dec.seq + np.cumsum(units)
 
     def note_schema(relid: int, seq: int, i: int) -> None:
-        schema = dec.relations[relid][0]
+        schema = relations[relid][0]
         tx = tx_of[i]
-        dec.schema_changes.append(SchemaChange(schema.qualified_name, seq, schema,
-                                               seen_schema(dec.schemas_seen.get(schema.qualified_name)),
+        out.schema_changes.append(SchemaChange(schema.qualified_name, seq, schema,
+                                               seen_schema(schemas_seen.get(schema.qualified_name)),
                                                int(ts_ms[tx]),
                                                tx_positions[tx].as_py()))
-        dec.schemas_seen[schema.qualified_name] = remembered(schema)
+        schemas_seen[schema.qualified_name] = remembered(schema)
 
     for relid, (i, k) in sorted(first_seen.items(), key=lambda item: item[1]):
-        dec.schemas[dec.relations[relid][0].qualified_name] = dec.relations[relid][0]
+        out.schemas[relations[relid][0].qualified_name] = relations[relid][0]
         if i in announce and k in announce[i] and kinds[i] != _T:
             note_schema(relid, int(ends[i]) - 1, i)
 
@@ -226,16 +257,15 @@ def decode_columnar(dec: StreamDecoder, arr: pa.LargeBinaryArray) -> dict[str, p
                 seq += 1
                 note_schema(relid, seq, i)
             seq += 1
-            schema = dec.relations[relid][0]
+            schema = relations[relid][0]
             builder = truncate_rows.setdefault(relid, TableChangesBuilder(schema))
             builder.append(OP_TRUNCATE, seq, int(ts_ms[tx]), tx_ids[tx].as_py(), tx_positions[tx].as_py(),
                            [None] * len(schema.columns))
-    dec.seq = int(ends[-1])
-    dec.schema_changes.sort(key=lambda change: change.seq)
+    out.seq = int(ends[-1])
+    out.schema_changes.sort(key=lambda change: change.seq)
 
-    tables: dict[str, pa.Table] = {}
     for relid in sorted(set(relids_u.tolist()) | set(truncate_rows), key=lambda r: first_seen[r]):
-        schema, key_idx = dec.relations[relid]
+        schema, key_idx = relations[relid]
         pieces = []
         mine = np.flatnonzero(row_relid == relid)
         if len(mine):
@@ -246,8 +276,8 @@ def decode_columnar(dec: StreamDecoder, arr: pa.LargeBinaryArray) -> dict[str, p
         table = concat_tables(pieces) if len(pieces) > 1 else pieces[0]
         if len(pieces) > 1:
             table = table.take(pc.sort_indices(table, [("_cdc_seq", "ascending")]))
-        tables[schema.qualified_name] = table
-    return tables
+        out.tables[schema.qualified_name] = table
+    return out
 
 
 def _relation_table(
@@ -291,7 +321,8 @@ def _relation_table(
         for c, col in enumerate(schema.columns):
             valid = has_before & (first.kinds[c] == _TEXT)
             columns[BEFORE_PREFIX + col.name] = _strings(buf, data, first.starts[c], first.lens[c], valid)
-    return pa.Table.from_pydict(columns, schema=batch_schema(schema, bool(has_before.any())))
+    table = pa.Table.from_pydict(columns, schema=batch_schema(schema, bool(has_before.any())))
+    return portable_table(table, schema)
 
 
 def _unchanged(schema: TableSchema, after_kinds: np.ndarray) -> pa.Array:

@@ -22,6 +22,7 @@ from airflow_provider_cdc.connectors.postgres.schemas import (
     seen_fingerprint,
     seen_schema,
 )
+from airflow_provider_cdc.connectors.postgres.values import portable_table
 from airflow_provider_cdc.events import (
     BEFORE_PREFIX,
     OP_CREATE,
@@ -37,7 +38,7 @@ from airflow_provider_cdc.events import (
 )
 
 if TYPE_CHECKING:
-    from airflow_provider_cdc.connectors.postgres.source import PgSource
+    from airflow_provider_cdc.connectors.postgres.columnar import ColumnarResult
 
 log = logging.getLogger("airflow_provider_cdc.source.postgres")
 
@@ -66,12 +67,6 @@ def align(table: pa.Table, old: TableSchema, new: TableSchema) -> pa.Table:
     return table
 
 
-def commits_after(rows: list[tuple[bytes]], position: dict[str, Any]) -> bool:
-    """Whether peeked messages hold a commit past ``position`` (earlier ones are loaded but not yet acknowledged)."""
-    start = pgoutput.lsn_to_int(position["lsn"])
-    return any(data[0] == 0x43 and pgoutput.decode_commit(bytes(data)).end_lsn > start for (data,) in rows)
-
-
 class StreamDecoder:
     """Turns pgoutput messages into per-table builders, assigning ``seq`` in commit order.
 
@@ -80,15 +75,17 @@ class StreamDecoder:
     ``keep`` (not configured, or waiting for their snapshot) are dropped before they get a ``seq``.
     """
 
-    def __init__(self, source: PgSource, position: dict[str, Any], keep: set[str] | None = None) -> None:
-        self.source = source
+    def __init__(self, source_id: str, catalog: Catalog, position: dict[str, Any], keep: set[str] | None = None,
+                 *, database: str = "") -> None:
+        self.source_id = source_id
+        self.database = database
         self.position = position
         self.keep = keep
         self.start_lsn = pgoutput.lsn_to_int(position["lsn"])
         self.seq = position.get("seq", 0)
         self.seq_from = self.seq + 1
         self.schemas_seen: dict[str, Any] = dict(position.get("schemas", {}))
-        self.catalog = Catalog(source.conn)
+        self.catalog = catalog
         self.relations: dict[int, tuple[TableSchema, list[int]]] = {}
         self.builders: dict[str, list[TableChangesBuilder]] = {}
         self.schemas: dict[str, TableSchema] = {}
@@ -109,6 +106,15 @@ class StreamDecoder:
         self.partial_from = 0
         self.warned: set[str] = set()
 
+    def adopt(self, result: ColumnarResult) -> None:
+        """Take over what :func:`~.columnar.decode_columnar` decoded of the batch, in place of :meth:`feed`."""
+        self.columnar_tables = result.tables
+        self.messages, self.seq = result.messages, result.seq
+        self.relations, self.schemas_seen = result.relations, result.schemas_seen
+        self.schemas, self.schema_changes = result.schemas, result.schema_changes
+        self.transactions, self.skipped = result.transactions, result.skipped
+        self.first_commit, self.last_end = result.first_commit, result.last_end
+
     def wanted(self, schema: TableSchema) -> bool:
         if self.keep is not None and schema.qualified_name not in self.keep:
             return False
@@ -118,7 +124,7 @@ class StreamDecoder:
             if schema.qualified_name not in self.warned:
                 self.warned.add(schema.qualified_name)
                 log.warning("source %s: changes of %s are skipped: the table is gone at the source and its key is "
-                            "unknown", self.source.source_id, schema.qualified_name)
+                            "unknown", self.source_id, schema.qualified_name)
             return False
         return True
 
@@ -286,8 +292,8 @@ class StreamDecoder:
         tables: dict[str, pa.Table] = dict(self.columnar_tables)
         for qualified, chunks in self.builders.items():
             final = self.schemas[qualified]
-            finished = [align(b.finish(), b.table, final) if b.table is not final else b.finish()
-                        for b in chunks if len(b)]
+            finished = [align(portable_table(b.finish(), b.table), b.table, final) if b.table is not final
+                        else portable_table(b.finish(), final) for b in chunks if len(b)]
             if finished:
                 tables[qualified] = concat_tables(finished)
         return tables
@@ -299,16 +305,16 @@ class StreamDecoder:
         first = pgoutput.int_to_lsn(self.first_commit) if self.first_commit is not None else start
         position_to = {**self.position, "lsn": end, "seq": self.seq, "schemas": self.schemas_seen}
         position_to.pop("partial", None)
-        batch_id = make_batch_id(self.source.source_id, first, end)
+        batch_id = make_batch_id(self.source_id, first, end)
         if self.position.get("partial"):  # the last part of a large transaction
-            batch_id = make_batch_id(self.source.source_id, f"{self.position['partial']['final_lsn']}"
+            batch_id = make_batch_id(self.source_id, f"{self.position['partial']['final_lsn']}"
                                      f"#{self.position['partial']['done']}", end)
         if self.partial is not None:
             position_to["partial"] = self.partial
-            batch_id = make_batch_id(self.source.source_id, f"{self.partial['final_lsn']}#{self.partial_from}",
+            batch_id = make_batch_id(self.source_id, f"{self.partial['final_lsn']}#{self.partial_from}",
                                      f"{self.partial['final_lsn']}#{self.partial['done']}")
         return ChangeBatch(
-            source_id=self.source.source_id,
+            source_id=self.source_id,
             batch_id=batch_id,
             position_from=self.position,
             position_to=position_to,
@@ -318,5 +324,5 @@ class StreamDecoder:
             schemas=self.schemas,
             schema_changes=self.schema_changes,
             connector="postgresql",
-            database=self.source.conn.info.dbname,
+            database=self.database,
         )

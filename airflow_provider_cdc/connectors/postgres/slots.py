@@ -3,23 +3,26 @@
 A logical replication slot keeps every WAL segment from its ``restart_lsn`` on until it is advanced or dropped. A
 source removed from the config leaves its slot behind, and nobody advances it again: the server retains WAL
 forever, until its disk fills. ``config check`` therefore looks, in every PostgreSQL database that a configured
-source reads, for slots named like ours (``cdc_<source_id>``, the default ``effective_slot_name``) that belong to
+source reads, for slots named like ours (``cdc_<source_id>``, the default slot name) that belong to
 no configured source, and prints how much WAL each one holds and the SQL that drops it. It is a warning: the exit
-status of the check does not change.
+status of the check does not change. The connector factory's ``inspect`` runs it.
 
-No ``airflow`` import at module level (``config/`` stays Airflow-free): a source given as an Airflow Connection
-(``conn_id``) is resolved lazily, and skipped when that Connection is not defined where the check runs.
+No ``airflow`` import at module level: a source given as an Airflow Connection (``conn_id``) is resolved lazily,
+and skipped when that Connection is not defined where the check runs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from airflow_provider_cdc.config.models import CdcConfig, SourceConfig, mask_url
+from airflow_provider_cdc.config.models import mask_url
+from airflow_provider_cdc.connectors.postgres.options import SLOT_PREFIX, PgSourceOptions
 
-SLOT_PREFIX = "cdc_"
+if TYPE_CHECKING:
+    from airflow_provider_cdc.config import CdcConfig, SourceConfig
+
 CONNECT_TIMEOUT = 5  # seconds: an unreachable source must not hang the check
 
 _SLOTS_SQL = """
@@ -77,26 +80,19 @@ class SlotReport:
 
 
 def configured_slot_names(config: CdcConfig) -> set[str]:
-    return {source.effective_slot_name for source in config.sources if source.type == "postgresql"}
+    return {PgSourceOptions.model_validate(source.options).effective_slot_name(source.id)
+            for source in config.sources if source.type == "postgresql"}
 
 
 def source_dsn(config: CdcConfig, source: SourceConfig) -> str | None:
     """The source's URL, or None when it is an Airflow Connection that is not defined here."""
     if source.connection_string:
         return source.connection_string
-    conn_id = source.conn_id
-    if source.connector:
-        connector = config.connector(source.connector)
-        if connector.connection_string:
-            return connector.connection_string
-        conn_id = connector.conn_id
-    if conn_id is None:  # the loader rejects this; nothing to look at
-        return None
-    from airflow_provider_cdc.hooks.cdc import connection_dsn  # lazily: imports Airflow
+    from airflow_provider_cdc.hooks.cdc import entry_dsn  # lazily: imports Airflow only for a conn_id
 
     try:
-        return connection_dsn(conn_id)
-    except Exception as exc:  # noqa: BLE001 - any lookup failure: this source cannot be checked here
+        return entry_dsn(config, source)
+    except Exception as exc:
         if type(exc).__name__ == "AirflowNotFoundException":
             return None
         raise
@@ -134,7 +130,7 @@ def find_leftover_slots(config: CdcConfig) -> SlotReport:
                     continue
                 seen.add(where)
                 rows = conn.execute(_SLOTS_SQL, (SLOT_PREFIX,)).fetchall()
-        except Exception as exc:  # noqa: BLE001 - reported and skipped, never a crash of the check
+        except Exception as exc:
             reason = _redact(" ".join(str(exc).split()) or type(exc).__name__, dsn)
             report.unreachable.append(
                 f"warning: source {source.id}: cannot reach its database to look for leftover replication slots "

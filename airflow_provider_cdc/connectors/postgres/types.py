@@ -46,7 +46,10 @@ _SAFE_TYPE = re.compile(
 
 
 def logical_sink_type(col: Column) -> str:
-    """The PostgreSQL type for a column known only by its portable family (``other`` and unknowns: text)."""
+    """The PostgreSQL type for a column known only by its portable family (``other`` and unknowns: text); a
+    decimal keeps its declared precision and scale."""
+    if col.logical_type == "decimal" and col.precision is not None and 0 < col.precision <= 1000:
+        return f"numeric({col.precision},{col.scale or 0})"
     return LOGICAL_TYPES.get(col.logical_type, "text")
 
 

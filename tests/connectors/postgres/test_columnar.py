@@ -7,9 +7,9 @@ import random
 
 import psycopg
 import pytest
+from cdc_testing import create_shop, random_changes
 
 from airflow_provider_cdc.connectors.postgres.source import PgSource
-from cdc_testing import create_shop, random_changes
 
 
 def capture_both(url: str, position: dict, max_changes: int = 100000, tables=(("public", "users"), ("public", "orders"))):

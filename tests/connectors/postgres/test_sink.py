@@ -14,10 +14,12 @@ import pytest
 from conftest import require_server
 
 from airflow_provider_cdc.connectors.base import ApplyResult, Sink
+from airflow_provider_cdc.connectors.ledger import LEDGER_COLUMN_NAMES
 from airflow_provider_cdc.connectors.postgres.sink import PgSink
 from airflow_provider_cdc.connectors.postgres.types import canonical_type, is_safe_widening, sink_column_type
 from airflow_provider_cdc.errors import SinkError
 from airflow_provider_cdc.events import ChangeBatch, Column, SchemaChange, TableChangesBuilder, TableSchema
+from airflow_provider_cdc.values import LOGICAL_TYPES
 
 SOURCE = "shop"
 TS_MS = 1_714_550_400_000  # 2024-05-01 08:00:00 UTC
@@ -32,7 +34,7 @@ ITEMS = TableSchema(
         Column("seen_at", "timestamp with time zone", "timestamptz"),
         Column("payload", "bytea", "binary"),
         Column("tags", "text[]", "other"),
-    ),
+    ), dialect="postgresql"
 )
 
 Event = tuple  # (op, seq, row: dict), (op, seq, row, unchanged) or (op, seq, row, unchanged, before: dict)
@@ -184,7 +186,7 @@ def test_ledger_reads_before_any_ledger_exists(sink, pg_database):
 
 
 def test_table_without_primary_key_is_refused(sink):
-    keyless = TableSchema("public", "events", (Column("id", "integer", "integer"), Column("v", "text")))
+    keyless = TableSchema("public", "events", (Column("id", "integer", "integer"), Column("v", "text")), dialect="postgresql")
     with pytest.raises(SinkError, match="add a primary key at the source") as info:
         sink.ensure_tables([keyless])
     assert info.value.table == "public.events"
@@ -192,7 +194,7 @@ def test_table_without_primary_key_is_refused(sink):
 
 def test_missing_postgres_type_falls_back_to_the_logical_type(sink, pg_database):
     moods = TableSchema("public", "moods", (Column("id", "integer", "integer", primary_key=True),
-                                            Column("mood", "mood", "other")))
+                                            Column("mood", "mood", "other")), dialect="postgresql")
     sink.apply(make_batch([("c", 1, {"id": "1", "mood": "happy"})], moods))
     assert query(pg_database, "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
                               " WHERE attrelid = 'public.moods'::regclass AND attname = 'mood'") == [("text",)]
@@ -205,9 +207,9 @@ def test_missing_postgres_type_falls_back_to_the_logical_type(sink, pg_database)
 def test_insert_update_delete_keep_values_exactly(sink, pg_database):
     tricky = 'tab\there, new\nline, back\\slash, "quoted", comma, and \\. alone'
     result = sink.apply(make_batch([
-        ("c", 1, item(1, name="plain", amount="12.30", seen_at="2024-05-01 10:00:00+02", payload="\\x00ff0a",
+        ("c", 1, item(1, name="plain", amount="12.30", seen_at="2024-05-01T08:00:00Z", payload="00ff0a",
                       tags='{a,"b c",NULL}')),
-        ("c", 2, item(2, name="", amount="0.00", seen_at=None, payload="\\x")),
+        ("c", 2, item(2, name="", amount="0.00", seen_at=None, payload="")),
         ("c", 3, item(3, name=None, amount="-9999999999.99")),
         ("c", 4, item(4, name=tricky)),
         ("c", 5, item(5, name="\\.")),
@@ -222,7 +224,7 @@ def test_insert_update_delete_keep_values_exactly(sink, pg_database):
     ]
 
     result = sink.apply(make_batch([
-        ("u", 6, item(1, name="renamed", amount="7.5", seen_at="2024-05-02 00:00:00-05", payload="\\xff")),
+        ("u", 6, item(1, name="renamed", amount="7.5", seen_at="2024-05-02T05:00:00Z", payload="ff")),
         ("u", 7, item(2, name=None, amount="1")),
         ("d", 8, item(3)),
         ("d", 9, item(42)),  # a delete of a row the sink never had: nothing
@@ -246,17 +248,43 @@ def test_bookkeeping_columns_are_set(sink, pg_database):
 
 def test_ledger_row_is_written_with_the_data(sink, pg_database):
     batch = make_batch([("c", 1, item(1)), ("c", 2, item(2)), ("d", 3, item(1))])
-    result = sink.apply(batch, run_id="manual__1", rule_versions={"mask": 2}, schema_versions={"public.items": 1})
+    versions = {"rule_versions": {"mask": 2}, "schema_versions": {"public.items": 1},
+                "stage_versions": {"transform": {"rules": 1}}}
+    result = sink.apply(batch, run_id="manual__1", versions=versions)
     assert result.applied
     assert query(pg_database, "SELECT batch_id, source_id, position_from, position_to, seq_from, seq_to, counts,"
-                              " rule_versions, schema_versions, run_id, rows_upserted, rows_deleted,"
+                              " rule_versions, schema_versions, stage_versions, run_id, rows_upserted, rows_deleted,"
                               " committed_at IS NOT NULL FROM _cdc_ledger") == [(
         "shop:1-3", "shop", {"lsn": "0/0"}, {"lsn": "0/3"}, 1, 3, {"public.items": {"c": 2, "d": 1}},
-        {"mask": 2}, {"public.items": 1}, "manual__1", 1, 0, True,
+        {"mask": 2}, {"public.items": 1}, {"transform": {"rules": 1}}, "manual__1", 1, 0, True,
     )]
+    assert [name for (name,) in query(pg_database, "SELECT attname FROM pg_attribute WHERE attrelid = "
+                                      "'_cdc_ledger'::regclass AND attnum > 0 ORDER BY attnum")] == list(
+        LEDGER_COLUMN_NAMES)
     assert sink.has_batch("shop:1-3") and not sink.has_batch("shop:4-5")
     assert sink.high_water(SOURCE) == 3 and sink.high_water("other") == 0
     assert sink.last_committed(SOURCE) == {"lsn": "0/3"} and sink.last_committed("other") is None
+
+
+def test_a_ledger_of_an_older_version_gains_stage_versions(pg_database):
+    query(pg_database, "CREATE TABLE _cdc_ledger (batch_id text PRIMARY KEY, source_id text NOT NULL,"
+                       " position_from jsonb, position_to jsonb, seq_from bigint, seq_to bigint, counts jsonb,"
+                       " rule_versions jsonb, schema_versions jsonb, run_id text, rows_upserted bigint,"
+                       " rows_deleted bigint, committed_at timestamptz DEFAULT now())")
+    query(pg_database, "INSERT INTO _cdc_ledger (batch_id, source_id, position_to, seq_from, seq_to)"
+                       " VALUES ('shop:old', 'shop', '{\"lsn\": \"0/1\"}', 1, 1)")
+    with PgSink(pg_database, sink_id="warehouse") as sink:
+        assert sink.last_committed(SOURCE) == {"lsn": "0/1"}
+        sink.apply(make_batch([("c", 2, item(2))]), versions={"stage_versions": {"capture": None}})
+        assert sink.last_committed(SOURCE) == {"lsn": "0/2"}
+    assert query(pg_database, "SELECT batch_id, stage_versions FROM _cdc_ledger ORDER BY seq_to") == [
+        ("shop:old", None), ("shop:2-2", {"capture": None})]
+
+
+def test_capabilities_declare_every_logical_type_and_the_postgresql_dialect(sink):
+    assert sink.capabilities.native_types == frozenset(LOGICAL_TYPES)
+    assert sink.capabilities.dialect == "postgresql" and sink.capabilities.stores_other_exactly
+    assert sink.capabilities.transactional and sink.capabilities.merge_by_key and sink.capabilities.soft_delete
 
 
 # --- exactly once -------------------------------------------------------------------------------------------
@@ -354,7 +382,7 @@ def test_fold_with_a_composite_key(sink, pg_database):
         Column("order_id", "bigint", "integer", primary_key=True),
         Column("line", "smallint", "integer", primary_key=True),
         Column("qty", "integer", "integer"),
-    ))
+    ), dialect="postgresql")
     sink.apply(make_batch([
         ("c", 1, {"order_id": "1", "line": "1", "qty": "1"}),
         ("c", 2, {"order_id": "1", "line": "2", "qty": "1"}),
@@ -413,11 +441,11 @@ def test_unchanged_toast_keeps_the_sink_value(sink, pg_database):
 
 
 def test_unchanged_toast_is_filled_from_an_earlier_event_of_the_batch(sink, pg_database):
-    sink.apply(make_batch([("c", 1, item(1, name="sink value", payload="\\x01"))]))
+    sink.apply(make_batch([("c", 1, item(1, name="sink value", payload="01"))]))
     sink.apply(make_batch([
         ("u", 2, item(1, name="sent in this batch", amount="1.00"), ["payload"]),
         ("u", 3, item(1, amount="2.00"), ["name", "payload"]),
-        ("c", 4, item(2, name="inserted", payload="\\x02")),
+        ("c", 4, item(2, name="inserted", payload="02")),
         ("u", 5, item(2, amount="5.00"), ["name", "payload"]),
     ]))
     assert rows(pg_database, columns="id, name, amount, payload") == [
@@ -434,7 +462,7 @@ def test_schema_change_adds_a_column_and_keeps_dropped_ones(sink, pg_database):
     widened = TableSchema("public", "items", (
         *(c for c in ITEMS.columns if c.name != "amount"),
         Column("color", "character varying(10)", "text"),
-    ))
+    ), dialect="postgresql")
     change = SchemaChange(table="public.items", seq=2, before=ITEMS, after=widened, ts_ms=TS_MS)
     result = sink.apply(make_batch([("u", 3, item(1, name="b", color="red")), ("c", 4, item(2, color="")),],
                                    widened, schema_changes=[change]))
@@ -452,7 +480,7 @@ def test_schema_change_adds_a_column_and_keeps_dropped_ones(sink, pg_database):
 def test_a_failure_mid_apply_leaves_nothing_behind(sink, pg_database):
     sink.apply(make_batch([("c", 1, item(1, name="before"))]))
     prices = TableSchema("public", "prices", (Column("id", "integer", "integer", primary_key=True),
-                                              Column("price", "numeric(12,2)", "decimal")))
+                                              Column("price", "numeric(12,2)", "decimal")), dialect="postgresql")
     batch = make_batch(
         [("u", 2, item(1, name="changed")), ("c", 3, item(2, name="new"))],
         extra={prices: [("c", 4, {"id": "1", "price": "1.00"}), ("c", 5, {"id": "2", "price": "not a number"})]},
@@ -499,7 +527,7 @@ DOCS = TableSchema("public", "docs", (
     Column("id", "integer", "integer", nullable=False, primary_key=True, ordinal=1),
     Column("title", "text", "text", ordinal=2),
     Column("price", "numeric(6,2)", "decimal", ordinal=3),
-))
+), dialect="postgresql")
 
 
 def with_columns(schema: TableSchema, *columns: Column, drop: Sequence[str] = (),
@@ -592,7 +620,7 @@ def test_type_change_that_loses_values_stops_the_batch(sink, pg_database):
     narrow = with_columns(wide, retype={"price": "numeric(6,2)"})
     change = SchemaChange("public.docs", 2, after=narrow, before=wide)
     other = TableSchema("public", "others", (Column("id", "integer", "integer", False, True, 1),
-                                              Column("v", "text", "text", ordinal=2)))
+                                              Column("v", "text", "text", ordinal=2)), dialect="postgresql")
     batch = make_batch([("u", 3, {"id": "1", "title": "x", "price": "1.23"})], narrow, schema_changes=[change])
     batch.tables["public.others"] = make_batch([("c", 3, {"id": "7", "v": "kept flowing"})], other).tables[
         "public.others"]
@@ -657,7 +685,7 @@ def test_dropped_within_the_batch_keeps_earlier_values(sink, pg_database):
 
 def test_reserved_source_columns_are_refused(sink):
     bad = TableSchema("public", "bad", (Column("id", "integer", "integer", primary_key=True),
-                                        Column("_cdc_note", "text")))
+                                        Column("_cdc_note", "text")), dialect="postgresql")
     with pytest.raises(SinkError, match=r"\['_cdc_note'\].*reserved bookkeeping namespace _cdc_\*") as info:
         sink.apply(make_batch([("c", 1, {"id": "1"})], bad))
     assert info.value.table == "public.bad"
@@ -667,7 +695,7 @@ def test_unusual_column_names_load(sink, pg_database):
     names = ["_op", "_seq", "_position", "_unchanged", "before.x", "c" * 63, "naïve größe", 'say "hi"', "two words",
              "s", "t", "cdc_op"]
     odd = TableSchema("public", "odd names", (Column("id", "integer", "integer", primary_key=True),
-                                              *(Column(name, "text", "text") for name in names)))
+                                              *(Column(name, "text", "text") for name in names)), dialect="postgresql")
     values = {name: f"v{i}" for i, name in enumerate(names)}
     sink.apply(make_batch([("c", 1, {"id": "1", **values}), ("u", 2, {"id": "1", **values, "_op": "changed"},
                                                              ["before.x"])], odd))
@@ -684,7 +712,7 @@ BLOBS = TableSchema("public", "blobs", (
     Column("id", "integer", "integer", nullable=False, primary_key=True, ordinal=1),
     Column("name", "text", "text", ordinal=2),
     Column("doc", "text", "text", ordinal=3),
-))
+), dialect="postgresql")
 
 
 def blob_rows(url: str) -> list[tuple]:
@@ -749,7 +777,7 @@ def test_key_change_whose_values_nobody_has_is_refused(sink, pg_database):
 
 def test_numeric_keys_equal_by_value_fold_as_one(sink, pg_database):
     prices = TableSchema("public", "prices", (Column("k", "numeric(10,2)", "decimal", primary_key=True),
-                                              Column("v", "text", "text")))
+                                              Column("v", "text", "text")), dialect="postgresql")
     sink.apply(make_batch([("c", 1, {"k": "1", "v": "first"})], prices))
     result = sink.apply(make_batch([("u", 2, {"k": "1.0", "v": "second"}), ("u", 3, {"k": "1.00", "v": "third"}),
                                     ("c", 4, {"k": "-0.0", "v": "zero"}), ("u", 5, {"k": "0", "v": "zero2"})], prices))
@@ -763,7 +791,7 @@ def test_citext_keys_fold_case_insensitively(sink, pg_database):
     except psycopg.Error as exc:  # contrib not installed on this server: a skip locally, a failure in CI
         require_server("citext", f"the citext extension is unavailable: {exc}")
     users = TableSchema("public", "users", (Column("email", "citext", "text", primary_key=True),
-                                            Column("v", "text", "text")))
+                                            Column("v", "text", "text")), dialect="postgresql")
     sink.apply(make_batch([("c", 1, {"email": "Bob@X.org", "v": "a"}), ("u", 2, {"email": "bob@x.org", "v": "b"})],
                           users))
     assert query(pg_database, "SELECT email::text, v FROM users") == [("bob@x.org", "b")]

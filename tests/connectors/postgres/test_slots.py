@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import psycopg
-
-from airflow_provider_cdc.config import load_config
-from airflow_provider_cdc.config.slots import find_leftover_slots
 from cdc_testing import unique_id, write_config
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from airflow_provider_cdc.config import load_config
+from airflow_provider_cdc.connectors.postgres.slots import find_leftover_slots
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def check(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,144 @@
+"""Where a PostgreSQL sink keeps its ledger (``_cdc_ledger``) and the tables it holds back (``_cdc_held``).
+
+The ledger row itself is the shared one (:mod:`airflow_provider_cdc.connectors.ledger`): built by
+:func:`~airflow_provider_cdc.connectors.ledger.ledger_row`, read by :meth:`LedgerRow.from_record`, its columns in
+:data:`LEDGER_COLUMNS` order. Each row is inserted in the batch's own transaction. A ledger made by an older
+version gains the columns it lacks (``stage_versions``) the first time a sink writes to it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from airflow_provider_cdc.connectors.ledger import (
+    JSON_COLUMNS,
+    LEDGER_COLUMN_NAMES,
+    LEDGER_COLUMNS,
+    LEDGER_TABLE,
+    LedgerRow,
+)
+from airflow_provider_cdc.connectors.postgres.ddl import ensure_schema
+
+log = logging.getLogger("airflow_provider_cdc.sink.postgres")
+
+HELD_TABLE = "_cdc_held"  # source tables whose changes wait: a schema change the sink cannot follow
+# Storage of the ledger's logical column types.
+_LEDGER_TYPES = {"text": "text", "json": "jsonb", "integer": "bigint", "timestamptz": "timestamptz DEFAULT now()"}
+
+
+class DuplicateBatch(Exception):
+    """The ledger insert met a concurrent commit of the same batch."""
+
+
+class LedgerStorage:
+    """The ledger half of :class:`~airflow_provider_cdc.connectors.postgres.sink.PgSink`."""
+
+    sink_id: str
+    ledger_schema: str
+    _conn: psycopg.Connection
+    _ledger: sql.Identifier
+    _held: sql.Identifier
+    _ledger_current: bool = False
+
+    @staticmethod
+    def _force_durable_commit(cur: psycopg.Cursor) -> None:
+        cur.execute("SET LOCAL synchronous_commit = on")
+
+    def _ledger_exists(self, cur: psycopg.Cursor) -> bool:
+        cur.execute(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname = %s",
+            (self.ledger_schema, LEDGER_TABLE),
+        )
+        return cur.fetchone() is not None
+
+    def _ensure_ledger(self, cur: psycopg.Cursor) -> None:
+        """Create the ledger, or bring one made by an older version up to :data:`LEDGER_COLUMNS`."""
+        if self._ledger_exists(cur):
+            if not self._ledger_current:
+                self._migrate_ledger(cur)
+            return
+        ensure_schema(cur, self.ledger_schema)
+        definitions = [sql.SQL("{} {}{}").format(sql.Identifier(name), sql.SQL(_LEDGER_TYPES[kind]),
+                                                 sql.SQL(" NOT NULL" if name in ("batch_id", "source_id") else ""))
+                       for name, kind in LEDGER_COLUMNS]
+        cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY (batch_id))").format(
+            self._ledger, sql.SQL(", ").join(definitions)))
+        cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (source_id, seq_to)").format(
+            sql.Identifier(f"{LEDGER_TABLE}_source_seq_idx"), self._ledger))
+        self._ledger_current = True
+
+    def _migrate_ledger(self, cur: psycopg.Cursor) -> None:
+        """Add the columns a ledger of an older version lacks (``stage_versions``); looked at once per sink."""
+        cur.execute(
+            "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
+            (self.ledger_schema, LEDGER_TABLE),
+        )
+        present = {name for (name,) in cur.fetchall()}
+        missing = [(name, kind) for name, kind in LEDGER_COLUMNS if name not in present]
+        if missing:
+            cur.execute(sql.SQL("ALTER TABLE {} {}").format(self._ledger, sql.SQL(", ").join(
+                sql.SQL("ADD COLUMN IF NOT EXISTS {} {}").format(sql.Identifier(name),
+                                                                 sql.SQL(_LEDGER_TYPES[kind].split(" ")[0]))
+                for name, kind in missing)))
+            log.info("sink %s: ledger %s.%s: added columns %s", self.sink_id, self.ledger_schema, LEDGER_TABLE,
+                     [name for name, _ in missing])
+        self._ledger_current = True
+
+    def _ensure_held(self, cur: psycopg.Cursor) -> None:
+        cur.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (source_id text NOT NULL, source_table text NOT NULL, reason text,"
+            " batch_id text, held_at timestamptz DEFAULT now(), PRIMARY KEY (source_id, source_table))"
+        ).format(self._held))
+
+    def _held_tables(self, cur: psycopg.Cursor, source_id: str) -> dict[str, str]:
+        cur.execute(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s"
+            " AND c.relname = %s", (self.ledger_schema, HELD_TABLE))
+        if cur.fetchone() is None:
+            return {}
+        cur.execute(sql.SQL("SELECT source_table, reason FROM {} WHERE source_id = %s").format(self._held),
+                    (source_id,))
+        return dict(cur.fetchall())
+
+    def _ledger_has(self, cur: psycopg.Cursor, batch_id: str) -> bool:
+        cur.execute(sql.SQL("SELECT 1 FROM {} WHERE batch_id = %s").format(self._ledger), (batch_id,))
+        return cur.fetchone() is not None
+
+    def _high_water(self, cur: psycopg.Cursor, source_id: str) -> int:
+        cur.execute(sql.SQL("SELECT coalesce(max(seq_to), 0) FROM {} WHERE source_id = %s").format(self._ledger),
+                    (source_id,))
+        return int(cur.fetchone()[0])
+
+    def _last_committed(self, cur: psycopg.Cursor, source_id: str) -> LedgerRow | None:
+        # Every column there is: a ledger of an older version, not yet migrated by a write, lacks some.
+        cur.execute(sql.SQL(
+            "SELECT * FROM {} WHERE source_id = %s ORDER BY seq_to DESC, committed_at DESC LIMIT 1"
+        ).format(self._ledger), (source_id,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        return LedgerRow.from_record(dict(zip([column.name for column in cur.description or ()], row)))
+
+    def _insert_ledger(self, cur: psycopg.Cursor, row: LedgerRow) -> None:
+        """Insert the batch's ledger row (:func:`~airflow_provider_cdc.connectors.ledger.ledger_row`)."""
+        record = row.to_record()
+        values = [Jsonb(record[name]) if name in JSON_COLUMNS and record[name] is not None else record[name]
+                  for name in LEDGER_COLUMN_NAMES]
+        statement = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+            self._ledger, sql.SQL(", ").join(map(sql.Identifier, LEDGER_COLUMN_NAMES)),
+            sql.SQL(", ").join(sql.Placeholder() * len(LEDGER_COLUMN_NAMES)),
+        )
+        try:
+            with self._conn.transaction():  # a savepoint, so that a duplicate can be told apart from a failure
+                cur.execute(statement, values)
+        except psycopg.errors.UniqueViolation as exc:
+            log.info("sink %s: batch %s was committed concurrently; rolling back this copy", self.sink_id,
+                     row.batch_id)
+            raise DuplicateBatch() from exc

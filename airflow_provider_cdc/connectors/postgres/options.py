@@ -1,0 +1,31 @@
+"""The ``options:`` of a PostgreSQL source in ``cdc.yaml``: its replication slot and publication.
+
+Validated by ``config check`` with file, key and reason like every other key (``extra="forbid"``: a typo is an
+error, not a silently ignored setting).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_NAME_LENGTH = 63  # PostgreSQL's NAMEDATALEN - 1: longer slot names are refused by the server
+SLOT_PREFIX = "cdc_"
+
+
+class PgSourceOptions(BaseModel):
+    """``slot_name`` defaults to ``cdc_<source id>`` (lowercased: PostgreSQL folds names), ``publication_name`` to
+    ``cdc_<source id>_pub``; both are created when absent unless ``create_slot`` / ``create_publication`` is false."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    slot_name: str | None = Field(None, pattern=r"^[a-z0-9_]{1,63}$")
+    publication_name: str | None = Field(None, min_length=1)
+    create_slot: bool = True
+    create_publication: bool = True
+
+    def effective_slot_name(self, source_id: str) -> str:
+        """The replication slot: ``slot_name``, else ``cdc_<source_id>`` lowercased."""
+        return self.slot_name or f"{SLOT_PREFIX}{source_id}".lower()
+
+    def effective_publication_name(self, source_id: str) -> str:
+        return self.publication_name or f"{SLOT_PREFIX}{source_id}_pub"

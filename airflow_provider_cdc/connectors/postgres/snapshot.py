@@ -1,0 +1,305 @@
+"""The snapshot of a PostgreSQL source, and how it converges with the stream.
+
+The slot is created first, then tables are read in key order, each chunk in its own REPEATABLE READ transaction,
+while the stream keeps flowing: a run reads the stream first (half the batch when a snapshot is pending), then the
+next snapshot chunk. Stream changes of a table whose snapshot has not started yet, or of keys its snapshot has not
+reached, are dropped: the snapshot reads those rows later, with the changes in them. Every other change is applied
+in commit order, and each row converges to its last change: nothing is lost, and nothing is applied twice thanks to
+the sink's ``_cdc_position`` guard and ledger.
+
+Snapshot text goes through the types' output functions exactly as pgoutput's does, then into the portable form
+(:mod:`.values`), so a row read by the snapshot equals the same row sent by the stream. Keys and bounds go back into
+SQL as PostgreSQL input (:func:`~.values.pg_input_scalar`).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+from psycopg import sql
+
+from airflow_provider_cdc.connectors.postgres import pgoutput
+from airflow_provider_cdc.connectors.postgres.catalog import Catalog
+from airflow_provider_cdc.connectors.postgres.decoder import align
+from airflow_provider_cdc.connectors.postgres.schemas import (
+    fingerprint_hash,
+    remembered,
+    seen_fingerprint,
+    seen_schema,
+)
+from airflow_provider_cdc.connectors.postgres.values import pg_input_scalar, portable_table, to_pg_input
+from airflow_provider_cdc.events import (
+    OP_READ,
+    ChangeBatch,
+    SchemaChange,
+    TableSchema,
+    concat_tables,
+    make_batch_id,
+)
+
+log = logging.getLogger("airflow_provider_cdc.source.postgres")
+
+
+class SnapshotCapture:
+    """The snapshot half of :class:`~airflow_provider_cdc.connectors.postgres.source.PgSource`."""
+
+    source_id: str
+    if TYPE_CHECKING:
+        @property
+        def conn(self) -> psycopg.Connection: ...  # PgSource's connection
+    _row_filters: dict[str, str]
+
+    def _current_lsn(self) -> str:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT pg_current_wal_lsn()::text")
+            return cur.fetchone()[0]
+
+    def _settle(self, batch: ChangeBatch, snapshot: dict[str, Any] | None) -> ChangeBatch:
+        """Reconcile stream changes with snapshot reads of the same time span.
+
+        While a table's snapshot runs, and until the stream has passed the point where it ended ("settling"), the
+        stream may bring changes older than the rows the snapshot read. Changes of keys the snapshot has not read
+        yet are dropped (it reads them later); rows that moved to a new key without resending their out-of-line
+        values are read again from the source (their old key may never have reached the sink). Once the stream is
+        past a snapshot's end, every row it changes is in the sink as the stream left it."""
+        settling = dict(batch.position_to.get("settling", {}))
+        if snapshot and snapshot.get("after") is not None:
+            batch = self._drop_unread_keys(batch, snapshot)
+        for name, until in list(settling.items()):
+            if name in batch.tables and batch.tables[name].num_rows:
+                batch.tables[name] = self._reread_moved_rows(batch.schemas[name], batch.tables[name])
+            if pgoutput.lsn_to_int(batch.position_to["lsn"]) > pgoutput.lsn_to_int(until):
+                del settling[name]
+        if settling:
+            batch.position_to["settling"] = settling
+        else:
+            batch.position_to.pop("settling", None)
+        return batch
+
+    def _drop_unread_keys(self, batch: ChangeBatch, snapshot: dict[str, Any]) -> ChangeBatch:
+        """Drop stream changes of the table being snapshotted whose keys the snapshot has not read yet: it reads
+        them later, with these changes in them (keys compare as the server orders them, typed and collated)."""
+        name, after = snapshot["pending"][0], snapshot.get("after")
+        table = batch.tables.get(name)
+        if after is None or table is None or table.num_rows == 0:
+            return batch
+        schema = batch.schemas[name]
+        key = schema.primary_key
+        is_row = pc.invert(pc.equal(table["_cdc_op"], "t"))
+        arrays = [sql.SQL("%s::text[]") for _ in key]
+        typed = sql.SQL(", ").join(
+            sql.SQL("u.{}::{}").format(sql.Identifier(f"k{i}"), sql.SQL(schema.column(c).source_type))
+            for i, c in enumerate(key))
+        bounds = sql.SQL(", ").join(
+            sql.SQL("{}::{}").format(sql.Literal(pg_input_scalar(v, schema.column(c).logical_type)),
+                                     sql.SQL(schema.column(c).source_type)) for c, v in zip(key, after))
+        query = sql.SQL("SELECT u.n FROM unnest({}) WITH ORDINALITY AS u({}, n) WHERE ({}) > ({})").format(
+            sql.SQL(", ").join(arrays), sql.SQL(", ").join(sql.Identifier(f"k{i}") for i in range(len(key))),
+            typed, bounds)
+        with self.conn.cursor() as cur:
+            cur.execute(query, [to_pg_input(table[c], schema.column(c).logical_type).to_pylist() for c in key])
+            unread = {n - 1 for (n,) in cur.fetchall()}
+        if unread:
+            kept = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), value_set=pa.array(sorted(unread))))
+            table = table.filter(pc.or_(kept, pc.invert(is_row)))
+            log.info("source %s: %d changes of %s are past its snapshot's last key; the snapshot reads them later",
+                     self.source_id, len(unread), name)
+        batch.tables[name] = self._reread_moved_rows(schema, table)
+        return batch
+
+    def _reread_moved_rows(self, schema: TableSchema, table: pa.Table) -> pa.Table:
+        """Changes that did not resend some values (unchanged TOAST), in a table whose snapshot the stream has not
+        caught up with: the sink may not hold the row they change. It moved onto its key from one the snapshot
+        read before it came, or it was there when the change was written but gone before the snapshot read its
+        key. Their values are read again from the source, as the snapshot would read them (the row as it is now;
+        later changes converge on it as on any snapshot row); a row no longer there becomes a delete of its key."""
+        moved = pc.fill_null(pc.and_(pc.is_in(table["_cdc_op"], pa.array(["c", "u"])),
+                                     pc.greater(pc.list_value_length(table["_cdc_unchanged"]), 0)), False)
+        rows = pc.indices_nonzero(moved).to_pylist()
+        if not rows:
+            return table
+        affected = table.filter(moved)
+        found = self._read_rows_by_key(schema, [affected[c].to_pylist() for c in schema.primary_key])
+        records = affected.to_pylist()  # only the few rows that did not resend values
+        for n, record in enumerate(records):
+            current = found.get(n)
+            if current is None:
+                record["_cdc_op"] = "d"
+            else:
+                record.update(current)
+            record["_cdc_unchanged"] = None
+        table = pa.concat_tables([table.filter(pc.invert(moved)), pa.Table.from_pylist(records, schema=table.schema)])
+        table = table.sort_by("_cdc_seq")
+        log.info("source %s: %d changes of %s did not resend some values while its snapshot settles; read those rows "
+                 "again from the source", self.source_id, len(rows), schema.qualified_name)
+        return table
+
+    def _read_rows_by_key(self, schema: TableSchema, keys: list[list[str]]) -> dict[int, dict[str, str | None]]:
+        """Current rows for the given keys (portable text, one list per key column), by the keys' position in the
+        lists; values in the portable form."""
+        keys = [[pg_input_scalar(v, schema.column(c).logical_type) for v in values]
+                for c, values in zip(schema.primary_key, keys)]
+        names = [f"k{i}" for i in range(len(keys))]
+        joined = sql.SQL(" AND ").join(
+            sql.SQL("t.{} = u.{}::{}").format(sql.Identifier(c), sql.Identifier(k),
+                                              sql.SQL(schema.column(c).source_type))
+            for c, k in zip(schema.primary_key, names))
+        query = sql.SQL("SELECT u.n, {} FROM unnest({}) WITH ORDINALITY AS u({}, n) JOIN {} AS t ON {}").format(
+            sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in schema.column_names),
+            sql.SQL(", ").join(sql.Literal(values) + sql.SQL("::text[]") for values in keys),
+            sql.SQL(", ").join(map(sql.Identifier, names)), sql.Identifier(schema.schema, schema.name), joined)
+        read = portable_table(self._copy_text(query, ["_n", *schema.column_names]), schema)
+        return {int(row.pop("_n")) - 1: row for row in read.to_pylist()}
+
+    def _capture_snapshot(self, stream: ChangeBatch, max_changes: int) -> ChangeBatch:
+        """Add the next ``max_changes`` rows of the pending snapshot to ``stream``'s batch, table by table in key
+        order, with ``seq`` numbers after the stream's (the rows are read after those changes were written)."""
+        position = stream.position_to
+        state = dict(position["snapshot"])
+        pending = list(state["pending"])
+        seq = position.get("seq", 0)
+        snap_from = seq + 1
+        schemas_seen = dict(position.get("schemas", {}))
+        tables = dict(stream.tables)
+        schemas = dict(stream.schemas)
+        schema_changes = list(stream.schema_changes)
+        remaining = max_changes
+        catalog = Catalog(self.conn)
+        ts_ms = int(time.time() * 1000)
+        after = state.get("after")
+        settling = dict(position.get("settling", {}))
+        while remaining > 0 and pending:
+            qualified = pending[0]
+            schema_name, _, table_name = qualified.partition(".")
+            relid = catalog.relid(schema_name, table_name)
+            if relid is None:
+                log.warning("source %s: table %s is gone at the source; its snapshot is skipped", self.source_id,
+                            qualified)
+                pending.pop(0)
+                after = None
+                continue
+            info = catalog.relation_info(relid)
+            table_schema = catalog.table_schema(relid)
+            if schemas.get(qualified) is not None and qualified in tables and \
+                    schemas[qualified].fingerprint() != table_schema.fingerprint():
+                tables[qualified] = align(tables[qualified], schemas[qualified], table_schema)
+            if seen_fingerprint(schemas_seen.get(qualified)) != fingerprint_hash(table_schema):
+                seq += 1
+                schema_changes.append(SchemaChange(qualified, seq, table_schema,
+                                                   schemas.get(qualified) or seen_schema(schemas_seen.get(qualified)),
+                                                   ts_ms, position["lsn"]))
+                schemas_seen[qualified] = remembered(table_schema)
+            schemas[qualified] = table_schema
+            chunk = self._read_chunk(table_schema, after, remaining, only=info["relkind"] != "p")
+            n = chunk.num_rows
+            if n:
+                meta = {
+                    "_cdc_op": pa.array([OP_READ] * n, pa.string()),
+                    "_cdc_seq": pa.array(range(seq + 1, seq + n + 1), pa.int64()),
+                    "_cdc_ts_ms": pa.array([ts_ms] * n, pa.int64()),
+                    "_cdc_tx_id": pa.nulls(n, pa.string()),
+                    "_cdc_pos": pa.array([position["lsn"]] * n, pa.string()),
+                    "_cdc_unchanged": pa.nulls(n, pa.list_(pa.string())),
+                }
+                piece = pa.Table.from_arrays(
+                    list(meta.values()) + chunk.columns, names=list(meta) + chunk.column_names
+                )
+                tables[qualified] = concat_tables([tables[qualified], piece]) if qualified in tables else piece
+                seq += n
+                remaining -= n
+            if n and remaining <= 0:
+                last = chunk.slice(n - 1).to_pylist()[0]
+                after = [last[k] for k in table_schema.primary_key]
+            else:
+                pending.pop(0)
+                after = None
+                # Its rows were read up to now; the stream catches up with them once it passes this point.
+                settling[qualified] = self._current_lsn()
+        position_to = {**position, "seq": seq, "schemas": schemas_seen}
+        if settling:
+            position_to["settling"] = settling
+        position_to.pop("snapshot", None)
+        if pending:
+            position_to["snapshot"] = {"pending": pending, "after": after}
+        if stream.seq_to >= stream.seq_from:  # the stream part had changes
+            batch_id = make_batch_id(self.source_id, stream.batch_id.partition(":")[2],
+                                     f"snapshot.{snap_from}-{seq}")
+        else:
+            batch_id = make_batch_id(self.source_id, f"snapshot.{snap_from}", f"snapshot.{seq}")
+        batch = ChangeBatch(
+            source_id=self.source_id,
+            batch_id=batch_id,
+            position_from=stream.position_from,
+            position_to=position_to,
+            seq_from=stream.seq_from,
+            seq_to=seq,
+            tables=tables,
+            schemas=schemas,
+            schema_changes=sorted(schema_changes, key=lambda change: change.seq),
+            connector="postgresql",
+            database=self.conn.info.dbname,
+        )
+        return batch
+
+    def _read_chunk(self, table: TableSchema, after: list[str] | None, limit: int, *, only: bool = True) -> pa.Table:
+        """One keyset page of ``table`` in the portable form, read with ``COPY ... CSV`` and parsed by Arrow.
+
+        Values go through their types' output functions, as pgoutput's do (no ``::text`` cast: it would drop the
+        padding of ``char(n)``, print booleans as ``true`` and inet with its mask), so snapshot text equals stream
+        text. ``only`` reads an inheritance parent without its children (the children are tables of their own)."""
+        cols = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in table.column_names)
+        pk = table.primary_key
+        order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in pk)
+        conditions = []
+        if after is not None:
+            bounds = sql.SQL(", ").join(
+                sql.SQL("{}::{}").format(sql.Literal(pg_input_scalar(v, table.column(c).logical_type)),
+                                         sql.SQL(table.column(c).source_type)) for c, v in zip(pk, after)
+            )
+            conditions.append(sql.SQL("({}) > ({})").format(order, bounds))
+        row_filter = getattr(self, "_row_filters", {}).get(table.qualified_name)
+        if row_filter:
+            # The publication's own row filter (server-deparsed SQL from its catalog), so the snapshot holds the
+            # rows the stream will send changes for.
+            conditions.append(sql.SQL("({})").format(sql.SQL(row_filter)))
+        where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
+        query = sql.SQL("SELECT {} FROM {}{} AS t{} ORDER BY {} LIMIT {}").format(
+            cols, sql.SQL("ONLY " if only else ""), sql.Identifier(table.schema, table.name), where, order,
+            sql.Literal(limit)
+        )
+        return portable_table(self._copy_text(query, table.column_names), table)
+
+    def _copy_text(self, query: sql.Composable, names: list[str]) -> pa.Table:
+        """Rows of ``query`` as canonical text, read with ``COPY ... CSV`` in one REPEATABLE READ transaction and
+        parsed by Arrow (every column a string; an unquoted empty field is NULL, a quoted one ``''``)."""
+        buf = io.BytesIO()
+        conn = self.conn
+        with conn.transaction():
+            with conn.cursor() as cur:
+                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                with cur.copy(sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(query)) as copy:
+                    for block in copy:
+                        buf.write(block)
+        size = buf.tell()
+        if size == 0:
+            return pa.table({c: pa.array([], pa.string()) for c in names})
+        buf.seek(0)
+        return pacsv.read_csv(
+            buf,
+            # A block must hold the largest row (a 100 MB text value is one field); the text is in memory anyway.
+            read_options=pacsv.ReadOptions(column_names=names, block_size=max(1 << 24, min(size + 1, 2**31 - 1))),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in names},
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+                null_values=[""],
+            ),
+        )

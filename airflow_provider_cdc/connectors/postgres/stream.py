@@ -1,0 +1,198 @@
+"""Reading the change stream of a PostgreSQL source: peek pgoutput messages from the slot and decode them.
+
+Why ``peek`` then ``advance``: ``pg_logical_slot_peek_binary_changes`` reads without consuming, so capture can be
+repeated any number of times (a cleared task replays the identical range) and the slot only moves when the commit
+step calls ``pg_replication_slot_advance`` after the sink committed. ``peek`` re-decodes from the slot's
+``restart_lsn`` and is bounded here by ``upto_nchanges`` (checked at transaction commits, so a transaction stays
+whole); a transaction larger than a batch is read in windows, so memory stays bounded by the batch size.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+
+from airflow_provider_cdc.connectors.postgres import pgoutput
+from airflow_provider_cdc.connectors.postgres.catalog import Catalog
+from airflow_provider_cdc.connectors.postgres.checks import publication_option
+from airflow_provider_cdc.connectors.postgres.columnar import Unsupported, decode_columnar
+from airflow_provider_cdc.connectors.postgres.decoder import StreamDecoder
+from airflow_provider_cdc.errors import PositionLostError
+
+log = logging.getLogger("airflow_provider_cdc.source.postgres")
+
+
+class StreamCapture:
+    """The stream half of :class:`~airflow_provider_cdc.connectors.postgres.source.PgSource`."""
+
+    source_id: str
+    slot_name: str
+    publication_name: str
+    qualified_tables: list[str]
+    # Columnar decoding is the fast path; the per-message decoder is its reference (and the fallback).
+    columnar: bool = True
+
+    if TYPE_CHECKING:
+        @property
+        def conn(self) -> psycopg.Connection: ...  # PgSource's connection
+
+    def _decoder(self, position: dict[str, Any], keep: set[str] | None) -> StreamDecoder:
+        return StreamDecoder(self.source_id, Catalog(self.conn), position, keep, database=self.conn.info.dbname)
+
+    def _streamed_tables(self, position: dict[str, Any]) -> set[str]:
+        """Tables whose stream changes are applied: configured, and not waiting for a snapshot that has not started
+        (that snapshot will read the rows with these changes in them)."""
+        snapshot = position.get("snapshot")
+        waiting: list[str] = []
+        if snapshot:
+            waiting = snapshot["pending"] if snapshot.get("after") is None else snapshot["pending"][1:]
+        return {t for t in self.qualified_tables if t not in waiting}
+
+    def _capture_stream(self, position: dict[str, Any], max_changes: int, keep: set[str]) -> StreamDecoder:
+        if position.get("partial"):
+            return self._capture_window(position, max_changes, keep)
+        limit = max_changes
+        cap: int | None = 4 * max_changes + 1000  # messages: B, C and R count too
+        while True:
+            messages = self._peek_messages(limit, cap)
+            if cap is not None and len(messages) >= cap:
+                whole = self._whole_transactions(messages, position)
+                if whole is None:
+                    # The first new transaction alone is larger than a batch: read it in windows.
+                    first = self._first_new_transaction(messages, position)
+                    if first is not None:
+                        return self._capture_window({**position, "partial": {"final_lsn": first, "done": 0}},
+                                                    max_changes, keep)
+                    cap = None  # cut inside transactions loaded already: read on without the cap
+                    continue
+                messages = whole
+            decoder = self._decode(position, messages, keep)
+            # Only transactions at or before the stored position came back (the Variable was stored but the slot
+            # not yet advanced): they used up the limit, so look further rather than report nothing.
+            if decoder.transactions or not decoder.skipped or decoder.messages < limit:
+                return decoder
+            limit = limit * 4 + decoder.messages
+            cap = None if cap is None else 4 * limit + 1000
+
+    @staticmethod
+    def _kinds_and_lsns(messages: pa.LargeBinaryArray) -> tuple[np.ndarray, np.ndarray]:
+        _, offsets_buf, data = messages.buffers()
+        buf = np.frombuffer(data, np.uint8)
+        starts = np.frombuffer(offsets_buf, np.int64, count=len(messages) + 1, offset=messages.offset * 8)[:-1]
+        return buf[starts], starts
+
+    def _whole_transactions(self, messages: pa.LargeBinaryArray,
+                            position: dict[str, Any]) -> pa.LargeBinaryArray | None:
+        """The messages up to the last commit, when they hold a transaction not loaded yet; else None."""
+        kinds, _ = self._kinds_and_lsns(messages)
+        commits = np.flatnonzero(kinds == ord("C"))
+        start = pgoutput.lsn_to_int(position["lsn"])
+        for i in commits[::-1].tolist():
+            if pgoutput.decode_commit(messages[i].as_py()).end_lsn > start:
+                return messages.slice(0, i + 1)
+        return None
+
+    def _first_new_transaction(self, messages: pa.LargeBinaryArray, position: dict[str, Any]) -> str | None:
+        kinds, _ = self._kinds_and_lsns(messages)
+        start = pgoutput.lsn_to_int(position["lsn"])
+        for i in np.flatnonzero(kinds == ord("B")).tolist():
+            begin = pgoutput.decode_begin(messages[i].as_py())
+            if begin.final_lsn >= start:
+                return pgoutput.int_to_lsn(begin.final_lsn)
+        return None
+
+    def _capture_window(self, position: dict[str, Any], max_changes: int, keep: set[str]) -> StreamDecoder:
+        """The next ``max_changes`` messages of one transaction too large for a batch (memory stays bounded by
+        the batch size, whatever the transaction's size). The position then points inside the transaction
+        (``partial``: its final LSN and how many of its messages are loaded); the slot stays before it until its
+        last window is loaded. The server filters: of the messages already loaded only Begin, Relation and Type
+        come back, which the decoder needs to read the rest."""
+        partial = position["partial"]
+        done = int(partial["done"])
+        final_lsn = pgoutput.lsn_to_int(partial["final_lsn"])
+        begin_prefix = bytes([0x42]) + final_lsn.to_bytes(8, "big")
+        query = (
+            "WITH p AS MATERIALIZED (SELECT data, n FROM pg_logical_slot_peek_binary_changes("
+            "%(slot)s, %(upto)s::pg_lsn, NULL, 'proto_version', '1', 'publication_names', %(pub)s, "
+            "'messages', 'true') WITH ORDINALITY AS p(lsn, xid, data, n)),"
+            " b AS (SELECT min(n) AS n0 FROM p WHERE substr(data, 1, 9) = %(begin)s)"
+            " SELECT p.n - b.n0, p.data FROM p, b WHERE p.n >= b.n0 AND ("
+            "  (p.n < b.n0 + %(done)s AND get_byte(p.data, 0) IN (66, 82, 89))"
+            "  OR (p.n >= b.n0 + %(done)s AND p.n < b.n0 + %(done)s + %(window)s)) ORDER BY p.n"
+        )
+        # Decoding stops after the transaction's commit (a Begin message's final LSN is where its commit record
+        # is; upto_lsn keeps transactions that commit before it).
+        params = {"slot": self.slot_name, "pub": publication_option(self.publication_name), "begin": begin_prefix,
+                  "done": done,
+                  "upto": pgoutput.int_to_lsn(final_lsn + 1),
+                  "window": max(max_changes, 1)}
+        with self.conn.transaction():
+            with self.conn.cursor(name=f"cdc_window_{self.slot_name}", binary=True) as cur:
+                cur.itersize = 10000
+                cur.execute(query, params)
+                rows = [(int(offset), bytes(data)) for offset, data in cur]
+        if not rows:
+            raise PositionLostError(self.source_id, position, f"transaction {partial['final_lsn']} that the position "
+                                    "points into is no longer in the slot")
+        decoder = self._decoder(position, keep)
+        last = done
+        for offset, data in rows:
+            decoder.feed(data)
+            last = offset
+            if data[0] == 0x43:  # its commit: the transaction is complete
+                break
+        if decoder.begin is not None:  # no commit yet: more windows to come
+            decoder.flush_partial({"final_lsn": partial["final_lsn"], "done": last + 1}, done)
+        log.info("source %s: read messages %d to %d of the large transaction %s%s", self.source_id, done, last,
+                 partial["final_lsn"], "" if decoder.begin is not None else " (its last part)")
+        return decoder
+
+    def _decode(self, position: dict[str, Any], messages: pa.LargeBinaryArray, keep: set[str]) -> StreamDecoder:
+        """Decode peeked messages columnar, or message by message for rare shapes."""
+        decoder = self._decoder(position, keep)
+        if self.columnar:
+            try:
+                decoder.adopt(decode_columnar(decoder, messages))
+                return decoder
+            except Unsupported as exc:
+                log.info("decoding this batch message by message: %s", exc)
+                decoder = self._decoder(position, keep)
+        for data in messages.to_pylist():
+            decoder.feed(data)
+        return decoder
+
+    def _peek_messages(self, limit: int, cap: int | None = None) -> pa.LargeBinaryArray:
+        """The peeked messages as one Arrow array, at most ``cap`` of them. The server concatenates them into one
+        value and sends their lengths beside it: one row instead of one per message, which is what a cursor spends
+        its time on. A batch too large for one value (1 GiB) is read through a server-side cursor instead."""
+        source = ("pg_logical_slot_peek_binary_changes(%s, NULL, %s, 'proto_version', '1', 'publication_names', %s, "
+                  "'messages', 'true')")
+        if cap is not None:
+            source += f" WITH ORDINALITY AS p(lsn, xid, data, n) WHERE n <= {int(cap)}"
+        try:
+            with self.conn.cursor(binary=True) as cur:
+                # One plain Aggregate over the function scan: both aggregates see the rows in stream order
+                # (an ORDER BY would sort, and spill, the whole batch); the decoder checks commit order anyway.
+                cur.execute(
+                    "SELECT coalesce(array_agg(length(data)), '{}'), coalesce(string_agg(data, ''::bytea), ''::bytea) "
+                    f"FROM {source}",
+                    (self.slot_name, limit, publication_option(self.publication_name)),
+                )
+                lengths, data = cur.fetchone()
+            offsets = np.zeros(len(lengths) + 1, np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            return pa.Array.from_buffers(
+                pa.large_binary(), len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+            )
+        except psycopg.errors.ProgramLimitExceeded:
+            log.info("batch larger than one value can hold; reading it row by row")
+        with self.conn.transaction():
+            with self.conn.cursor(name=f"cdc_peek_{self.slot_name}", binary=True) as cur:
+                cur.itersize = 10000
+                cur.execute(f"SELECT data FROM {source}",
+                            (self.slot_name, limit, publication_option(self.publication_name)))
+                return pa.array([data for (data,) in cur], pa.large_binary())
