@@ -64,7 +64,10 @@ def postgres_sink(url: str) -> SinkUnderTest:
     from airflow_provider_cdc.connectors.postgres.sink import PgSink
 
     def read(schema: str, table: str, columns: list[Column], live: bool) -> list[dict[str, Any]]:
-        return pg_rows(url, schema, table, columns, where=f"WHERE {SOFT_DELETED} IS NULL" if live else "")
+        with psycopg.connect(url) as conn:
+            soft = conn.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = %s"
+                                " AND column_name = %s", (schema, table, SOFT_DELETED)).fetchone()
+        return pg_rows(url, schema, table, columns, where=f"WHERE {SOFT_DELETED} IS NULL" if live and soft else "")
 
     def raw(schema: str, table: str) -> list[dict[str, Any]]:
         with psycopg.connect(url, row_factory=dict_row) as conn:
