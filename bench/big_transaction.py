@@ -6,7 +6,7 @@
 A table of 2,000,000 rows (``id bigint primary key`` and four columns, about 60 bytes of values) in a fresh source
 database; a slot and a publication (snapshot ``never``), then ONE ``UPDATE`` of every row in one transaction. Then:
 
-1. the trigger/sensor probe: one ``PgSource.has_changes(position)`` (and ``has_changes_async``) against that
+1. the trigger/sensor probe: one ``PgSource.has_changes(position)`` (and the probe's ``has_changes_after``) against that
    backlog in a fresh process: seconds and the growth of that process's RSS;
 2. capture → load → commit at batch size 50,000 in a fresh process (``bench/rss_child.py``) into a fresh sink
    database: batches, seconds, changes/s, the child's peak RSS; the source server meanwhile: its backends' private
@@ -186,13 +186,18 @@ def vmrss_kb() -> int:
 
 
 def probe_child(args: argparse.Namespace) -> None:
-    """One ``has_changes`` (then one ``has_changes_async``) against the backlog; prints one JSON line."""
+    """One ``has_changes`` (then the triggerer's ``PgChangeProbe.has_changes_after``) against the backlog; prints one
+    JSON line."""
+    from airflow_provider_cdc.connectors.postgres.probe import PgChangeProbe
+
     source = benchlib.PgSource(
         args.src_dsn, source_id="bench_bigtx_probe", tables=[("public", TABLE)], slot_name=args.slot,
         publication_name=PUBLICATION, snapshot="never", create_slot=False, create_publication=False,
     )
     source.prepare()
-    position = source.initial_position()
+    position = source.initial_position(snapshot=False)
+    probe = PgChangeProbe(args.src_dsn, source_id="bench_bigtx_probe", tables=[f"public.{TABLE}"], slot_name=args.slot,
+                          publication_name=PUBLICATION)
     asyncio.run(asyncio.sleep(0))  # the event loop's own start-up, not the probe's
     out: dict[str, Any] = {"position_lsn": position["lsn"]}
     for name in ("has_changes", "has_changes_async"):
@@ -201,11 +206,11 @@ def probe_child(args: argparse.Namespace) -> None:
         if name == "has_changes":
             answer = source.has_changes(position)
         else:
-            answer = asyncio.run(source.has_changes_async(position))
+            answer = asyncio.run(probe.has_changes_after(position))
         seconds = time.perf_counter() - started
         out[name] = {"answer": answer, "seconds": seconds, "peak_before_kb": before_peak,
                      "peak_after_kb": benchlib.rss_kb(), "rss_before_kb": before_rss, "rss_after_kb": vmrss_kb()}
-    asyncio.run(source.aclose())
+    asyncio.run(probe.aclose())
     source.close()
     print(json.dumps(out))
 
