@@ -71,7 +71,8 @@ class SinkError(CdcError):
                  terminal: bool = False) -> None:
         self.sink_id, self.table, self.batch_id = sink_id, table, batch_id
         self.terminal = terminal
-        where = f"sink {sink_id!r}" + (f", table {table}" if table else "") + (f", batch {batch_id}" if batch_id else "")
+        where = (f"sink {sink_id!r}" + (f", table {table}" if table else "")
+                 + (f", batch {batch_id}" if batch_id else ""))
         super().__init__(f"{where}: {message}")
 
 

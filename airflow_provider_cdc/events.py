@@ -298,8 +298,8 @@ class TableChangesBuilder:
     def finish(self) -> pa.Table:
         with_before = self.before is not None
         arrays: list[Any] = [self.ops, self.seqs, self.ts, self.txs, self.positions, self.unchanged, *self.values]
-        if with_before:
-            arrays += self.before  # type: ignore[operator]
+        if self.before is not None:
+            arrays += self.before
         return pa.Table.from_arrays(
             [pa.array(a, type=f.type) for a, f in zip(arrays, batch_schema(self.table, with_before))],
             schema=batch_schema(self.table, with_before),
@@ -311,8 +311,9 @@ class ChangeBatch:
     """A micro-batch from one source: changes per table, schema changes, and the position range it covers.
 
     ``schemas`` holds each table's latest schema in the batch (the one its Arrow columns follow);
-    ``schema_changes`` lists every change in ``seq`` order. ``position_from`` is the position the capture started after; ``position_to`` the one to store once the batch
-    is loaded. ``batch_id`` is deterministic (``<source_id>:<first>-<last>``) so that replays are recognised.
+    ``schema_changes`` lists every change in ``seq`` order. ``position_from`` is the position the capture started
+    after; ``position_to`` the one to store once the batch is loaded. ``batch_id`` is deterministic
+    (``<source_id>:<first>-<last>``) so that replays are recognised.
     """
 
     source_id: str

@@ -136,7 +136,8 @@ def _fill_unchanged(
         return None
 
     targets = folded.filter(needs_fill)
-    target_keys = [dict(zip(knames, arrays)) for arrays in zip(*(a.to_pylist() for a in key_arrays(targets, key, types)))]
+    target_keys = [dict(zip(knames, arrays))
+                   for arrays in zip(*(a.to_pylist() for a in key_arrays(targets, key, types)))]
     target_rows = targets.to_pylist()
     filled = []
     for row, normal in zip(target_rows, target_keys):

@@ -169,11 +169,11 @@ def _typed_boolean(values: pa.Array, column: Column) -> pa.Array:
 def _typed_decimal(values: pa.Array, column: Column, target: pa.DataType) -> pa.Array:
     try:
         return pc.cast(values, target)
-    except pa.ArrowInvalid:
+    except pa.ArrowInvalid as exc:
         # Arrow refuses text with more fractional digits than the scale even when they are zeros ("1.500" into
         # scale 2); Python's Decimal quantizes exactly and says which value does not fit.
         scale = decimal.Decimal(1).scaleb(-(target.scale))
-        out = []
+        out: list[decimal.Decimal | None] = []
         for v in values.to_pylist():
             if v is None:
                 out.append(None)
@@ -181,7 +181,9 @@ def _typed_decimal(values: pa.Array, column: Column, target: pa.DataType) -> pa.
             d = decimal.Decimal(v)
             q = d.quantize(scale)
             if q != d:
-                raise UntypedValueError(column.name, "decimal", v, f"more than {target.scale} decimal places")
+                raise UntypedValueError(
+                    column.name, "decimal", v, f"more than {target.scale} decimal places"
+                ) from exc
             out.append(q)
         return pa.array(out, target)
 

@@ -19,7 +19,8 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 # Airflow reads its configuration when first imported (the staging layer imports ``airflow.sdk``): give the
 # benchmark a private, throw-away AIRFLOW_HOME so that it never touches a real one or Airflow's database.
@@ -28,14 +29,14 @@ if "CDC_BENCH_AIRFLOW_HOME" not in os.environ:
 os.environ["AIRFLOW_HOME"] = os.environ["CDC_BENCH_AIRFLOW_HOME"]
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
-import psycopg  # noqa: E402
-from psycopg import sql  # noqa: E402
-from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from airflow_provider_cdc import pipeline  # noqa: E402
-from airflow_provider_cdc.connectors.postgres.sink import PgSink  # noqa: E402
-from airflow_provider_cdc.connectors.postgres.source import PgSource  # noqa: E402
-from airflow_provider_cdc.staging import BatchStore  # noqa: E402
+from airflow_provider_cdc import pipeline
+from airflow_provider_cdc.connectors.postgres.sink import PgSink
+from airflow_provider_cdc.connectors.postgres.source import PgSource
+from airflow_provider_cdc.staging import BatchStore
 
 # The package logs every batch at INFO; the benchmarks print their own lines.
 logging.getLogger("airflow_provider_cdc").setLevel(logging.WARNING)
@@ -270,7 +271,9 @@ def checkpoint(admin_dsn: str) -> None:
 
 
 def create_slot(conn: psycopg.Connection, slot: str) -> str:
-    return conn.execute("SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,)).fetchone()[0]
+    return conn.execute(
+        "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,)
+    ).fetchone()[0]
 
 
 def wal_lsn(conn: psycopg.Connection) -> str:
@@ -431,7 +434,8 @@ def machine_info(admin_dsn: str) -> dict[str, Any]:
         info["pg_version"] = conn.execute("SHOW server_version").fetchone()[0]
         info["pg_settings"] = dict(conn.execute(
             "SELECT name, current_setting(name) FROM pg_settings WHERE name IN ('shared_buffers', 'work_mem',"
-            " 'synchronous_commit', 'max_wal_size', 'wal_level', 'logical_decoding_work_mem', 'autovacuum') ORDER BY name"
+            " 'synchronous_commit', 'max_wal_size', 'wal_level', 'logical_decoding_work_mem', 'autovacuum')"
+            " ORDER BY name"
         ).fetchall())
     import pyarrow
 

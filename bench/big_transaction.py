@@ -351,7 +351,7 @@ def run_benchmark(admin_dsn: str, scale: Scale) -> dict[str, Any]:
         try:
             dropped = benchlib.drop_bench_databases(admin_dsn, DATABASES)
             log(f"big-tx: cleanup: dropped {', '.join(dropped) or 'nothing'}")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log(f"big-tx: cleanup FAILED, drop by hand: slots in and databases {DATABASES}: {exc}")
         shutil.rmtree(staging_dir, ignore_errors=True)
     return results
@@ -460,10 +460,10 @@ def render_section(results: dict[str, Any], info: dict[str, Any], started: dt.da
         "`logical_decoding_work_mem`) and materializes the output (about "
         f"{one['temp']['temp_bytes'] / max(one['batches'], 1) / 2**20:,.0f} MiB of temporary files per batch) "
         "before keeping one window of it: the server's work grows with the transaction's size times the number of "
-        "windows, i.e. with the square of the transaction's size at a fixed batch size. The worker's memory does not grow "
-        f"that way: peak RSS {mib(growth[0])} after the first batch, {mib(growth[1])} half-way, {mib(growth[2])} at the "
-        "end (the spread drain levels off earlier; whether the slow creep here would continue over many more "
-        "windows is not measured).",
+        "windows, i.e. with the square of the transaction's size at a fixed batch size. The worker's memory does "
+        f"not grow that way: peak RSS {mib(growth[0])} after the first batch, {mib(growth[1])} half-way, "
+        f"{mib(growth[2])} at the end (the spread drain levels off earlier; whether the slow creep here would "
+        "continue over many more windows is not measured).",
         "",
         "### The triggerer / sensor: one probe",
         "",
@@ -550,7 +550,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--json", help="also dump the raw results to this JSON file")
     parser.add_argument("--render-json", metavar="PATH",
-                        help="do not run: write the section of a run saved with --json (into --output or BENCHMARKS.md)")
+                        help="do not run: write the section of a run saved with --json "
+                             "(into --output or BENCHMARKS.md)")
     parser.add_argument("--probe-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--src-dsn", help=argparse.SUPPRESS)
     parser.add_argument("--slot", help=argparse.SUPPRESS)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import benchlib  # noqa: E402  (sets a private AIRFLOW_HOME before Airflow is imported)
+import benchlib  # sets a private AIRFLOW_HOME before Airflow is imported
 
 
 def main() -> None:

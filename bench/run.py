@@ -219,7 +219,8 @@ def bench_capture(ctx: dict[str, Any], scale: Scale) -> dict[str, Any]:
 
 def bench_rss(ctx: dict[str, Any], scale: Scale) -> dict[str, Any]:
     runs = {}
-    for label, slot, backlog in (("small", SLOT_RSS_SMALL, scale.rss_small), ("large", SLOT_RSS_LARGE, scale.rss_large)):
+    backlogs = (("small", SLOT_RSS_SMALL, scale.rss_small), ("large", SLOT_RSS_LARGE, scale.rss_large))
+    for label, slot, backlog in backlogs:
         log(f"bench 3: draining a backlog of {backlog:,} changes in a fresh process (batch size {scale.rss_batch:,})")
         command = [
             sys.executable, str(BENCH_DIR / "rss_child.py"),
@@ -537,7 +538,8 @@ def rss_table(b3: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def profile_text(title: str, rows: list[dict[str, Any]]) -> str:
     return text_table(title, ["function", "ncalls", "tottime", "cumtime"],
-                      [[r["function"], fmt_int(r["ncalls"]), f"{r['tottime']:.3f}", f"{r['cumtime']:.3f}"] for r in rows])
+                      [[r["function"], fmt_int(r["ncalls"]), f"{r['tottime']:.3f}", f"{r['cumtime']:.3f}"]
+                       for r in rows])
 
 
 def verdict(ok: bool) -> str:
@@ -592,9 +594,11 @@ def render_markdown(results: dict[str, Any], scale: Scale, info: dict[str, Any],
     summary_rows += [
         ["end to end (capture → 3 rules → 5 expectations → merge → commit)", "≥ 50,000 changes/s", "not measured",
          "transform and quality stages not built yet"],
-        ["continuous mode at 1,000 changes/s: p95 commit-to-sink lag", "< 15 s staged, < 5 s fused", "not measured", ""],
+        ["continuous mode at 1,000 changes/s: p95 commit-to-sink lag", "< 15 s staged, < 5 s fused", "not measured",
+         ""],
     ]
-    lines += ["## Against the targets", "", md_table(["target (DESIGN §6)", "goal", "this run", "status"], summary_rows, left=(0, 1, 2, 3)), ""]
+    lines += ["## Against the targets", "",
+              md_table(["target (DESIGN §6)", "goal", "this run", "status"], summary_rows, left=(0, 1, 2, 3)), ""]
 
     if b1:
         w = results["changes_workload"]
@@ -603,10 +607,10 @@ def render_markdown(results: dict[str, Any], scale: Scale, info: dict[str, Any],
             "## 1. Capture vs raw fetch",
             "",
             f"Workload: table `{TABLE_CHANGES} (id bigint primary key, a int, b text, c numeric(12,2), d timestamptz)` "
-            f"seeded with {fmt_int(scale.changes // 2)} rows before the slot was created, then {fmt_int(scale.changes)} "
-            f"changes ({fmt_int(w['counts']['u'])} updates, {fmt_int(w['counts']['c'])} inserts) in "
-            f"{w['transactions']} transactions of {fmt_int(scale.tx_rows)} rows "
-            f"({w['wal_bytes'] / 2**20:.0f} MiB of WAL), default replica identity.",
+            f"seeded with {fmt_int(scale.changes // 2)} rows before the slot was created, then "
+            f"{fmt_int(scale.changes)} changes ({fmt_int(w['counts']['u'])} updates, "
+            f"{fmt_int(w['counts']['c'])} inserts) in {w['transactions']} transactions of {fmt_int(scale.tx_rows)} "
+            f"rows ({w['wal_bytes'] / 2**20:.0f} MiB of WAL), default replica identity.",
             "",
             f"- reference: `pg_logical_slot_peek_binary_changes(slot, NULL, NULL, 'proto_version', '1', "
             f"'publication_names', pub)` through a psycopg named cursor (binary, {FETCH_ROWS} rows per fetch), rows "
@@ -737,8 +741,8 @@ def print_results(results: dict[str, Any]) -> None:
         print(text_table("\n== 1. capture vs raw fetch ==", h, [[c.replace("**", "") for c in row] for row in r]))
         print(f"ratio (changes decoded+staged/s ÷ raw msgs/s): {f['ratio']:.2f}x (target >= 0.5x); "
               f"decode-only {f['decode_ratio']:.2f}x")
-        print(profile_text(f"\ncProfile of one capture ({fmt_int(b1['profile']['changes'])} changes), top 10 by tottime:",
-                           b1["profile"]["by_tottime"]))
+        print(profile_text(f"\ncProfile of one capture ({fmt_int(b1['profile']['changes'])} changes), "
+                           "top 10 by tottime:", b1["profile"]["by_tottime"]))
         print(profile_text("\nsame capture, top by cumtime:", b1["profile"]["by_cumtime"]))
     if b2:
         h, r, v, f = watermark_tables(b2)
@@ -824,12 +828,12 @@ def main() -> int:
         for close in ctx["closers"]:
             try:
                 close()
-            except Exception as exc:  # noqa: BLE001 - cleanup goes on
+            except Exception as exc:  # cleanup goes on
                 log(f"cleanup: closing a connection failed: {exc}")
         try:
             dropped = benchlib.drop_bench_databases(args.dsn)
             log(f"cleanup: dropped {', '.join(dropped) or 'nothing'}")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log(f"cleanup FAILED, drop by hand: slots in and databases {benchlib.BENCH_DATABASES}: {exc}")
         shutil.rmtree(staging_dir, ignore_errors=True)
         shutil.rmtree(os.environ["CDC_BENCH_AIRFLOW_HOME"], ignore_errors=True)

@@ -234,7 +234,9 @@ def table_state(url: str, table: str, columns: list[str] | None = None) -> tuple
         try:
             count, digest = conn.execute(query).fetchone()
         except psycopg.errors.UndefinedColumn:
-            count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("public", table))).fetchone()[0]
+            count = conn.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("public", table))
+            ).fetchone()[0]
             digest = "(columns differ)"
         return count, digest, columns
 
@@ -284,7 +286,8 @@ def run(check: float | None, rate: float, api_timeout: float) -> int:
         if password:
             log(f"login:       user {ADMIN_USER}, password {password}")
         else:
-            log(f"login:       user {ADMIN_USER}; the password is in {AIRFLOW_HOME}/simple_auth_manager_passwords.json.generated")
+            log(f"login:       user {ADMIN_USER}; the password is in "
+                f"{AIRFLOW_HOME}/simple_auth_manager_passwords.json.generated")
         log("DAG:         cdc_shop (unpaused; it snapshots users and orders, then follows the changes)")
         log("Ctrl-C stops everything.")
         log("")
@@ -321,7 +324,7 @@ def run(check: float | None, rate: float, api_timeout: float) -> int:
         status = 1
     except Interrupted as exc:
         log(f"{exc}: shutting down")
-    except Exception as exc:  # noqa: BLE001 - report, clean up, exit 1
+    except Exception as exc:  # report, clean up, exit 1
         log(f"error: {exc}")
         status = 1
     finally:

@@ -111,7 +111,7 @@ def _make_traversable(path: Path) -> None:
 
 def _make_readable_tree(root: Path) -> None:
     """Let other users read (and run) the wheel's PostgreSQL install; cheap when already so."""
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         current = Path(dirpath)
         mode = current.stat().st_mode
         if mode & (_TRAVERSE | _READ) != (_TRAVERSE | _READ):

@@ -134,7 +134,9 @@ def assert_ledger_consistent(sink_url: str, source_id: str) -> list[tuple]:
     ids = [r[0] for r in rows]
     assert len(ids) == len(set(ids)), f"duplicate ledger batch ids: {ids}"
     for (_, _, prev_to), (bid, seq_from, _) in zip(rows, rows[1:]):
-        assert seq_from > prev_to or seq_from is None, f"batch {bid} overlaps the previous one (from {seq_from} <= {prev_to})"
+        assert seq_from > prev_to or seq_from is None, (
+            f"batch {bid} overlaps the previous one (from {seq_from} <= {prev_to})"
+        )
     return rows
 
 

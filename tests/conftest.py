@@ -21,9 +21,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -181,7 +181,7 @@ def pg_server(request: pytest.FixtureRequest):
             embedded_pg = _load_embedded_pg()
             pg = embedded_pg.EmbeddedPostgres(Path(workdir) / "data", fsync=False)
             pg.start()
-        except Exception as exc:  # noqa: BLE001 - any failure to start means "server unavailable"
+        except Exception as exc:  # any failure to start means "server unavailable"
             require_server(name, f"embedded PostgreSQL 18 did not start: {exc}")
         server = PgServer(name, pg.url("postgres"), _handle=pg)
         _probe(server)
@@ -237,7 +237,7 @@ def pg_database_factory(pg_server: PgServer) -> Callable[..., str]:
     for dbname in reversed(created):
         try:
             _drop_database(pg_server, dbname)
-        except Exception as exc:  # noqa: BLE001 - drop the others, then report
+        except Exception as exc:  # drop the others, then report
             errors.append(f"{dbname}: {exc}")
     if errors:
         raise RuntimeError("cleanup of test databases failed: " + "; ".join(errors))

@@ -19,7 +19,8 @@ def events(*rows):
 
 
 def by_key(table) -> dict:
-    return {(r["shop"], r["id"]): (r["_cdc_op"], r["_cdc_seq"], r["name"], r["doc"], r["_cdc_unchanged"]) for r in table.to_pylist()}
+    return {(r["shop"], r["id"]): (r["_cdc_op"], r["_cdc_seq"], r["name"], r["doc"], r["_cdc_unchanged"])
+            for r in table.to_pylist()}
 
 
 def test_last_write_wins_per_composite_key_and_delete_after_insert_is_a_delete():
@@ -54,8 +55,9 @@ def test_unchanged_values_come_from_the_latest_earlier_event_that_sent_them():
 
 
 def test_numeric_and_citext_keys_fold_by_value():
-    from airflow_provider_cdc.fold import normalise_key_text
     import pyarrow as pa
+
+    from airflow_provider_cdc.fold import normalise_key_text
 
     numeric = Column("k", "numeric(10,2)", "decimal", primary_key=True)
     texts = pa.array(["1", "1.0", "1.00", "10", "10.50", "-0", "-0.00", "0.0", "-1.10", "100.", "NaN", None])

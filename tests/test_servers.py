@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-
 from conftest import require_server
 
 EXPECTED_MAJOR = {"pg15": 15, "pg18": 18}

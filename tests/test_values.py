@@ -72,7 +72,8 @@ def test_a_naive_datetime_is_refused_as_timestamptz():
 
 
 @pytest.mark.parametrize(("logical", "value", "portable"),
-                         [f for f in FORMS if f[0] not in ("json",) and not (f[0] == "time" and isinstance(f[1], dt.timedelta))])
+                         [f for f in FORMS if f[0] not in ("json",)
+                          and not (f[0] == "time" and isinstance(f[1], dt.timedelta))])
 def test_parse_value_inverts_format_value(logical, value, portable):
     parsed = parse_value(portable, logical)
     if logical == "timestamptz":

@@ -74,7 +74,7 @@ class LedgerRow:
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> LedgerRow:
         """Read a stored row back (JSON given as text or as documents; unknown columns ignored)."""
-        values = {}
+        values: dict[str, Any] = {}
         for name in LEDGER_COLUMN_NAMES:
             value = record.get(name)
             if name in JSON_COLUMNS and isinstance(value, str):

@@ -7,6 +7,7 @@ provider hook resolves its Connections. A new database is a package and one line
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import importlib
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from airflow_provider_cdc.errors import ConnectorUnavailableError, MissingExtraE
 
 if TYPE_CHECKING:
     from airflow_provider_cdc.config import CdcConfig, ConnectorConfig, SourceConfig
-    from airflow_provider_cdc.connectors.base import ChangeProbe, SinkCapabilities, Sink, Source
+    from airflow_provider_cdc.connectors.base import ChangeProbe, Sink, SinkCapabilities, Source
 
 # type → (package under airflow_provider_cdc.connectors, the extra that installs its drivers; None: always there)
 CONNECTOR_MODULES: dict[str, tuple[str, str | None]] = {
@@ -49,8 +50,9 @@ class ConnectorFactory:
     """How one connector type is built. ``connection`` arguments are driver URLs (secret: never logged)."""
 
     type: str
-    source_options: type[BaseModel] = NoOptions
-    sink_options: type[BaseModel] = NoOptions
+    # builtins.type: in this class body ``type`` is the field above
+    source_options: builtins.type[BaseModel] = NoOptions
+    sink_options: builtins.type[BaseModel] = NoOptions
     capabilities: SinkCapabilities | None = None
     airflow_hook: AirflowHookRef | None = None
     # (source config, connection, validated source options) -> Source
@@ -106,7 +108,9 @@ def make_sink(connector: ConnectorConfig, connection: str, source: SourceConfig)
     """The Sink named by ``source.sink``, writing into ``source.target_schema`` with its delete mode."""
     built = factory(connector.type)
     if built.sink is None:
-        raise ConnectorUnavailableError(f"connectors.yaml: connector {connector.id!r}: type {connector.type!r} cannot be a sink")
+        raise ConnectorUnavailableError(
+            f"connectors.yaml: connector {connector.id!r}: type {connector.type!r} cannot be a sink"
+        )
     return built.sink(connector, connection, source, sink_options(connector))
 
 

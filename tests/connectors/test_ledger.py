@@ -13,7 +13,8 @@ from airflow_provider_cdc.events import ChangeBatch, Column, TableSchema
 
 def batch() -> ChangeBatch:
     schema = TableSchema("public", "items", (Column("id", "bigint", "integer", primary_key=True),), dialect="x")
-    table = pa.table({"_cdc_op": ["c", "u", "d"], "_cdc_seq": pa.array([11, 12, 13], pa.int64()), "id": ["1", "1", "2"]})
+    table = pa.table(
+        {"_cdc_op": ["c", "u", "d"], "_cdc_seq": pa.array([11, 12, 13], pa.int64()), "id": ["1", "1", "2"]})
     return ChangeBatch(
         source_id="src", batch_id="src:a-b", position_from={"lsn": "0/1", "seq": 10},
         position_to={"lsn": "0/9", "seq": 13}, seq_from=11, seq_to=13,

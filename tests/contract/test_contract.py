@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 import pytest
+from cdc_testing import unique_id
 
 from airflow_provider_cdc import pipeline
 from airflow_provider_cdc.config import SourceConfig
@@ -21,7 +22,6 @@ from airflow_provider_cdc.connectors.postgres.catalog import logical_type
 from airflow_provider_cdc.connectors.registry import make_source
 from airflow_provider_cdc.errors import CdcError
 from airflow_provider_cdc.events import Column
-from cdc_testing import unique_id
 from contract.pairs import SinkUnderTest, delta_sink, pg_rows, postgres_sink
 
 pytestmark = pytest.mark.timeout(300)
@@ -210,7 +210,8 @@ def test_a_truncate_in_the_middle_of_a_batch(pair):
     pair.sql("INSERT INTO items SELECT g, 'before', g, 1 FROM generate_series(1, 20) g")
     pair.run()
     pair.sql("BEGIN; UPDATE items SET name = 'touched'; COMMIT; TRUNCATE items;"
-             "INSERT INTO items VALUES (5, 'after', 5, 5), (50, 'after', 50, 50); UPDATE items SET qty = 6 WHERE id = 5")
+             "INSERT INTO items VALUES (5, 'after', 5, 5), (50, 'after', 50, 50);"
+             " UPDATE items SET qty = 6 WHERE id = 5")
     batch = pair.capture()
     assert "t" in batch.op_totals()
     pipeline.load_batch(batch, pair.sink)
@@ -238,7 +239,8 @@ def test_soft_delete_then_reinsert(pair_factory):
 
 def test_a_value_the_source_did_not_resend_keeps_its_sink_value(pair):
     # A toasted value is not in the WAL of an update that did not change it: the sink must keep what it has.
-    pair.sql("INSERT INTO items VALUES (1, 'a', 1, 1, (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 4000) g))")
+    pair.sql("INSERT INTO items VALUES"
+             " (1, 'a', 1, 1, (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 4000) g))")
     pair.run()
     pair.sql("UPDATE items SET qty = 2 WHERE id = 1")
     batch = pair.capture()
@@ -274,7 +276,8 @@ def test_a_failed_load_leaves_no_ledger_row_and_the_position_where_it_was(pair, 
 
 KINDS_ROW = {
     "id": 1, "i": -7, "big": 9223372036854775807, "n": decimal.Decimal("1234567890123456789012345678.0123456789"),
-    "f": 1.5e-300, "b": True, "t": "héllo, \"wörld\"\n\\", "tz": dt.datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=dt.timezone.utc),
+    "f": 1.5e-300, "b": True, "t": "héllo, \"wörld\"\n\\",
+    "tz": dt.datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=dt.timezone.utc),
     "ts": dt.datetime(1999, 12, 31, 23, 59, 59, 999999), "d": dt.date(2024, 2, 29), "tm": dt.time(23, 59, 59, 500000),
     "j": {"a": [1, 2, {"b": None}], "ü": "x"}, "js": {"k": 1}, "by": b"\x00\xde\xad\\\x0a",
     "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "arr": [1, None, 3],

@@ -14,8 +14,6 @@ import uuid
 
 import psycopg
 import pytest
-from psycopg import sql
-
 from cdc_testing import (
     assert_ledger_consistent,
     assert_same_rows,
@@ -26,6 +24,7 @@ from cdc_testing import (
     unique_id,
     write_config,
 )
+from psycopg import sql
 
 # A safety net: a product that wrongly finds nothing to capture would leave a DAG run's sensor waiting.
 pytestmark = pytest.mark.timeout(400)
@@ -61,7 +60,7 @@ def run_dag(source_id: str, config_dir, monkeypatch, *, expect: str = "success")
         try:
             staged_run(CdcHook(source_id, str(config_dir)), unique_id("why"))
             why = "an in-process staged run then succeeded"
-        except Exception as exc:  # noqa: BLE001 - reported in the assertion
+        except Exception as exc:  # reported in the assertion
             why = f"{type(exc).__name__}: {exc}"
         pytest.fail(f"run of cdc_{source_id} ended {dag_run.state}: {why}", pytrace=False)
     assert dag_run.state == wanted, f"run of cdc_{source_id} ended {dag_run.state}, expected {wanted}"
@@ -625,7 +624,8 @@ def test_snapshot_text_equals_stream_text(env):
 
     env.run()
     # Our own comparison reads the source in this database's (odd) default style: back to the server's.
-    autocommit(env.source_url, f"ALTER DATABASE {dbname} RESET TimeZone", f"ALTER DATABASE {dbname} RESET IntervalStyle")
+    autocommit(env.source_url, f"ALTER DATABASE {dbname} RESET TimeZone",
+               f"ALTER DATABASE {dbname} RESET IntervalStyle")
     env.same("v")
     with psycopg.connect(env.sink_url) as conn:
         cols = ", ".join(f"{c}::text" for c in values)
@@ -744,8 +744,10 @@ def test_overlapping_staged_runs_apply_nothing_twice(env, overlap):
 
 KEYS_EQUAL_BY_VALUE = {
     # key type: (first row, statements writing one key in other text, the count of that key in the sink)
-    "numeric": ("5, 'five'", ["INSERT INTO k VALUES (1.0, 'first')", "UPDATE k SET id = 1.00, v = 'second' WHERE id = 1",
-                              "UPDATE k SET v = 'third' WHERE id = 1.000"], "SELECT count(*) FROM k WHERE id = 1"),
+    "numeric": ("5, 'five'", ["INSERT INTO k VALUES (1.0, 'first')",
+                              "UPDATE k SET id = 1.00, v = 'second' WHERE id = 1",
+                              "UPDATE k SET v = 'third' WHERE id = 1.000"],
+                "SELECT count(*) FROM k WHERE id = 1"),
     "citext": ("'zzz', 'z'", ["INSERT INTO k VALUES ('Abc', 'first')",
                               "UPDATE k SET id = 'abc', v = 'second' WHERE id = 'ABC'",
                               "UPDATE k SET v = 'third' WHERE id = 'aBc'"],

@@ -81,7 +81,10 @@ class Catalog:
                 " FROM pg_class c WHERE c.oid = %s",
                 (relid,),
             )
-            relkind, replident, is_partition, has_children, pk_deferrable = cur.fetchone()
+            row = cur.fetchone()
+        if row is None:
+            raise LookupError(f"relation {relid} no longer exists (dropped while it was being read)")
+        relkind, replident, is_partition, has_children, pk_deferrable = row
         return {
             "relkind": relkind,
             "replica_identity": replident,
@@ -120,7 +123,9 @@ class Catalog:
         if key not in self._types:
             with self.conn.cursor() as cur:
                 cur.execute("SELECT format_type(%s, %s)", (oid, typmod if typmod >= 0 else None))
-                self._types[key] = cur.fetchone()[0]
+                row = cur.fetchone()
+                assert row is not None  # a SELECT without FROM returns one row
+                self._types[key] = row[0]
         return self._types[key]
 
     def attributes(self, relid: int) -> dict[str, tuple[int, str | None, bool]]:
@@ -145,6 +150,7 @@ class Catalog:
     def _column(self, relid: int, name: str, declared: str, keys: set[str], nullable: bool,
                 previous: TableSchema | None) -> Column:
         attribute = self.attributes(relid).get(name)
+        ordinal: int | None
         if attribute is not None:
             ordinal, backfill, unknown = attribute
         else:
@@ -163,7 +169,10 @@ class Catalog:
                 "WHERE c.oid = %s",
                 (relid,),
             )
-            schema, name = cur.fetchone()
+            row = cur.fetchone()
+            if row is None:
+                raise LookupError(f"relation {relid} no longer exists (dropped while it was being read)")
+            schema, name = row
             cur.execute(
                 "SELECT attname, format_type(atttypid, atttypmod), NOT attnotnull FROM pg_attribute "
                 "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",

@@ -199,8 +199,8 @@ def decode_columnar(dec: DecoderState, arr: pa.LargeBinaryArray) -> ColumnarResu
     # Tables not configured (a publication for all tables) or waiting for their snapshot: dropped before any seq.
     unwanted = [relid for relid, (schema, _) in relations.items() if not dec.wanted(schema)]
     if unwanted:
-        mine = ~np.isin(row_relid, unwanted)
-        row_idx, row_relid = row_idx[mine], row_relid[mine]
+        keep = ~np.isin(row_relid, unwanted)
+        row_idx, row_relid = row_idx[keep], row_relid[keep]
     row_kind = kinds[row_idx]
     shape = buf[starts[row_idx] + 5]  # 'N' new tuple, 'K' old key, 'O' old row
     if ((row_kind == _U) & (shape == ord("K"))).any():

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import psycopg
 import pyarrow.compute as pc
@@ -76,6 +78,9 @@ class TableDdl:
     _held: sql.Identifier
     _type_exists: dict[str, bool]
     _reported_dropped: set[tuple[str, tuple[str, ...]]]
+
+    if TYPE_CHECKING:  # from LedgerStorage
+        def _ensure_held(self, cur: psycopg.Cursor) -> None: ...
 
     def _table_label(self, schema: TableSchema) -> str:
         return f"{self.target_schema}.{schema.name}"
@@ -172,9 +177,9 @@ class TableDdl:
         self,
         cur: psycopg.Cursor,
         schema: TableSchema,
-        changes: list[SchemaChange] = (),  # type: ignore[assignment]
+        changes: Sequence[SchemaChange] = (),
         *,
-        earlier: list[TableSchema] = (),  # type: ignore[assignment]
+        earlier: Sequence[TableSchema] = (),
         source_id: str | None = None,
         batch_id: str | None = None,
         reconcile: bool = True,
@@ -309,7 +314,9 @@ class TableDdl:
     ) -> None:
         if context.has_rows is None:
             cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(context.target))
-            context.has_rows = bool(cur.fetchone()[0])
+            row = cur.fetchone()
+            assert row is not None  # SELECT EXISTS returns one row
+            context.has_rows = bool(row[0])
         if col.backfill_unknown and context.has_rows:
             raise TableHeld(
                 self.sink_id,
@@ -341,7 +348,9 @@ class TableDdl:
             try:
                 with self._conn.transaction():  # a savepoint: older servers raise on text that does not parse
                     cur.execute("SELECT to_regtype(%s) IS NOT NULL", (type_,))
-                    self._type_exists[type_] = bool(cur.fetchone()[0])
+                    row = cur.fetchone()
+                    assert row is not None  # a SELECT without FROM returns one row
+                    self._type_exists[type_] = bool(row[0])
             except (psycopg.DataError, psycopg.ProgrammingError):
                 self._type_exists[type_] = False
         if self._type_exists[type_]:

@@ -258,10 +258,10 @@ class StreamDecoder:
                         self.seq += 1
                         builder.append(OP_DELETE, self.seq, ts_ms, tx_id, position, before,
                                        before=before if old_kind == "O" else None)
-                        old_key = before if old_kind == "O" else [
+                        old_key_image = before if old_kind == "O" else [
                             before[i] if i in key_idx else None for i in range(len(before))]
                         self.seq += 1
-                        builder.append(OP_CREATE, self.seq, ts_ms, tx_id, position, new, before=old_key,
+                        builder.append(OP_CREATE, self.seq, ts_ms, tx_id, position, new, before=old_key_image,
                                        unchanged=unchanged or None)
                         continue
                     if old_kind != "O":

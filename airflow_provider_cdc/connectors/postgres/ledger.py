@@ -114,7 +114,9 @@ class LedgerStorage:
     def _high_water(self, cur: psycopg.Cursor, source_id: str) -> int:
         cur.execute(sql.SQL("SELECT coalesce(max(seq_to), 0) FROM {} WHERE source_id = %s").format(self._ledger),
                     (source_id,))
-        return int(cur.fetchone()[0])
+        row = cur.fetchone()
+        assert row is not None  # an aggregate returns one row
+        return int(row[0])
 
     def _last_committed(self, cur: psycopg.Cursor, source_id: str) -> LedgerRow | None:
         # Every column there is: a ledger of an older version, not yet migrated by a write, lacks some.

@@ -114,7 +114,9 @@ class RowMerge:
         # The stage is LIKE the target (which has its own _cdc_op ...), so the batch's bookkeeping gets stage names.
         staged = folded.select([*columns, "_cdc_op", "_cdc_seq", "_cdc_ts_ms"]).rename_columns(
             [*columns, "_cdc_s_op", "_cdc_s_seq", "_cdc_s_ts_ms"]).append_column("_cdc_s_unchanged", unchanged)
-        extra = [sql.SQL("_cdc_s_op text, _cdc_s_seq bigint, _cdc_s_ts_ms bigint, _cdc_s_unchanged text[]")]
+        extra: list[sql.Composable] = [
+            sql.SQL("_cdc_s_op text, _cdc_s_seq bigint, _cdc_s_ts_ms bigint, _cdc_s_unchanged text[]")
+        ]
         from_columns = [f"_cdc_s_from_{i}" for i in range(len(key))]
         if has_moved:
             # Rows whose key changed and whose unchanged TOAST values live in the sink under their old key.
@@ -158,7 +160,9 @@ class RowMerge:
         if pc.any(pc.equal(staged["_cdc_s_op"], OP_DELETE)).as_py():
             cur.execute(sql.SQL("SELECT count(*) FROM {} AS s JOIN {} AS t ON {} WHERE s._cdc_s_op = %s AND {}").format(
                 stage, target, on, guard), (OP_DELETE,))
-            deleted = int(cur.fetchone()[0])
+            row = cur.fetchone()
+            assert row is not None  # an aggregate returns one row
+            deleted = int(row[0])
         else:
             deleted = 0
         cur.execute(self._merge_statement(target, stage, key, columns, gone, on, guard, has_unchanged))
@@ -185,8 +189,11 @@ class RowMerge:
         fill = [name for name in columns if name in wanted]
         if not fill:
             return
-        sets = [sql.SQL("{0} = CASE WHEN {1} = ANY(s._cdc_s_unchanged) THEN o.{0} ELSE s.{0} END").format(
-            sql.Identifier(name), sql.Literal(name)) for name in fill]
+        sets: list[sql.Composable] = [
+            sql.SQL("{0} = CASE WHEN {1} = ANY(s._cdc_s_unchanged) THEN o.{0} ELSE s.{0} END").format(
+                sql.Identifier(name), sql.Literal(name))
+            for name in fill
+        ]
         sets.append(sql.SQL("_cdc_s_unchanged = '{}'"))
         match = sql.SQL(" AND ").join(sql.SQL("o.{} = s.{}").format(sql.Identifier(name), sql.Identifier(from_))
                                       for name, from_ in zip(key, from_columns))
@@ -247,7 +254,7 @@ class RowMerge:
         has_unchanged: bool,
     ) -> sql.Composed:
         ts = sql.SQL("to_timestamp(s._cdc_s_ts_ms / 1000.0)")
-        updates = []
+        updates: list[sql.Composable] = []
         for name in columns:
             if name in key:
                 continue
@@ -265,7 +272,7 @@ class RowMerge:
                     sql.SQL("_cdc_ts = {}").format(ts)]
         if self.delete_mode == "soft":
             updates.append(sql.SQL("_cdc_deleted_at = NULL"))
-            on_delete = sql.SQL(
+            on_delete: sql.Composable = sql.SQL(
                 "UPDATE SET _cdc_deleted_at = {0}, _cdc_op = s._cdc_s_op, _cdc_position = s._cdc_s_seq, _cdc_ts = {0}"
             ).format(ts)
         else:

@@ -151,7 +151,7 @@ def decode_insert(buf: bytes) -> tuple[int, list]:
 def decode_update(buf: bytes) -> tuple[int, str | None, list | None, list]:
     """Update → (relid, old kind 'K'/'O'/None, old tuple, new tuple)."""
     (relid,) = _I32.unpack_from(buf, 1)
-    kind = chr(buf[5])
+    kind: str | None = chr(buf[5])
     old = None
     offset = 6
     if kind in ("K", "O"):

@@ -59,7 +59,9 @@ class SnapshotCapture:
     def _current_lsn(self) -> str:
         with self.conn.cursor() as cur:
             cur.execute("SELECT pg_current_wal_lsn()::text")
-            return cur.fetchone()[0]
+            row = cur.fetchone()
+            assert row is not None  # a SELECT without FROM returns one row
+            return row[0]
 
     def _settle(self, batch: ChangeBatch, snapshot: dict[str, Any] | None) -> ChangeBatch:
         """Reconcile stream changes with snapshot reads of the same time span.
@@ -144,16 +146,16 @@ class SnapshotCapture:
     def _read_rows_by_key(self, schema: TableSchema, keys: list[list[str]]) -> dict[int, dict[str, str | None]]:
         """Current rows for the given keys (portable text, one list per key column), by the keys' position in the
         lists; values in the portable form."""
-        keys = [[pg_input_scalar(v, schema.column(c).logical_type) for v in values]
-                for c, values in zip(schema.primary_key, keys)]
-        names = [f"k{i}" for i in range(len(keys))]
+        pg_keys = [[pg_input_scalar(v, schema.column(c).logical_type) for v in values]
+                   for c, values in zip(schema.primary_key, keys)]
+        names = [f"k{i}" for i in range(len(pg_keys))]
         joined = sql.SQL(" AND ").join(
             sql.SQL("t.{} = u.{}::{}").format(sql.Identifier(c), sql.Identifier(k),
                                               sql.SQL(schema.column(c).source_type))
             for c, k in zip(schema.primary_key, names))
         query = sql.SQL("SELECT u.n, {} FROM unnest({}) WITH ORDINALITY AS u({}, n) JOIN {} AS t ON {}").format(
             sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in schema.column_names),
-            sql.SQL(", ").join(sql.Literal(values) + sql.SQL("::text[]") for values in keys),
+            sql.SQL(", ").join(sql.Literal(values) + sql.SQL("::text[]") for values in pg_keys),
             sql.SQL(", ").join(map(sql.Identifier, names)), sql.Identifier(schema.schema, schema.name), joined)
         read = portable_table(self._copy_text(query, ["_n", *schema.column_names]), schema)
         return {int(row.pop("_n")) - 1: row for row in read.to_pylist()}

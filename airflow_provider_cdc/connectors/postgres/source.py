@@ -144,7 +144,9 @@ class PgSource(PublicationSetup, StreamCapture, SnapshotCapture):
         conn = self.conn
         with conn.cursor() as cur:
             cur.execute("SHOW wal_level")
-            (wal_level,) = cur.fetchone()
+            row = cur.fetchone()
+            assert row is not None  # SHOW returns one row
+            (wal_level,) = row
             if wal_level != "logical":
                 raise SourceError(
                     self.source_id,
@@ -209,7 +211,9 @@ class PgSource(PublicationSetup, StreamCapture, SnapshotCapture):
             )
         with self.conn.cursor() as cur:
             cur.execute("SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')", (self.slot_name,))
-            (lsn,) = cur.fetchone()
+            row = cur.fetchone()
+            assert row is not None  # the function returns one row (or raises)
+            (lsn,) = row
         log.info("created replication slot %s at %s", self.slot_name, lsn)
 
     # -- recovery after a lost position (python -m airflow_provider_cdc resnapshot) ---------------------------
@@ -237,13 +241,16 @@ class PgSource(PublicationSetup, StreamCapture, SnapshotCapture):
         with self.conn.cursor() as cur:
             cur.execute(position_check_sql(True), (self.slot_name,))
             row = cur.fetchone()
+        assert row is not None  # position_check_sql returns one row, the slot or not
         return {"system_id": row[5], "timeline": int(row[6])}
 
     def _can_read_identity(self) -> bool:
         if self._identity_readable is None:
             with self.conn.cursor() as cur:
                 cur.execute(IDENTITY_PRIVILEGE_SQL)
-                self._identity_readable = bool(cur.fetchone()[0])
+                row = cur.fetchone()
+                assert row is not None  # a SELECT without FROM returns one row
+                self._identity_readable = bool(row[0])
             if not self._identity_readable:
                 log.warning("source %s: cannot read pg_control_system() (grant EXECUTE on it, or pg_monitor); a "
                             "failover or restore cannot be detected", self.source_id)
@@ -256,6 +263,9 @@ class PgSource(PublicationSetup, StreamCapture, SnapshotCapture):
         if state is None:
             self.prepare()
             state = self.slot_state()
+            if state is None:  # prepare() created it: dropped again since
+                raise SourceError(self.source_id, f"replication slot {self.slot_name!r} was dropped while the source "
+                                  "was being prepared")
         position: dict[str, Any] = {"lsn": state.confirmed_flush_lsn, "seq": 0, "schemas": {},
                                     "tables": self.qualified_tables, **self.server_identity()}
         if snapshot if snapshot is not None else self.snapshot_mode == "initial":

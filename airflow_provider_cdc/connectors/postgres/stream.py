@@ -32,13 +32,15 @@ class StreamCapture:
     source_id: str
     slot_name: str
     publication_name: str
-    qualified_tables: list[str]
     # Columnar decoding is the fast path; the per-message decoder is its reference (and the fallback).
     columnar: bool = True
 
     if TYPE_CHECKING:
         @property
         def conn(self) -> psycopg.Connection: ...  # PgSource's connection
+
+        @property
+        def qualified_tables(self) -> list[str]: ...  # PgSource's configured tables
 
     def _decoder(self, position: dict[str, Any], keep: set[str] | None) -> StreamDecoder:
         return StreamDecoder(self.source_id, Catalog(self.conn), position, keep, database=self.conn.info.dbname)
@@ -182,7 +184,9 @@ class StreamCapture:
                     f"FROM {source}",
                     (self.slot_name, limit, publication_option(self.publication_name)),
                 )
-                lengths, data = cur.fetchone()
+                row = cur.fetchone()
+                assert row is not None  # aggregates without GROUP BY return one row
+                lengths, data = row
             offsets = np.zeros(len(lengths) + 1, np.int64)
             np.cumsum(lengths, out=offsets[1:])
             return pa.Array.from_buffers(

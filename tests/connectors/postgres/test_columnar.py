@@ -12,7 +12,9 @@ from cdc_testing import create_shop, random_changes
 from airflow_provider_cdc.connectors.postgres.source import PgSource
 
 
-def capture_both(url: str, position: dict, max_changes: int = 100000, tables=(("public", "users"), ("public", "orders"))):
+def capture_both(
+    url: str, position: dict, max_changes: int = 100000, tables=(("public", "users"), ("public", "orders"))
+):
     batches = []
     for use_columnar in (True, False):
         with PgSource(url, source_id="col", tables=list(tables), slot_name="cdc_col",

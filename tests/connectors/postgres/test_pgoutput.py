@@ -47,13 +47,15 @@ def test_relation_and_row_messages():
     relid, kind, old, new = pgoutput.decode_update(
         b"U" + struct.pack("!I", 16384) + b"O" + tuple_data("1", "a") + b"N" + tuple_data("1", pgoutput.UNCHANGED))
     assert (relid, kind, old) == (16384, "O", ["1", "a"]) and new[1] is pgoutput.UNCHANGED
-    assert pgoutput.decode_update(b"U" + struct.pack("!I", 1) + b"N" + tuple_data(None, "")) == (1, None, None, [None, ""])
+    without_old = pgoutput.decode_update(b"U" + struct.pack("!I", 1) + b"N" + tuple_data(None, ""))
+    assert without_old == (1, None, None, [None, ""])
     assert pgoutput.decode_delete(b"D" + struct.pack("!I", 1) + b"K" + tuple_data("5", None)) == (1, "K", ["5", None])
     assert pgoutput.decode_truncate(b"T" + struct.pack("!IB", 2, 1) + struct.pack("!II", 10, 11)) == ([10, 11], 1)
 
 
 def test_logical_message_and_unknown_tuple_kind():
-    msg = pgoutput.decode_message(b"M\x01" + struct.pack("!Q", 55) + b"cdc_heartbeat\x00" + struct.pack("!I", 2) + b"hi")
+    msg = pgoutput.decode_message(
+        b"M\x01" + struct.pack("!Q", 55) + b"cdc_heartbeat\x00" + struct.pack("!I", 2) + b"hi")
     assert (msg.transactional, msg.lsn, msg.prefix, msg.content) == (True, 55, "cdc_heartbeat", b"hi")
     with pytest.raises(ValueError, match="unexpected tuple data kind 'b'"):
         pgoutput.decode_tuple(struct.pack("!H", 1) + b"b", 0)

@@ -186,7 +186,8 @@ def test_ledger_reads_before_any_ledger_exists(sink, pg_database):
 
 
 def test_table_without_primary_key_is_refused(sink):
-    keyless = TableSchema("public", "events", (Column("id", "integer", "integer"), Column("v", "text")), dialect="postgresql")
+    keyless = TableSchema("public", "events", (Column("id", "integer", "integer"), Column("v", "text")),
+                          dialect="postgresql")
     with pytest.raises(SinkError, match="add a primary key at the source") as info:
         sink.ensure_tables([keyless])
     assert info.value.table == "public.events"
@@ -308,7 +309,8 @@ def test_overlapping_batch_applies_only_new_events(sink, pg_database):
     result = sink.apply(overlapping)
     assert result.applied and result.skipped_replayed == 2 and result.upserted == 2
     assert rows(pg_database, columns="id, name") == [("1", "sink edit"), ("2", "b2"), ("3", "c")]
-    assert ledger(pg_database) == [("shop:1-2", "shop", 1, 2, 2, 0), ("shop:1-4", "shop", 3, 4, 2, 0)]  # the range it applied
+    # the overlapping batch's row records the range it applied (3-4)
+    assert ledger(pg_database) == [("shop:1-2", "shop", 1, 2, 2, 0), ("shop:1-4", "shop", 3, 4, 2, 0)]
 
 
 def test_a_batch_of_only_replayed_events_is_recorded_and_changes_nothing(sink, pg_database):

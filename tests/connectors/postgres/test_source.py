@@ -239,7 +239,8 @@ def test_deferrable_key_without_full_identity_is_refused_and_never_published(pg_
 
 def test_user_publication_row_filter_reaches_the_snapshot_and_column_lists_are_refused(pg_database):
     execute(pg_database, "CREATE TABLE f (id int PRIMARY KEY, region text, v text)",
-            "INSERT INTO f SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, 'v' || g FROM generate_series(1, 10) g",
+            "INSERT INTO f SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, 'v' || g"
+            " FROM generate_series(1, 10) g",
             "CREATE PUBLICATION eu_only FOR TABLE f WHERE (region = 'eu')")
     source = PgSource(pg_database, source_id="t", tables=[("public", "f")], slot_name="cdc_t",
                       publication_name="eu_only", create_publication=False)
