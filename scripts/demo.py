@@ -7,13 +7,15 @@ Starts, on this machine and without Docker:
   ``warehouse`` (sink) and ``airflow`` (Airflow's metadata);
 - ``scripts/change_generator.py`` writing random inserts, updates and deletes into ``shop``;
 - ``airflow standalone`` (``.state/demo/airflow``) with this repository's DAG bundle and ``include/config``,
-  which runs the DAG ``cdc_shop``.
+  which runs two DAGs: ``cdc_shop`` merges into the warehouse database, and ``cdc_shop_lake`` into Delta Lake
+  tables under ``.state/demo/lake`` (a ``type: file`` sink, readable with DuckDB or polars).
 
-It prints the Airflow URL and login, then every 30 s the row counts of the source and the warehouse.
+It prints the Airflow URL and login, then every 30 s the row counts of the source, the warehouse and the lake.
 Ctrl-C (or SIGTERM) stops everything it started.
 
 ``--check SECONDS`` runs the same thing as a smoke test: the generator runs for a while and stops, and the
-demo exits 0 as soon as the warehouse's users and orders equal the source's, or 1 when SECONDS have passed.
+demo exits 0 as soon as the warehouse's and the lake's users and orders equal the source's, or 1 when SECONDS have
+passed.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ STATE_DIR = REPO_ROOT / ".state" / "demo"
 PG_DATADIR = STATE_DIR / "pg"
 AIRFLOW_HOME = STATE_DIR / "airflow"
 STANDALONE_LOG = STATE_DIR / "airflow-standalone.log"
+LAKE_DIR = STATE_DIR / "lake"
 PREFERRED_PG_PORT = 55432
 PREFERRED_API_PORT = 8080
 TABLES = ("users", "orders")
@@ -116,6 +119,7 @@ def airflow_env(pg: EmbeddedPostgres, api_port: int) -> dict[str, str]:
             "CDC_CONFIG_DIR": str(REPO_ROOT / "include" / "config"),
             "CDC_DEMO_SOURCE_URL": pg.url("shop"),
             "CDC_DEMO_WAREHOUSE_URL": pg.url("warehouse"),
+            "CDC_DEMO_LAKE_URL": LAKE_DIR.as_uri(),
         }
     )
     return env
@@ -241,19 +245,42 @@ def table_state(url: str, table: str, columns: list[str] | None = None) -> tuple
         return count, digest, columns
 
 
+def source_rows(url: str, table: str) -> list[tuple]:
+    """Every row of public.<table> as Python values in id order (numbers, aware datetimes...)."""
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        return conn.execute(sql.SQL("SELECT * FROM {} ORDER BY id").format(sql.Identifier("public", table))).fetchall()
+
+
+def lake_state(table: str, columns: list[str]) -> tuple[int, list[tuple]] | None:
+    """(row count, rows as Python values in id order) of the lake's Delta table, or None before it exists."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        rows = DeltaTable(str(LAKE_DIR / "public" / table)).to_pyarrow_table(columns=columns).to_pylist()
+    except TableNotFoundError:
+        return None
+    return len(rows), sorted((tuple(r[c] for c in columns) for r in rows), key=lambda r: r[0])
+
+
 def compare(pg: EmbeddedPostgres) -> tuple[bool, str]:
-    """Whether the warehouse equals the source in both tables, and a one-line summary of the row counts."""
+    """Whether the warehouse and the lake equal the source in both tables, and a one-line summary of the counts."""
     parts, equal = [], True
     for table in TABLES:
         try:
             source = table_state(pg.url("shop"), table)
             sink = table_state(pg.url("warehouse"), table, source[2] if source else None) if source else None
-        except psycopg.Error as exc:
+            lake = lake_state(table, source[2]) if source else None
+            lake_equal = lake is not None and lake[1] == source_rows(pg.url("shop"), table)
+        except (psycopg.Error, OSError) as exc:
             return False, f"(cannot count rows: {exc.__class__.__name__}: {exc})"
         source_count = source[0] if source else "-"
         sink_count = sink[0] if sink else "not yet created"
-        parts.append(f"{table}: source {source_count}, warehouse {sink_count}")
-        equal = equal and source is not None and sink is not None and source[:2] == sink[:2] and source[0] > 0
+        lake_count = lake[0] if lake else "not yet created"
+        parts.append(f"{table}: source {source_count}, warehouse {sink_count}, lake {lake_count}")
+        equal = (equal and source is not None and sink is not None and source[:2] == sink[:2] and source[0] > 0
+                 and lake_equal)
     return equal, " | ".join(parts)
 
 
@@ -288,7 +315,8 @@ def run(check: float | None, rate: float, api_timeout: float) -> int:
         else:
             log(f"login:       user {ADMIN_USER}; the password is in "
                 f"{AIRFLOW_HOME}/simple_auth_manager_passwords.json.generated")
-        log("DAG:         cdc_shop (unpaused; it snapshots users and orders, then follows the changes)")
+        log("DAGs:        cdc_shop (into the warehouse) and cdc_shop_lake (into Delta tables under "
+            f"{LAKE_DIR}); both unpaused: they snapshot users and orders, then follow the changes")
         log("Ctrl-C stops everything.")
         log("")
 
@@ -308,13 +336,13 @@ def run(check: float | None, rate: float, api_timeout: float) -> int:
             if generator is not None and time.monotonic() - started >= churn:
                 stop_process_group(generator, "change generator", signal.SIGINT, 15)
                 generator = None
-                log("change generator stopped; waiting for the warehouse to match the source")
+                log("change generator stopped; waiting for the warehouse and the lake to match the source")
             if airflow.poll() is not None:
                 log(f"airflow standalone exited with {airflow.returncode}; see {STANDALONE_LOG}")
                 return 1
             equal, summary = compare(pg)
             if equal and generator is None:
-                log(f"check passed: the warehouse matches the source ({summary})")
+                log(f"check passed: the warehouse and the lake match the source ({summary})")
                 return 0
             if time.monotonic() - last_report >= 30:
                 log(summary)

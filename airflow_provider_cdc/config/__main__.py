@@ -106,9 +106,11 @@ def _capabilities(connector_type: str) -> str:
     capabilities = registry.factory(connector_type).capabilities
     if capabilities is None:
         return ""
-    flags = [("transactional", capabilities.transactional), ("merge by key", capabilities.merge_by_key),
-             ("soft delete", capabilities.soft_delete)]
-    words = [name if present else f"no {name}" for name, present in flags]
+    words = [
+        "one transaction per batch" if capabilities.transactional else "one commit per table and batch",
+        "merge by key" if capabilities.merge_by_key else "append-only change log",
+        "soft delete" if capabilities.soft_delete else "no soft delete",
+    ]
     return ", " + ", ".join(words)
 
 

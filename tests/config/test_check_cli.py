@@ -68,7 +68,7 @@ def test_check_valid_config_prints_summary(tmp_path: Path) -> None:
         "  cdc_postgres_main: postgresql, 2 tables -> warehouse, schedule @continuous",
         "  cdc_shop: postgresql, 1 table -> warehouse, schedule */10 * * * *",
         "sinks: 1",
-        "  warehouse: postgresql, transactional, merge by key, soft delete",
+        "  warehouse: postgresql, one transaction per batch, merge by key, soft delete",
         "rules: 1",
         "suites: 0",
     ]

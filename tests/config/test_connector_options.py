@@ -319,7 +319,7 @@ def test_config_check_asks_each_used_factory_to_look_online(
         "logdb://admin:***@db/app); skipped",
         "warning: lake found a leftover of a removed source",
     ]
-    assert "  files: lake, no transactional, no merge by key, no soft delete" in out.splitlines()
+    assert "  files: lake, one commit per table and batch, append-only change log, no soft delete" in out.splitlines()
 
 
 def test_config_check_summary_lists_each_sink_with_its_capabilities(
@@ -331,8 +331,8 @@ def test_config_check_summary_lists_each_sink_with_its_capabilities(
     lines = capsys.readouterr().out.splitlines()
     assert lines[lines.index("sinks: 2"):][:3] == [
         "sinks: 2",
-        "  files: lake, no transactional, no merge by key, no soft delete",
-        "  db: logdb, transactional, merge by key, soft delete",
+        "  files: lake, one commit per table and batch, append-only change log, no soft delete",
+        "  db: logdb, one transaction per batch, merge by key, soft delete",
     ]
 
 
