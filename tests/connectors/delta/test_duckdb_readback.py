@@ -12,7 +12,7 @@ from airflow_provider_cdc.connectors.delta.sink import DeltaSink
 
 from .helpers import delta_extension, item, make_batch
 
-duckdb = pytest.importorskip("duckdb")
+import duckdb  # noqa: E402 - after the helpers, as the test extra pins it
 
 
 def rows_of(table) -> list[tuple]:
