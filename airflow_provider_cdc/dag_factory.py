@@ -1,9 +1,13 @@
 """Config → DAGs: one DAG ``cdc_<source_id>`` per source of ``cdc.yaml``.
 
-Staged mode: ``wait_for_changes`` (deferrable sensor) → ``capture`` → [stages] → ``load`` → ``commit``.
-Fused mode: ``wait_for_changes`` → ``sync``. Between capture and load, each builder of :data:`STAGE_BUILDERS`
-may add a task that reads the upstream manifest and writes a new one (the transform and validate stages register
-there); with none registered, load reads capture's manifest.
+Staged mode: ``wait_for_changes`` (deferrable sensor) → ``capture`` → one task per stage → ``load`` → ``commit``.
+Fused mode: ``wait_for_changes`` → ``fused``. The stages are the source's stage list
+(:func:`airflow_provider_cdc.stages.build_stages`: transform, then validate, each only where it has something to
+do); each stage task reads the upstream manifest and stages a new one, and load and commit read the last. Fused
+mode runs the same list in its one task.
+
+Errors carry intent: the DAG's retries (exponential backoff) are for transient errors; a terminal one fails its
+task at once (:mod:`airflow_provider_cdc.operators.intent`).
 
 Bad config raises :class:`~airflow_provider_cdc.config.ConfigError` with every problem (file, key, reason), so the
 bundle's DAG file shows it as an import error in the Airflow UI instead of silently losing DAGs.
@@ -13,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,20 +26,15 @@ from airflow_provider_cdc.config import load_config
 from airflow_provider_cdc.operators.cdc import (
     CdcCaptureOperator,
     CdcCommitOperator,
+    CdcFusedOperator,
     CdcLoadOperator,
-    CdcSyncOperator,
+    CdcStageOperator,
 )
-from airflow_provider_cdc.sensors.changes import CDCChangesSensor
+from airflow_provider_cdc.sensors.changes import CdcChangesSensor
+from airflow_provider_cdc.stages import build_stages
 
 if TYPE_CHECKING:
-    from airflow.sdk import BaseOperator
-
     from airflow_provider_cdc.config import CdcConfig, SourceConfig
-
-StageBuilder = Callable[["SourceConfig", "CdcConfig", str, str], "BaseOperator | None"]
-"""``(source, config, config_dir, upstream_manifest_template) -> operator or None`` (None: stage not needed)."""
-
-STAGE_BUILDERS: list[StageBuilder] = []
 
 START_DATE = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
 # A continuous DAG's sensor may wait as long as the source is idle; a cron run gives up (skipped) after a day.
@@ -44,20 +42,23 @@ SENSOR_TIMEOUT = {True: 365 * 24 * 3600, False: 24 * 3600}
 
 
 def manifest_of(task_id: str) -> str:
-    return "{{ ti.xcom_pull(task_ids='%s')['manifest_uri'] }}" % task_id
+    return "{{ ti.xcom_pull(task_ids='" + task_id + "')['manifest_uri'] }}"
 
 
-def _doc(source: SourceConfig) -> str:
+def _doc(source: SourceConfig, stage_names: list[str]) -> str:
+    stages = " → ".join(["capture", *stage_names, "load", "commit"])
     return (
         f"### CDC of source `{source.id}` ({source.type})\n\n"
         f"Tables: {', '.join(f'`{t}`' for t in source.tables)} → sink `{source.sink}`, schema "
         f"`{source.target_schema}` ({source.delete_mode} deletes), {source.batch_size} changes per run, "
-        f"{source.mode} mode.\n\nPosition: Variable `cdc.position.{source.id}`. Ledger: `_cdc_ledger` in the sink."
+        f"{source.mode} mode: {stages}.\n\n"
+        f"Position: Variable `cdc.position.{source.id}`. Ledger: `_cdc_ledger` in the sink."
     )
 
 
 def build_dag(source: SourceConfig, config: CdcConfig, config_dir: str) -> DAG:
     continuous = source.schedule == "@continuous"
+    stage_names = [stage.name for stage in build_stages(source, config)]
     default_args: dict[str, Any] = {
         "owner": "cdc",
         "retries": 3,
@@ -72,29 +73,30 @@ def build_dag(source: SourceConfig, config: CdcConfig, config_dir: str) -> DAG:
         max_active_runs=source.max_active_runs,
         default_args=default_args,
         tags=["cdc", source.type],
-        doc_md=_doc(source),
+        doc_md=_doc(source, stage_names),
     ) as dag:
-        common = {"source_id": source.id, "config_dir": config_dir}
-        wait = CDCChangesSensor(
+        common: dict[str, Any] = {"source_id": source.id, "config_dir": config_dir}
+        wait = CdcChangesSensor(
             task_id="wait_for_changes",
             poke_interval=source.poll_interval,
             heartbeat_interval=source.heartbeat_interval,
             timeout=SENSOR_TIMEOUT[continuous],
-            soft_fail=not continuous,
+            # An idle scheduled run gives up as skipped; errors still fail it (never soft_fail: it would skip a
+            # lost position too).
+            skip_on_timeout=not continuous,
             retries=0 if not continuous else 3,
             **common,
         )
         if source.mode == "fused":
-            wait >> CdcSyncOperator(task_id="sync", **common)
+            wait >> CdcFusedOperator(task_id="fused", **common)
             return dag
         capture = CdcCaptureOperator(task_id="capture", **common)
         wait >> capture
-        upstream = capture
-        for builder in STAGE_BUILDERS:
-            stage = builder(source, config, config_dir, manifest_of(upstream.task_id))
-            if stage is not None:
-                upstream >> stage
-                upstream = stage
+        upstream: CdcCaptureOperator | CdcStageOperator = capture
+        for name in stage_names:
+            stage = CdcStageOperator(task_id=name, stage=name, manifest_uri=manifest_of(upstream.task_id), **common)
+            upstream >> stage
+            upstream = stage
         load = CdcLoadOperator(task_id="load", manifest_uri=manifest_of(upstream.task_id), **common)
         commit = CdcCommitOperator(task_id="commit", manifest_uri=manifest_of(upstream.task_id), **common)
         upstream >> load >> commit

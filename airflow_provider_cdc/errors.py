@@ -3,6 +3,7 @@
     CdcError
      ├── ConfigError               a config file is wrong (file, key, reason for every problem)        terminal
      ├── ConnectorUnavailableError a connector type has no source, sink or probe here                 terminal
+     ├── UnknownConfigEntryError   a source or connector id the config does not have                 terminal
      ├── MissingExtraError         a connector's driver is not installed (names the pip extra)        terminal
      ├── SourceError               the source cannot be read (connection, privileges, settings)       transient
      │    ├── PositionLostError    the stored position is gone at the source: re-snapshot             terminal
@@ -34,6 +35,15 @@ def is_terminal(exc: BaseException) -> bool:
 
 class ConnectorUnavailableError(CdcError):
     terminal = True
+
+
+class UnknownConfigEntryError(CdcError, KeyError):
+    """A source or connector id that the config does not have (a DAG or task outlived its config entry)."""
+
+    terminal = True
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class SourceError(CdcError):

@@ -1,7 +1,10 @@
-"""The stages of a CDC run as plain functions: capture → (transform → validate) → load → commit.
+"""The steps of a CDC run as plain functions: capture → the stage list (:mod:`airflow_provider_cdc.stages`) → load
+→ commit.
 
-Operators are thin wrappers over these; the fused operator calls them in one process. Each stage reads what the
-previous one committed (a staged batch behind a manifest) and returns a small JSON-safe summary for XCom.
+Operators are thin wrappers over these. In staged mode each step is a task that reads what the previous one
+committed (a staged batch behind a manifest) and returns a small JSON-safe summary for XCom; :func:`run_fused` runs
+the same steps, with the same stage list, in one process. Only the connector contracts of
+:mod:`airflow_provider_cdc.connectors.base` are used here: nothing in this module knows a particular database.
 
 Exactly-once (DESIGN section 3): capture never acknowledges; load writes data and the ledger row in one sink
 transaction; commit stores the position only once the ledger has the batch, then acknowledges the source. A crash
@@ -13,12 +16,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from airflow_provider_cdc.connectors.base import Sink, Source
+from airflow_provider_cdc.connectors.base import Position, PositionStore, Sink, Source
 from airflow_provider_cdc.errors import CdcError, PositionLostError
 from airflow_provider_cdc.events import ChangeBatch
-from airflow_provider_cdc.positions import PositionStore
+from airflow_provider_cdc.stages import Stage, apply_stages
 from airflow_provider_cdc.staging import BatchStore
 
 log = logging.getLogger("airflow_provider_cdc.pipeline")
@@ -33,6 +37,7 @@ def release_memory() -> None:
 
 
 def summarize(batch: ChangeBatch, manifest_uri: str | None) -> dict[str, Any]:
+    """What a step hands over in XCom: the manifest URI and counts, never data."""
     return {
         "manifest_uri": manifest_uri,
         "source_id": batch.source_id,
@@ -44,15 +49,16 @@ def summarize(batch: ChangeBatch, manifest_uri: str | None) -> dict[str, Any]:
     }
 
 
-def start_position(source: Source, sink: Sink, positions: PositionStore) -> dict[str, Any] | None:
+def start_position(source: Source, sink: Sink, positions: PositionStore) -> Position | None:
     """The stored position, or the sink ledger's if that is later (a previous commit step did not finish)."""
     stored = positions.get(source.source_id)
     committed = sink.last_committed(source.source_id)
     if committed is not None and (stored is None or source.position_order(committed) > source.position_order(stored)):
         log.warning(
-            "source %s: the sink ledger is ahead of Variable cdc.position.%s (%s); resuming from the ledger at seq %s",
+            "source %s: the sink ledger is ahead of the stored position cdc.position.%s (%s); resuming from the "
+            "ledger at seq %s",
             source.source_id, source.source_id,
-            "the Variable is missing" if stored is None else "a commit step did not finish", committed.get("seq"),
+            "it is missing" if stored is None else "a commit step did not finish", committed.get("seq"),
         )
         # Marked: batches without changes leave no ledger row, so the source may be acknowledged past it.
         return {**committed, "from_ledger": True} if stored is None else committed
@@ -73,7 +79,8 @@ def capture_batch(
         # Overlapping runs (max_active_runs > 1): another run may have committed, and acknowledged the source,
         # after this one read the position. Read it again; only a position that stays behind is lost.
         again = start_position(source, sink, positions)
-        if again == position or source.position_order(again) <= source.position_order(position):
+        if again is None or position is None or again == position or \
+                source.position_order(again) <= source.position_order(position):
             raise
         log.info("source %s: another run committed up to seq %s meanwhile (%s); capturing from there",
                  source.source_id, again.get("seq"), exc)
@@ -108,20 +115,69 @@ def capture_stage(
     return summary
 
 
-def load_batch(batch: ChangeBatch, sink: Sink, *, run_id: str | None = None) -> dict[str, Any]:
+def run_stage(manifest_uri: str, stage: Stage, store: BatchStore) -> dict[str, Any]:
+    """Staged mode's task for one stage of the list: read the upstream batch, apply ``stage``, stage the result
+    beside it with the stage versions accumulated so far. Re-running it (a cleared task) rewrites the same batch."""
+    batch, manifest = store.read_staged(manifest_uri)
+    made, versions = apply_stages([stage], batch, manifest.get("stage_versions"))
+    del batch
+    uri = store.write(made, stage=stage.name, extra={"stage_versions": versions})
+    summary = {**summarize(made, uri), "stage": stage.name, "stage_versions": versions}
+    del made
+    release_memory()
+    return summary
+
+
+def load_batch(
+    batch: ChangeBatch, sink: Sink, *, run_id: str | None = None, stage_versions: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Apply ``batch`` with its ledger row (which records ``stage_versions``); a batch already in the ledger is a
+    no-op. A batch left without changes (nothing captured, or every row dropped by a stage) writes nothing."""
     if batch.is_empty:
         log.info("batch %s has no changes; nothing to load", batch.batch_id)
         return {"batch_id": batch.batch_id, "applied": False, "empty": True}
-    result = sink.apply(batch, run_id=run_id)
+    result = sink.apply(batch, run_id=run_id, versions={"stage_versions": stage_versions or {}})
     if not result.applied:
         log.info("batch %s is already in the sink ledger; load is a no-op", batch.batch_id)
     return {**result.to_dict(), "empty": False}
 
 
 def load_stage(manifest_uri: str, sink: Sink, *, run_id: str | None = None) -> dict[str, Any]:
-    result = load_batch(BatchStore.read(manifest_uri), sink, run_id=run_id)
+    batch, manifest = BatchStore.read_staged(manifest_uri)
+    result = load_batch(batch, sink, run_id=run_id, stage_versions=manifest.get("stage_versions"))
+    del batch
     release_memory()
     return result
+
+
+class LoadNotCommittedError(CdcError):
+    """Commit was asked for a batch the sink ledger does not have: its load never committed. Retrying the commit
+    cannot change that; clearing the load task can."""
+
+    terminal = True
+
+    def __init__(self, source_id: str, batch_id: str) -> None:
+        self.source_id, self.batch_id = source_id, batch_id
+        super().__init__(
+            f"source {source_id!r}: batch {batch_id} is not in the sink ledger, so its load did not commit; "
+            "the position stays where it is. Clear the load task to apply it."
+        )
+
+
+class TablesHeldError(CdcError):
+    """The batch committed, but the sink holds some tables back until they are re-snapshotted. Terminal: a retry
+    would only say it again; the next run does, until the tables are re-snapshotted."""
+
+    terminal = True
+
+    def __init__(self, source_id: str, held: dict[str, str]) -> None:
+        self.held = held
+        lines = "; ".join(f"{table}: {reason}" for table, reason in held.items())
+        super().__init__(
+            f"source {source_id!r}: the batch was committed for every other table, but tables {sorted(held)} are "
+            f"held: their changes are not applied until each is re-snapshotted (python -m airflow_provider_cdc "
+            f"resnapshot {source_id} --table <table>). {lines}"
+        )
 
 
 def commit_position(
@@ -130,15 +186,12 @@ def commit_position(
     positions: PositionStore,
     *,
     batch_id: str,
-    position_to: dict[str, Any],
+    position_to: Position,
     needs_ledger: bool,
 ) -> dict[str, Any]:
     """Store the batch's end position (never moving backwards), then acknowledge the source."""
     if needs_ledger and not sink.has_batch(batch_id):
-        raise CdcError(
-            f"source {source.source_id!r}: batch {batch_id} is not in the sink ledger, so its load did not commit; "
-            "the position stays where it is. Clear the load task to apply it."
-        )
+        raise LoadNotCommittedError(source.source_id, batch_id)
     stored = positions.get(source.source_id)
     newest = position_to
     if stored is None or source.position_order(position_to) > source.position_order(stored) or (
@@ -148,24 +201,13 @@ def commit_position(
     else:
         newest = stored
         stored_now = False
-        log.info("Variable cdc.position.%s already holds a later position; left as is", source.source_id)
+        log.info("cdc.position.%s already holds a later position; left as is", source.source_id)
     source.acknowledge(newest)
     held = sink.held_tables(source.source_id)
     if held:
         # Committed first: the other tables keep flowing. The run still fails, so that the held table is seen.
         raise TablesHeldError(source.source_id, held)
     return {"batch_id": batch_id, "position_stored": stored_now, "seq": newest.get("seq")}
-
-
-class TablesHeldError(CdcError):
-    def __init__(self, source_id: str, held: dict[str, str]) -> None:
-        self.held = held
-        lines = "; ".join(f"{table}: {reason}" for table, reason in held.items())
-        super().__init__(
-            f"source {source_id!r}: the batch was committed for every other table, but tables {sorted(held)} are "
-            f"held: their changes are not applied until each is re-snapshotted (python -m airflow_provider_cdc "
-            f"resnapshot {source_id} --table <table>). {lines}"
-        )
 
 
 def commit_stage(
@@ -177,6 +219,7 @@ def commit_stage(
     *,
     retention_hours: float | None = None,
 ) -> dict[str, Any]:
+    """Commit the batch of the last staged step (the one load applied)."""
     manifest = store.read_manifest(manifest_uri)
     result = commit_position(
         source, sink, positions,
@@ -196,19 +239,25 @@ def run_fused(
     *,
     max_changes: int,
     run_id: str | None = None,
+    stages: Sequence[Stage] = (),
 ) -> dict[str, Any]:
-    """Capture, load and commit in one process, without staging: the lowest latency, same guarantees."""
+    """Capture, the stage list, load and commit in one process, without staging: the lowest latency, and the
+    same guarantees and the same ledger row as staged mode."""
     started = time.monotonic()
     batch = capture_batch(source, sink, positions, max_changes)
-    loaded = load_batch(batch, sink, run_id=run_id)
+    captured = batch.change_count
+    batch, stage_versions = apply_stages(stages, batch)
+    loaded = load_batch(batch, sink, run_id=run_id, stage_versions=stage_versions)
     committed = commit_position(
         source, sink, positions,
         batch_id=batch.batch_id,
         position_to=batch.position_to,
         needs_ledger=not batch.is_empty,
     )
-    summary = {**summarize(batch, None), "load": loaded, "commit": committed}
-    log.info("fused run of %s: %d changes in %.2fs", source.source_id, batch.change_count, time.monotonic() - started)
+    summary = {**summarize(batch, None), "captured": captured, "stage_versions": stage_versions, "load": loaded,
+               "commit": committed}
+    log.info("fused run of %s: %d changes captured, %d after %d stages, in %.2fs", source.source_id, captured,
+             batch.change_count, len(stages), time.monotonic() - started)
     del batch
     release_memory()
     return summary

@@ -9,6 +9,7 @@ so a reader sees a whole batch or none. Layout::
 
     <root>/<source_id>/<batch key>/manifest.json
     <root>/<source_id>/<batch key>/<schema>.<table>.parquet
+    <root>/<source_id>/<batch key>/<stage>/manifest.json   # the batch as a stage (transform...) made it
     <root>/<source_id>/runs/<run key>.json      # which manifest a DAG run captured (clear → same range)
 """
 
@@ -137,6 +138,11 @@ class BatchStore:
 
     @classmethod
     def read(cls, uri: str) -> ChangeBatch:
+        return cls.read_staged(uri)[0]
+
+    @classmethod
+    def read_staged(cls, uri: str) -> tuple[ChangeBatch, dict[str, Any]]:
+        """The staged batch and its manifest (which also carries what stages added, e.g. ``stage_versions``)."""
         manifest = cls.read_manifest(uri)
         folder = _object_path(uri).parent
         tables: dict[str, pa.Table] = {}
@@ -161,7 +167,7 @@ class BatchStore:
             schema_changes=[SchemaChange.from_dict(c) for c in manifest["schema_changes"]],
             connector=manifest.get("connector", ""),
             database=manifest.get("database", ""),
-        )
+        ), manifest
 
     # -- runs -----------------------------------------------------------------------------------------------
 

@@ -10,15 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from airflow_provider_cdc import stages
 from airflow_provider_cdc.config import ConfigError
 from airflow_provider_cdc.dag_factory import build_dags
 from airflow_provider_cdc.operators.cdc import (
     CdcCaptureOperator,
     CdcCommitOperator,
+    CdcFusedOperator,
     CdcLoadOperator,
-    CdcSyncOperator,
+    CdcStageOperator,
 )
-from airflow_provider_cdc.sensors.changes import CDCChangesSensor
+from airflow_provider_cdc.sensors.changes import CdcChangesSensor
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DAG_FILE = REPO_ROOT / "dags" / "cdc_pipelines.py"
@@ -78,7 +80,7 @@ def test_staged_dag_waits_then_captures_loads_and_commits(tmp_path: Path):
     assert set(dag.task_ids) == {"wait_for_changes", "capture", "load", "commit"}
     assert edges(dag) == {("wait_for_changes", "capture"), ("capture", "load"), ("load", "commit")}
     wait = dag.get_task("wait_for_changes")
-    assert isinstance(wait, CDCChangesSensor)
+    assert isinstance(wait, CdcChangesSensor)
     assert wait.deferrable is True
     assert wait.poke_interval == 2.5
     assert isinstance(dag.get_task("capture"), CdcCaptureOperator)
@@ -91,12 +93,54 @@ def test_staged_dag_waits_then_captures_loads_and_commits(tmp_path: Path):
         assert task.config_dir == str(config_dir.resolve())
 
 
-def test_fused_dag_waits_then_syncs(tmp_path: Path):
+def test_fused_dag_waits_then_runs_everything_in_one_fused_task(tmp_path: Path):
     dag = build_dags(write(tmp_path / "config", TWO_SOURCES))["cdc_billing"]
 
-    assert set(dag.task_ids) == {"wait_for_changes", "sync"}
-    assert edges(dag) == {("wait_for_changes", "sync")}
-    assert isinstance(dag.get_task("sync"), CdcSyncOperator)
+    assert set(dag.task_ids) == {"wait_for_changes", "fused"}
+    assert edges(dag) == {("wait_for_changes", "fused")}
+    assert isinstance(dag.get_task("fused"), CdcFusedOperator)
+
+
+class NamedStage:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def apply(self, batch):
+        return batch
+
+    def versions(self) -> dict:
+        return {}
+
+
+def test_each_stage_of_the_stage_list_is_one_task_between_capture_and_load(tmp_path: Path, monkeypatch):
+    # Two registered stages; the second has nothing to do for billing (its factory returns None there).
+    monkeypatch.setattr(stages, "STAGE_FACTORIES", (
+        ("transform", lambda source, config: NamedStage("transform")),
+        ("validate", lambda source, config: NamedStage("validate") if source.id == "shop" else None),
+    ))
+    cdc_yaml = TWO_SOURCES.replace("    mode: fused\n", "")
+    dags = build_dags(write(tmp_path / "config", cdc_yaml))
+
+    shop, billing = dags["cdc_shop"], dags["cdc_billing"]
+    assert edges(shop) == {("wait_for_changes", "capture"), ("capture", "transform"), ("transform", "validate"),
+                           ("validate", "load"), ("load", "commit")}
+    transform, validate = shop.get_task("transform"), shop.get_task("validate")
+    assert isinstance(transform, CdcStageOperator) and transform.stage == "transform"
+    # Each stage reads its upstream's manifest; load and commit read the last stage's.
+    assert transform.manifest_uri == "{{ ti.xcom_pull(task_ids='capture')['manifest_uri'] }}"
+    assert validate.manifest_uri == "{{ ti.xcom_pull(task_ids='transform')['manifest_uri'] }}"
+    assert shop.get_task("load").manifest_uri == shop.get_task("commit").manifest_uri == \
+        "{{ ti.xcom_pull(task_ids='validate')['manifest_uri'] }}"
+    assert "capture → transform → validate → load → commit" in shop.doc_md
+    assert edges(billing) == {("wait_for_changes", "capture"), ("capture", "transform"), ("transform", "load"),
+                              ("load", "commit")}
+
+
+def test_fused_dag_keeps_one_task_whatever_the_stages(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(stages, "STAGE_FACTORIES", (("transform", lambda source, config: NamedStage("transform")),))
+    dag = build_dags(write(tmp_path / "config", TWO_SOURCES))["cdc_billing"]
+
+    assert set(dag.task_ids) == {"wait_for_changes", "fused"}
 
 
 def test_a_cron_schedule_is_used_as_given(tmp_path: Path):
@@ -108,8 +152,11 @@ def test_a_cron_schedule_is_used_as_given(tmp_path: Path):
     assert billing.schedule == "*/5 * * * *"
     assert type(billing.timetable).__name__ == "CronTriggerTimetable"
     assert billing.max_active_runs == 2
-    # A scheduled run's sensor gives up (skipped), while a continuous one waits as long as the source is idle.
-    assert billing.get_task("wait_for_changes").soft_fail is True
+    # A scheduled run's sensor gives up (skipped) when idle, while a continuous one waits as long as the source is
+    # idle. Neither uses soft_fail, which would skip a lost position too.
+    assert billing.get_task("wait_for_changes").skip_on_timeout is True
+    assert dags["cdc_shop"].get_task("wait_for_changes").skip_on_timeout is False
+    assert billing.get_task("wait_for_changes").soft_fail is False
     assert dags["cdc_shop"].get_task("wait_for_changes").soft_fail is False
     assert dags["cdc_shop"].schedule == "@continuous"
 
@@ -141,7 +188,7 @@ connectors:
 """
 
 EXPECTED_PROBLEMS = [
-    ("connectors.yaml", "connectors[1].type", "should be 'postgresql', 'mysql', 'mongodb' or 'file'"),
+    ("connectors.yaml", "connectors[1].type", "should be 'postgresql', 'file', 'mysql' or 'mongodb'"),
     ("cdc.yaml", "sources[0].sink", "unknown connector 'wharehouse'; did you mean 'warehouse'?"),
     ("cdc.yaml", "sources[1].batch_size", "should be greater than 0"),
     ("cdc.yaml", "sources[1].batchsize", "unknown key; did you mean 'batch_size'?"),

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
 
 import psycopg
 import pytest
-
-from airflow_provider_cdc import pipeline
-from airflow_provider_cdc.errors import CdcError
-from airflow_provider_cdc.hooks.cdc import CdcHook
 from cdc_testing import (
     assert_ledger_consistent,
     assert_same_rows,
@@ -17,9 +15,46 @@ from cdc_testing import (
     drain,
     random_changes,
     staged_run,
+    table_rows,
     unique_id,
     write_config,
 )
+from test_stages import UpperNames
+
+from airflow_provider_cdc import pipeline
+from airflow_provider_cdc.connectors.base import Position, PositionStore
+from airflow_provider_cdc.errors import CdcError, is_terminal
+from airflow_provider_cdc.events import ChangeBatch
+from airflow_provider_cdc.hooks.cdc import CdcHook
+
+
+class MemoryPositions:
+    """A PositionStore in memory: the pipeline needs nothing more than the protocol."""
+
+    def __init__(self) -> None:
+        self.documents: dict[str, dict] = {}
+
+    def get(self, source_id: str) -> Position | None:
+        doc = self.documents.get(source_id)
+        return None if doc is None else {k: v for k, v in doc.items() if k != "batch_id"}
+
+    def set(self, source_id: str, position: Position, *, batch_id: str | None) -> None:
+        self.documents[source_id] = {**position, "batch_id": batch_id}
+
+    def delete(self, source_id: str) -> None:
+        self.documents.pop(source_id, None)
+
+
+class DropEverything:
+    """A filtering stage that leaves nothing of the batch."""
+
+    name = "drop_all"
+
+    def apply(self, batch: ChangeBatch) -> ChangeBatch:
+        return dataclasses.replace(batch, tables={q: t.slice(0, 0) for q, t in batch.tables.items()})
+
+    def versions(self) -> dict:
+        return {"keeps": "nothing"}
 
 
 @pytest.fixture
@@ -79,8 +114,9 @@ def test_cleared_capture_replays_the_same_range_and_commit_needs_the_load(shop):
     sink = hook.get_sink()
     source = hook.get_source()
     try:
-        with pytest.raises(CdcError, match=f"batch {captured['batch_id']} is not in the sink ledger"):
+        with pytest.raises(CdcError, match=f"batch {captured['batch_id']} is not in the sink ledger") as raised:
             pipeline.commit_stage(captured["manifest_uri"], source, sink, hook.positions, hook.store)
+        assert is_terminal(raised.value)  # retrying the commit cannot load the batch: fail at once
         again = pipeline.capture_stage(source, sink, hook.positions, hook.store, max_changes=1000, run_id="run_a")
         assert again == captured  # the identical change range, though more changes arrived since
         first_load = pipeline.load_stage(again["manifest_uri"], sink)
@@ -115,7 +151,8 @@ def test_types_survive_snapshot_and_stream_exactly(pg_database_factory, tmp_path
     drain(hook, "snap")
     with psycopg.connect(source_url, autocommit=True) as conn:
         conn.execute(f"INSERT INTO typed VALUES ({row % '00000000-0000-0000-0000-000000000003'})")
-        conn.execute("UPDATE typed SET note = 'line\nbreak\\back', f = 'NaN' WHERE id = '00000000-0000-0000-0000-000000000002'")
+        conn.execute("UPDATE typed SET note = 'line\nbreak\\back', f = 'NaN' "
+                     "WHERE id = '00000000-0000-0000-0000-000000000002'")
     drain(hook, "stream")
     assert assert_same_rows(source_url, sink_url, "typed") == 3
     with psycopg.connect(sink_url) as conn:
@@ -124,3 +161,69 @@ def test_types_survive_snapshot_and_stream_exactly(pg_database_factory, tmp_path
             "WHERE attrelid = 'typed'::regclass AND attnum > 0").fetchall())
     assert declared["n"] == "numeric(38,10)" and declared["ts"] == "timestamp with time zone"
     assert declared["tags"] == "text[]" and declared["note"] == "character varying(20)"
+
+
+def ledger_versions(sink_url: str, source_id: str) -> list:
+    with psycopg.connect(sink_url) as conn:
+        rows = conn.execute("SELECT batch_id, stage_versions FROM _cdc_ledger WHERE source_id = %s ORDER BY seq_to",
+                            (source_id,)).fetchall()
+    return [(batch_id, json.loads(v) if isinstance(v, str) else v) for batch_id, v in rows]
+
+
+def test_fused_run_applies_the_stage_list_with_any_position_store(shop):
+    source_id, source_url, sink_url, config_dir = shop
+    write_config(config_dir, source_id=source_id, source_url=source_url, sink_url=sink_url, tables=["users"])
+    hook = CdcHook(source_id, str(config_dir))
+    positions = MemoryPositions()
+    assert isinstance(positions, PositionStore)
+    source, sink = hook.get_source(), hook.get_sink()
+    try:
+        summary = pipeline.run_fused(source, sink, positions, max_changes=1000, run_id="fused_1",
+                                     stages=[UpperNames()])
+    finally:
+        source.close()
+        sink.close()
+
+    assert summary["stage_versions"] == {"upper": {"v": 1}}
+    assert summary["captured"] == summary["change_count"] == 300
+    assert positions.documents[source_id]["batch_id"] == summary["batch_id"]
+    assert hook.positions.get(source_id) is None  # the Variable was never touched
+    assert ledger_versions(sink_url, source_id) == [(summary["batch_id"], {"upper": {"v": 1}})]
+    names = [row[2] for row in table_rows(sink_url, "users", columns=["id", "email", "name"])]
+    assert names and all(name == name.upper() for name in names)
+
+
+def test_stage_task_replays_identically_and_a_stage_that_drops_everything_still_commits(shop):
+    source_id, source_url, sink_url, config_dir = shop
+    write_config(config_dir, source_id=source_id, source_url=source_url, sink_url=sink_url, tables=["users"])
+    hook = CdcHook(source_id, str(config_dir))
+    drain(hook, "init")
+    ledger_before = ledger_versions(sink_url, source_id)
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        conn.execute("UPDATE users SET name = 'gone' WHERE id <= 4")
+    source, sink = hook.get_source(), hook.get_sink()
+    try:
+        captured = pipeline.capture_stage(source, sink, hook.positions, hook.store, max_changes=1000, run_id="r1")
+        staged = pipeline.run_stage(captured["manifest_uri"], DropEverything(), hook.store)
+        again = pipeline.run_stage(captured["manifest_uri"], DropEverything(), hook.store)  # the task cleared
+        assert again == staged
+        assert staged["manifest_uri"] != captured["manifest_uri"]
+        assert (staged["batch_id"], staged["seq_from"], staged["seq_to"]) == \
+            (captured["batch_id"], captured["seq_from"], captured["seq_to"])
+        assert (captured["change_count"], staged["change_count"]) == (4, 0)
+        assert staged["stage_versions"] == {"drop_all": {"keeps": "nothing"}}
+
+        loaded = pipeline.load_stage(staged["manifest_uri"], sink, run_id="r1")
+        assert loaded["empty"] is True and loaded["applied"] is False
+        committed = pipeline.commit_stage(staged["manifest_uri"], source, sink, hook.positions, hook.store)
+        assert committed["position_stored"] is True
+    finally:
+        source.close()
+        sink.close()
+
+    assert ledger_versions(sink_url, source_id) == ledger_before  # nothing applied, nothing recorded
+    assert hook.positions.get(source_id)["seq"] == captured["seq_to"]
+    with psycopg.connect(sink_url) as conn:
+        assert conn.execute("SELECT count(*) FROM users WHERE name = 'gone'").fetchone() == (0,)
+    # The next run starts after the dropped range: the four updates are not captured again.
+    assert staged_run(hook, "r2")["change_count"] == 0

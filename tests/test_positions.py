@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from airflow_provider_cdc.positions import PositionStore, position_key
 from cdc_testing import unique_id
+
+from airflow_provider_cdc.positions import PositionStore, position_key
 
 
 def test_set_get_delete_round_trip_through_the_variable():

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from airflow_provider_cdc.errors import StagingError
-from airflow_provider_cdc.events import Column, ChangeBatch, SchemaChange, TableChangesBuilder, TableSchema
+from airflow_provider_cdc.events import ChangeBatch, Column, SchemaChange, TableChangesBuilder, TableSchema
 from airflow_provider_cdc.staging import BatchStore
 
 USERS = TableSchema("public", "users", (Column("id", "bigint", "integer", False, True), Column("email", "text")))
@@ -68,7 +68,7 @@ def test_run_pointer_and_retention(tmp_path):
     assert store.manifest_for_run("s", "other") is None
     assert store.purge("s", older_than_hours=1) == 0
     old = time.time() - 3 * 3600
-    for root, dirs, files in os.walk(tmp_path):
+    for root, _dirs, files in os.walk(tmp_path):
         for name in files:
             os.utime(os.path.join(root, name), (old, old))
     assert store.purge("s", older_than_hours=1) == 1

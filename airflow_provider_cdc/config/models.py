@@ -33,6 +33,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from airflow_provider_cdc.connectors import registry
+from airflow_provider_cdc.errors import UnknownConfigEntryError
 
 QualityPolicy = Literal["warn", "quarantine", "fail"]
 
@@ -297,10 +298,10 @@ class CdcConfig(_ConfigModel):
         for connector in self.connectors:
             if connector.id == connector_id:
                 return connector
-        raise KeyError(f"unknown connector {connector_id!r} in {self.directory / 'connectors.yaml'}")
+        raise UnknownConfigEntryError(f"unknown connector {connector_id!r} in {self.directory / 'connectors.yaml'}")
 
     def source(self, source_id: str) -> SourceConfig:
         for source in self.sources:
             if source.id == source_id:
                 return source
-        raise KeyError(f"unknown source {source_id!r} in {self.directory / 'cdc.yaml'}")
+        raise UnknownConfigEntryError(f"unknown source {source_id!r} in {self.directory / 'cdc.yaml'}")

@@ -1,7 +1,10 @@
-"""Operators of a CDC DAG: capture, load and commit (staged), or all three in one task (fused).
+"""Operators of a CDC DAG. Staged mode: capture, one task per stage of the stage list, load, commit. Fused mode: all
+of it in one task.
 
 Each is a thin, templated call into :mod:`airflow_provider_cdc.pipeline`; nothing here touches a database
-directly. ``__init__`` only stores arguments (it runs at DAG parse); connections are opened in ``execute``.
+directly. ``__init__`` only stores arguments (it runs at DAG parse); connections are opened in ``execute``. Every
+``execute`` runs under :func:`~airflow_provider_cdc.operators.intent.fail_terminal_errors`: a terminal error fails
+the task at once, a transient one is retried.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_cdc import pipeline
+from airflow_provider_cdc.connectors.base import Sink, Source
 from airflow_provider_cdc.hooks.cdc import CdcHook
+from airflow_provider_cdc.operators.intent import fail_terminal_errors
+from airflow_provider_cdc.stages import build_stages
 
 
 class _CdcOperator(BaseOperator):
@@ -30,10 +36,15 @@ class _CdcOperator(BaseOperator):
         return CdcHook(self.source_id, self.config_dir)
 
     @contextmanager
-    def connected(self) -> Iterator[tuple[CdcHook, Any, Any]]:
+    def connected(self) -> Iterator[tuple[CdcHook, Source, Sink]]:
         """The hook with its source and sink, closed whatever happens."""
         hook = self.hook
-        source, sink = hook.get_source(), hook.get_sink()
+        source = hook.get_source()
+        try:
+            sink = hook.get_sink()
+        except BaseException:
+            source.close()
+            raise
         try:
             yield hook, source, sink
         finally:
@@ -52,12 +63,41 @@ class CdcCaptureOperator(_CdcOperator):
         self.max_changes = max_changes
 
     def execute(self, context: Any) -> dict[str, Any]:
-        with self.connected() as (hook, source, sink):
+        with fail_terminal_errors(), self.connected() as (hook, source, sink):
             return pipeline.capture_stage(
                 source, sink, hook.positions, hook.store,
                 max_changes=self.max_changes or hook.source_config.batch_size,
                 run_id=context["run_id"],
             )
+
+
+class CdcStageOperator(_CdcOperator):
+    """Runs one stage of the source's stage list (:func:`airflow_provider_cdc.stages.build_stages`) over the
+    upstream staged batch, and stages what it makes; returns the new manifest summary.
+
+    :param stage: the stage's name (also its task id in the DAG)
+    :param manifest_uri: the upstream task's manifest (templated: pulled from its XCom)
+    """
+
+    template_fields: Sequence[str] = (*_CdcOperator.template_fields, "manifest_uri")
+
+    def __init__(self, *, stage: str, manifest_uri: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stage = stage
+        self.manifest_uri = manifest_uri
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        with fail_terminal_errors():
+            hook = self.hook
+            found = [s for s in build_stages(hook.source_config, hook.config) if s.name == self.stage]
+            if not found:
+                # The config changed since the DAG was parsed and this stage has nothing to do any more: hand the
+                # upstream batch on unchanged (the next parse drops the task).
+                self.log.warning("source %s no longer has a stage %r; passing the batch on unchanged",
+                                 self.source_id, self.stage)
+                batch = hook.store.read(self.manifest_uri)
+                return pipeline.summarize(batch, self.manifest_uri)
+            return pipeline.run_stage(self.manifest_uri, found[0], hook.store)
 
 
 class CdcLoadOperator(_CdcOperator):
@@ -70,11 +110,12 @@ class CdcLoadOperator(_CdcOperator):
         self.manifest_uri = manifest_uri
 
     def execute(self, context: Any) -> dict[str, Any]:
-        sink = self.hook.get_sink()
-        try:
-            return pipeline.load_stage(self.manifest_uri, sink, run_id=context["run_id"])
-        finally:
-            sink.close()
+        with fail_terminal_errors():
+            sink = self.hook.get_sink()
+            try:
+                return pipeline.load_stage(self.manifest_uri, sink, run_id=context["run_id"])
+            finally:
+                sink.close()
 
 
 class CdcCommitOperator(_CdcOperator):
@@ -87,24 +128,25 @@ class CdcCommitOperator(_CdcOperator):
         self.manifest_uri = manifest_uri
 
     def execute(self, context: Any) -> dict[str, Any]:
-        with self.connected() as (hook, source, sink):
+        with fail_terminal_errors(), self.connected() as (hook, source, sink):
             return pipeline.commit_stage(
                 self.manifest_uri, source, sink, hook.positions, hook.store,
                 retention_hours=hook.source_config.staging_retention_hours,
             )
 
 
-class CdcSyncOperator(_CdcOperator):
-    """Fused mode: capture, load and commit in one task, without staging (lowest latency)."""
+class CdcFusedOperator(_CdcOperator):
+    """Fused mode: capture, the stage list, load and commit in one task, without staging (lowest latency)."""
 
     def __init__(self, *, max_changes: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.max_changes = max_changes
 
     def execute(self, context: Any) -> dict[str, Any]:
-        with self.connected() as (hook, source, sink):
+        with fail_terminal_errors(), self.connected() as (hook, source, sink):
             return pipeline.run_fused(
                 source, sink, hook.positions,
                 max_changes=self.max_changes or hook.source_config.batch_size,
                 run_id=context["run_id"],
+                stages=build_stages(hook.source_config, hook.config),
             )

@@ -17,13 +17,13 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the shared helpers
 
-from cdc_testing import staged_run  # noqa: E402
+from cdc_testing import staged_run
 
 from airflow_provider_cdc import pipeline
-from airflow_provider_cdc.hooks.cdc import CdcHook
-from airflow_provider_cdc.staging import BatchStore
-from airflow_provider_cdc.positions import PositionStore
 from airflow_provider_cdc.connectors.postgres.source import PgSource
+from airflow_provider_cdc.hooks.cdc import CdcHook
+from airflow_provider_cdc.positions import PositionStore
+from airflow_provider_cdc.staging import BatchStore
 
 
 def die() -> None:

@@ -1,10 +1,13 @@
-"""End to end through Airflow: ``dag.test()`` runs the real DAG ``cdc_<id>`` from PostgreSQL to PostgreSQL."""
+"""End to end through Airflow: ``dag.test()`` runs the real DAG ``cdc_<id>`` from PostgreSQL to PostgreSQL, and
+errors with intent: a lost position fails its task on the first try, a transient error is retried.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import psycopg
 import pytest
-
 from cdc_testing import (
     assert_ledger_consistent,
     assert_same_rows,
@@ -16,15 +19,29 @@ from cdc_testing import (
 )
 
 
-def run_dag(source_id: str, config_dir, monkeypatch) -> None:
-    from airflow.utils.state import DagRunState
-
+def run_dag(source_id: str, config_dir, monkeypatch, *, expect: str = "success", **task_overrides):
+    """One ``dag.test()`` run of ``cdc_<source_id>``; ``task_overrides`` are set on every task (e.g. retries)."""
     from airflow_provider_cdc.dag_factory import build_dags
 
     monkeypatch.setenv("CDC_CONFIG_DIR", str(config_dir))
     dag = build_dags(config_dir)[f"cdc_{source_id}"]
+    for task in dag.tasks:
+        for name, value in task_overrides.items():
+            setattr(task, name, value)
     dag_run = dag.test()
-    assert dag_run.state == DagRunState.SUCCESS, f"run of cdc_{source_id} ended {dag_run.state}"
+    assert dag_run.state == expect, f"run of cdc_{source_id} ended {dag_run.state}"
+    return dag_run
+
+
+def task_instances(dag_run) -> dict[str, tuple[str, int]]:
+    """task id → (state, try_number) of a finished run, read back from the metadata DB."""
+    from airflow.models import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(TaskInstance.task_id, TaskInstance.state, TaskInstance.try_number).filter(
+            TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id).all()
+    return {task_id: (str(state), try_number) for task_id, state, try_number in rows}
 
 
 def position(source_id: str) -> dict | None:
@@ -182,3 +199,48 @@ def test_rerunning_a_runs_capture_and_load_replays_the_same_range(shop, monkeypa
     with psycopg.connect(sink_url) as conn:
         assert conn.execute("SELECT count(*) FROM users WHERE name = 'run two'").fetchone()[0] == 7
         assert conn.execute("SELECT name FROM users WHERE id = 50").fetchone()[0] != "later"
+
+
+@pytest.mark.parametrize("mode", ["staged", "fused"])
+def test_a_dropped_slot_fails_the_run_at_once_without_retrying(shop, monkeypatch, mode):
+    """A lost position is terminal: the first task that meets it fails on its first try, though the DAG's tasks
+    have retries (the default three), and nothing downstream runs."""
+    source_id, source_url, sink_url, config_dir = shop
+    write_config(config_dir, source_id=source_id, source_url=source_url, sink_url=sink_url, tables=["users"],
+                 mode=mode)
+    run_dag(source_id, config_dir, monkeypatch)  # snapshot: the position is stored
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (f"cdc_{source_id}",))
+        conn.execute("UPDATE users SET name = 'lost' WHERE id <= 3")
+    stored = position(source_id)
+
+    dag_run = run_dag(source_id, config_dir, monkeypatch, expect="failed")
+
+    tis = task_instances(dag_run)
+    assert tis["wait_for_changes"] == ("failed", 1)
+    downstream = {"staged": ("capture", "load", "commit"), "fused": ("fused",)}[mode]
+    assert all(tis[task][0] == "upstream_failed" for task in downstream)
+    assert position(source_id) == stored  # nothing moved
+    assert slot_lsn(source_url, f"cdc_{source_id}") is None  # and the slot was not silently re-created
+
+
+def test_a_transient_error_is_retried_and_the_run_then_succeeds(shop, monkeypatch, tmp_path):
+    """An unreachable sink is transient: the task fails, is retried, and succeeds once the sink is back."""
+    source_id, source_url, sink_url, config_dir = shop
+    unreachable = "postgresql://postgres@127.0.0.1:1/warehouse"
+    write_config(config_dir, source_id=source_id, source_url=source_url, sink_url=unreachable, tables=["users"])
+    tries: list[str] = []
+
+    def sink_back(context) -> None:  # called when a try failed and a retry is scheduled
+        tries.append(context["ti"].task_id)
+        write_config(config_dir, source_id=source_id, source_url=source_url, sink_url=sink_url, tables=["users"])
+
+    dag_run = run_dag(source_id, config_dir, monkeypatch, retry_delay=dt.timedelta(0),
+                      retry_exponential_backoff=False, on_retry_callback=[sink_back])
+
+    tis = task_instances(dag_run)
+    assert tis["wait_for_changes"] == ("success", 2)  # failed once (the sink was down), retried, succeeded
+    assert tries == ["wait_for_changes"]
+    assert all(tis[task] == ("success", 1) for task in ("capture", "load", "commit"))
+    assert assert_same_rows(source_url, sink_url, "users") == 100
+    assert_ledger_consistent(sink_url, source_id)

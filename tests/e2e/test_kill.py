@@ -18,7 +18,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
 from cdc_testing import (
     assert_ledger_consistent,
     assert_same_rows,

@@ -1,5 +1,6 @@
-"""Capture, load and commit operators executed directly against real PostgreSQL (15 and 18): rows, ledger rows,
-the position Variable and the replication slot.
+"""Capture, stage, load, commit and fused operators executed directly against real PostgreSQL (15 and 18): rows,
+ledger rows, the position Variable and the replication slot; and errors with intent (terminal: AirflowFailException
+at once; transient: the error itself, for Airflow's retries).
 
 A context of ``{"run_id": ...}`` is all the operators read; clearing a task is executing it again with the same
 run id.
@@ -13,15 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
-from airflow_provider_cdc.errors import CdcError
-from airflow_provider_cdc.operators.cdc import (
-    CdcCaptureOperator,
-    CdcCommitOperator,
-    CdcLoadOperator,
-    CdcSyncOperator,
-)
-from airflow_provider_cdc.positions import PositionStore
+from airflow.sdk.exceptions import AirflowFailException
 from cdc_testing import (
     assert_ledger_consistent,
     assert_same_rows,
@@ -32,12 +25,43 @@ from cdc_testing import (
     write_config,
 )
 
+from airflow_provider_cdc import stages
+from airflow_provider_cdc.errors import CdcError, SinkError, SourceError
+from airflow_provider_cdc.operators.cdc import (
+    CdcCaptureOperator,
+    CdcCommitOperator,
+    CdcFusedOperator,
+    CdcLoadOperator,
+    CdcStageOperator,
+)
+from airflow_provider_cdc.operators.intent import fail_terminal_errors
+from airflow_provider_cdc.positions import PositionStore
+
 
 def test_template_fields():
     assert "manifest_uri" in CdcLoadOperator.template_fields
     assert "manifest_uri" in CdcCommitOperator.template_fields
-    for operator in (CdcCaptureOperator, CdcLoadOperator, CdcCommitOperator, CdcSyncOperator):
+    assert "manifest_uri" in CdcStageOperator.template_fields
+    for operator in (CdcCaptureOperator, CdcStageOperator, CdcLoadOperator, CdcCommitOperator, CdcFusedOperator):
         assert {"source_id", "config_dir"} <= set(operator.template_fields)
+
+
+def test_a_terminal_error_becomes_airflow_fail_exception_with_the_same_message():
+    lost = SourceError("shop", "replication slot 'cdc_shop' was dropped")
+    lost.terminal = True
+    with pytest.raises(AirflowFailException, match="source 'shop': replication slot 'cdc_shop' was dropped") as raised:
+        with fail_terminal_errors():
+            raise lost
+    assert raised.value.__cause__ is lost
+
+
+@pytest.mark.parametrize("error", [SinkError("warehouse", "connection refused"), SourceError("shop", "timeout"),
+                                   OSError("network is unreachable")])
+def test_a_transient_error_is_left_for_airflows_retries(error):
+    with pytest.raises(type(error)) as raised:
+        with fail_terminal_errors():
+            raise error
+    assert raised.value is error
 
 
 def test_init_stores_arguments_without_io():
@@ -167,7 +191,7 @@ def test_commit_without_load_raises_naming_the_batch_and_keeps_the_position(shop
     shop.execute("DELETE FROM users WHERE id = 3")
 
     captured = shop.capture("scheduled__2")  # its load never runs
-    with pytest.raises(CdcError) as raised:
+    with pytest.raises(AirflowFailException) as raised:  # retrying the commit cannot help: fail at once
         shop.commit(captured["manifest_uri"], "scheduled__2")
 
     assert captured["batch_id"] in str(raised.value)
@@ -184,16 +208,86 @@ def test_commit_without_load_raises_naming_the_batch_and_keeps_the_position(shop
     assert_same_rows(shop.source_url, shop.sink_url, "users")
 
 
-def test_sync_operator_captures_loads_and_commits_in_one_task(shop: Shop):
-    sync = CdcSyncOperator(task_id="sync", **shop.common)
-    summary = sync.execute({"run_id": "manual__1"})
+def test_fused_operator_captures_loads_and_commits_in_one_task(shop: Shop):
+    fused = CdcFusedOperator(task_id="fused", **shop.common)
+    summary = fused.execute({"run_id": "manual__1"})
 
     assert summary["manifest_uri"] is None  # fused: nothing staged
     assert summary["load"]["applied"] is True and summary["commit"]["position_stored"] is True
+    assert summary["stage_versions"] == {}  # no stage registered
     assert assert_same_rows(shop.source_url, shop.sink_url, "users") == 30
 
     shop.execute("UPDATE orders SET status = 'paid' WHERE id <= 10")
-    summary = sync.execute({"run_id": "manual__2"})
+    summary = fused.execute({"run_id": "manual__2"})
     assert summary["ops"] == {"u": 10}
     assert assert_same_rows(shop.source_url, shop.sink_url, "orders") == 40
     assert shop.slot_lsn() == shop.position()["lsn"]
+
+
+class Shout:
+    name = "shout"
+
+    def apply(self, batch):
+        import dataclasses
+
+        import pyarrow.compute as pc
+
+        tables = {}
+        for qualified, table in batch.tables.items():
+            if "status" in table.column_names:
+                i = table.column_names.index("status")
+                table = table.set_column(i, table.field(i), pc.utf8_upper(table.column("status")))
+            tables[qualified] = table
+        return dataclasses.replace(batch, tables=tables)
+
+    def versions(self) -> dict:
+        return {"v": 2}
+
+
+def test_stage_operator_stages_what_its_stage_makes_and_load_records_its_version(shop: Shop, monkeypatch):
+    monkeypatch.setattr(stages, "STAGE_FACTORIES", (("shout", lambda source, config: Shout()),))
+    captured = shop.capture("manual__1")
+    stage = CdcStageOperator(task_id="shout", stage="shout", manifest_uri=captured["manifest_uri"], **shop.common)
+
+    staged = stage.execute({"run_id": "manual__1"})
+
+    assert staged["batch_id"] == captured["batch_id"] and staged["change_count"] == captured["change_count"]
+    assert staged["stage_versions"] == {"shout": {"v": 2}}
+    loaded = shop.load(staged["manifest_uri"], "manual__1")
+    assert loaded["applied"] is True
+    shop.commit(staged["manifest_uri"], "manual__1")
+    with psycopg.connect(shop.sink_url) as conn:
+        assert conn.execute("SELECT DISTINCT status FROM orders").fetchall() == [("NEW",)]
+        assert conn.execute("SELECT stage_versions FROM _cdc_ledger WHERE batch_id = %s",
+                            (captured["batch_id"],)).fetchone()[0] == {"shout": {"v": 2}}
+
+
+def test_stage_operator_passes_the_batch_on_when_its_stage_is_gone(shop: Shop):
+    captured = shop.capture("manual__1")  # no stage registered: the config changed since the DAG was parsed
+    stage = CdcStageOperator(task_id="shout", stage="shout", manifest_uri=captured["manifest_uri"], **shop.common)
+
+    assert stage.execute({"run_id": "manual__1"}) == captured
+
+
+def test_a_dropped_slot_fails_capture_at_once_naming_the_recovery(shop: Shop):
+    shop.run("scheduled__1")
+    with psycopg.connect(shop.source_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (f"cdc_{shop.source_id}",))
+
+    with pytest.raises(AirflowFailException) as raised:
+        shop.capture("scheduled__2")
+
+    assert f"replication slot 'cdc_{shop.source_id}' was dropped" in str(raised.value)
+    assert f"resnapshot {shop.source_id}" in str(raised.value)
+    assert shop.slot_lsn() is None  # and not silently re-created
+
+
+def test_an_unreachable_sink_is_a_transient_error(shop: Shop):
+    write_config(Path(shop.config_dir), source_id=shop.source_id, source_url=shop.source_url,
+                 sink_url="postgresql://postgres@127.0.0.1:1/nowhere", tables=["users"])
+
+    with pytest.raises(Exception) as raised:  # capture reads the sink's ledger first
+        shop.capture("scheduled__1")
+
+    assert not isinstance(raised.value, AirflowFailException)  # retried by Airflow, with backoff
+    assert isinstance(raised.value, (CdcError, OSError, psycopg.Error))

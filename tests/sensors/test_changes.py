@@ -1,7 +1,9 @@
-"""CDCChangesSensor against real PostgreSQL sources (15 and 18) and the test Airflow DB's Variables.
+"""CdcChangesSensor against real PostgreSQL sources (15 and 18) and the test Airflow DB's Variables.
 
 Deferrable: ``execute()`` returns at once when there is work (a pending initial snapshot counts), else raises
 ``TaskDeferred`` with a ``ChangesAvailableTrigger`` resuming in ``execute_complete``. Non-deferrable: ``poke()``.
+Errors with intent: a terminal one (a lost position) fails at once (``AirflowFailException``), a transient one is
+raised as it is, for Airflow's retries; an idle timeout with ``skip_on_timeout`` skips, an error never does.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from airflow.sdk.exceptions import TaskDeferred
+from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException, TaskDeferred
+from cdc_testing import create_shop, slot_lsn, unique_id, write_config
 
 from airflow_provider_cdc.errors import CdcError
 from airflow_provider_cdc.hooks.cdc import CdcHook
 from airflow_provider_cdc.positions import PositionStore
-from airflow_provider_cdc.sensors.changes import CDCChangesSensor
+from airflow_provider_cdc.sensors.changes import CdcChangesSensor
 from airflow_provider_cdc.triggers.changes import ChangesAvailableTrigger
-from cdc_testing import create_shop, slot_lsn, unique_id, write_config
 
 
 @dataclass
@@ -31,8 +33,8 @@ class Source:
     config_dir: str
     slot: str
 
-    def sensor(self, **kwargs) -> CDCChangesSensor:
-        return CDCChangesSensor(task_id="wait_for_changes", source_id=self.source_id, config_dir=self.config_dir,
+    def sensor(self, **kwargs) -> CdcChangesSensor:
+        return CdcChangesSensor(task_id="wait_for_changes", source_id=self.source_id, config_dir=self.config_dir,
                                 **kwargs)
 
     def prepare(self) -> dict:
@@ -141,20 +143,46 @@ def test_execute_acknowledges_a_stored_position_the_slot_has_not_reached(source:
 # --- execute_complete ----------------------------------------------------------------------------------------
 
 
-def make_sensor(**kwargs) -> CDCChangesSensor:
-    return CDCChangesSensor(task_id="wait_for_changes", source_id="shop", config_dir="/nowhere", **kwargs)
+def make_sensor(**kwargs) -> CdcChangesSensor:
+    return CdcChangesSensor(task_id="wait_for_changes", source_id="shop", config_dir="/nowhere", **kwargs)
 
 
-def test_execute_complete_raises_naming_task_and_source_on_an_error_event():
-    event = {"status": "error", "source_id": "shop", "message": "replication slot 'cdc_shop' was dropped"}
+def test_execute_complete_fails_at_once_naming_task_and_source_on_a_terminal_error_event():
+    event = {"status": "error", "source_id": "shop", "terminal": True,
+             "message": "replication slot 'cdc_shop' was dropped; re-snapshot it: resnapshot shop"}
 
-    with pytest.raises(CdcError) as raised:
+    with pytest.raises(AirflowFailException) as raised:
         make_sensor().execute_complete({}, event=event)
 
     message = str(raised.value)
     assert "task wait_for_changes" in message
     assert "source 'shop'" in message
     assert "replication slot 'cdc_shop' was dropped" in message
+
+
+def test_execute_complete_raises_a_retryable_error_on_a_transient_error_event():
+    event = {"status": "error", "source_id": "shop", "terminal": False, "message": "connection refused"}
+
+    with pytest.raises(CdcError, match="task wait_for_changes: .*'shop'.*connection refused") as raised:
+        make_sensor().execute_complete({}, event=event)
+    assert not isinstance(raised.value, AirflowFailException)
+
+
+def test_a_trigger_timeout_fails_the_sensor_or_skips_it_with_skip_on_timeout():
+    from airflow.sdk.bases.operator import TRIGGER_FAIL_REPR, TriggerFailureReason
+
+    timed_out = {"error": TriggerFailureReason.TRIGGER_TIMEOUT}  # how the scheduler resumes a timed-out deferral
+
+    with pytest.raises(AirflowSensorTimeout):
+        make_sensor().resume_execution(TRIGGER_FAIL_REPR, timed_out, {})
+    with pytest.raises(AirflowSkipException, match="no changes of source 'shop' within 60s"):
+        make_sensor(skip_on_timeout=True, timeout=60).resume_execution(TRIGGER_FAIL_REPR, timed_out, {})
+
+
+def test_skip_on_timeout_never_skips_an_error():
+    event = {"status": "error", "source_id": "shop", "terminal": True, "message": "position lost"}
+    with pytest.raises(AirflowFailException, match="position lost"):
+        make_sensor(skip_on_timeout=True).resume_execution("execute_complete", {"event": event}, {})
 
 
 def test_execute_complete_raises_without_an_event():
@@ -191,6 +219,16 @@ def test_poke_raises_when_the_stored_position_is_lost(source: Source):
         conn.execute("SELECT pg_drop_replication_slot(%s)", (source.slot,))
     insert_user(source.url)  # lost with the slot: a re-created slot would start past it
 
-    with pytest.raises(CdcError, match=f"slot '{source.slot}' was dropped .*not recreated.*resnapshot"):
+    # Terminal: fails at once (no retries), with the message that says what to do.
+    with pytest.raises(AirflowFailException, match=f"slot '{source.slot}' was dropped .*not recreated.*resnapshot"):
         source.sensor(deferrable=False).poke({})
     assert slot_lsn(source.url, source.slot) is None  # never re-created silently
+
+
+def test_execute_fails_at_once_when_the_stored_position_is_lost(source: Source):
+    PositionStore().set(source.source_id, source.prepare(), batch_id=None)
+    with psycopg.connect(source.url, autocommit=True) as conn:
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (source.slot,))
+
+    with pytest.raises(AirflowFailException, match=f"slot '{source.slot}' was dropped"):
+        source.sensor(skip_on_timeout=True).execute({})  # not skipped either

@@ -1,4 +1,5 @@
-"""ChangesAvailableTrigger: exact serialization, and its wait against real PostgreSQL sources (15 and 18).
+"""ChangesAvailableTrigger: exact serialization, its use of the ChangeProbe contract alone, and its wait against real
+PostgreSQL sources (15 and 18).
 
 The trigger's async generator is driven by hand, the way the triggerer drives it: pending means ``anext()`` has not
 returned within a timeout; firing means it returned one ``TriggerEvent`` and the generator is then exhausted.
@@ -15,10 +16,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from cdc_testing import create_shop, slot_lsn, unique_id, write_config
 
+from airflow_provider_cdc.connectors.base import ChangeProbe
+from airflow_provider_cdc.errors import PositionLostError, SourceError
 from airflow_provider_cdc.hooks.cdc import CdcHook
 from airflow_provider_cdc.triggers.changes import ChangesAvailableTrigger
-from cdc_testing import create_shop, slot_lsn, unique_id, write_config
 
 CLASSPATH = "airflow_provider_cdc.triggers.changes.ChangesAvailableTrigger"
 PENDING_FOR = 1.5  # seconds a trigger must stay quiet to count as pending
@@ -71,6 +74,79 @@ def test_trigger_rebuilt_from_its_serialization_serializes_identically():
 
     assert type(rebuilt) is ChangesAvailableTrigger
     assert rebuilt.serialize() == (classpath, kwargs)
+
+
+# --- the ChangeProbe contract: all the trigger uses of a source (no server) ---------------------------------------
+
+
+class ScriptedProbe:
+    """A ChangeProbe whose answers are scripted: True/False per probe, or an exception to raise."""
+
+    def __init__(self, answers: list) -> None:
+        self.answers = list(answers)
+        self.calls: list[str] = []
+
+    async def has_changes_after(self, position):
+        self.calls.append(f"has_changes_after {position}")
+        answer = self.answers.pop(0) if self.answers else False
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def heartbeat(self) -> None:
+        self.calls.append("heartbeat")
+
+    async def aclose(self) -> None:
+        self.calls.append("aclose")
+
+
+def with_probe(monkeypatch, probe: ScriptedProbe) -> None:
+    assert isinstance(probe, ChangeProbe)
+    monkeypatch.setattr(CdcHook, "get_probe", lambda hook: probe)
+
+
+def run_trigger(trigger: ChangesAvailableTrigger) -> list:
+    async def scenario():
+        return [event async for event in trigger.run()]
+
+    return asyncio.run(asyncio.wait_for(scenario(), FIRES_WITHIN))
+
+
+def test_trigger_probes_until_changes_then_closes_the_probe_before_its_one_event(monkeypatch):
+    probe = ScriptedProbe([False, False, True])
+    with_probe(monkeypatch, probe)
+
+    events = run_trigger(ChangesAvailableTrigger(source_id="shop", position={"pos": 1}, poll_interval=0.01))
+
+    assert [e.payload for e in events] == [{"status": "ready", "source_id": "shop", "polls": 2}]
+    assert probe.calls == ["has_changes_after {'pos': 1}"] * 3 + ["aclose"]
+
+
+def test_trigger_emits_a_heartbeat_through_the_probe_when_idle(monkeypatch):
+    probe = ScriptedProbe([False] * 30 + [True])
+    with_probe(monkeypatch, probe)
+
+    events = run_trigger(ChangesAvailableTrigger(source_id="shop", position=None, poll_interval=0.01,
+                                                 heartbeat_interval=0.05))
+
+    assert events[0].payload["status"] == "ready"
+    assert "heartbeat" in probe.calls and probe.calls[-1] == "aclose"
+
+
+@pytest.mark.parametrize(("error", "terminal"), [
+    (PositionLostError("shop", {"pos": 1}, "its log was removed"), True),
+    (SourceError("shop", "cannot connect: connection refused"), False),
+])
+def test_a_probe_error_becomes_one_error_event_saying_whether_it_is_terminal(monkeypatch, error, terminal):
+    probe = ScriptedProbe([False, error])
+    with_probe(monkeypatch, probe)
+
+    events = run_trigger(ChangesAvailableTrigger(source_id="shop", position={"pos": 1}, poll_interval=0.01))
+
+    assert [e.payload for e in events] == [
+        {"status": "error", "source_id": "shop", "message": str(error), "terminal": terminal}
+    ]
+    assert probe.calls[-1] == "aclose"
 
 
 # --- against a real source -----------------------------------------------------------------------------------
@@ -238,6 +314,7 @@ def test_dropped_slot_yields_an_error_event_naming_the_slot(source: Source):
 
     assert event.payload["status"] == "error"
     assert event.payload["source_id"] == source.source_id
+    assert event.payload["terminal"] is True  # the sensor fails at once: no retries of a lost slot
     message = event.payload["message"]
     assert f"replication slot {source.slot!r} was dropped" in message
     assert f"resnapshot {source.source_id}" in message  # says what to do next: re-snapshot

@@ -5,14 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 
+import duckdb
 import pytest
 from deltalake import DeltaTable
 
 from airflow_provider_cdc.connectors.delta.sink import DeltaSink
 
 from .helpers import delta_extension, item, make_batch
-
-import duckdb  # noqa: E402 - after the helpers, as the test extra pins it
 
 
 def rows_of(table) -> list[tuple]:
