@@ -24,21 +24,24 @@ A :class:`ChangeBatch` keeps one ``pyarrow.Table`` per source table with these c
 ``_cdc_before:<column>`` string, the before-image, present only when the source sent one (REPLICA IDENTITY FULL,
                    or the old key of an update that changed the key)
 
-Bookkeeping lives in the ``_cdc_`` namespace, which sources may not use (:func:`reserved_columns` names offenders,
-and connectors refuse such tables at start): a source column may be called ``_op``, ``_seq`` or ``before.x``.
+Bookkeeping lives in the ``_cdc_`` namespace, which sources may not use (:mod:`airflow_provider_cdc.tables` names
+offenders, and connectors refuse such tables at start): a source column may be called ``_op``, ``_seq`` or
+``before.x``.
 
-Schema changes (``op = "s"``) are kept beside the tables as :class:`SchemaChange` records.
+Schema changes (``op = "s"``) are kept beside the tables as :class:`~airflow_provider_cdc.tables.SchemaChange`
+records; what a table looks like (columns, keys, types) lives in :mod:`airflow_provider_cdc.tables`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from airflow_provider_cdc.tables import SchemaChange, TableSchema
 
 OP_CREATE = "c"
 OP_UPDATE = "u"
@@ -51,144 +54,6 @@ ALL_OPS = frozenset({*ROW_OPS, OP_TRUNCATE, OP_SCHEMA})
 
 META_COLUMNS = ("_cdc_op", "_cdc_seq", "_cdc_ts_ms", "_cdc_tx_id", "_cdc_pos", "_cdc_unchanged")
 BEFORE_PREFIX = "_cdc_before:"
-RESERVED_PREFIX = "_cdc_"
-
-
-def reserved_columns(names: Iterable[str]) -> list[str]:
-    """Source column names that fall in the bookkeeping namespace (``_cdc_*``), which no source may use."""
-    return [name for name in names if name.startswith(RESERVED_PREFIX)]
-
-
-@dataclasses.dataclass(frozen=True)
-class Column:
-    """One column of a captured table.
-
-    ``source_type`` is the type exactly as the source declares it (``numeric(12,2)``, ``timestamp with time
-    zone``); ``logical_type`` is a portable family (``integer``, ``decimal``, ``float``, ``boolean``, ``text``,
-    ``timestamptz``, ``timestamp``, ``date``, ``time``, ``json``, ``binary``, ``uuid``, ``other``) that sinks of a
-    different kind map from.
-    """
-
-    name: str
-    source_type: str
-    logical_type: str = "text"
-    nullable: bool = True
-    primary_key: bool = False
-    # The column's identity at the source (PostgreSQL attnum): a rename keeps it, a drop and re-add changes it.
-    ordinal: int | None = None
-    # What rows that existed before the column was added hold in it (PostgreSQL writes no WAL for them on
-    # ``ADD COLUMN ... DEFAULT``): its text form, None for NULL. ``backfill_unknown`` when the source cannot tell
-    # (a volatile default rewrote the table): a sink that must add the column then stops with an error.
-    backfill: str | None = None
-    backfill_unknown: bool = False
-    # A decimal's declared precision and scale (None: unconstrained), which fix its Arrow type (values.arrow_type).
-    precision: int | None = None
-    scale: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Column:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-@dataclasses.dataclass(frozen=True)
-class TableSchema:
-    """A source table: schema-qualified name, its columns in source order, and the source's dialect.
-
-    ``dialect`` is the connector type that declared ``source_type`` (``postgresql``, ``mysql``...): a sink of the same
-    dialect may reuse those types verbatim; any other maps from ``logical_type``. Empty means unknown (map)."""
-
-    schema: str
-    name: str
-    columns: tuple[Column, ...]
-    dialect: str = ""
-
-    @property
-    def qualified_name(self) -> str:
-        return f"{self.schema}.{self.name}"
-
-    @property
-    def primary_key(self) -> list[str]:
-        return [c.name for c in self.columns if c.primary_key]
-
-    @property
-    def column_names(self) -> list[str]:
-        return [c.name for c in self.columns]
-
-    def column(self, name: str) -> Column:
-        for col in self.columns:
-            if col.name == name:
-                return col
-        raise KeyError(f"{self.qualified_name} has no column {name!r}")
-
-    def fingerprint(self) -> str:
-        """A stable text of names, types and keys: equal fingerprints mean no schema change."""
-        return json.dumps([[c.name, c.source_type, c.primary_key, c.ordinal] for c in self.columns])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": self.schema,
-            "name": self.name,
-            "dialect": self.dialect,
-            "columns": [c.to_dict() for c in self.columns],
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TableSchema:
-        return cls(
-            schema=data["schema"],
-            name=data["name"],
-            dialect=data.get("dialect", ""),
-            columns=tuple(Column.from_dict(c) for c in data["columns"]),
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class SchemaChange:
-    """An ``s`` event: the table's columns changed at ``seq`` (``before`` is None for a table seen first)."""
-
-    table: str
-    seq: int
-    after: TableSchema
-    before: TableSchema | None = None
-    ts_ms: int = 0
-    position: str | None = None
-
-    @property
-    def added_columns(self) -> list[Column]:
-        known = set(self.before.column_names) if self.before else set()
-        return [c for c in self.after.columns if c.name not in known]
-
-    @property
-    def dropped_columns(self) -> list[str]:
-        if self.before is None:
-            return []
-        now = set(self.after.column_names)
-        return [n for n in self.before.column_names if n not in now]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "table": self.table,
-            "seq": self.seq,
-            "ts_ms": self.ts_ms,
-            "position": self.position,
-            "after": self.after.to_dict(),
-            "before": self.before.to_dict() if self.before else None,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SchemaChange:
-        return cls(
-            table=data["table"],
-            seq=data["seq"],
-            ts_ms=data.get("ts_ms", 0),
-            position=data.get("position"),
-            after=TableSchema.from_dict(data["after"]),
-            before=TableSchema.from_dict(data["before"]) if data.get("before") else None,
-        )
 
 
 @dataclasses.dataclass(frozen=True)

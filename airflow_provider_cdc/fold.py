@@ -16,7 +16,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from airflow_provider_cdc.events import BEFORE_PREFIX, OP_DELETE, Column
+from airflow_provider_cdc.events import BEFORE_PREFIX, OP_DELETE
+from airflow_provider_cdc.tables import Column
 
 _KEY_SEPARATOR = "\x00"  # source text never contains NUL, so joined composite keys cannot collide
 MOVED_COLUMN = "_cdc_moved"  # fold output: the row's identity came from another key (see fold_changes)

@@ -28,7 +28,8 @@ import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
 from airflow_provider_cdc.errors import StagingError
-from airflow_provider_cdc.events import ChangeBatch, SchemaChange, TableSchema
+from airflow_provider_cdc.events import ChangeBatch
+from airflow_provider_cdc.tables import SchemaChange, TableSchema
 
 log = logging.getLogger("airflow_provider_cdc.staging")
 

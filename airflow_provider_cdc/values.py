@@ -55,7 +55,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 if TYPE_CHECKING:
-    from airflow_provider_cdc.events import Column, TableSchema
+    from airflow_provider_cdc.tables import Column, TableSchema
 
 LOGICAL_TYPES = (
     "integer", "decimal", "float", "boolean", "text", "timestamptz", "timestamp", "date", "time", "json", "binary",

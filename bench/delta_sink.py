@@ -20,7 +20,8 @@ import time
 
 from airflow_provider_cdc.connectors.delta.options import DeltaSinkOptions
 from airflow_provider_cdc.connectors.delta.sink import DeltaSink
-from airflow_provider_cdc.events import ChangeBatch, Column, TableChangesBuilder, TableSchema
+from airflow_provider_cdc.events import ChangeBatch, TableChangesBuilder
+from airflow_provider_cdc.tables import Column, TableSchema
 
 TABLE = TableSchema("public", "bench_wm", (
     Column("id", "bigint", "integer", nullable=False, primary_key=True),

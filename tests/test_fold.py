@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from airflow_provider_cdc.events import Column, TableChangesBuilder, TableSchema
+from airflow_provider_cdc.events import TableChangesBuilder
 from airflow_provider_cdc.fold import fold_changes
+from airflow_provider_cdc.tables import Column, TableSchema
 
 ITEMS = TableSchema("public", "items", (
     Column("shop", "text", "text", False, True), Column("id", "int", "integer", False, True),

@@ -20,8 +20,9 @@ from cdc_testing import assert_ledger_consistent, create_shop, table_rows, uniqu
 
 from airflow_provider_cdc import stages
 from airflow_provider_cdc.errors import is_terminal
-from airflow_provider_cdc.events import ChangeBatch, Column, TableChangesBuilder, TableSchema
+from airflow_provider_cdc.events import ChangeBatch, TableChangesBuilder
 from airflow_provider_cdc.stages import StageError, apply_stages, build_stages
+from airflow_provider_cdc.tables import Column, TableSchema
 
 # --- stages defined by the test ------------------------------------------------------------------------------
 

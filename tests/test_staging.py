@@ -8,8 +8,9 @@ import time
 import pytest
 
 from airflow_provider_cdc.errors import StagingError
-from airflow_provider_cdc.events import ChangeBatch, Column, SchemaChange, TableChangesBuilder, TableSchema
+from airflow_provider_cdc.events import ChangeBatch, TableChangesBuilder
 from airflow_provider_cdc.staging import BatchStore
+from airflow_provider_cdc.tables import Column, SchemaChange, TableSchema
 
 USERS = TableSchema("public", "users", (Column("id", "bigint", "integer", False, True), Column("email", "text")))
 

@@ -9,7 +9,7 @@ import uuid
 import pyarrow as pa
 import pytest
 
-from airflow_provider_cdc.events import Column, TableSchema
+from airflow_provider_cdc.tables import Column, TableSchema
 from airflow_provider_cdc.values import (
     LOGICAL_TYPES,
     UntypedValueError,

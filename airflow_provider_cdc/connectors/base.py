@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Protocol, runtime_checkable
 
-from airflow_provider_cdc.events import ChangeBatch, TableSchema
+from airflow_provider_cdc.events import ChangeBatch
+from airflow_provider_cdc.tables import TableSchema
 
 Position = dict[str, Any]
 """A source-native position document (PostgreSQL ``{"lsn": ...}``, MySQL ``{"gtid": ...}``...) plus ``seq``: JSON-safe,

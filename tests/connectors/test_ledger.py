@@ -8,7 +8,8 @@ import pyarrow as pa
 
 from airflow_provider_cdc.connectors.base import ApplyResult
 from airflow_provider_cdc.connectors.ledger import LEDGER_COLUMN_NAMES, LedgerRow, latest, ledger_row
-from airflow_provider_cdc.events import ChangeBatch, Column, TableSchema
+from airflow_provider_cdc.events import ChangeBatch
+from airflow_provider_cdc.tables import Column, TableSchema
 
 
 def batch() -> ChangeBatch:

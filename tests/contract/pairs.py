@@ -19,7 +19,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from airflow_provider_cdc.connectors.base import Sink
-from airflow_provider_cdc.events import Column
+from airflow_provider_cdc.tables import Column
 from airflow_provider_cdc.values import parse_value
 
 SOFT_DELETED = "_cdc_deleted_at"

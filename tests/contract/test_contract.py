@@ -21,7 +21,7 @@ from airflow_provider_cdc.config import SourceConfig
 from airflow_provider_cdc.connectors.postgres.catalog import logical_type
 from airflow_provider_cdc.connectors.registry import make_source
 from airflow_provider_cdc.errors import CdcError
-from airflow_provider_cdc.events import Column
+from airflow_provider_cdc.tables import Column
 from contract.pairs import SinkUnderTest, delta_sink, pg_rows, postgres_sink
 
 pytestmark = pytest.mark.timeout(300)

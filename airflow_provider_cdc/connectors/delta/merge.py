@@ -41,8 +41,9 @@ from airflow_provider_cdc.connectors.delta.types import (
     typed_values,
 )
 from airflow_provider_cdc.errors import SinkError
-from airflow_provider_cdc.events import BEFORE_PREFIX, OP_DELETE, OP_TRUNCATE, RESERVED_PREFIX, TableSchema
+from airflow_provider_cdc.events import BEFORE_PREFIX, OP_DELETE, OP_TRUNCATE
 from airflow_provider_cdc.fold import MOVED_COLUMN, fold_changes, key_arrays
+from airflow_provider_cdc.tables import RESERVED_PREFIX, TableSchema
 
 _DELETE = f"'{OP_DELETE}'"
 BATCH_KEY, COUNTS_KEY = "cdc.batch_id", "cdc.counts"  # custom metadata of each merge commit

@@ -38,10 +38,9 @@ from airflow_provider_cdc.events import (
     OP_READ,
     OP_TRUNCATE,
     OP_UPDATE,
-    RESERVED_PREFIX,
     ChangeBatch,
-    TableSchema,
 )
+from airflow_provider_cdc.tables import RESERVED_PREFIX, TableSchema
 
 log = logging.getLogger("airflow_provider_cdc.sink.parquet")
 

@@ -37,7 +37,7 @@ from airflow_provider_cdc.connectors.delta.types import (
     typed_values,
 )
 from airflow_provider_cdc.errors import SinkError
-from airflow_provider_cdc.events import RESERVED_PREFIX, Column, SchemaChange, TableSchema, reserved_columns
+from airflow_provider_cdc.tables import RESERVED_PREFIX, Column, SchemaChange, TableSchema, reserved_columns
 from airflow_provider_cdc.values import UntypedValueError
 
 log = logging.getLogger("airflow_provider_cdc.sink.delta")

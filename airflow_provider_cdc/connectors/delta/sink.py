@@ -67,7 +67,8 @@ from airflow_provider_cdc.connectors.delta.storage import (
 from airflow_provider_cdc.connectors.delta.types import app_ids_of
 from airflow_provider_cdc.connectors.ledger import ledger_row
 from airflow_provider_cdc.errors import SinkError
-from airflow_provider_cdc.events import RESERVED_PREFIX, ChangeBatch, SchemaChange, TableSchema
+from airflow_provider_cdc.events import ChangeBatch
+from airflow_provider_cdc.tables import RESERVED_PREFIX, SchemaChange, TableSchema
 
 log = logging.getLogger("airflow_provider_cdc.sink.delta")
 

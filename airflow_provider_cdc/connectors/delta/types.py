@@ -28,7 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from airflow_provider_cdc.errors import SinkError
-from airflow_provider_cdc.events import BEFORE_PREFIX, Column, TableSchema
+from airflow_provider_cdc.events import BEFORE_PREFIX
+from airflow_provider_cdc.tables import Column, TableSchema
 from airflow_provider_cdc.values import MAX_DECIMAL128_PRECISION, UntypedValueError, arrow_type, typed_column
 
 # Bookkeeping columns of every sink table (``_cdc_deleted_at`` only with soft deletes).

@@ -13,7 +13,7 @@ import psycopg
 from airflow_provider_cdc.connectors.postgres.pgoutput import Relation
 from airflow_provider_cdc.connectors.postgres.types import POSTGRES_DIALECT
 from airflow_provider_cdc.connectors.postgres.values import numeric_precision_scale, to_portable_scalar
-from airflow_provider_cdc.events import Column, TableSchema
+from airflow_provider_cdc.tables import Column, TableSchema
 
 _LOGICAL_BY_TYPE = {
     "smallint": "integer", "integer": "integer", "bigint": "integer", "oid": "integer",

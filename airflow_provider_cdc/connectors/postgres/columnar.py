@@ -31,15 +31,8 @@ from airflow_provider_cdc.connectors.postgres.schemas import (
 )
 from airflow_provider_cdc.connectors.postgres.values import portable_table
 from airflow_provider_cdc.errors import CdcError
-from airflow_provider_cdc.events import (
-    BEFORE_PREFIX,
-    OP_TRUNCATE,
-    SchemaChange,
-    TableChangesBuilder,
-    TableSchema,
-    batch_schema,
-    concat_tables,
-)
+from airflow_provider_cdc.events import BEFORE_PREFIX, OP_TRUNCATE, TableChangesBuilder, batch_schema, concat_tables
+from airflow_provider_cdc.tables import SchemaChange, TableSchema
 
 _B, _C, _R, _I, _U, _D, _T = (ord(k) for k in "BCRIUDT")
 _TEXT, _NULL, _UNCHANGED = ord("t"), ord("n"), ord("u")

@@ -26,14 +26,8 @@ from airflow_provider_cdc.connectors.postgres.types import (
 )
 from airflow_provider_cdc.connectors.postgres.values import pg_input_scalar
 from airflow_provider_cdc.errors import SinkError
-from airflow_provider_cdc.events import (
-    RESERVED_PREFIX,
-    ChangeBatch,
-    Column,
-    SchemaChange,
-    TableSchema,
-    reserved_columns,
-)
+from airflow_provider_cdc.events import ChangeBatch
+from airflow_provider_cdc.tables import RESERVED_PREFIX, Column, SchemaChange, TableSchema, reserved_columns
 
 log = logging.getLogger("airflow_provider_cdc.sink.postgres")
 

@@ -30,12 +30,11 @@ from airflow_provider_cdc.events import (
     OP_TRUNCATE,
     OP_UPDATE,
     ChangeBatch,
-    SchemaChange,
     TableChangesBuilder,
-    TableSchema,
     concat_tables,
     make_batch_id,
 )
+from airflow_provider_cdc.tables import SchemaChange, TableSchema
 
 if TYPE_CHECKING:
     from airflow_provider_cdc.connectors.postgres.columnar import ColumnarResult

@@ -20,15 +20,9 @@ from psycopg import sql
 from airflow_provider_cdc.connectors.postgres.ddl import BOOKKEEPING_COLUMNS
 from airflow_provider_cdc.connectors.postgres.values import pg_input_table
 from airflow_provider_cdc.errors import SinkError
-from airflow_provider_cdc.events import (
-    BEFORE_PREFIX,
-    OP_DELETE,
-    OP_TRUNCATE,
-    RESERVED_PREFIX,
-    ChangeBatch,
-    TableSchema,
-)
+from airflow_provider_cdc.events import BEFORE_PREFIX, OP_DELETE, OP_TRUNCATE, ChangeBatch
 from airflow_provider_cdc.fold import MOVED_COLUMN, fold_changes
+from airflow_provider_cdc.tables import RESERVED_PREFIX, TableSchema
 
 COPY_CHUNK_ROWS = 65_536  # rows per CSV chunk written to COPY: bounds the extra memory of the text form
 _CSV_OPTIONS = pacsv.WriteOptions(include_header=False)

@@ -15,7 +15,7 @@ from psycopg import sql
 
 from airflow_provider_cdc.connectors.postgres.catalog import Catalog
 from airflow_provider_cdc.errors import SourceError
-from airflow_provider_cdc.events import reserved_columns
+from airflow_provider_cdc.tables import reserved_columns
 
 log = logging.getLogger("airflow_provider_cdc.source.postgres")
 

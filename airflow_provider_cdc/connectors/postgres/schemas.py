@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from airflow_provider_cdc.events import TableSchema
+from airflow_provider_cdc.tables import TableSchema
 
 
 def fingerprint_hash(table: TableSchema) -> str:

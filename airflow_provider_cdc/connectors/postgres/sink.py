@@ -35,7 +35,8 @@ from airflow_provider_cdc.connectors.postgres.ledger import HELD_TABLE, Duplicat
 from airflow_provider_cdc.connectors.postgres.merge import RowMerge
 from airflow_provider_cdc.connectors.postgres.types import POSTGRES_DIALECT
 from airflow_provider_cdc.errors import SinkError
-from airflow_provider_cdc.events import ChangeBatch, TableSchema
+from airflow_provider_cdc.events import ChangeBatch
+from airflow_provider_cdc.tables import TableSchema
 from airflow_provider_cdc.values import LOGICAL_TYPES
 
 __all__ = ["CAPABILITIES", "PgSink", "TableHeld"]

@@ -35,14 +35,8 @@ from airflow_provider_cdc.connectors.postgres.schemas import (
     seen_schema,
 )
 from airflow_provider_cdc.connectors.postgres.values import pg_input_scalar, portable_table, to_pg_input
-from airflow_provider_cdc.events import (
-    OP_READ,
-    ChangeBatch,
-    SchemaChange,
-    TableSchema,
-    concat_tables,
-    make_batch_id,
-)
+from airflow_provider_cdc.events import OP_READ, ChangeBatch, concat_tables, make_batch_id
+from airflow_provider_cdc.tables import SchemaChange, TableSchema
 
 log = logging.getLogger("airflow_provider_cdc.source.postgres")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from airflow_provider_cdc.events import Column
+from airflow_provider_cdc.tables import Column
 
 POSTGRES_DIALECT = "postgresql"
 

@@ -29,7 +29,8 @@ from collections.abc import Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from airflow_provider_cdc.events import BEFORE_PREFIX, Column, TableSchema
+from airflow_provider_cdc.events import BEFORE_PREFIX
+from airflow_provider_cdc.tables import Column, TableSchema
 
 # Logical types whose PostgreSQL text differs from the portable form.
 CONVERTED_TYPES = frozenset({"boolean", "binary", "timestamptz", "timestamp"})

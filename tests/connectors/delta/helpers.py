@@ -11,7 +11,8 @@ from typing import Any
 import pyarrow as pa
 from deltalake import DeltaTable
 
-from airflow_provider_cdc.events import ChangeBatch, Column, SchemaChange, TableChangesBuilder, TableSchema
+from airflow_provider_cdc.events import ChangeBatch, TableChangesBuilder
+from airflow_provider_cdc.tables import Column, SchemaChange, TableSchema
 
 SOURCE = "shop"
 TS_MS = 1_714_550_400_000  # 2024-05-01 08:00:00 UTC

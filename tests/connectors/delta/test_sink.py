@@ -16,7 +16,7 @@ from airflow_provider_cdc.connectors.delta import sink as sink_module
 from airflow_provider_cdc.connectors.delta.ledger_table import DeltaLedger
 from airflow_provider_cdc.connectors.delta.sink import DeltaSink
 from airflow_provider_cdc.errors import SinkError
-from airflow_provider_cdc.events import Column, SchemaChange, TableSchema
+from airflow_provider_cdc.tables import Column, SchemaChange, TableSchema
 
 from .helpers import ITEMS, SOURCE, TS_MS, item, make_batch, read_table, rows
 

@@ -18,7 +18,8 @@ from airflow_provider_cdc.connectors.ledger import LEDGER_COLUMN_NAMES
 from airflow_provider_cdc.connectors.postgres.sink import PgSink
 from airflow_provider_cdc.connectors.postgres.types import canonical_type, is_safe_widening, sink_column_type
 from airflow_provider_cdc.errors import SinkError
-from airflow_provider_cdc.events import ChangeBatch, Column, SchemaChange, TableChangesBuilder, TableSchema
+from airflow_provider_cdc.events import ChangeBatch, TableChangesBuilder
+from airflow_provider_cdc.tables import Column, SchemaChange, TableSchema
 from airflow_provider_cdc.values import LOGICAL_TYPES
 
 SOURCE = "shop"

@@ -15,7 +15,8 @@ from airflow_provider_cdc import values
 from airflow_provider_cdc.connectors.postgres.sink import PgSink
 from airflow_provider_cdc.connectors.postgres.source import PgSource
 from airflow_provider_cdc.connectors.postgres.values import numeric_precision_scale, to_pg_input, to_portable
-from airflow_provider_cdc.events import ChangeBatch, TableSchema
+from airflow_provider_cdc.events import ChangeBatch
+from airflow_provider_cdc.tables import TableSchema
 
 TYPES_DDL = [
     "CREATE TYPE mood AS ENUM ('sad', 'happy')",
