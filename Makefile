@@ -14,6 +14,8 @@ VPY := $(VENV)/bin/python
 EXTRAS := test,mysql,mongodb,openlineage,delta
 STAMP := $(VENV)/.cdc-installed
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): the servers' tests run side by side; PYTEST_WORKERS=0 runs in this process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: venv lint test demo bench clean distclean system-deps
 
@@ -67,7 +69,7 @@ lint: venv
 
 test: venv lint
 	@bash scripts/ensure_pg15_logical.sh || echo "warning: the machine's PostgreSQL is not ready for logical decoding; its tests will skip (fail with CI=true)"
-	$(VPY) -m pytest $(PYTEST_ARGS)
+	$(VPY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 demo: venv
 	$(VPY) scripts/demo.py

@@ -10,6 +10,8 @@ a URL for one database. DSNs stay inside the hook: never in XCom, logs or trigge
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode
@@ -132,6 +134,21 @@ class CdcHook(BaseHook):
 
     def get_sink(self) -> Sink:
         return registry.make_sink(self.sink_config, self.sink_dsn(), self.source_config)
+
+    @contextmanager
+    def connected(self) -> Iterator[tuple[Source, Sink]]:
+        """The source and the sink, both closed whatever happens (the sink's failure to open closes the source)."""
+        source = self.get_source()
+        try:
+            sink = self.get_sink()
+        except BaseException:
+            source.close()
+            raise
+        try:
+            yield source, sink
+        finally:
+            source.close()
+            sink.close()
 
     def get_probe(self) -> ChangeProbe:
         """The triggerer's async probe of the source (the trigger builds it from the same config)."""

@@ -39,17 +39,8 @@ class _CdcOperator(BaseOperator):
     def connected(self) -> Iterator[tuple[CdcHook, Source, Sink]]:
         """The hook with its source and sink, closed whatever happens."""
         hook = self.hook
-        source = hook.get_source()
-        try:
-            sink = hook.get_sink()
-        except BaseException:
-            source.close()
-            raise
-        try:
+        with hook.connected() as (source, sink):
             yield hook, source, sink
-        finally:
-            source.close()
-            sink.close()
 
 
 class CdcCaptureOperator(_CdcOperator):

@@ -57,13 +57,7 @@ class CdcChangesSensor(BaseSensorOperator):
     def _check(self) -> tuple[bool, Position | None]:
         with fail_terminal_errors():
             hook = CdcHook(self.source_id, self.config_dir)
-            source = hook.get_source()
-            try:
-                sink = hook.get_sink()
-            except BaseException:
-                source.close()
-                raise
-            try:
+            with hook.connected() as (source, sink):
                 # The Variable, or the sink ledger when that is later or the Variable is lost: with either, the
                 # source ran before and what holds its position must not be recreated.
                 position = start_position(source, sink, hook.positions)
@@ -73,9 +67,6 @@ class CdcChangesSensor(BaseSensorOperator):
                     # it finishes a commit step that stopped between storing the position and acknowledging it.
                     source.acknowledge(position)
                 return source.has_changes(position), position
-            finally:
-                source.close()
-                sink.close()
 
     def poke(self, context: Any) -> bool:
         ready, _ = self._check()
