@@ -58,6 +58,7 @@ class SinkUnderTest:
     make: Callable[[str, str], Sink]  # (target schema, delete mode) -> Sink
     read: Callable[[str, str, list[Column], bool], list[dict[str, Any]]]  # (schema, table, columns, live only)
     raw: Callable[[str, str], list[dict[str, Any]]]  # every column of a sink table, bookkeeping included
+    location: str  # the sink's URL or root
 
 
 def postgres_sink(url: str) -> SinkUnderTest:
@@ -76,7 +77,7 @@ def postgres_sink(url: str) -> SinkUnderTest:
     return SinkUnderTest(
         "postgresql",
         lambda schema, delete_mode: PgSink(url, sink_id="warehouse", target_schema=schema, delete_mode=delete_mode),
-        read, raw,
+        read, raw, url,
     )
 
 
@@ -99,5 +100,5 @@ def delta_sink(root: Path) -> SinkUnderTest:
         "delta",
         lambda schema, delete_mode: DeltaSink(str(root), sink_id="lake", target_schema=schema,
                                               delete_mode=delete_mode, options=DeltaSinkOptions()),
-        read, raw,
+        read, raw, str(root),
     )

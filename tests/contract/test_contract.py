@@ -14,13 +14,14 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 import pytest
-from cdc_testing import unique_id
+from cdc_testing import table_rows, unique_id
 
 from airflow_provider_cdc import pipeline
 from airflow_provider_cdc.config import SourceConfig
 from airflow_provider_cdc.connectors.postgres.catalog import logical_type
 from airflow_provider_cdc.connectors.registry import make_source
 from airflow_provider_cdc.errors import CdcError
+from airflow_provider_cdc.pipeline import TablesHeldError
 from airflow_provider_cdc.tables import Column
 from contract.pairs import SinkUnderTest, delta_sink, pg_rows, postgres_sink
 
@@ -57,13 +58,14 @@ class MemoryPositions:
 class Pair:
     """A PostgreSQL source database and one sink, run through the pipeline's stage functions."""
 
-    def __init__(self, source_url: str, sink: SinkUnderTest, *, delete_mode: str = "hard") -> None:
+    def __init__(self, source_url: str, sink: SinkUnderTest, *, delete_mode: str = "hard",
+                 tables: list[str] = TABLES) -> None:
         self.url = source_url
         self.under_test = sink
         self.source_id = unique_id("contract")
         self.target_schema = f"t_{self.source_id}"
         self.config = SourceConfig(
-            id=self.source_id, type="postgresql", connection_string=source_url, tables=TABLES,
+            id=self.source_id, type="postgresql", connection_string=source_url, tables=tables,
             sink="warehouse", target_schema=self.target_schema, delete_mode=delete_mode, batch_size=10_000,
         )
         self.positions = MemoryPositions()
@@ -94,7 +96,8 @@ class Pair:
     def columns(self, table: str) -> list[Column]:
         with psycopg.connect(self.url) as conn:
             rows = conn.execute(
-                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s::regclass"
+                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+                " WHERE attrelid = ('public.' || quote_ident(%s))::regclass"
                 " AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (table,)).fetchall()
         return [Column(name, declared, logical_type(declared)) for name, declared in rows]
 
@@ -119,11 +122,11 @@ def sink_under_test(request, pg_database_factory, tmp_path) -> SinkUnderTest:
 def pair_factory(pg_database_factory, sink_under_test):
     made: list[Pair] = []
 
-    def make(*, delete_mode: str = "hard") -> Pair:
+    def make(*, delete_mode: str = "hard", ddl: str = DDL, tables: list[str] = TABLES) -> Pair:
         url = pg_database_factory("contract_src")
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(DDL)
-        pair = Pair(url, sink_under_test, delete_mode=delete_mode)
+            conn.execute(ddl)
+        pair = Pair(url, sink_under_test, delete_mode=delete_mode, tables=tables)
         made.append(pair)
         return pair
 
@@ -303,3 +306,97 @@ def test_every_logical_type_round_trips(pair):
     pair.sql("UPDATE kinds SET i = i + 1, t = t || '!' WHERE id = 1")
     pair.run()  # by stream
     assert pair.assert_same("kinds") == 4
+
+
+# ------------------------------------------------------------------------- rows of EDGE_CASES.md, on every pair
+
+
+def test_names_that_need_quoting_and_names_that_differ_only_in_case(pair_factory):
+    pair = pair_factory(
+        ddl='CREATE TABLE "Mixed_Ü" ("Id Key" int PRIMARY KEY, "select" text, "a b" text, "quote""d" int, _op text,'
+            ' _position int, "ünï" text);'
+            'CREATE TABLE "mixed_ü" (id int PRIMARY KEY, v text);'
+            'CREATE TABLE "select" (id int PRIMARY KEY, "from" text)',
+        tables=["public.Mixed_Ü", "public.mixed_ü", "public.select"],
+    )
+    pair.sql('INSERT INTO "Mixed_Ü" VALUES (1, \'s\', \'a\', 1, \'op\', 7, \'é\'), (2, \'t\', \'b\', 2, NULL, NULL, NULL);'
+             'INSERT INTO "mixed_ü" VALUES (1, \'lower\'); INSERT INTO "select" VALUES (1, \'f\')')
+    pair.run()
+    pair.sql('UPDATE "Mixed_Ü" SET "a b" = \'changed\', "quote""d" = 3 WHERE "Id Key" = 1;'
+             'DELETE FROM "Mixed_Ü" WHERE "Id Key" = 2; UPDATE "mixed_ü" SET v = \'still lower\'')
+    pair.run()
+    assert pair.assert_same("Mixed_Ü") == 1
+    assert pair.assert_same("mixed_ü") == 1
+    assert pair.assert_same("select") == 1
+
+
+def test_keys_of_numeric_uuid_and_bytea_types_are_one_key_each(pair_factory):
+    pair = pair_factory(
+        ddl="CREATE TABLE knum (id numeric PRIMARY KEY, v text); CREATE TABLE kuuid (id uuid PRIMARY KEY, v text);"
+            "CREATE TABLE kbytes (id bytea PRIMARY KEY, v text)",
+        tables=["public.knum", "public.kuuid", "public.kbytes"],
+    )
+    pair.sql("INSERT INTO knum VALUES (1.0, 'a'), (2, 'b'); INSERT INTO kuuid VALUES "
+             "('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'a'); INSERT INTO kbytes VALUES ('\\x00ff', 'a'), ('', 'e')")
+    pair.run()
+    # 1.00 is the key 1.0 written in other text: the same row, never a second one.
+    pair.sql("UPDATE knum SET id = 1.00, v = 'a2' WHERE id = 1; UPDATE knum SET v = 'b2' WHERE id = 2.000;"
+             "UPDATE kuuid SET v = 'a2'; UPDATE kbytes SET v = 'a2' WHERE id = '\\x00ff'; DELETE FROM kbytes WHERE id = ''")
+    pair.run()
+    assert pair.assert_same("knum") == 2
+    assert pair.assert_same("kuuid") == 1
+    assert pair.assert_same("kbytes") == 1
+
+
+def test_values_with_no_portable_form_round_trip_exactly_or_stop_before_any_damage(pair):
+    pair.sql("INSERT INTO kinds (id, t) VALUES (1, 'fine')")
+    pair.run()
+    position = pair.positions.get(pair.source_id)
+    pair.sql("INSERT INTO kinds (id, tz, d, n) VALUES (2, 'infinity', '0044-03-15 BC', 'NaN'),"
+             " (3, '-infinity', '10000-01-01', 1)")
+    if pair.sink.capabilities.dialect == "postgresql":
+        pair.run()  # the same kind of sink: exact, specials included (compared as PostgreSQL text)
+        columns = ["id", "tz", "d", "n"]
+        assert table_rows(pair.url, "kinds", columns=columns) == table_rows(
+            pair.under_test.location, f"{pair.target_schema}.kinds", columns=columns)
+        return
+    # A typed sink has no timestamp for infinity nor a decimal NaN: a clear error naming column and value, and
+    # nothing of the batch written.
+    with pytest.raises(CdcError, match=r"column '(n|tz|d)'.*'(NaN|infinity|-infinity)'.*nothing of this batch") as caught:
+        pair.run()
+    assert getattr(caught.value, "terminal", False)
+    assert pair.positions.get(pair.source_id) == position
+    assert [r["id"] for r in pair.under_test.read(pair.target_schema, "kinds", pair.columns("kinds"), True)] == [1]
+
+
+def test_add_column_with_a_default_shows_on_existing_rows(pair):
+    pair.sql("INSERT INTO items VALUES (1, 'a', 1, 1), (2, 'b', 2, 2)")
+    pair.run()
+    pair.sql("ALTER TABLE items ADD COLUMN flag boolean NOT NULL DEFAULT true;"
+             "ALTER TABLE items ADD COLUMN label text DEFAULT 'none'; UPDATE items SET qty = 5 WHERE id = 2;"
+             "INSERT INTO items (id, name, flag) VALUES (3, 'c', false)")
+    pair.run()
+    assert pair.assert_same("items") == 3
+
+
+def test_ddl_inside_a_transaction_between_changes_keeps_every_value_in_its_column(pair):
+    pair.sql("INSERT INTO items VALUES (1, 'a', 1, 1, 'n1')")
+    pair.run()
+    pair.sql("BEGIN; INSERT INTO items VALUES (2, 'b', 2, 2, 'n2'); ALTER TABLE items RENAME COLUMN note TO remark;"
+             "ALTER TABLE items ADD COLUMN extra int; INSERT INTO items VALUES (3, 'c', 3, 3, 'n3', 33);"
+             "UPDATE items SET remark = 'r1' WHERE id = 1; COMMIT")
+    pair.run()
+    assert pair.assert_same("items") == 3
+
+
+def test_a_lossy_type_change_holds_only_that_table(pair):
+    pair.sql("INSERT INTO items VALUES (1, 'a', 1, 1); INSERT INTO pairs VALUES ('eu', 1, 'a')")
+    pair.run()
+    pair.sql("ALTER TABLE items ALTER COLUMN name TYPE int USING length(name); UPDATE items SET qty = 9;"
+             "UPDATE pairs SET label = 'flows'")
+    with pytest.raises(TablesHeldError, match="items"):
+        pair.run()
+    assert "public.items" in pair.sink.held_tables(pair.source_id)
+    assert pair.assert_same("pairs") == 1  # the other table kept flowing
+    rows = pair.under_test.read(pair.target_schema, "items", pair.columns("items")[2:3], True)
+    assert rows == [{"qty": 1}]  # nothing of the held table was applied

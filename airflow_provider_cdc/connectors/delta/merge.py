@@ -42,8 +42,9 @@ from airflow_provider_cdc.connectors.delta.types import (
 )
 from airflow_provider_cdc.errors import SinkError
 from airflow_provider_cdc.events import BEFORE_PREFIX, OP_DELETE, OP_TRUNCATE
-from airflow_provider_cdc.fold import MOVED_COLUMN, fold_changes, key_arrays
+from airflow_provider_cdc.fold import MOVED_COLUMN, fold_changes, key_arrays, normalise_key_text
 from airflow_provider_cdc.tables import RESERVED_PREFIX, TableSchema
+from airflow_provider_cdc.values import arrow_type
 
 _DELETE = f"'{OP_DELETE}'"
 BATCH_KEY, COUNTS_KEY = "cdc.batch_id", "cdc.counts"  # custom metadata of each merge commit
@@ -98,6 +99,7 @@ def prepare_table(
         folded = _with_truncated_rows(folded, fold_changes(pre, key, schema.columns), key, schema, truncate)
     columns = [c for c in folded.column_names if not c.startswith(RESERVED_PREFIX) and c != MOVED_COLUMN]
     folded = _keys_only_for_deletes(folded, [c for c in columns if c not in key])
+    folded = _canonical_text_keys(folded, key, schema)
     typed = typed_columns(folded, schema, columns, sink_id=sink_id, label=label, batch_id=batch.batch_id)
     needs_fill = pc.fill_null(pc.and_(pc.greater(pc.list_value_length(typed["_cdc_unchanged"]), 0),
                                       pc.not_equal(typed["_cdc_op"], OP_DELETE)), False)
@@ -111,6 +113,21 @@ def prepare_table(
         source = source.append_column(DELETED_AT, pc.if_else(truncated, source[TS], pa.scalar(None, UTC_MICROS)))
     stats["staged"] = source.num_rows
     return PreparedTable(name, schema, label, source, columns, truncate, stats)
+
+
+def _canonical_text_keys(folded: pa.Table, key: list[str], schema: TableSchema) -> pa.Table:
+    """Key columns that Delta stores as text but the source compares as numbers (a decimal without a declared
+    precision) in their canonical text, so that ``1.0`` and ``1.00``, one key at the source, are one key here too
+    (the fold already grouped them). The same number either way; only its trailing zeros go."""
+    for name in key:
+        column = schema.column(name)
+        if column.logical_type != "decimal" or not pa.types.is_string(arrow_type(column)):
+            continue
+        for field in (name, BEFORE_PREFIX + name):
+            if field in folded.column_names:
+                folded = folded.set_column(folded.column_names.index(field), field,
+                                           normalise_key_text(folded[field], column))
+    return folded
 
 
 def _keys_only_for_deletes(folded: pa.Table, values: list[str]) -> pa.Table:
