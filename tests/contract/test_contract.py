@@ -319,7 +319,8 @@ def test_names_that_need_quoting_and_names_that_differ_only_in_case(pair_factory
             'CREATE TABLE "select" (id int PRIMARY KEY, "from" text)',
         tables=["public.Mixed_Ü", "public.mixed_ü", "public.select"],
     )
-    pair.sql('INSERT INTO "Mixed_Ü" VALUES (1, \'s\', \'a\', 1, \'op\', 7, \'é\'), (2, \'t\', \'b\', 2, NULL, NULL, NULL);'
+    pair.sql('INSERT INTO "Mixed_Ü" VALUES (1, \'s\', \'a\', 1, \'op\', 7, \'é\'),'
+             ' (2, \'t\', \'b\', 2, NULL, NULL, NULL);'
              'INSERT INTO "mixed_ü" VALUES (1, \'lower\'); INSERT INTO "select" VALUES (1, \'f\')')
     pair.run()
     pair.sql('UPDATE "Mixed_Ü" SET "a b" = \'changed\', "quote""d" = 3 WHERE "Id Key" = 1;'
@@ -341,7 +342,8 @@ def test_keys_of_numeric_uuid_and_bytea_types_are_one_key_each(pair_factory):
     pair.run()
     # 1.00 is the key 1.0 written in other text: the same row, never a second one.
     pair.sql("UPDATE knum SET id = 1.00, v = 'a2' WHERE id = 1; UPDATE knum SET v = 'b2' WHERE id = 2.000;"
-             "UPDATE kuuid SET v = 'a2'; UPDATE kbytes SET v = 'a2' WHERE id = '\\x00ff'; DELETE FROM kbytes WHERE id = ''")
+             "UPDATE kuuid SET v = 'a2'; UPDATE kbytes SET v = 'a2' WHERE id = '\\x00ff';"
+             "DELETE FROM kbytes WHERE id = ''")
     pair.run()
     assert pair.assert_same("knum") == 2
     assert pair.assert_same("kuuid") == 1
@@ -362,7 +364,8 @@ def test_values_with_no_portable_form_round_trip_exactly_or_stop_before_any_dama
         return
     # A typed sink has no timestamp for infinity nor a decimal NaN: a clear error naming column and value, and
     # nothing of the batch written.
-    with pytest.raises(CdcError, match=r"column '(n|tz|d)'.*'(NaN|infinity|-infinity)'.*nothing of this batch") as caught:
+    refusal = r"column '(n|tz|d)'.*'(NaN|infinity|-infinity)'.*nothing of this batch"
+    with pytest.raises(CdcError, match=refusal) as caught:
         pair.run()
     assert getattr(caught.value, "terminal", False)
     assert pair.positions.get(pair.source_id) == position
