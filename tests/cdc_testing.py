@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import textwrap
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
+
+from airflow_provider_cdc.events import ChangeBatch, TableChangesBuilder
+from airflow_provider_cdc.tables import SchemaChange, TableSchema
 
 BOOKKEEPING = ("_cdc_op", "_cdc_position", "_cdc_ts", "_cdc_deleted_at")
 
@@ -210,3 +215,50 @@ def drain(hook, prefix: str, max_runs: int = 50) -> int:
         if summary["change_count"] == 0 and "snapshot" not in (hook.positions.get(hook.source_id) or {"snapshot": 1}):
             return i + 1
     raise AssertionError(f"source {hook.source_id} did not drain in {max_runs} runs")
+
+
+# --- batches built by hand, for sink tests ------------------------------------------------------------------------
+
+TS_MS = 1_714_550_400_000  # 2024-05-01 08:00:00 UTC
+Event = tuple  # (op, seq, row: dict), (op, seq, row, unchanged) or (op, seq, row, unchanged, before: dict)
+
+
+def batch_of(
+    events: Sequence[Event],
+    schema: TableSchema,
+    *,
+    batch_id: str | None = None,
+    source_id: str = "shop",
+    extra: dict[TableSchema, Sequence[Event]] | None = None,
+    schema_changes: Sequence[SchemaChange] = (),
+) -> ChangeBatch:
+    """A batch of ``events`` on ``schema`` (plus ``extra`` tables); rows are dicts of portable text, missing = NULL."""
+    tables, schemas, seqs = {}, {}, []
+    for table_schema, table_events in {schema: events, **(extra or {})}.items():
+        builder = TableChangesBuilder(table_schema)
+        for op, seq, row, *rest in table_events:
+            unchanged = rest[0] if rest else None
+            before = rest[1] if len(rest) > 1 else None
+            builder.append(op, seq, TS_MS + seq * 1000, f"tx{seq}", f"0/{seq:X}",
+                           [row.get(name) for name in table_schema.column_names], unchanged=unchanged,
+                           before=None if before is None else [before.get(n) for n in table_schema.column_names])
+            seqs.append(seq)
+        tables[table_schema.qualified_name] = builder.finish()
+        schemas[table_schema.qualified_name] = table_schema
+    seqs += [change.seq for change in schema_changes]
+    first, last = min(seqs), max(seqs)
+    return ChangeBatch(
+        source_id=source_id,
+        batch_id=batch_id or f"{source_id}:{first}-{last}",
+        position_from={"lsn": f"0/{first - 1:X}"},
+        position_to={"lsn": f"0/{last:X}"},
+        seq_from=first,
+        seq_to=last,
+        tables=tables,
+        schemas=schemas,
+        schema_changes=list(schema_changes),
+    )
+
+
+def item(id_: int, **values: Any) -> dict[str, Any]:
+    return {"id": str(id_), **values}

@@ -122,5 +122,7 @@ def _or_none(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 
 def latest(rows: list[LedgerRow]) -> LedgerRow | None:
-    """The row with the highest ``seq_to`` (what a source resumes from when its position Variable is behind)."""
-    return max(rows, key=lambda row: row.seq_to, default=None)
+    """The row with the highest ``seq_to``, the later commit on a tie (what a source resumes from when its position
+    Variable is behind; the PostgreSQL sink asks the same in SQL: ``ORDER BY seq_to DESC, committed_at DESC``)."""
+    oldest = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+    return max(rows, key=lambda row: (row.seq_to, row.committed_at or oldest), default=None)

@@ -26,7 +26,7 @@ from airflow_provider_cdc.connectors.delta.storage import (
     reset_app_transactions,
 )
 from airflow_provider_cdc.connectors.delta.types import UTC_MICROS
-from airflow_provider_cdc.connectors.ledger import LEDGER_COLUMNS, LEDGER_TABLE, LedgerRow
+from airflow_provider_cdc.connectors.ledger import LEDGER_COLUMNS, LEDGER_TABLE, LedgerRow, latest
 
 HELD_TABLE = "_cdc_held"
 COMPACT_EVERY = 100  # ledger commits between two compactions of its files
@@ -93,12 +93,17 @@ class DeltaLedger(_SmallTable):
         return self.read(ds.field("batch_id") == batch_id, ["batch_id"]).num_rows > 0
 
     def high_water(self, source_id: str) -> int:
-        seqs = self.read(ds.field("source_id") == source_id, ["seq_to"])["seq_to"]
-        return int(pc.max(seqs).as_py() or 0) if len(seqs) else 0
+        return self.applied(source_id, None)[1]
+
+    def applied(self, source_id: str, batch_id: str | None) -> tuple[bool, int]:
+        """Whether ``batch_id`` of ``source_id`` is in the ledger, and the source's high water, in one read (an
+        apply needs both; each read replays the table's log)."""
+        rows = self.read(ds.field("source_id") == source_id, ["batch_id", "seq_to"])
+        has = batch_id is not None and bool(pc.any(pc.equal(rows["batch_id"], batch_id)).as_py())
+        return has, int(pc.max(rows["seq_to"]).as_py() or 0) if rows.num_rows else 0
 
     def last_committed(self, source_id: str) -> dict[str, Any] | None:
-        oldest = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
-        newest = max(self.rows(source_id), key=lambda row: (row.seq_to, row.committed_at or oldest), default=None)
+        newest = latest(self.rows(source_id))
         return None if newest is None else newest.position_to
 
     def append_row(self, row: LedgerRow) -> None:

@@ -211,11 +211,11 @@ class DeltaSink:
         result = ApplyResult(batch_id=batch.batch_id, applied=False)
         with self._errors("apply failed; apply the batch again: tables that committed are skipped by their Delta "
                           "transaction version, the others and the ledger row follow", batch_id=batch.batch_id):
-            if self._ledger.has_batch(batch.batch_id):
+            applied, high_water = self._ledger.applied(batch.source_id, batch.batch_id)
+            if applied:
                 log.info("sink %s: batch %s is already in the ledger; nothing to do", self.sink_id, batch.batch_id)
                 result.seconds = time.monotonic() - started
                 return result
-            high_water = self._ledger.high_water(batch.source_id)
             held = self._held.held(batch.source_id)
             result.held_tables = dict(held)
             result.schema_changes = sum(1 for change in batch.schema_changes if change.seq > high_water)

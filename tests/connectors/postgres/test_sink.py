@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from cdc_testing import TS_MS, Event, batch_of, item
 from conftest import require_server
 
 from airflow_provider_cdc.connectors.base import ApplyResult, Sink
@@ -18,12 +19,11 @@ from airflow_provider_cdc.connectors.ledger import LEDGER_COLUMN_NAMES
 from airflow_provider_cdc.connectors.postgres.sink import PgSink
 from airflow_provider_cdc.connectors.postgres.types import canonical_type, is_safe_widening, sink_column_type
 from airflow_provider_cdc.errors import SinkError
-from airflow_provider_cdc.events import ChangeBatch, TableChangesBuilder
+from airflow_provider_cdc.events import ChangeBatch
 from airflow_provider_cdc.tables import Column, SchemaChange, TableSchema
 from airflow_provider_cdc.values import LOGICAL_TYPES
 
 SOURCE = "shop"
-TS_MS = 1_714_550_400_000  # 2024-05-01 08:00:00 UTC
 
 ITEMS = TableSchema(
     schema="public",
@@ -38,48 +38,8 @@ ITEMS = TableSchema(
     ), dialect="postgresql"
 )
 
-Event = tuple  # (op, seq, row: dict), (op, seq, row, unchanged) or (op, seq, row, unchanged, before: dict)
-
-
-def make_batch(
-    events: Sequence[Event],
-    schema: TableSchema = ITEMS,
-    *,
-    batch_id: str | None = None,
-    source_id: str = SOURCE,
-    extra: dict[TableSchema, Sequence[Event]] | None = None,
-    schema_changes: Sequence[SchemaChange] = (),
-) -> ChangeBatch:
-    """A batch of ``events`` on ``schema`` (plus ``extra`` tables); rows are dicts, missing columns are NULL."""
-    tables, schemas, seqs = {}, {}, []
-    for table_schema, table_events in {schema: events, **(extra or {})}.items():
-        builder = TableChangesBuilder(table_schema)
-        for op, seq, row, *rest in table_events:
-            unchanged = rest[0] if rest else None
-            before = rest[1] if len(rest) > 1 else None
-            builder.append(op, seq, TS_MS + seq * 1000, f"tx{seq}", f"0/{seq:X}",
-                           [row.get(name) for name in table_schema.column_names], unchanged=unchanged,
-                           before=None if before is None else [before.get(n) for n in table_schema.column_names])
-            seqs.append(seq)
-        tables[table_schema.qualified_name] = builder.finish()
-        schemas[table_schema.qualified_name] = table_schema
-    seqs += [change.seq for change in schema_changes]
-    first, last = min(seqs), max(seqs)
-    return ChangeBatch(
-        source_id=source_id,
-        batch_id=batch_id or f"{source_id}:{first}-{last}",
-        position_from={"lsn": f"0/{first - 1:X}"},
-        position_to={"lsn": f"0/{last:X}"},
-        seq_from=first,
-        seq_to=last,
-        tables=tables,
-        schemas=schemas,
-        schema_changes=list(schema_changes),
-    )
-
-
-def item(id_: int, **values: Any) -> dict[str, Any]:
-    return {"id": str(id_), **values}
+def make_batch(events: Sequence[Event], schema: TableSchema = ITEMS, **kwargs: Any) -> ChangeBatch:
+    return batch_of(events, schema, **kwargs)
 
 
 @pytest.fixture
