@@ -8,10 +8,13 @@ methods; a new database is a module and a registry entry, not a branch in an ope
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from airflow_provider_cdc.events import ChangeBatch
 from airflow_provider_cdc.tables import TableSchema
+
+if TYPE_CHECKING:
+    from airflow_provider_cdc.schema import HeldChunk, SchemaPolicy, SchemaVersion
 
 Position = dict[str, Any]
 """A source-native position document (PostgreSQL ``{"lsn": ...}``, MySQL ``{"gtid": ...}``...) plus ``seq``: JSON-safe,
@@ -129,6 +132,28 @@ class ApplyResult:
     schema_changes: int = 0
     tables: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     held_tables: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Tables held from this batch on (a subset of held_tables), and the schema versions in effect after it.
+    newly_held: dict[str, str] = dataclasses.field(default_factory=dict)
+    schema_versions: dict[str, int] = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class AcceptResult:
+    """What ``schema accept`` did to one held table: versions accepted, held changes replayed (exactly once: the
+    replay is a batch ``<source_id>:accept:<table>:<seq range>`` in the ledger)."""
+
+    subject: str
+    table: str
+    accepted_versions: list[int]
+    batch_id: str | None
+    replayed_events: int = 0
+    upserted: int = 0
+    deleted: int = 0
+    applied: bool = True
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -156,10 +181,27 @@ class Sink(Protocol):
         *,
         run_id: str | None = None,
         versions: dict[str, dict[str, Any] | None] | None = None,
+        policy: SchemaPolicy | None = None,
     ) -> ApplyResult:
         """Apply ``batch`` and write its ledger row (:func:`~airflow_provider_cdc.connectors.ledger.ledger_row`,
-        with the ``rule_versions``, ``schema_versions`` and ``stage_versions`` it was made with) in one transaction;
-        ``applied=False`` when the ledger already has the batch id."""
+        with the ``rule_versions`` and ``stage_versions`` it was made with, and ``schema_versions`` from the gate) in
+        one transaction; ``applied=False`` when the ledger already has the batch id.
+
+        The schema gate (:func:`airflow_provider_cdc.schema.gate.decide`, under ``policy``) runs inside that
+        transaction: new schema versions, held tables and their held changes are stored with the batch."""
+
+    def schema_versions(self, source_id: str) -> list[SchemaVersion]:
+        """Every registered schema version of ``source_id``'s subjects (the registry lives beside the ledger)."""
+
+    def held_changes(self, source_id: str, table: str) -> list[HeldChunk]:
+        """The changes held for ``table`` (``schema.table``), oldest first."""
+
+    def accept_table(
+        self, source_id: str, table: str, *, policy: SchemaPolicy | None = None, run_id: str | None = None
+    ) -> AcceptResult:
+        """Accept the held schema versions of ``table``: migrate its sink table to the newest one (a type change
+        converts the values already there, or fails naming them), replay its held changes, and stop holding it, in
+        one transaction (:func:`airflow_provider_cdc.schema.gate.plan_accept`). Raises when the table is not held."""
 
     def last_committed(self, source_id: str) -> dict[str, Any] | None:
         """``position_to`` of the ledger row with the highest ``seq_to`` for ``source_id`` (None when none)."""
@@ -168,7 +210,8 @@ class Sink(Protocol):
         """Source tables whose changes the sink holds back (a schema change it cannot follow), with the reason."""
 
     def release_table(self, source_id: str, table: str) -> bool:
-        """Stop holding ``table`` back before its re-snapshot; True when it was held."""
+        """Stop holding ``table`` back before its re-snapshot (its held changes are discarded: the snapshot reads
+        the table anew, and its held versions count as accepted); True when it was held."""
 
     def forget_source(self, source_id: str) -> int:
         """Delete the source's ledger rows (a whole re-snapshot starts its ``seq`` again); returns how many."""
