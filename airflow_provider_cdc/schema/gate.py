@@ -85,12 +85,11 @@ class HeldChunk:
     @classmethod
     def from_stored(cls, *, source_id: str, table: str, batch_id: str, seq_from: int, seq_to: int,
                     meta: Mapping[str, Any] | str, data: bytes | None) -> HeldChunk:
-        if isinstance(meta, str):
-            meta = json.loads(meta)
+        info: Mapping[str, Any] = json.loads(meta) if isinstance(meta, str) else meta
         events = pa.ipc.open_stream(io.BytesIO(data)).read_all() if data else None
-        return cls(source_id, table, batch_id, int(seq_from), int(seq_to), TableSchema.from_dict(meta["schema"]),
-                   [SchemaChange.from_dict(change) for change in meta["changes"]], events,
-                   dict(meta.get("position_from") or {}), dict(meta.get("position_to") or {}))
+        return cls(source_id, table, batch_id, int(seq_from), int(seq_to), TableSchema.from_dict(info["schema"]),
+                   [SchemaChange.from_dict(change) for change in info["changes"]], events,
+                   dict(info.get("position_from") or {}), dict(info.get("position_to") or {}))
 
 
 @dataclasses.dataclass
