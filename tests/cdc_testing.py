@@ -134,14 +134,27 @@ def ledger_rows(sink_url: str, source_id: str) -> list[tuple]:
 
 
 def assert_ledger_consistent(sink_url: str, source_id: str) -> list[tuple]:
-    """No batch twice and no two batches covering the same seq range."""
+    """No batch twice and no two stream batches covering the same seq range.
+
+    A ``schema accept`` replays held changes as a batch ``<source>:accept:<table>:<from>-<to>``: its range lies inside
+    ranges stream batches covered (they held those changes), and accepts of one table never overlap each other."""
     rows = ledger_rows(sink_url, source_id)
     ids = [r[0] for r in rows]
     assert len(ids) == len(set(ids)), f"duplicate ledger batch ids: {ids}"
-    for (_, _, prev_to), (bid, seq_from, _) in zip(rows, rows[1:]):
+    stream = [r for r in rows if ":accept:" not in r[0]]
+    for (_, _, prev_to), (bid, seq_from, _) in zip(stream, stream[1:]):
         assert seq_from > prev_to or seq_from is None, (
             f"batch {bid} overlaps the previous one (from {seq_from} <= {prev_to})"
         )
+    accepts: dict[str, list[tuple]] = {}
+    for bid, seq_from, seq_to in rows:
+        if ":accept:" in bid:
+            accepts.setdefault(bid.split(":accept:")[1].rpartition(":")[0], []).append((seq_from, seq_to, bid))
+            assert stream and seq_to <= max(r[2] for r in stream), f"{bid} replays changes no stream batch held"
+    for ranges in accepts.values():
+        ranges.sort()
+        for (_, prev_to, _), (seq_from, _, bid) in zip(ranges, ranges[1:]):
+            assert seq_from > prev_to, f"accept batch {bid} overlaps an earlier accept of the same table"
     return rows
 
 

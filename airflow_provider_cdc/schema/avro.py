@@ -39,10 +39,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import avro.errors
 import avro.schema
 
 from airflow_provider_cdc.tables import Column, TableSchema
@@ -71,16 +74,22 @@ def avro_name(name: str) -> str:
 
 
 def field_names(columns: Sequence[Column]) -> dict[str, str]:
-    """Column name → Avro field name, unique within the record (a clash gets ``_2``, ``_3``... in column order)."""
+    """Column name → Avro field name, unique within the record.
+
+    A column whose name is a valid Avro name always has it as its field name; a cleaned name that clashes gets
+    ``_2``, ``_3``... in column order. Valid names go first so that a column's field never depends on whether an
+    unrelated column exists: with ``a b`` then ``a_b``, dropping ``a b`` must not move field ``a_b`` to another
+    column (the checker would then compare ``a b``'s old values with ``a_b``'s type)."""
+    used = {col.name for col in columns if _NAME.fullmatch(col.name)}
     out: dict[str, str] = {}
-    used: set[str] = set()
     for col in columns:
-        base = avro_name(col.name)
-        name, n = base, 1
-        while name in used:
-            n += 1
-            name = f"{base}_{n}"
-        used.add(name)
+        name = base = avro_name(col.name)
+        if name != col.name:
+            n = 1
+            while name in used:
+                n += 1
+                name = f"{base}_{n}"
+            used.add(name)
         out[col.name] = name
     return out
 
@@ -90,8 +99,11 @@ def _base_type(column: Column) -> Any:
     source = source.removesuffix(" unsigned").strip()
     logical = column.logical_type
     if logical == "integer":
+        # The type's first word: MySQL adds "(11)", "unsigned", "zerofill" after it. Only a 32-bit unsigned int
+        # outgrows Avro's int; unsigned tinyint, smallint and mediumint (at most 16777215) fit.
+        word = re.split(r"[\s(]", column.source_type.lower().strip(), maxsplit=1)[0]
         unsigned = "unsigned" in column.source_type.lower()
-        return "int" if source in _INT32 and not (unsigned and source in ("int", "integer", "mediumint")) else "long"
+        return "int" if word in _INT32 and not (unsigned and word in ("int", "integer")) else "long"
     if logical == "decimal":
         if column.precision is None:
             return "string"
@@ -139,6 +151,8 @@ def _default_of(column: Column, base: Any) -> Any:
         return (value - _EPOCH) // _MICRO
     if logical == "time-micros":
         return ((value.hour * 60 + value.minute) * 60 + value.second) * 1_000_000 + value.microsecond
+    if kind in ("float", "double") and not math.isfinite(value):
+        raise ValueError(f"no JSON form for {value}")  # Avro defaults are JSON, which has no NaN or Infinity
     if kind in ("int", "long", "float", "double", "boolean"):
         return value
     if kind == "bytes":
@@ -215,8 +229,13 @@ def avro_schema(table: TableSchema, *, source_id: str, previous: TableSchema | N
 
 
 def parse(doc: Mapping[str, Any]) -> avro.schema.Schema:
-    """The Avro library's schema object of ``doc`` (what the compatibility checker takes)."""
-    return avro.schema.parse(json.dumps(doc))
+    """The Avro library's schema object of ``doc`` (what the compatibility checker takes).
+
+    The Python library does not know ``local-timestamp-micros`` and warns on every parse; the type is Avro's own
+    (specification 1.10+), and the checker compares its ``long`` either way."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", avro.errors.IgnoredLogicalType)
+        return avro.schema.parse(json.dumps(doc))
 
 
 def schema_key(doc: Mapping[str, Any]) -> str:

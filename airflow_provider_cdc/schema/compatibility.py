@@ -28,7 +28,8 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args
 
-from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
+from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityResult, SchemaCompatibilityType
+from avro.schema import RecordSchema
 
 from airflow_provider_cdc.schema.avro import column_of, parse
 
@@ -76,34 +77,39 @@ class CompatibilityResult:
                              for problem in self.problems]}
 
 
-def _field_at(doc: Mapping[str, Any], location: str) -> str | None:
-    """The source column of the field a checker location points at (``/fields/2/type`` → field 2)."""
-    parts = [part for part in location.split("/") if part]
-    if len(parts) >= 2 and parts[0] == "fields" and parts[1].isdigit():
-        fields = doc.get("fields", [])
-        index = int(parts[1])
-        if index < len(fields):
-            return column_of(fields[index])
-    return None
-
-
 def _pair(reader: Mapping[str, Any], writer: Mapping[str, Any], direction: Literal["backward", "forward"],
           against: int | None) -> list[Incompatibility]:
-    result = ReaderWriterCompatibilityChecker().get_compatibility(parse(reader), parse(writer))
+    reader_schema, writer_schema = parse(reader), parse(writer)
+    result = ReaderWriterCompatibilityChecker().get_compatibility(reader_schema, writer_schema)
     if result.compatibility is SchemaCompatibilityType.compatible:
         return []
-    messages = sorted(result.messages) or ["incompatible"]
-    kinds = [kind.value for kind in result.incompatibilities] or ["incompatible"]
-    # The root location ("/") is only the checker's starting point; name it only when nothing deeper is known.
-    locations = sorted(result.locations - {"/"}) or ["/"]
     problems = []
-    # The checker reports sets; one entry per location, each with the reasons found (field names for a missing
-    # default, type pairs for a mismatch).
-    for location in locations:
-        column = _field_at(reader, location)
-        problems.append(Incompatibility(column, against, direction, ",".join(sorted(set(kinds))),
-                                        "; ".join(_explain(kinds, messages))))
+    attributed: set[str] = set()
+    if isinstance(reader_schema, RecordSchema) and isinstance(writer_schema, RecordSchema):
+        # The checker reports sets of messages and locations without pairing them, and a field whose writer type
+        # is a union (a nullable column) fails at the root, with no location below it. So each reader field is
+        # checked on its own (a record of that one field, by Avro's own record rule) to name its column and keep
+        # its reasons apart from another field's.
+        for field in reader.get("fields", []):
+            alone = parse({**reader, "fields": [field]})
+            assert isinstance(alone, RecordSchema)
+            found = ReaderWriterCompatibilityChecker().check_reader_writer_record_fields(alone, writer_schema, ["/"])
+            if found.compatibility is SchemaCompatibilityType.compatible:
+                continue
+            problems.append(_problem(column_of(field), found, direction, against))
+            attributed |= found.messages
+    rest = result.messages - attributed
+    if rest or not problems:  # about the record itself (its name), or nothing a field explains
+        record = SchemaCompatibilityResult(result.compatibility, result.incompatibilities, rest or result.messages)
+        problems.insert(0, _problem(None, record, direction, against))
     return problems
+
+
+def _problem(column: str | None, found: SchemaCompatibilityResult, direction: Literal["backward", "forward"],
+             against: int | None) -> Incompatibility:
+    messages = sorted(found.messages) or ["incompatible"]
+    kinds = sorted({kind.value for kind in found.incompatibilities}) or ["incompatible"]
+    return Incompatibility(column, against, direction, ",".join(kinds), "; ".join(_explain(kinds, messages)))
 
 
 def _explain(kinds: Sequence[str], messages: Sequence[str]) -> list[str]:
@@ -111,6 +117,8 @@ def _explain(kinds: Sequence[str], messages: Sequence[str]) -> list[str]:
     for message in messages:
         if "reader_field_missing_default_value" in kinds and " " not in message:
             out.append(f"field {message} has no default value")
+        elif message.endswith("writer type: null"):
+            out.append(f"{message}, i.e. NULL values for a NOT NULL column")
         else:
             out.append(message)
     return out

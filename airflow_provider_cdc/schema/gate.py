@@ -129,6 +129,9 @@ class GateDecision:
         for version in list(self.registry.changed.values()):
             if version.subject == subject and version.status != "held" and version.seq > self.high_water:
                 self.registry.add(dataclasses.replace(version, status="held"))
+        for note in self.notes:  # a change the gate let through and the sink cannot follow: held, and why
+            if note["subject"] == subject and note["outcome"] != "held":
+                note.update(outcome="held", reason=reason)
         self.drops.pop(table, None)
         self._take_out(table, original)
         log.error("source %s: table %s is held from batch %s on: %s", original.source_id, table, original.batch_id,
@@ -200,7 +203,10 @@ def lenient_table(sink: TableSchema, source: TableSchema) -> TableSchema:
     for col in source.columns:
         renamed = col.ordinal is not None and sink_ordinals.get(col.ordinal) not in (None, col.name)
         if col.name not in sink_names:
-            col = dataclasses.replace(col, nullable=True, ordinal=None if renamed else col.ordinal)
+            # A renamed column is new to the sink: its existing rows hold their values under the old name, so the
+            # source's backfill (the value of rows older than the column's ADD COLUMN) is not theirs.
+            col = dataclasses.replace(col, nullable=True, ordinal=None if renamed else col.ordinal,
+                                      backfill=None if renamed else col.backfill)
         columns.append(col)
     names = {col.name for col in columns}
     columns += [dataclasses.replace(col, nullable=True, primary_key=False, ordinal=None, backfill=None)
@@ -235,8 +241,12 @@ def _evaluate(policy: SchemaPolicy, registry: Registry, subject: str, table: str
                         for version in registry.versions(subject) if version.status != "held"]
         result = check(target_doc, sink_history, level)
         return (None if result.compatible else result.describe()), "applied", target, level, result.to_dict()
-    # ignore: the sink's columns must be able to read what the source now writes.
-    sink_doc = avro_schema(previous_sink, source_id=subject.partition(".")[0])
+    # ignore: the sink's columns must be able to read what the source now writes. Sinks create every non-key column
+    # nullable, and a column the source no longer sends gets NULL there: only the types must fit, not NOT NULL.
+    sink_columns = tuple(col if col.primary_key else dataclasses.replace(col, nullable=True)
+                         for col in previous_sink.columns)
+    sink_doc = avro_schema(dataclasses.replace(previous_sink, columns=sink_columns),
+                           source_id=subject.partition(".")[0])
     result = check(doc, [(followed.version, sink_doc)], "FORWARD")
     refusal = None if result.compatible else (
         f"mode ignore keeps the sink's columns, but they cannot hold what the source now writes: {result.describe()}")
@@ -246,7 +256,11 @@ def _evaluate(policy: SchemaPolicy, registry: Registry, subject: str, table: str
 def _project(events: pa.Table | None, source: TableSchema, sink: TableSchema) -> pa.Table | None:
     if events is None or source.column_names == sink.column_names:
         return events
-    return resolve_table(events, source, sink, by_ordinal=False, use_defaults=False)
+    # A column dropped within the batch is still in its events, holding the values of rows written before the drop.
+    carried = tuple(dataclasses.replace(col, ordinal=None) for col in sink.columns
+                    if col.name not in source.column_names and col.name in events.column_names)
+    writer = dataclasses.replace(source, columns=(*source.columns, *carried)) if carried else source
+    return resolve_table(events, writer, sink, by_ordinal=False, use_defaults=False)
 
 
 def decide(
@@ -276,6 +290,13 @@ def decide(
         refused = False
         for change in by_table.get(table, []):
             latest = registry.latest(subject)
+            if latest is None and change.before is not None:
+                # The sink followed this table before the registry existed (an upgraded deployment): the schema it
+                # followed becomes version 1, in effect before this batch (so a hold never marks it), and the change
+                # is checked against it like any other.
+                _register(decision, subject, SchemaChange(table, high_water, change.before), "applied",
+                          change.before, {})
+                latest = registry.latest(subject)
             doc = registry.document(subject, change.after, change.before)
             if latest is None:
                 _register(decision, subject, change, "applied", change.after, {}, doc=doc)
@@ -311,6 +332,13 @@ def decide(
                 _rewrite_change(decision, change, previous_sink, sink_table)
         if refused:
             continue
+        if table in decision.drops:
+            # A column dropped and added again within the batch is in the table's final schema: the sink keeps it.
+            final = batch.schemas.get(table) or by_table[table][-1].after
+            kept = [name for name in decision.drops[table] if name not in final.column_names]
+            decision.drops[table] = list(dict.fromkeys(kept))
+            if not kept:
+                del decision.drops[table]
         if subject not in registry.subjects() and table in batch.schemas:
             # Data of a table the registry has not seen (a registry newer than the sink's tables): its first version.
             schema = batch.schemas[table]
@@ -352,7 +380,8 @@ def _follow_sink_table(decision: GateDecision, table: str, subject: str) -> None
     followed = decision.registry.latest_followed(subject)
     batch = decision.batch
     source = batch.schemas.get(table)
-    if followed is None or source is None or followed.sink_table.fingerprint() == followed.table.fingerprint():
+    # Whole tables, not fingerprints: a fingerprint ignores nullability, and lenient adds NOT NULL columns nullable.
+    if followed is None or source is None or followed.sink_table == followed.table:
         return
     sink_table = followed.sink_table
     batch.schemas[table] = sink_table

@@ -152,8 +152,11 @@ class Registry:
                 versions[index] = version
                 break
         else:
-            if versions and version.version != versions[-1].version + 1:
-                raise ValueError(f"{version.subject}: version {version.version} after {versions[-1].version}")
+            expected = versions[-1].version + 1 if versions else 1  # a subject starts at version 1
+            if version.version != expected:
+                if not versions:
+                    del self._by_subject[version.subject]  # leave no empty subject behind
+                raise ValueError(f"{version.subject}: version {version.version} after {expected - 1}")
             versions.append(version)
         self.changed[(version.subject, version.version)] = version
         return version

@@ -50,10 +50,14 @@ def resolve_table(events: pa.Table, writer: TableSchema, reader: TableSchema, *,
         if name.startswith(RESERVED_PREFIX) and not name.startswith(BEFORE_PREFIX):
             arrays.append(events[name])
             fields.append(events.schema.field(name))
-    renamed = {source: target for target, source in mapping.items() if source is not None and source != target}
-    if "_cdc_unchanged" in present and renamed:
+    # A writer column's name as the reader knows it; a column the reader lacks is not "unchanged" in the reader (a
+    # sink would look for a value it has no column for).
+    read_as = {source: target for target, source in mapping.items() if source is not None}
+    remapped = any(source != target for source, target in read_as.items()) or not set(writer.column_names) <= set(
+        read_as)
+    if "_cdc_unchanged" in present and remapped:
         index = fields.index(events.schema.field("_cdc_unchanged"))
-        arrays[index] = pa.array([None if names is None else [renamed.get(name, name) for name in names]
+        arrays[index] = pa.array([None if names is None else [read_as[name] for name in names if name in read_as]
                                   for names in events["_cdc_unchanged"].to_pylist()], pa.list_(pa.string()))
     defaults = {col.name: col.backfill for col in reader.columns} if use_defaults else {}
     has_before = any(name.startswith(BEFORE_PREFIX) for name in present)
