@@ -1,4 +1,5 @@
 """The file sink's own Delta tables: the ledger (``<root>/_cdc_ledger``) and the held tables (``<root>/_cdc_held``).
+(The schema registry and the held changes live beside them: :mod:`.registry`.)
 
 A Delta sink has no transaction across tables, so the ledger row cannot commit with the data. It is appended
 **after** every table's commit, and each of those commits carries the batch as a Delta application transaction
@@ -46,11 +47,11 @@ def ledger_app_id(source_id: str) -> str:
     return f"{source_id}:{LEDGER_TABLE}"
 
 
-def _sql_text(value: str) -> str:
+def sql_text(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-class _SmallTable:
+class SmallTable:
     """A Delta table of a few bookkeeping rows, read whole through pyarrow with a filter."""
 
     schema: pa.Schema
@@ -73,7 +74,7 @@ class _SmallTable:
                         commit_properties=commit_properties(app_transactions or {}))
 
 
-class DeltaLedger(_SmallTable):
+class DeltaLedger(SmallTable):
     """``<root>/_cdc_ledger``: one :class:`LedgerRow` per applied batch."""
 
     schema = LEDGER_SCHEMA
@@ -106,11 +107,14 @@ class DeltaLedger(_SmallTable):
         newest = latest(self.rows(source_id))
         return None if newest is None else newest.position_to
 
-    def append_row(self, row: LedgerRow) -> None:
-        """Append ``row`` with the batch as the ledger's own application transaction (``<source>:_cdc_ledger``)."""
+    def append_row(self, row: LedgerRow, *, app_transaction: bool = True) -> None:
+        """Append ``row`` with the batch as the ledger's own application transaction (``<source>:_cdc_ledger``).
+
+        ``app_transaction=False`` for the row of a ``schema accept`` replay: its range lies below the source's high
+        water, and Delta keeps only the last version of an application id, which must not go backwards."""
         record = row.to_record(json_as_text=True)
         table = pa.Table.from_pylist([record], schema=LEDGER_SCHEMA)
-        self.append(table, {ledger_app_id(row.source_id): row.seq_to})
+        self.append(table, {ledger_app_id(row.source_id): row.seq_to} if app_transaction else None)
         self._compact_now_and_then()
 
     def _compact_now_and_then(self) -> None:
@@ -125,13 +129,13 @@ class DeltaLedger(_SmallTable):
         table = self.table()
         if table is None:
             return 0
-        metrics = table.delete(f"source_id = {_sql_text(source_id)}",
+        metrics = table.delete(f"source_id = {sql_text(source_id)}",
                                commit_properties=commit_properties({ledger_app_id(source_id): 0}))
         reset_app_transactions(table, [ledger_app_id(source_id)])
         return int(metrics.get("num_deleted_rows", 0))
 
 
-class HeldTables(_SmallTable):
+class HeldTables(SmallTable):
     """``<root>/_cdc_held``: source tables whose changes wait (a schema change the sink cannot follow)."""
 
     schema = HELD_SCHEMA
@@ -140,20 +144,28 @@ class HeldTables(_SmallTable):
         super().__init__(join(root, HELD_TABLE), storage_options)
 
     def held(self, source_id: str) -> dict[str, str]:
-        rows = self.read(ds.field("source_id") == source_id, ["source_table", "reason"]).to_pylist()
-        return {row["source_table"]: row["reason"] for row in rows}
+        return {table: reason for table, (reason, _) in self.marks(source_id).items()}
+
+    def marks(self, source_id: str) -> dict[str, tuple[str, str | None]]:
+        """Held table → (reason, id of the batch that held it)."""
+        rows = self.read(ds.field("source_id") == source_id, ["source_table", "reason", "batch_id"]).to_pylist()
+        return {row["source_table"]: (row["reason"], row["batch_id"]) for row in rows}
 
     def hold(self, source_id: str, source_table: str, reason: str, batch_id: str | None) -> None:
-        if source_table in self.held(source_id):
-            return
-        self.append(pa.Table.from_pylist([{
-            "source_id": source_id, "source_table": source_table, "reason": reason, "batch_id": batch_id,
-            "held_at": dt.datetime.now(dt.timezone.utc),
-        }], schema=HELD_SCHEMA))
+        self.hold_many(source_id, {source_table: reason}, batch_id)
+
+    def hold_many(self, source_id: str, reasons: dict[str, str], batch_id: str | None) -> None:
+        """Mark the tables of ``reasons`` held (one commit; tables held already keep their mark)."""
+        held = self.held(source_id)
+        now = dt.datetime.now(dt.timezone.utc)
+        rows = [{"source_id": source_id, "source_table": table, "reason": reason, "batch_id": batch_id,
+                 "held_at": now} for table, reason in sorted(reasons.items()) if table not in held]
+        if rows:
+            self.append(pa.Table.from_pylist(rows, schema=HELD_SCHEMA))
 
     def release(self, source_id: str, source_table: str) -> bool:
         table = self.table()
         if table is None or source_table not in self.held(source_id):
             return False
-        table.delete(f"source_id = {_sql_text(source_id)} AND source_table = {_sql_text(source_table)}")
+        table.delete(f"source_id = {sql_text(source_id)} AND source_table = {sql_text(source_table)}")
         return True

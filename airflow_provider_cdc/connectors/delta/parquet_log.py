@@ -9,6 +9,14 @@ Exactly once by names: a table's file is ``<root>/<schema>/<table>/<seq_from>-<s
 replay overwrites the same file, and the batch's manifest ``<root>/_cdc_manifests/<source_id>/<seq_to>.json``,
 holding its ledger row, is written **last**: a batch is committed when its manifest exists. A crash before it
 leaves files that the replay rewrites identically; readers should list files through the manifests.
+
+Schema changes: an append-only log records every change as it came (each file carries its own schema), so it never
+holds a table, whatever the source's ``schema_changes`` mode. It still keeps the registry, so that ``schema``
+commands and the ledger see versions for this sink too: every new version is registered ``applied`` (the gate runs
+in ``evolve`` mode with compatibility ``NONE``: the log follows everything, and a verdict it does not act on would
+only mislead). A batch's new versions go into its manifest (``schema_versions``), so they commit with the batch and
+a crash before the manifest leaves none (the replay registers the same ones). A whole re-snapshot, which deletes the
+manifests, first folds the registry into ``<root>/_cdc_schemas/<source_id>.json``.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from airflow_provider_cdc.connectors.base import ApplyResult, SinkCapabilities
+from airflow_provider_cdc.connectors.base import AcceptResult, ApplyResult, SinkCapabilities
 from airflow_provider_cdc.connectors.delta.options import DeltaSinkOptions
 from airflow_provider_cdc.connectors.delta.storage import normalise_root
 from airflow_provider_cdc.connectors.delta.types import OP, POSITION, TS, UTC_MICROS, typed_columns
@@ -40,12 +48,16 @@ from airflow_provider_cdc.events import (
     OP_UPDATE,
     ChangeBatch,
 )
+from airflow_provider_cdc.schema import HeldChunk, SchemaPolicy, SchemaVersion, decide
 from airflow_provider_cdc.tables import RESERVED_PREFIX, TableSchema
 
 log = logging.getLogger("airflow_provider_cdc.sink.parquet")
 
 MANIFESTS = "_cdc_manifests"
+SCHEMAS = "_cdc_schemas"
 SEQ_DIGITS = 20  # a seq is an int64: 19 digits at most, so names sort as numbers
+# The gate's policy here: follow every change (module docstring).
+FOLLOW_EVERYTHING = SchemaPolicy(mode="evolve", compatibility="NONE")
 
 PARQUET_LOG_CAPABILITIES = SinkCapabilities(
     native_types=frozenset({"integer", "decimal", "float", "boolean", "text", "timestamptz", "timestamp", "date",
@@ -160,8 +172,31 @@ class ParquetChangeLogSink:
     def release_table(self, source_id: str, table: str) -> bool:
         return False
 
+    def schema_versions(self, source_id: str) -> list[SchemaVersion]:
+        """The versions folded by a whole re-snapshot, then those of each committed batch (in its manifest)."""
+        found: dict[tuple[str, int], SchemaVersion] = {}
+        folded = self._read_manifest(self._path(SCHEMAS, f"{source_id}.json")) or {}
+        documents = [*folded.get("versions", []),
+                     *(data for manifest in self.manifests(source_id) for data in manifest.get("schema_versions", []))]
+        for data in documents:
+            version = SchemaVersion.from_dict(data)
+            found[(version.subject, version.version)] = version
+        return [found[key] for key in sorted(found)]
+
+    def held_changes(self, source_id: str, table: str) -> list[HeldChunk]:
+        return []  # nothing is ever held
+
+    def accept_table(self, source_id: str, table: str, *, policy: SchemaPolicy | None = None,
+                     run_id: str | None = None) -> AcceptResult:
+        raise SinkError(self.sink_id, f"table {table} of source {source_id!r} is not held: a Parquet change log "
+                                      f"records every change as it came and never holds a table, so there is "
+                                      f"nothing to accept", table=table, terminal=True)
+
     def apply(self, batch: ChangeBatch, *, run_id: str | None = None,
-              versions: dict[str, dict[str, Any] | None] | None = None) -> ApplyResult:
+              versions: dict[str, dict[str, Any] | None] | None = None,
+              policy: SchemaPolicy | None = None) -> ApplyResult:
+        """Write the batch's files, then its manifest. ``policy`` is accepted for the Sink protocol, but a change
+        log follows every change (module docstring)."""
         started = time.monotonic()
         result = ApplyResult(batch_id=batch.batch_id, applied=False)
         try:
@@ -171,21 +206,25 @@ class ParquetChangeLogSink:
                 log.info("sink %s: batch %s has its manifest; nothing to do", self.sink_id, batch.batch_id)
                 return result
             high_water = self.high_water(batch.source_id)
+            decision = decide(batch, self.schema_versions(batch.source_id), {}, FOLLOW_EVERYTHING, high_water)
             files = self._typed_files(batch, high_water, result)  # every value checked before anything is written
             written = []
             for table, path in files:
                 self._write_atomically(path, lambda handle, table=table: pq.write_table(table, handle))
                 written.append(posixpath.relpath(path, self.base))
-            row = ledger_row(batch, result, high_water=high_water, run_id=run_id, versions=versions)
+            row = ledger_row(batch, result, high_water=high_water, run_id=run_id,
+                             versions={**(versions or {}), "schema_versions": decision.ledger_versions()})
             record = row.to_record()
             record["committed_at"] = (row.committed_at or dt.datetime.now(dt.timezone.utc)).isoformat()
             document = {"ledger": record, "files": written,
-                        "schema_changes": [c.to_dict() for c in batch.schema_changes if c.seq > high_water]}
+                        "schema_changes": [c.to_dict() for c in batch.schema_changes if c.seq > high_water],
+                        "schema_versions": [version.to_dict() for version in decision.registrations]}
             path = self.manifest_path(batch.source_id, batch.seq_to)
             payload = json.dumps(document, sort_keys=True).encode()
             self._write_atomically(path, lambda handle: handle.write(payload))
             self._manifests[path] = json.loads(payload)
             result.applied = True
+            result.schema_versions = decision.registry.in_effect()
         except (OSError, pa.ArrowException) as exc:
             raise SinkError(self.sink_id, f"writing the change log failed ({type(exc).__name__}: {exc}); apply the "
                                           f"batch again: its files are rewritten under the same names",
@@ -246,7 +285,16 @@ class ParquetChangeLogSink:
     # --- re-snapshot ---------------------------------------------------------------------------------------------
 
     def forget_source(self, source_id: str) -> int:
-        """Delete the manifests of ``source_id`` (its ``seq`` starts again); returns how many."""
+        """Delete the manifests of ``source_id`` (its ``seq`` starts again); returns how many.
+
+        Their schema versions are folded into ``_cdc_schemas/<source_id>.json`` first, so the registry outlives
+        them (a crash part-way leaves every version in one place or the other; forgetting again finishes)."""
+        versions = self.schema_versions(source_id)
+        if versions:
+            path = self._path(SCHEMAS, f"{source_id}.json")
+            payload = json.dumps({"versions": [version.to_dict() for version in versions]}, sort_keys=True).encode()
+            self._write_atomically(path, lambda handle: handle.write(payload))
+            self._manifests[path] = json.loads(payload)
         names = self._manifest_names(source_id)
         for name in names:
             path = self._path(MANIFESTS, source_id, name)

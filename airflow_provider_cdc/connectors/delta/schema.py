@@ -11,7 +11,13 @@ known (and held) before the first commit, and a refused table stops the batch wh
   integer or float) rewrite the table once with the new name or type: delta-rs has neither column mapping nor type
   widening, and a rewrite keeps every value exactly. A column the sink already holds wider stays as it is.
 * Any other **type change** would round or reinterpret values, so the table is **held**: recorded in
-  ``<root>/_cdc_held``, its changes skipped, the other tables flowing, until ``resnapshot --table`` releases it.
+  ``<root>/_cdc_held``, its changes held beside it, the other tables flowing, until ``schema accept`` or
+  ``resnapshot --table`` releases it.
+* ``schema accept`` plans with ``force=True``: such a type change is then a **conversion**, a rewrite whose casts
+  are checked (pyarrow ``safe=True``) over every row before anything is written (:func:`check_conversions`), so a
+  value that does not convert refuses the accept with nothing changed.
+* Columns the schema gate drops (``evolve`` follows a ``DROP COLUMN``) go in a rewrite after the batch's merge
+  (:func:`drop_columns`).
 """
 
 from __future__ import annotations
@@ -57,10 +63,13 @@ class Migration:
     widen: dict[str, pa.DataType] = dataclasses.field(default_factory=dict)
     add: dict[str, tuple[pa.Field, Column | None]] = dataclasses.field(default_factory=dict)
     app_ids: list[str] | None = None  # set: record these on _cdc_position
+    # Type changes that are not a safe widening, converted with checked casts (only when planned with force=True).
+    convert: dict[str, pa.DataType] = dataclasses.field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
-        return self.create is None and not (self.renames or self.widen or self.add or self.app_ids is not None)
+        return self.create is None and not (self.renames or self.widen or self.add or self.convert
+                                            or self.app_ids is not None)
 
 
 @dataclasses.dataclass
@@ -94,8 +103,12 @@ def plan_migration(
     delete_mode: str,
     app_id: str | None,
     context: MigrationContext,
+    force: bool = False,
 ) -> Migration:
-    """What the Delta table needs to take ``final``'s rows after ``changes`` (raises :class:`TableHeld`)."""
+    """What the Delta table needs to take ``final``'s rows after ``changes`` (raises :class:`TableHeld`).
+
+    ``force`` (``schema accept``): a type change that is not a safe widening is planned as a conversion instead
+    of holding the table."""
     for each in (final, *(change.after for change in changes)):
         check_source_table(each, sink_id=context.sink_id, label=context.label, batch_id=context.batch_id)
     migration = Migration(label=context.label)
@@ -114,8 +127,8 @@ def plan_migration(
     current = {field.name: field.type for field in existing}
     for change in changes:
         _plan_renames(change, current, migration, context)
-        _plan_columns(change.after, current, migration, context)
-    _plan_columns(final, current, migration, context)
+        _plan_columns(change.after, current, migration, context, force)
+    _plan_columns(final, current, migration, context, force)
     for field in bookkeeping_fields(delete_mode):
         if field.name not in current:
             migration.add[field.name] = (field, None)
@@ -144,7 +157,7 @@ def _plan_renames(change: SchemaChange, current: dict[str, pa.DataType], migrati
 
 
 def _plan_columns(schema: TableSchema, current: dict[str, pa.DataType], migration: Migration,
-                  context: MigrationContext) -> None:
+                  context: MigrationContext, force: bool = False) -> None:
     for col in schema.columns:
         new_type = delta_type(col)
         if col.name not in current:
@@ -169,6 +182,14 @@ def _plan_columns(schema: TableSchema, current: dict[str, pa.DataType], migratio
                 migration.add[col.name] = (pa.field(col.name, new_type), migration.add[col.name][1])
             else:
                 migration.widen[col.name] = new_type
+            current[col.name] = new_type
+            continue
+        if force:
+            if col.name in migration.add:
+                migration.add[col.name] = (pa.field(col.name, new_type), migration.add[col.name][1])
+            else:
+                migration.widen.pop(col.name, None)
+                migration.convert[col.name] = new_type
             current[col.name] = new_type
             continue
         raise TableHeld(
@@ -202,10 +223,11 @@ def execute_migration(
         return DeltaTable.create(uri, migration.create, mode="ignore", name=name, configuration=configuration or None,
                                  storage_options=storage_options or None)
     assert table is not None
-    if migration.renames or migration.widen:
-        rewrite(table, migration.renames, migration.widen)
-        log.info("sink %s: table %s rewritten: renamed %s, widened %s", sink_id, migration.label,
-                 migration.renames, {k: str(v) for k, v in migration.widen.items()})
+    if migration.renames or migration.widen or migration.convert:
+        rewrite(table, migration.renames, {**migration.widen, **migration.convert})
+        log.info("sink %s: table %s rewritten: renamed %s, widened %s, converted %s", sink_id, migration.label,
+                 migration.renames, {k: str(v) for k, v in migration.widen.items()},
+                 {k: str(v) for k, v in migration.convert.items()})
     if migration.add:
         _add_columns(table, migration, sink_id=sink_id, batch_id=batch_id)
     if migration.app_ids is not None:
@@ -215,13 +237,17 @@ def execute_migration(
     return reopened
 
 
-def rewrite(table: DeltaTable, renames: dict[str, str], widen: dict[str, pa.DataType]) -> None:
-    """Overwrite ``table`` with its own rows, columns renamed and widened, in one commit (streamed, not in memory)."""
-    old = arrow_schema(table)
+def rewrite(table: DeltaTable, renames: dict[str, str], retype: dict[str, pa.DataType],
+            drop: Sequence[str] = ()) -> None:
+    """Overwrite ``table`` with its own rows in one commit (streamed, not in memory): columns renamed (old name →
+    new), given a new type (by new name; a checked cast, see :func:`check_conversions`) and dropped (old name).
+
+    The table's application transactions live in its log, not in its files, so they survive the overwrite."""
+    old = pa.schema([field for field in arrow_schema(table) if field.name not in drop])
     fields = []
     for field in old:
         name = renames.get(field.name, field.name)
-        fields.append(pa.field(name, widen.get(name, field.type), field.nullable, field.metadata))
+        fields.append(pa.field(name, retype.get(name, field.type), field.nullable, field.metadata))
     new = pa.schema(fields)
     reader = table.to_pyarrow_dataset().scanner(columns=old.names).to_reader()
 
@@ -232,6 +258,60 @@ def rewrite(table: DeltaTable, renames: dict[str, str], widen: dict[str, pa.Data
 
     write_deltalake(table, pa.RecordBatchReader.from_batches(new, batches()), mode="overwrite",
                     schema_mode="overwrite")
+
+
+def check_conversions(table: DeltaTable, migration: Migration, *, context: MigrationContext,
+                      source_table: str) -> None:
+    """Cast every value of the columns ``migration`` converts, before anything is written: a value that does not
+    convert (``'abc'`` to an integer, a decimal with more digits than the new scale) refuses the accept with a
+    terminal :class:`SinkError` naming the column and the value, and the table stays as it is."""
+    if not migration.convert:
+        return
+    old_of = {new: old for old, new in migration.renames.items()}
+    current = arrow_schema(table)
+    columns = {old_of.get(name, name): new_type for name, new_type in migration.convert.items()}
+    columns = {name: new_type for name, new_type in columns.items() if name in current.names}
+    if not columns:
+        return
+    for batch in table.to_pyarrow_dataset().scanner(columns=list(columns)).to_batches():
+        for name, new_type in columns.items():
+            values = batch.column(name)
+            try:
+                values.cast(new_type, safe=True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                value, reason = _first_unconvertible(values, new_type, exc)
+                raise SinkError(
+                    context.sink_id,
+                    f"cannot convert column {name!r} of {context.label} from {current.field(name).type} to {new_type}:"
+                    f" the value {value!r} does not convert ({reason}); nothing was changed and the table stays "
+                    f"held. Change the value at the source and accept again, or re-snapshot the table instead: "
+                    f"python -m airflow_provider_cdc resnapshot {context.source_id or '<source_id>'} --table "
+                    f"{source_table}",
+                    table=context.label, terminal=True,
+                ) from exc
+
+
+def _first_unconvertible(values: pa.Array, new_type: pa.DataType, error: Exception) -> tuple[object, str]:
+    """The first value of ``values`` that does not cast to ``new_type``, and why (the batch's error if none alone)."""
+    for value in values.unique():
+        try:
+            pa.array([value.as_py()], values.type).cast(new_type, safe=True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            return value.as_py(), str(exc)
+    return None, str(error)
+
+
+def drop_columns(uri: str, columns: Sequence[str], *, storage_options: dict[str, str], sink_id: str,
+                 label: str) -> list[str]:
+    """Rewrite the Delta table at ``uri`` without ``columns`` (those it still has: a replay finds them gone)."""
+    table = open_table(uri, storage_options)
+    if table is None:
+        return []
+    present = [name for name in columns if name in arrow_schema(table).names and name not in BOOKKEEPING_COLUMNS]
+    if present:
+        rewrite(table, {}, {}, present)
+        log.info("sink %s: table %s: dropped columns %s (dropped at the source)", sink_id, label, present)
+    return present
 
 
 def _add_columns(table: DeltaTable, migration: Migration, *, sink_id: str, batch_id: str | None) -> None:

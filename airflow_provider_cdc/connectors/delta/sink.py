@@ -19,8 +19,32 @@ Exactly once, without a transaction across tables (DESIGN section 3):
    step 2 skips the tables that committed, the rest commit, and the ledger row follows.
 
 Everything that can refuse the batch (values, keys, unchanged values nobody has, schema changes) is checked for
-every table before the first commit, so a refused batch leaves nothing behind. A table whose schema change cannot
-be followed is held (``<root>/_cdc_held``), the others flow. No marker files: Delta's log is the record.
+every table before the first commit, so a refused batch leaves nothing behind. No marker files: Delta's log is the
+record.
+
+**The schema gate** (:func:`airflow_provider_cdc.schema.gate.decide`) runs before any write, with the versions in
+``<root>/_cdc_schemas`` and the held tables in ``<root>/_cdc_held``. A table whose change it refuses, or that this
+sink cannot follow (:class:`~.schema.TableHeld`: :meth:`GateDecision.hold`), is held: its changes go into
+``<root>/_cdc_held_changes``, the others flow. An apply then writes, in this order, each step idempotent:
+
+a. the held chunks (inserted if absent) and the held marks;
+b. the table commits (steps 2 and 3 above);
+c. the columns the gate drops (``evolve`` follows a ``DROP COLUMN``), each table rewritten without them;
+d. the schema versions (one ``MERGE``: new versions, status changes);
+e. the ledger row, last, with ``schema_versions`` from the gate.
+
+Why this order keeps the registry neither ahead of nor behind the sink after recovery: a version is stored only
+after every table it describes followed it (b, c), and a ``held`` version only after its table's mark and changes
+are stored (a); so the registry never claims what the sink has not done. It can get ahead of the *ledger* (a crash
+between d and e), and a held mark or a chunk can be stored with nothing else (a crash after a); the replay of that
+batch, which must come since the position moves only after the ledger row, then leaves out the versions and marks
+that the batch itself stored (their ``batch_id`` is the batch's), decides exactly as the crashed attempt did, and
+writes the same rows again: versions under the same numbers (keeping their first ``registered_at``), chunks and
+marks already there. The ledger row follows, and the end state is the one an uninterrupted apply leaves. Nor can the
+registry fall behind: the ledger row, which lets the position move on, is written only after the versions.
+
+``schema accept`` (:meth:`DeltaSink.accept_table`, :mod:`.accept`) and ``resnapshot --table``
+(:meth:`DeltaSink.release_table`) are the ways out of a hold.
 """
 
 from __future__ import annotations
@@ -38,7 +62,7 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import DeltaError
 
-from airflow_provider_cdc.connectors.base import ApplyResult, SinkCapabilities
+from airflow_provider_cdc.connectors.base import AcceptResult, ApplyResult, SinkCapabilities
 from airflow_provider_cdc.connectors.delta.ledger_table import DeltaLedger, HeldTables
 from airflow_provider_cdc.connectors.delta.merge import (
     PreparedTable,
@@ -48,17 +72,20 @@ from airflow_provider_cdc.connectors.delta.merge import (
     stats_of_commit,
 )
 from airflow_provider_cdc.connectors.delta.options import DeltaSinkOptions
+from airflow_provider_cdc.connectors.delta.registry import HeldChangeTable, SchemaVersionTable, decide_replayable
 from airflow_provider_cdc.connectors.delta.schema import (
     Migration,
     MigrationContext,
     TableHeld,
     bookkeeping_only,
+    drop_columns,
     execute_migration,
     plan_migration,
 )
 from airflow_provider_cdc.connectors.delta.storage import (
     arrow_schema,
     commit_properties,
+    has_rows,
     join,
     normalise_root,
     open_table,
@@ -68,6 +95,7 @@ from airflow_provider_cdc.connectors.delta.types import app_ids_of
 from airflow_provider_cdc.connectors.ledger import ledger_row
 from airflow_provider_cdc.errors import SinkError
 from airflow_provider_cdc.events import ChangeBatch
+from airflow_provider_cdc.schema import GateDecision, HeldChunk, SchemaPolicy, SchemaVersion, subject_of
 from airflow_provider_cdc.tables import RESERVED_PREFIX, SchemaChange, TableSchema
 
 log = logging.getLogger("airflow_provider_cdc.sink.delta")
@@ -134,6 +162,8 @@ class DeltaSink:
                               if options.target_file_size else None)
         self._ledger = DeltaLedger(self.root, self.storage_options)
         self._held = HeldTables(self.root, self.storage_options)
+        self._versions = SchemaVersionTable(self.root, self.storage_options)
+        self._held_changes = HeldChangeTable(self.root, self.storage_options)
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -181,6 +211,26 @@ class DeltaSink:
         with self._errors(f"cannot read the held tables of source {source_id!r}"):
             return self._held.held(source_id)
 
+    # --- Sink protocol: the schema registry ------------------------------------------------------------------------
+
+    def schema_versions(self, source_id: str) -> list[SchemaVersion]:
+        with self._errors(f"cannot read the schema versions of source {source_id!r}"):
+            return self._versions.versions(source_id)
+
+    def held_changes(self, source_id: str, table: str) -> list[HeldChunk]:
+        with self._errors(f"cannot read the held changes of source {source_id!r}", table=table):
+            return self._held_changes.chunks(source_id, table)
+
+    def accept_table(self, source_id: str, table: str, *, policy: SchemaPolicy | None = None,
+                     run_id: str | None = None) -> AcceptResult:
+        """Accept the held versions of ``table``, migrate its Delta table, replay its held changes once, and stop
+        holding it (:mod:`.accept` says how, and in which order)."""
+        from airflow_provider_cdc.connectors.delta.accept import accept_held_table
+
+        with self._errors(f"cannot accept table {table} of source {source_id!r}; run the accept again: every step "
+                          f"is idempotent", table=table):
+            return accept_held_table(self, source_id, table, policy=policy, run_id=run_id)
+
     # --- Sink protocol: tables -------------------------------------------------------------------------------------
 
     def ensure_tables(self, schemas: list[TableSchema]) -> None:
@@ -191,7 +241,7 @@ class DeltaSink:
                 uri = self.table_uri(schema.name)
                 target = open_table(uri, self.storage_options)
                 existing = arrow_schema(target) if target is not None else None
-                context = MigrationContext(self.sink_id, label, None, None, functools.partial(_has_rows, target))
+                context = MigrationContext(self.sink_id, label, None, None, functools.partial(has_rows, target))
                 migration = plan_migration(existing, schema, delete_mode=self.delete_mode, app_id=None,
                                            context=context)
                 if not migration.empty:
@@ -205,8 +255,10 @@ class DeltaSink:
         *,
         run_id: str | None = None,
         versions: dict[str, dict[str, Any] | None] | None = None,
+        policy: SchemaPolicy | None = None,
     ) -> ApplyResult:
-        """Apply ``batch`` table by table, then append its ledger row; a batch already in the ledger is a no-op."""
+        """Apply ``batch`` through the schema gate, table by table, then append its ledger row (the order of the
+        writes is in the module docstring); a batch already in the ledger is a no-op."""
         started = time.monotonic()
         result = ApplyResult(batch_id=batch.batch_id, applied=False)
         with self._errors("apply failed; apply the batch again: tables that committed are skipped by their Delta "
@@ -216,15 +268,23 @@ class DeltaSink:
                 log.info("sink %s: batch %s is already in the ledger; nothing to do", self.sink_id, batch.batch_id)
                 result.seconds = time.monotonic() - started
                 return result
-            held = self._held.held(batch.source_id)
-            result.held_tables = dict(held)
+            decision, stored = decide_replayable(batch, high_water, policy, versions=self._versions,
+                                                 held=self._held, sink_id=self.sink_id)
             result.schema_changes = sum(1 for change in batch.schema_changes if change.seq > high_water)
-            plans = self._plan(batch, high_water, held)  # every check, no write
+            plans = self._plan(decision, high_water)  # every check, no write
+            self._store_held(decision)
             for plan in plans:
-                self._commit_table(batch, plan, result)
-            row = ledger_row(batch, result, high_water=high_water, run_id=run_id, versions=versions)
+                self._commit_table(decision.batch, plan, result)
+            self._drop_columns(decision)
+            self._versions.store(batch.source_id, decision.registrations, replacing=stored)
+            schema_versions = decision.ledger_versions()
+            row = ledger_row(decision.batch, result, high_water=high_water, run_id=run_id,
+                             versions={**(versions or {}), "schema_versions": schema_versions})
             self._ledger.append_row(row)
             result.applied = True
+            result.held_tables = decision.all_held
+            result.newly_held = dict(decision.held)
+            result.schema_versions = decision.registry.in_effect()
         result.seconds = time.monotonic() - started
         log.info(
             "sink %s: batch %s applied: %d upserted, %d deleted, %d tables truncated, %d replayed events skipped, "
@@ -233,6 +293,33 @@ class DeltaSink:
             result.skipped_replayed, result.schema_changes, len(result.held_tables), result.seconds,
         )
         return result
+
+    # --- the schema gate -------------------------------------------------------------------------------------------
+
+    def _store_held(self, decision: GateDecision) -> None:
+        """Write (a): the held changes, then the marks of the tables held from this batch on."""
+        batch = decision.batch
+        if decision.chunks:
+            self._held_changes.insert(decision.chunks)
+        for chunk in decision.chunks:
+            log.warning("sink %s, batch %s: %d changes of held table %s are held in %s (seq %d-%d)", self.sink_id,
+                        batch.batch_id, chunk.rows, chunk.table, self._held_changes.uri, chunk.seq_from,
+                        chunk.seq_to)
+        if decision.held:
+            self._held.hold_many(batch.source_id, decision.held, batch.batch_id)
+        for table in sorted(decision.held):
+            log.info("sink %s: table %s marked held from batch %s on", self.sink_id, table, batch.batch_id)
+
+    def _drop_columns(self, decision: GateDecision) -> None:
+        """Write (c): the columns the gate drops, after the merge (the batch's rows before the drop still had them).
+        A column the table's final schema has again (dropped, then added back in the same batch) stays."""
+        for name, columns in sorted(decision.drops.items()):
+            final = decision.batch.schemas.get(name)
+            keep = set(final.column_names) if final is not None else set()
+            sink_name = final.name if final is not None else name.partition(".")[2]
+            drop_columns(self.table_uri(sink_name), [column for column in columns if column not in keep],
+                         storage_options=self.storage_options, sink_id=self.sink_id,
+                         label=f"{self.target_schema}.{sink_name}")
 
     # --- re-snapshot ---------------------------------------------------------------------------------------------
 
@@ -264,11 +351,21 @@ class DeltaSink:
         return True
 
     def release_table(self, source_id: str, table: str) -> bool:
-        """Stop holding ``table`` (``schema.table`` of the source) and empty its Delta table down to the bookkeeping
-        columns, so that the re-snapshot gives it the source's current columns. True when it was held."""
+        """Stop holding ``table`` (``schema.table`` of the source) before its re-snapshot: its held versions become
+        ``accepted``, its held changes are discarded, and its Delta table is emptied down to the bookkeeping
+        columns, so that the re-snapshot gives it the source's current columns. True when it was held.
+
+        The mark goes last: a crash part-way leaves the table held, and running the release again finishes it."""
+        subject = subject_of(source_id, table)
         with self._errors(f"cannot release table {table}"):
             if table not in self._held.held(source_id):
                 return False
+            accepted = [dataclasses.replace(version, status="accepted")
+                        for version in self._versions.versions(source_id)
+                        if version.subject == subject and version.status == "held"]
+            if accepted:
+                self._versions.store(source_id, accepted)
+            discarded = self._held_changes.delete(source_id, table)
             target = open_table(self.table_uri(table.partition(".")[2]), self.storage_options)
             if target is not None:
                 schema = arrow_schema(target)
@@ -276,13 +373,16 @@ class DeltaSink:
                                 schema_mode="overwrite",
                                 commit_properties=commit_properties({app_id: 0 for app_id in app_ids_of(schema)}))
             self._held.release(source_id, table)
-        log.info("sink %s: released table %s of source %s (its Delta table is emptied for the re-snapshot)",
-                 self.sink_id, table, source_id)
+        log.info("sink %s: released table %s of source %s (versions %s accepted, %d held chunks discarded, its Delta "
+                 "table emptied for the re-snapshot)", self.sink_id, table, source_id,
+                 [version.version for version in accepted], discarded)
         return True
 
     # --- planning: every check before any commit ------------------------------------------------------------------
 
-    def _plan(self, batch: ChangeBatch, high_water: int, held: dict[str, str]) -> list[_TablePlan]:
+    def _plan(self, decision: GateDecision, high_water: int) -> list[_TablePlan]:
+        """Plan every table the gate let through; one this sink cannot follow is held (``decision.hold``)."""
+        batch = decision.batch
         changes: dict[str, list[SchemaChange]] = {}
         for change in sorted(batch.schema_changes, key=lambda change: change.seq):
             changes.setdefault(change.table, []).append(change)
@@ -290,11 +390,6 @@ class DeltaSink:
         sink_names: dict[str, str] = {}
         plans = []
         for name in names:
-            if name in held:
-                events = batch.tables[name].num_rows if name in batch.tables else 0
-                log.error("sink %s, batch %s: %d changes of held table %s are not applied (%s)",
-                          self.sink_id, batch.batch_id, events, name, held[name])
-                continue
             final = batch.schemas.get(name) or (changes[name][-1].after if name in changes else None)
             if final is None:
                 raise SinkError(self.sink_id, f"the batch has changes for {name} but no schema for it",
@@ -305,7 +400,11 @@ class DeltaSink:
                 raise SinkError(self.sink_id, f"source tables {first} and {final.qualified_name} would both load into "
                                               f"{label}; give them separate sinks (target_schema)",
                                 table=label, batch_id=batch.batch_id, terminal=True)
-            plans.append(self._plan_table(batch, name, final, changes.get(name, []), high_water, label))
+            plan = self._plan_table(batch, name, final, changes.get(name, []), high_water, label)
+            if plan.held is not None:
+                decision.hold(name, plan.held)  # its events leave decision.batch for a held chunk
+                continue
+            plans.append(plan)
         return plans
 
     def _plan_table(self, batch: ChangeBatch, name: str, final: TableSchema, changes: list[SchemaChange],
@@ -328,12 +427,12 @@ class DeltaSink:
         if events is not None and floor:
             events = events.filter(pc.greater(events["_cdc_seq"], floor))
             plan.stats["skipped_replayed"] = plan.stats["events"] - events.num_rows
-        has_rows = events is not None and events.num_rows > 0
-        if target is not None and not live and not has_rows:
+        with_rows = events is not None and events.num_rows > 0
+        if target is not None and not live and not with_rows:
             return plan
         earlier = [schema for change in changes for schema in (change.before, change.after) if schema is not None]
         context = MigrationContext(self.sink_id, label, batch.source_id, batch.batch_id,
-                                   functools.partial(_has_rows, target))
+                                   functools.partial(has_rows, target))
         try:
             plan.migration = plan_migration(arrow_schema(target) if target is not None else None, final, live,
                                             earlier=earlier, delete_mode=self.delete_mode, app_id=plan.app_id,
@@ -341,7 +440,7 @@ class DeltaSink:
         except TableHeld as exc:
             plan.held = str(exc)
             return plan
-        if has_rows:
+        if with_rows:
             assert events is not None
             plan.prepared = prepare_table(name, events, _with_earlier_columns(final, earlier), target=target,
                                           delete_mode=self.delete_mode, sink_id=self.sink_id, label=label,
@@ -351,12 +450,6 @@ class DeltaSink:
     # --- committing ----------------------------------------------------------------------------------------------
 
     def _commit_table(self, batch: ChangeBatch, plan: _TablePlan, result: ApplyResult) -> None:
-        if plan.held is not None:
-            self._held.hold(batch.source_id, plan.name, plan.held, batch.batch_id)
-            result.held_tables[plan.name] = plan.held
-            log.error("sink %s: table %s is held from batch %s on: %s. The other tables keep flowing.",
-                      self.sink_id, plan.name, batch.batch_id, plan.held)
-            return
         table = plan.target
         if plan.migration is not None and not plan.migration.empty:
             table = execute_migration(plan.uri, table, plan.migration, storage_options=self.storage_options,
@@ -399,10 +492,6 @@ class _Errors:
         if isinstance(exc, (DeltaError, OSError, pa.ArrowException)) and not isinstance(exc, SinkError):
             raise SinkError(self.sink_id, f"{self.message}: {type(exc).__name__}: {exc}", table=self.table,
                             batch_id=self.batch_id) from exc
-
-
-def _has_rows(table: DeltaTable | None) -> bool:
-    return table is not None and table.count() > 0
 
 
 def _with_earlier_columns(final: TableSchema, earlier: list[TableSchema]) -> TableSchema:
