@@ -3,15 +3,19 @@
 A PostgreSQL source's declared types are reused verbatim (:mod:`.types`); any other source's columns are mapped from
 their logical type. Renames follow the column's identity (ordinal), added columns get the value older rows hold at the
 source (their backfill), and a type change is followed only when it is a safe widening: anything else holds that
-table back (:class:`TableHeld`) while the others keep flowing.
+table back (:class:`TableHeld`) while the others keep flowing. Columns the source dropped are dropped after the
+merge when the schema gate says so (mode ``evolve``: :meth:`TableDdl._drop_columns`).
+
+``schema accept`` is the one place where a change that is not a safe widening is followed
+(:meth:`TableDdl._force_table`): a person accepted it, so the column is converted in place, and the server refuses
+a value that does not convert, which fails the accept with nothing changed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import psycopg
 import pyarrow.compute as pc
@@ -69,33 +73,33 @@ class TableDdl:
     target_schema: str
     delete_mode: str
     _conn: psycopg.Connection
-    _held: sql.Identifier
     _type_exists: dict[str, bool]
     _reported_dropped: set[tuple[str, tuple[str, ...]]]
-
-    if TYPE_CHECKING:  # from LedgerStorage
-        def _ensure_held(self, cur: psycopg.Cursor) -> None: ...
 
     def _table_label(self, schema: TableSchema) -> str:
         return f"{self.target_schema}.{schema.name}"
 
     def _migrate_tables(
         self, cur: psycopg.Cursor, batch: ChangeBatch, high_water: int, where: dict[str, str | None],
-        held: dict[str, str],
-    ) -> dict[str, str]:
+        held: Mapping[str, str], hold: Callable[[str, str], None],
+        dropping: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         """Bring every sink table of the batch to the batch's schema, following its schema changes in ``seq`` order.
 
         Changes at or below the high water were applied by an earlier batch: replaying a rename or a type change
         after later ones would undo them, so only newer changes migrate. A table whose changes are all replayed is
         left alone when it exists (its final schema may be older than the sink's).
+
+        A table the sink cannot follow exactly is passed to ``hold`` (``GateDecision.hold``: its changes leave the
+        batch and are kept as held changes) with the reason; its migration is rolled back alone. ``dropping``: the
+        columns that are dropped after the merge, per table (not reported as kept).
         """
         changes: dict[str, list[SchemaChange]] = {}
         for change in sorted(batch.schema_changes, key=lambda change: change.seq):
             changes.setdefault(change.table, []).append(change)
         names = [name for name in dict.fromkeys([*changes, *batch.schemas]) if name not in held]
-        newly_held: dict[str, str] = {}
         if not names:
-            return newly_held
+            return
         ensure_schema(cur, self.target_schema)
         sources: dict[str, str] = {}
         for qualified in names:
@@ -118,17 +122,12 @@ class TableDdl:
             try:
                 with self._conn.transaction():  # a savepoint: a table that cannot follow is held, alone
                     self._ensure_table(cur, final, live, earlier=earlier, source_id=batch.source_id,
-                                       batch_id=batch.batch_id, reconcile=bool(live) or has_new_rows)
+                                       batch_id=batch.batch_id, reconcile=bool(live) or has_new_rows,
+                                       dropping=(dropping or {}).get(qualified, ()))
             except TableHeld as exc:
-                self._ensure_held(cur)
-                cur.execute(sql.SQL("INSERT INTO {} (source_id, source_table, reason, batch_id) VALUES (%s, %s, %s, %s)"
-                                    " ON CONFLICT DO NOTHING").format(self._held),
-                            (batch.source_id, qualified, str(exc), batch.batch_id))
-                newly_held[qualified] = str(exc)
-                log.error("sink %s: table %s is held from batch %s on: %s. The other tables keep flowing.",
-                          self.sink_id, qualified, batch.batch_id, exc)
+                # The gate logs the hold with its reason; the sink stores the mark with the batch.
+                hold(qualified, str(exc))
         where["table"] = None
-        return newly_held
 
     def _existing_columns(self, cur: psycopg.Cursor, table: str) -> dict[str, str] | None:
         """The sink table's columns in order with their types (``format_type``), or None when it does not exist."""
@@ -177,12 +176,13 @@ class TableDdl:
         source_id: str | None = None,
         batch_id: str | None = None,
         reconcile: bool = True,
+        dropping: Collection[str] = (),
     ) -> None:
         """Create the sink table, or migrate it through ``changes`` and then to ``schema``.
 
         A new table gets the final schema's columns plus those of ``earlier`` schemas that the final one no longer
         has (dropped within the batch: the batch's rows may still carry them); a renamed column (same ordinal)
-        is not made twice.
+        is not made twice. ``dropping``: columns dropped after the merge, so not reported as kept.
         """
         label = self._table_label(schema)
         for each in (schema, *(change.after for change in changes)):
@@ -228,7 +228,8 @@ class TableDdl:
             )))
             log.info("sink %s: table %s: added columns %s", self.sink_id, label, [name for name, _ in added])
         source_columns = set(schema.column_names)
-        dropped = tuple(name for name in existing if name not in source_columns and name not in BOOKKEEPING_COLUMNS)
+        dropped = tuple(name for name in existing if name not in source_columns and name not in BOOKKEEPING_COLUMNS
+                        and name not in dropping)
         if dropped and (label, dropped) not in self._reported_dropped:
             self._reported_dropped.add((label, dropped))
             log.info(
@@ -298,8 +299,9 @@ class TableDdl:
                 f"{new_type} in the sink would not keep every value exactly (not a safe widening), so nothing of it "
                 f"was "
                 f"written. Re-snapshot the table (python -m airflow_provider_cdc resnapshot "
-                f"{context.source_id or '<source_id>'} --table {schema.qualified_name}) or change the source "
-                f"column back to a type the sink can widen to",
+                f"{context.source_id or '<source_id>'} --table {schema.qualified_name}), accept the change (python "
+                f"-m airflow_provider_cdc schema accept {context.source_id or '<source_id>'}.{schema.qualified_name}: "
+                f"the sink's values are converted) or change the source column back to a type the sink can widen to",
                 table=context.label, batch_id=context.batch_id,
             )
 
@@ -332,6 +334,110 @@ class TableDdl:
         context.existing[col.name] = type_
         log.info("sink %s: table %s: added column %s %s%s", self.sink_id, context.label, col.name, type_,
                  "" if col.backfill is None else f" (existing rows: {col.backfill!r})")
+
+    def _force_table(
+        self, cur: psycopg.Cursor, target: TableSchema, previous: TableSchema | None, *, source_id: str,
+        seq: int = 0, batch_id: str | None = None,
+    ) -> None:
+        """Bring the sink table to ``target`` exactly, for ``schema accept``: columns renamed (same ordinal as in
+        ``previous``) and added as :meth:`_ensure_table` does, and every type changed to the target's.
+
+        A safe widening is altered as usual; any other type change is converted in place (``USING col::type``):
+        the person who accepted it asked for that. The server refuses a value that does not convert, and then the
+        accept fails with nothing changed. (The source converted its rows with its own ``USING``, which no change
+        stream carries: where that was more than a cast, only a re-snapshot gives the sink the source's values.)
+        Columns the target no longer has are left to the caller (``AcceptPlan.drops``, after the replay)."""
+        label = self._table_label(target)
+        self._check_source_table(target, label, batch_id)
+        existing = self._existing_columns(cur, target.name)
+        if existing is None:
+            ensure_schema(cur, self.target_schema)
+            self._ensure_table(cur, target, source_id=source_id, batch_id=batch_id)
+            return
+        context = _Migration(target=sql.Identifier(self.target_schema, target.name), label=label,
+                             source_id=source_id, batch_id=batch_id, existing=existing)
+        if previous is not None:
+            self._rename_columns(cur, SchemaChange(target.qualified_name, seq, after=target, before=previous), context)
+        for col in target.columns:
+            new_type = self._column_type(cur, col, target)
+            if col.name not in context.existing:
+                self._add_column(cur, col, new_type, target, context)
+                continue
+            old_type = context.existing[col.name]
+            if canonical_type(old_type) != canonical_type(new_type):
+                self._convert_column(cur, col.name, old_type, new_type, target, context)
+        added = [(name, type_) for name, type_ in self._bookkeeping_definitions() if name not in context.existing]
+        for name, type_ in added:
+            cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                context.target, sql.Identifier(name), sql.SQL(type_)))
+
+    def _convert_column(
+        self, cur: psycopg.Cursor, column: str, old_type: str, new_type: str, schema: TableSchema,
+        context: _Migration,
+    ) -> None:
+        """Change one column's type, converting the values the sink has (see :meth:`_force_table`)."""
+        widening = is_safe_widening(old_type, new_type)
+        statement = sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}").format(
+            context.target, sql.Identifier(column), sql.SQL(new_type))
+        if not widening:
+            statement = sql.SQL("{} USING {}::{}").format(statement, sql.Identifier(column), sql.SQL(new_type))
+        try:
+            cur.execute(statement)
+        except psycopg.Error as exc:
+            server = exc.diag.message_primary or str(exc)
+            raise SinkError(
+                self.sink_id,
+                f"column {column!r} of source table {schema.qualified_name} cannot be converted from {old_type} to "
+                f"{new_type} in the sink: {server}. Nothing was changed and the table stays held. Fix or delete "
+                f"those values in the sink table and accept again, or re-snapshot the table instead: python -m "
+                f"airflow_provider_cdc resnapshot {context.source_id or '<source_id>'} --table "
+                f"{schema.qualified_name}",
+                table=context.label, batch_id=context.batch_id, terminal=True,
+            ) from exc
+        context.existing[column] = new_type
+        log.info("sink %s: table %s: column %s %s from %s to %s", self.sink_id, context.label, column,
+                 "widened" if widening else "converted", old_type, new_type)
+
+    def _drop_columns(self, cur: psycopg.Cursor, schema: TableSchema, columns: Sequence[str]) -> list[str]:
+        """Drop columns the source dropped (mode ``evolve``, after the merge); returns those dropped.
+
+        Never a bookkeeping column or one of the sink table's key. A column something else depends on (a user's
+        view) is kept, with a warning: the batch still commits, and the column holds NULL in rows changed since,
+        as under ``lenient``."""
+        label = self._table_label(schema)
+        existing = self._existing_columns(cur, schema.name) or {}
+        key = set(self._key_columns(cur, schema.name))
+        dropped = []
+        for name in dict.fromkeys(columns):
+            if name not in existing or name in BOOKKEEPING_COLUMNS:
+                continue
+            if name in key:
+                log.warning("sink %s: table %s: source table %s dropped column %s, which is part of the sink "
+                            "table's key; it is kept", self.sink_id, label, schema.qualified_name, name)
+                continue
+            try:
+                with self._conn.transaction():  # a savepoint: a column that cannot go stays, alone
+                    cur.execute(sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(
+                        sql.Identifier(self.target_schema, schema.name), sql.Identifier(name)))
+            except psycopg.errors.DependentObjectsStillExist as exc:
+                log.warning("sink %s: table %s: column %s, dropped at the source, is kept: %s", self.sink_id, label,
+                            name, exc.diag.message_primary or exc)
+                continue
+            dropped.append(name)
+        if dropped:
+            log.info("sink %s: table %s: dropped columns %s (dropped at source table %s)", self.sink_id, label,
+                     dropped, schema.qualified_name)
+        return dropped
+
+    def _key_columns(self, cur: psycopg.Cursor, table: str) -> list[str]:
+        cur.execute(
+            "SELECT a.attname FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey)"
+            " WHERE i.indisprimary AND n.nspname = %s AND c.relname = %s",
+            (self.target_schema, table),
+        )
+        return [name for (name,) in cur.fetchall()]
 
     def _column_type(self, cur: psycopg.Cursor, col: Column, schema: TableSchema) -> str:
         """The sink type; a PostgreSQL type the sink database lacks (an enum, a domain) becomes the mapped one."""

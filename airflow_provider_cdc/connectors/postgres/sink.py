@@ -12,9 +12,15 @@ Three guards make replays harmless at every granularity:
 * the **row guard**: a row is changed only by an event at least as new as its ``_cdc_position``, so an older
   change never overwrites a newer one and re-applying the same change is a no-op.
 
-This module orchestrates; rows are merged in :mod:`.merge`, tables created and migrated in :mod:`.ddl`, and the
+Every schema change passes the schema gate (:mod:`airflow_provider_cdc.schema.gate`) inside that transaction: it
+is registered as a version, followed when the source's policy allows it, or holds its table, whose changes are then
+kept in the sink (held changes) while the other tables keep flowing. ``schema accept`` (:meth:`PgSink.accept_table`)
+migrates a held table and replays its held changes exactly once; ``resnapshot --table``
+(:meth:`PgSink.release_table`) discards them instead.
+
+This module orchestrates; rows are merged in :mod:`.merge`, tables created and migrated in :mod:`.ddl`, the
 ledger and held tables kept in :mod:`.ledger` (the row itself is the shared
-:func:`~airflow_provider_cdc.connectors.ledger.ledger_row`).
+:func:`~airflow_provider_cdc.connectors.ledger.ledger_row`), and schema versions and held changes in :mod:`.registry`.
 """
 
 from __future__ import annotations
@@ -28,14 +34,18 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from airflow_provider_cdc.connectors.base import ApplyResult, SinkCapabilities
+from airflow_provider_cdc.connectors.base import AcceptResult, ApplyResult, SinkCapabilities
 from airflow_provider_cdc.connectors.ledger import LEDGER_TABLE, ledger_row
 from airflow_provider_cdc.connectors.postgres.ddl import TableDdl, TableHeld, ensure_schema
 from airflow_provider_cdc.connectors.postgres.ledger import HELD_TABLE, DuplicateBatch, LedgerStorage
 from airflow_provider_cdc.connectors.postgres.merge import RowMerge
+from airflow_provider_cdc.connectors.postgres.registry import HELD_CHANGES_TABLE, RegistryStorage
 from airflow_provider_cdc.connectors.postgres.types import POSTGRES_DIALECT
 from airflow_provider_cdc.errors import SinkError
 from airflow_provider_cdc.events import ChangeBatch
+from airflow_provider_cdc.schema.gate import AcceptPlan, GateDecision, HeldChunk, decide, describe_change, plan_accept
+from airflow_provider_cdc.schema.policy import DEFAULT_POLICY, SchemaPolicy
+from airflow_provider_cdc.schema.registry import Registry, SchemaVersion, subject_of
 from airflow_provider_cdc.tables import TableSchema
 from airflow_provider_cdc.values import LOGICAL_TYPES
 
@@ -51,7 +61,7 @@ CAPABILITIES = SinkCapabilities(
 )
 
 
-class PgSink(LedgerStorage, TableDdl, RowMerge):
+class PgSink(LedgerStorage, RegistryStorage, TableDdl, RowMerge):
     """Applies change batches to tables in one PostgreSQL schema, with the ledger in ``ledger_schema``.
 
     The ledger goes in ``target_schema`` unless told otherwise, so that a sink role needs rights on its own schema
@@ -153,21 +163,21 @@ class PgSink(LedgerStorage, TableDdl, RowMerge):
         *,
         run_id: str | None = None,
         versions: dict[str, dict[str, Any] | None] | None = None,
+        policy: SchemaPolicy | None = None,
     ) -> ApplyResult:
         """Apply ``batch`` and record it in the ledger, in one transaction; a batch already there is a no-op.
 
-        ``versions`` (``rule_versions``, ``schema_versions``, ``stage_versions``) go into the ledger row."""
+        ``versions`` (``rule_versions``, ``stage_versions``) go into the ledger row; its ``schema_versions`` are the
+        schema gate's (:func:`~airflow_provider_cdc.schema.gate.decide` under ``policy``, default ``evolve``), which
+        runs in the same transaction: the versions it registers, the tables it holds and their held changes commit
+        with the data, or not at all."""
         started = time.monotonic()
         result = ApplyResult(batch_id=batch.batch_id, applied=False)
         where: dict[str, str | None] = {"table": None, "step": "apply"}
+        decision: GateDecision | None = None
         try:
             with self._conn.transaction() as tx, self._conn.cursor() as cur:
-                # Appliers of one source queue here, so the ledger check and the high water below stay true
-                # until this transaction commits.
-                cur.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                    (f"{self.ledger_schema}.{LEDGER_TABLE}/{batch.source_id}",),
-                )
+                self._lock_source(cur, batch.source_id)
                 self._ensure_ledger(cur)
                 if self._ledger_has(cur, batch.batch_id):
                     raise psycopg.Rollback(tx)
@@ -175,36 +185,21 @@ class PgSink(LedgerStorage, TableDdl, RowMerge):
                 # whatever the role or database sets (synchronous_commit = off would lose it on a server crash).
                 self._force_durable_commit(cur)
                 high_water = self._high_water(cur, batch.source_id)
-                held = self._held_tables(cur, batch.source_id)
-                held.update(self._migrate_tables(cur, batch, high_water, where, held))
-                result.held_tables = held
+                decision = decide(batch, self._read_versions(cur, batch.source_id),
+                                  self._held_tables(cur, batch.source_id), policy, high_water)
+                # A table the sink cannot follow is held through the decision (its changes become held changes).
+                self._migrate_tables(cur, decision.batch, high_water, where, decision.all_held, decision.hold,
+                                     decision.drops)
                 result.schema_changes = sum(1 for change in batch.schema_changes if change.seq > high_water)
-                for name, changes in batch.tables.items():
-                    if name in held:
-                        log.error("sink %s, batch %s: %d changes of held table %s are not applied (%s)",
-                                  self.sink_id, batch.batch_id, changes.num_rows, name, held[name])
-                        continue
-                    schema = batch.schemas.get(name)
-                    if schema is None:
-                        raise SinkError(self.sink_id, f"the batch has changes for {name} but no schema for it",
-                                        table=name, batch_id=batch.batch_id)
-                    where["table"] = self._table_label(schema)
-                    stats = self._apply_table(cur, schema, changes, high_water, batch)
-                    result.tables[name] = stats
-                    result.upserted += stats["upserted"]
-                    result.deleted += stats["deleted"]
-                    result.skipped_replayed += stats["skipped_replayed"]
-                    result.truncated_tables += 1 if stats["truncates"] else 0
-                    log.info(
-                        "sink %s, batch %s, table %s: %d events, %d replayed (skipped), %d staged after folding, "
-                        "%d upserted, %d deleted, %d truncates (%d rows)",
-                        self.sink_id, batch.batch_id, where["table"], stats["events"], stats["skipped_replayed"],
-                        stats["staged"], stats["upserted"], stats["deleted"], stats["truncates"],
-                        stats["truncated_rows"],
-                    )
-                where["table"] = None
-                self._insert_ledger(cur, ledger_row(batch, result, high_water=high_water, run_id=run_id,
-                                                    versions=versions))
+                self._merge_tables(cur, decision.batch, high_water, result, where)
+                self._drop_after_merge(cur, decision, where)
+                self._store_decision(cur, decision)
+                result.held_tables = decision.all_held
+                result.newly_held = dict(decision.held)
+                result.schema_versions = decision.registry.in_effect()
+                self._insert_ledger(cur, ledger_row(
+                    batch, result, high_water=high_water, run_id=run_id,
+                    versions={**(versions or {}), "schema_versions": decision.ledger_versions()}))
                 result.applied = True
                 where["step"] = "commit"
         except DuplicateBatch:
@@ -228,8 +223,194 @@ class PgSink(LedgerStorage, TableDdl, RowMerge):
                 self.sink_id, batch.batch_id, result.upserted, result.deleted, result.truncated_tables,
                 result.skipped_replayed, result.schema_changes, result.seconds,
             )
+            if decision is not None:
+                self._log_held(decision)
         else:
             log.info("sink %s: batch %s is already in the ledger; nothing to do", self.sink_id, batch.batch_id)
+        return result
+
+    def _lock_source(self, cur: psycopg.Cursor, source_id: str) -> None:
+        """Appliers (and accepts) of one source queue here, so that the ledger check, the high water, the
+        registry and the held tables read after it stay true until the transaction commits."""
+        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                    (f"{self.ledger_schema}.{LEDGER_TABLE}/{source_id}",))
+
+    def _merge_tables(
+        self, cur: psycopg.Cursor, batch: ChangeBatch, high_water: int, result: ApplyResult,
+        where: dict[str, str | None],
+    ) -> None:
+        """Merge every table of ``batch`` (held tables are no longer in it) and count what happened."""
+        for name, changes in batch.tables.items():
+            schema = batch.schemas.get(name)
+            if schema is None:
+                raise SinkError(self.sink_id, f"the batch has changes for {name} but no schema for it",
+                                table=name, batch_id=batch.batch_id)
+            where["table"] = self._table_label(schema)
+            stats = self._apply_table(cur, schema, changes, high_water, batch)
+            result.tables[name] = stats
+            result.upserted += stats["upserted"]
+            result.deleted += stats["deleted"]
+            result.skipped_replayed += stats["skipped_replayed"]
+            result.truncated_tables += 1 if stats["truncates"] else 0
+            log.info(
+                "sink %s, batch %s, table %s: %d events, %d replayed (skipped), %d staged after folding, "
+                "%d upserted, %d deleted, %d truncates (%d rows)",
+                self.sink_id, batch.batch_id, where["table"], stats["events"], stats["skipped_replayed"],
+                stats["staged"], stats["upserted"], stats["deleted"], stats["truncates"],
+                stats["truncated_rows"],
+            )
+        where["table"] = None
+
+    def _drop_after_merge(self, cur: psycopg.Cursor, decision: GateDecision, where: dict[str, str | None]) -> None:
+        """Drop the columns the source dropped (``evolve``), after the merge: rows of the batch written before the
+        drop still carried them."""
+        batch = decision.batch
+        for table, columns in decision.drops.items():
+            schema = batch.schemas.get(table) or next(
+                (change.after for change in reversed(batch.schema_changes) if change.table == table), None)
+            if schema is not None and table not in decision.all_held:
+                where["table"] = self._table_label(schema)
+                self._drop_columns(cur, schema, columns)
+        where["table"] = None
+
+    def _store_decision(self, cur: psycopg.Cursor, decision: GateDecision) -> None:
+        """What the gate decided, stored with the batch: versions (a status may change), held marks, held changes
+        (a chunk already stored for this batch and table stays as it is)."""
+        self._store_versions(cur, decision.registrations)
+        if decision.held:
+            self._ensure_held(cur)
+            source_id = decision.batch.source_id
+            cur.executemany(
+                sql.SQL("INSERT INTO {} (source_id, source_table, reason, batch_id) VALUES (%s, %s, %s, %s)"
+                        " ON CONFLICT DO NOTHING").format(self._held),
+                [(source_id, table, reason, decision.batch.batch_id) for table, reason in decision.held.items()])
+        self._store_chunks(cur, decision.chunks)
+
+    def _log_held(self, decision: GateDecision) -> None:
+        """One line per held table of the committed batch. The gate logged each new hold with its reason; these
+        say what the sink did with the changes."""
+        batch = decision.batch
+        for chunk in decision.chunks:
+            if chunk.table in decision.held:
+                log.error("sink %s: table %s is held from batch %s on: its %d changes (seq %d-%d) are kept in "
+                          "%s.%s, not applied, until python -m airflow_provider_cdc schema accept %s (or a "
+                          "re-snapshot of the table). The other tables keep flowing.",
+                          self.sink_id, chunk.table, batch.batch_id, chunk.rows, chunk.seq_from, chunk.seq_to,
+                          self.ledger_schema, HELD_CHANGES_TABLE, subject_of(batch.source_id, chunk.table))
+            else:
+                log.error("sink %s, batch %s: %d changes of held table %s are not applied, kept in %s.%s (%s)",
+                          self.sink_id, batch.batch_id, chunk.rows, chunk.table, self.ledger_schema,
+                          HELD_CHANGES_TABLE, decision.all_held.get(chunk.table))
+        for table in decision.held.keys() - {chunk.table for chunk in decision.chunks}:
+            log.error("sink %s: table %s is held from batch %s on (no changes of it in this batch). The other "
+                      "tables keep flowing.", self.sink_id, table, batch.batch_id)
+
+    # --- schema registry and held changes ------------------------------------------------------------------------
+
+    def schema_versions(self, source_id: str) -> list[SchemaVersion]:
+        """Every registered schema version of ``source_id``'s subjects, in subject and version order."""
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                return self._read_versions(cur, source_id)
+        except psycopg.Error as exc:
+            raise SinkError(self.sink_id, f"cannot read the schema versions of source {source_id!r}: "
+                                          f"{_describe(exc)}") from exc
+
+    def held_changes(self, source_id: str, table: str) -> list[HeldChunk]:
+        """The changes held for ``table`` (``schema.table``), oldest first."""
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                return self._read_chunks(cur, source_id, table)
+        except psycopg.Error as exc:
+            raise SinkError(self.sink_id, f"cannot read the held changes of {table}: {_describe(exc)}",
+                            table=table) from exc
+
+    def accept_table(
+        self, source_id: str, table: str, *, policy: SchemaPolicy | None = None, run_id: str | None = None
+    ) -> AcceptResult:
+        """Accept the held schema versions of ``table`` (``schema.table``) and replay its held changes, exactly
+        once, in one transaction (:func:`~airflow_provider_cdc.schema.gate.plan_accept`).
+
+        The sink table is migrated to the accepted schema first, converting a column in place when its type change
+        is not a safe widening (a value that does not convert fails the accept, nothing changed); then the held
+        changes go through the ordinary merge without the high-water filter (they are below it: the position passed
+        them while they were held), still guarded per row by ``_cdc_position``. The replay is a ledger row of its
+        own, ``<source_id>:accept:<table>:<seq range>``: found there, it is not replayed again."""
+        started = time.monotonic()
+        subject = subject_of(source_id, table)
+        label: str | None = None
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                self._lock_source(cur, source_id)
+                self._ensure_ledger(cur)
+                held = self._held_tables(cur, source_id)
+                if table not in held:
+                    others = f"held tables: {', '.join(sorted(held))}" if held else "no table of it is held"
+                    raise SinkError(self.sink_id, f"cannot accept {subject}: table {table} of source {source_id!r} "
+                                                  f"is not held, so there is nothing to accept ({others})",
+                                    table=table, terminal=True)
+                self._force_durable_commit(cur)
+                versions = self._read_versions(cur, source_id)
+                plan = plan_accept(source_id, table, versions, self._read_chunks(cur, source_id, table), policy)
+                label = self._table_label(plan.target)
+                result = self._carry_out(cur, plan, source_id, run_id,
+                                         {key: reason for key, reason in held.items() if key != table},
+                                         versions, policy or DEFAULT_POLICY)
+        except psycopg.Error as exc:
+            raise SinkError(self.sink_id, f"accept of {subject} failed, nothing was changed: {_describe(exc)}"
+                                          f"{_resnapshot_hint(source_id, table)}",
+                            table=label, terminal=_is_terminal(exc)) from exc
+        except (pa.ArrowException, ValueError) as exc:
+            # ValueError: plan_accept found neither a version nor held changes (a hold older than the registry).
+            raise SinkError(self.sink_id, f"accept of {subject} failed, nothing was changed: cannot replay the held "
+                                          f"changes: {exc}{_resnapshot_hint(source_id, table)}",
+                            table=label, terminal=True) from exc
+        result.seconds = time.monotonic() - started
+        log.info("sink %s: accepted %s versions %s: %s, %d held events replayed (%d upserted, %d deleted) as batch "
+                 "%s, in %.3f s; the table flows again", self.sink_id, subject, result.accepted_versions,
+                 "replayed" if result.applied else "already in the ledger, not replayed", result.replayed_events,
+                 result.upserted, result.deleted, result.batch_id, result.seconds)
+        return result
+
+    def _carry_out(
+        self, cur: psycopg.Cursor, plan: AcceptPlan, source_id: str, run_id: str | None, still_held: dict[str, str],
+        versions: list[SchemaVersion], policy: SchemaPolicy,
+    ) -> AcceptResult:
+        """The writes of :meth:`accept_table`, in its transaction."""
+        batch = plan.batch
+        result = AcceptResult(plan.subject, plan.table, [version.version for version in plan.registrations],
+                              batch.batch_id if batch is not None else None)
+        # The replay already in the ledger (an accept that committed before): only the hold is left to clear.
+        result.applied = batch is None or not self._ledger_has(cur, batch.batch_id)
+        if result.applied:
+            self._force_table(cur, plan.target, plan.previous, source_id=source_id,
+                              seq=batch.seq_from if batch is not None else 0,
+                              batch_id=batch.batch_id if batch is not None else None)
+            events = batch.tables.get(plan.table) if batch is not None else None
+            # No high-water filter (0): the held changes are below it, the position passed them while they waited.
+            stats = self._apply_table(cur, plan.target, events, 0, batch) if (
+                batch is not None and events is not None) else {}
+            result.replayed_events = stats.get("events", 0)
+            result.upserted, result.deleted = stats.get("upserted", 0), stats.get("deleted", 0)
+            self._drop_columns(cur, plan.target, plan.drops)
+        self._store_versions(cur, plan.registrations)
+        self._delete_chunks(cur, source_id, plan.table)
+        cur.execute(sql.SQL("DELETE FROM {} WHERE source_id = %s AND source_table = %s").format(self._held),
+                    (source_id, plan.table))
+        if batch is not None and result.applied:
+            stored = {(version.subject, version.version): version for version in versions}
+            stored.update({(version.subject, version.version): version for version in plan.registrations})
+            schema_versions = {
+                "versions": Registry(stored.values()).in_effect(),
+                "changes": [{"subject": plan.subject, "version": version.version, "seq": version.seq,
+                             "change": describe_change(plan.previous, plan.target), "mode": policy.mode,
+                             "outcome": "accepted"} for version in plan.registrations],
+                "held": still_held,
+            }
+            applied = ApplyResult(batch_id=batch.batch_id, applied=True, upserted=result.upserted,
+                                  deleted=result.deleted)
+            self._insert_ledger(cur, ledger_row(batch, applied, high_water=0, run_id=run_id,
+                                                versions={"schema_versions": schema_versions}))
         return result
 
     # --- re-snapshot ---------------------------------------------------------------------------------------------
@@ -284,22 +465,33 @@ class PgSink(LedgerStorage, TableDdl, RowMerge):
             raise SinkError(self.sink_id, f"cannot read the held tables of source {source_id!r}: {exc}") from exc
 
     def release_table(self, source_id: str, table: str) -> bool:
-        """Stop holding ``table`` (``schema.table`` of the source) back, and drop its sink table so that a
-        re-snapshot creates it again with the source's current columns. True when it was held."""
+        """Stop holding ``table`` (``schema.table`` of the source) back before its re-snapshot: its held changes
+        are discarded (the snapshot reads the table anew), its held versions count as accepted, and its sink table
+        is dropped so that the snapshot creates it again with the source's current columns. True when it was held.
+        """
         try:
             with self._conn.transaction(), self._conn.cursor() as cur:
+                self._lock_source(cur, source_id)
                 if table not in self._held_tables(cur, source_id):
                     return False
                 self._force_durable_commit(cur)
                 cur.execute(sql.SQL("DELETE FROM {} WHERE source_id = %s AND source_table = %s").format(self._held),
                             (source_id, table))
+                discarded = self._delete_chunks(cur, source_id, table)
+                accepted = self._accept_held_versions(cur, source_id, table)
                 cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
                     sql.Identifier(self.target_schema, table.partition(".")[2])))
         except psycopg.Error as exc:
             raise SinkError(self.sink_id, f"cannot release table {table}: {_describe(exc)}") from exc
-        log.info("sink %s: released table %s of source %s (its sink table is created anew by the re-snapshot)",
-                 self.sink_id, table, source_id)
+        log.info("sink %s: released table %s of source %s: %d chunks of held changes discarded, %d held versions "
+                 "marked accepted (its sink table is created anew by the re-snapshot)", self.sink_id, table,
+                 source_id, discarded, accepted)
         return True
+
+
+def _resnapshot_hint(source_id: str, table: str) -> str:
+    return (f". The table stays held; re-snapshot it instead: python -m airflow_provider_cdc resnapshot {source_id} "
+            f"--table {table}")
 
 
 def _is_terminal(exc: psycopg.Error) -> bool:

@@ -20,6 +20,7 @@ from airflow_provider_cdc.connectors.postgres.sink import PgSink
 from airflow_provider_cdc.connectors.postgres.types import canonical_type, is_safe_widening, sink_column_type
 from airflow_provider_cdc.errors import SinkError
 from airflow_provider_cdc.events import ChangeBatch
+from airflow_provider_cdc.schema import SchemaPolicy
 from airflow_provider_cdc.tables import Column, SchemaChange, TableSchema
 from airflow_provider_cdc.values import LOGICAL_TYPES
 
@@ -37,6 +38,9 @@ ITEMS = TableSchema(
         Column("tags", "text[]", "other"),
     ), dialect="postgresql"
 )
+
+LENIENT = SchemaPolicy(mode="lenient")
+
 
 def make_batch(events: Sequence[Event], schema: TableSchema = ITEMS, **kwargs: Any) -> ChangeBatch:
     return batch_of(events, schema, **kwargs)
@@ -218,7 +222,9 @@ def test_ledger_row_is_written_with_the_data(sink, pg_database):
                               " rule_versions, schema_versions, stage_versions, run_id, rows_upserted, rows_deleted,"
                               " committed_at IS NOT NULL FROM _cdc_ledger") == [(
         "shop:1-3", "shop", {"lsn": "0/0"}, {"lsn": "0/3"}, 1, 3, {"public.items": {"c": 2, "d": 1}},
-        {"mask": 2}, {"public.items": 1}, {"transform": {"rules": 1}}, "manual__1", 1, 0, True,
+        # schema_versions is the schema gate's (the version each subject follows), not the caller's.
+        {"mask": 2}, {"versions": {"shop.public.items": 1}, "changes": [], "held": {}}, {"transform": {"rules": 1}},
+        "manual__1", 1, 0, True,
     )]
     assert [name for (name,) in query(pg_database, "SELECT attname FROM pg_attribute WHERE attrelid = "
                                       "'_cdc_ledger'::regclass AND attnum > 0 ORDER BY attnum")] == list(
@@ -421,14 +427,15 @@ def test_unchanged_toast_is_filled_from_an_earlier_event_of_the_batch(sink, pg_d
 
 
 def test_schema_change_adds_a_column_and_keeps_dropped_ones(sink, pg_database):
-    sink.apply(make_batch([("c", 1, item(1, name="a", amount="1.00"))]))
+    # Mode lenient keeps a dropped column (evolve drops it: tests/connectors/postgres/test_schema_gate.py).
+    sink.apply(make_batch([("c", 1, item(1, name="a", amount="1.00"))]), policy=LENIENT)
     widened = TableSchema("public", "items", (
         *(c for c in ITEMS.columns if c.name != "amount"),
         Column("color", "character varying(10)", "text"),
     ), dialect="postgresql")
     change = SchemaChange(table="public.items", seq=2, before=ITEMS, after=widened, ts_ms=TS_MS)
     result = sink.apply(make_batch([("u", 3, item(1, name="b", color="red")), ("c", 4, item(2, color="")),],
-                                   widened, schema_changes=[change]))
+                                   widened, schema_changes=[change]), policy=LENIENT)
     assert result.schema_changes == 1
     # amount is kept, but row 1 changed after the drop: its amount is NULL now, like every row written since.
     assert rows(pg_database, columns="id, name, amount, color") == [("1", "b", None, "red"), ("2", None, None, "")]
@@ -623,26 +630,27 @@ def test_renamed_column_is_renamed_in_the_sink(sink, pg_database, caplog):
 
 
 def test_dropped_column_is_kept_and_nulled_in_changed_rows(sink, pg_database, caplog):
+    # Mode lenient keeps a dropped column (evolve drops it: tests/connectors/postgres/test_schema_gate.py).
     sink.apply(make_batch([("c", 1, {"id": "1", "title": "a", "price": "1.00"}),
-                           ("c", 2, {"id": "2", "title": "b", "price": "2.00"})], DOCS))
+                           ("c", 2, {"id": "2", "title": "b", "price": "2.00"})], DOCS), policy=LENIENT)
     dropped = with_columns(DOCS, drop=["price"])
     change = SchemaChange("public.docs", 3, after=dropped, before=DOCS)
-    with caplog.at_level("INFO", logger="airflow_provider_cdc.sink.postgres"):
+    with caplog.at_level("INFO", logger="airflow_provider_cdc"):
         sink.apply(make_batch([("u", 4, {"id": "2", "title": "b2"}), ("c", 5, {"id": "3", "title": "c"})], dropped,
-                              schema_changes=[change]))
-        sink.apply(make_batch([("u", 6, {"id": "1", "title": "a2"})], dropped))
+                              schema_changes=[change]), policy=LENIENT)
+        sink.apply(make_batch([("u", 6, {"id": "1", "title": "a2"})], dropped), policy=LENIENT)
     assert rows(pg_database, "docs", "id, title, price") == [("1", "a2", None), ("2", "b2", None), ("3", "c", None)]
-    assert caplog.text.count("keeps columns ['price']") == 1
+    assert caplog.text.count("(dropped price): applied under mode lenient") == 1
 
 
 def test_dropped_within_the_batch_keeps_earlier_values(sink, pg_database):
-    sink.apply(make_batch([("c", 1, {"id": "1", "title": "a", "price": "1.00"})], DOCS))
+    sink.apply(make_batch([("c", 1, {"id": "1", "title": "a", "price": "1.00"})], DOCS), policy=LENIENT)
     dropped = with_columns(DOCS, drop=["price"])
     change = SchemaChange("public.docs", 3, after=dropped, before=DOCS)
     batch = make_batch([("c", 2, {"id": "2", "title": "b", "price": "2.00"}), ("u", 4, {"id": "1", "title": "a2"})],
                        DOCS, schema_changes=[change])
     batch.schemas["public.docs"] = dropped  # the Arrow table still has price (NULL after the drop)
-    sink.apply(batch)
+    sink.apply(batch, policy=LENIENT)
     assert rows(pg_database, "docs", "id, title, price") == [("1", "a2", None), ("2", "b", "2.00")]
 
 
