@@ -1,7 +1,9 @@
 """``python -m airflow_provider_cdc <command>``: the provider's command line.
 
 - ``config check [DIR]``: validate a config directory (the same check as ``python -m airflow_provider_cdc.config``);
-- ``resnapshot <source_id> [--table T ...]``: the whole recovery after a lost position, in one step.
+- ``resnapshot <source_id> [--table T ...]``: the whole recovery after a lost position, in one step;
+- ``schema versions|accept|check``: the schema registry, and the way out for a table held after a schema change
+  (:mod:`airflow_provider_cdc.schema_commands`).
 
 The config directory defaults to ``$CDC_CONFIG_DIR``, else ``include/config``.
 """
@@ -16,7 +18,7 @@ PROG = "python -m airflow_provider_cdc"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from airflow_provider_cdc import resnapshot
+    from airflow_provider_cdc import resnapshot, schema_commands
     from airflow_provider_cdc.config.__main__ import add_check_arguments
 
     parser = argparse.ArgumentParser(prog=PROG, description="Change data capture for Airflow: commands.")
@@ -36,6 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
         "re-snapshot only those tables while the others keep streaming. See the README, section Re-snapshot.",
     )
     resnapshot.add_arguments(again)
+
+    schema = commands.add_parser(
+        "schema",
+        help="the schema registry: versions, accept a held schema change, check a schema",
+        description="The schema registry of the sources' tables (it lives in each sink, beside the ledger): list "
+        "the versions, accept a held schema change (the held changes are replayed, exactly once), or check an Avro "
+        "schema against a subject. See the README, section Schema changes.",
+    )
+    schema_commands.add_arguments(schema)
     return parser
 
 
@@ -45,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from airflow_provider_cdc.config.__main__ import run_check
 
         return run_check(args.directory, online=not args.offline)
+    if args.command == "schema":
+        from airflow_provider_cdc import schema_commands
+
+        return schema_commands.run(args)
     from airflow_provider_cdc import resnapshot
 
     return resnapshot.run(args)

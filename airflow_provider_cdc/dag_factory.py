@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import DAG
 
 from airflow_provider_cdc.config import load_config
+from airflow_provider_cdc.config.models import describe_policy
 from airflow_provider_cdc.operators.cdc import (
     CdcCaptureOperator,
     CdcCommitOperator,
@@ -45,13 +46,21 @@ def manifest_of(task_id: str) -> str:
     return "{{ ti.xcom_pull(task_ids='" + task_id + "')['manifest_uri'] }}"
 
 
-def _doc(source: SourceConfig, stage_names: list[str]) -> str:
+def newly_held_of(task_id: str) -> str:
+    """The tables the load task's batch held (JSON text), for the commit task: it fails the run for them once."""
+    return "{{ ((ti.xcom_pull(task_ids='" + task_id + "') or {}).get('newly_held') or {}) | tojson }}"
+
+
+def _doc(source: SourceConfig, stage_names: list[str], policy: str) -> str:
     stages = " → ".join(["capture", *stage_names, "load", "commit"])
     return (
         f"### CDC of source `{source.id}` ({source.type})\n\n"
         f"Tables: {', '.join(f'`{t}`' for t in source.tables)} → sink `{source.sink}`, schema "
         f"`{source.target_schema}` ({source.delete_mode} deletes), {source.batch_size} changes per run, "
         f"{source.mode} mode: {stages}.\n\n"
+        f"Schema changes: {policy}. A table whose change is refused is held (its changes wait in the sink): the run "
+        f"that holds it fails once; resume with `python -m airflow_provider_cdc schema accept "
+        f"{source.id}.<schema>.<table>`.\n\n"
         f"Position: Variable `cdc.position.{source.id}`. Ledger: `_cdc_ledger` in the sink."
     )
 
@@ -73,7 +82,7 @@ def build_dag(source: SourceConfig, config: CdcConfig, config_dir: str) -> DAG:
         max_active_runs=source.max_active_runs,
         default_args=default_args,
         tags=["cdc", source.type],
-        doc_md=_doc(source, stage_names),
+        doc_md=_doc(source, stage_names, describe_policy(config.schema_policy(source.id))),
     ) as dag:
         common: dict[str, Any] = {"source_id": source.id, "config_dir": config_dir}
         wait = CdcChangesSensor(
@@ -98,7 +107,8 @@ def build_dag(source: SourceConfig, config: CdcConfig, config_dir: str) -> DAG:
             upstream >> stage
             upstream = stage
         load = CdcLoadOperator(task_id="load", manifest_uri=manifest_of(upstream.task_id), **common)
-        commit = CdcCommitOperator(task_id="commit", manifest_uri=manifest_of(upstream.task_id), **common)
+        commit = CdcCommitOperator(task_id="commit", manifest_uri=manifest_of(upstream.task_id),
+                                   newly_held=newly_held_of(load.task_id), **common)
         upstream >> load >> commit
     return dag
 

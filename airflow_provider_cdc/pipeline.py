@@ -10,20 +10,30 @@ Exactly-once (DESIGN section 3): capture never acknowledges; load writes data an
 transaction; commit stores the position only once the ledger has the batch, then acknowledges the source. A crash
 between any two steps leaves a state that the next run recognises: a re-captured range has the same batch id and
 ``seq`` numbers, so the ledger and the per-row ``_cdc_position`` guard absorb it.
+
+Schema changes: load hands the source's :class:`~airflow_provider_cdc.schema.SchemaPolicy` to the sink, whose schema
+gate may hold a table (its changes wait in the sink). Commit then reports it, after the position is stored and the
+source acknowledged: the run in which a table *becomes* held fails once (:class:`TablesHeldError`, naming how to
+resume), and later runs, in which it is only still held, succeed with a warning per table
+(:class:`SchemaChangeHeldWarning`), so that the other tables keep flowing without a loop of failing runs.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cdc.connectors.base import Position, PositionStore, Sink, Source
 from airflow_provider_cdc.errors import CdcError, PositionLostError
 from airflow_provider_cdc.events import ChangeBatch
 from airflow_provider_cdc.stages import Stage, apply_stages
 from airflow_provider_cdc.staging import BatchStore
+
+if TYPE_CHECKING:
+    from airflow_provider_cdc.schema.policy import SchemaPolicy
 
 log = logging.getLogger("airflow_provider_cdc.pipeline")
 
@@ -129,22 +139,33 @@ def run_stage(manifest_uri: str, stage: Stage, store: BatchStore) -> dict[str, A
 
 
 def load_batch(
-    batch: ChangeBatch, sink: Sink, *, run_id: str | None = None, stage_versions: dict[str, Any] | None = None
+    batch: ChangeBatch,
+    sink: Sink,
+    *,
+    run_id: str | None = None,
+    stage_versions: dict[str, Any] | None = None,
+    policy: SchemaPolicy | None = None,
 ) -> dict[str, Any]:
-    """Apply ``batch`` with its ledger row (which records ``stage_versions``); a batch already in the ledger is a
-    no-op. A batch left without changes (nothing captured, or every row dropped by a stage) writes nothing."""
+    """Apply ``batch`` with its ledger row (which records ``stage_versions``) under the source's schema ``policy``;
+    a batch already in the ledger is a no-op. A batch left without changes (nothing captured, or every row dropped
+    by a stage) writes nothing.
+
+    The summary carries ``newly_held`` (tables the sink's schema gate held from this batch on, with the reason)
+    to the commit step, which fails the run for them once the position is stored."""
     if batch.is_empty:
         log.info("batch %s has no changes; nothing to load", batch.batch_id)
-        return {"batch_id": batch.batch_id, "applied": False, "empty": True}
-    result = sink.apply(batch, run_id=run_id, versions={"stage_versions": stage_versions or {}})
+        return {"batch_id": batch.batch_id, "applied": False, "empty": True, "newly_held": {}, "held_tables": {}}
+    result = sink.apply(batch, run_id=run_id, versions={"stage_versions": stage_versions or {}}, policy=policy)
     if not result.applied:
         log.info("batch %s is already in the sink ledger; load is a no-op", batch.batch_id)
     return {**result.to_dict(), "empty": False}
 
 
-def load_stage(manifest_uri: str, sink: Sink, *, run_id: str | None = None) -> dict[str, Any]:
+def load_stage(
+    manifest_uri: str, sink: Sink, *, run_id: str | None = None, policy: SchemaPolicy | None = None
+) -> dict[str, Any]:
     batch, manifest = BatchStore.read_staged(manifest_uri)
-    result = load_batch(batch, sink, run_id=run_id, stage_versions=manifest.get("stage_versions"))
+    result = load_batch(batch, sink, run_id=run_id, stage_versions=manifest.get("stage_versions"), policy=policy)
     del batch
     release_memory()
     return result
@@ -164,20 +185,54 @@ class LoadNotCommittedError(CdcError):
         )
 
 
+COMMAND = "python -m airflow_provider_cdc"
+
+
+def resume_commands(source_id: str, table: str) -> str:
+    """How a held table flows again: accept its held changes, or re-snapshot it (discarding them)."""
+    return (f"resume with: {COMMAND} schema accept {source_id}.{table} (replays its held changes), or "
+            f"{COMMAND} resnapshot {source_id} --table {table} (discards them and reads the table anew)")
+
+
+def held_message(source_id: str, table: str, reason: str) -> str:
+    """``table: reason``, plus the commands that resume it when the reason (a sink's own refusal) does not name
+    them already (the schema gate's reasons do)."""
+    text = f"{table}: {reason}"
+    return text if f"schema accept {source_id}." in reason else f"{text}; {resume_commands(source_id, table)}"
+
+
 class TablesHeldError(CdcError):
-    """The batch committed, but the sink holds some tables back until they are re-snapshotted. Terminal: a retry
-    would only say it again; the next run does, until the tables are re-snapshotted."""
+    """Tables became held in this run: a schema change their policy refused, or one the sink cannot follow. The
+    batch committed for every other table and the position moved on; the held tables' changes wait in the sink.
+
+    Terminal: the run fails once, so that the hold is seen. Later runs succeed while the tables stay held (with a
+    :class:`SchemaChangeHeldWarning` each), so the other tables never stop behind a loop of failing runs."""
 
     terminal = True
 
-    def __init__(self, source_id: str, held: dict[str, str]) -> None:
-        self.held = held
-        lines = "; ".join(f"{table}: {reason}" for table, reason in held.items())
+    def __init__(self, source_id: str, held: Mapping[str, str]) -> None:
+        self.source_id = source_id
+        self.held = dict(held)
+        count = f"{len(held)} table{'s' if len(held) != 1 else ''}"
+        lines = "\n".join(f"- {held_message(source_id, table, reason)}" for table, reason in sorted(held.items()))
         super().__init__(
-            f"source {source_id!r}: the batch was committed for every other table, but tables {sorted(held)} are "
-            f"held: their changes are not applied until each is re-snapshotted (python -m airflow_provider_cdc "
-            f"resnapshot {source_id} --table <table>). {lines}"
+            f"source {source_id!r}: schema changes hold {count} from this batch on ({', '.join(sorted(held))}). The "
+            f"batch was committed for every other table and the position stored; the held changes wait in the "
+            f"sink, not lost, and later runs keep the other tables flowing.\n{lines}"
         )
+
+
+class SchemaChangeHeldWarning(UserWarning):
+    """A table is still held (a run before this one failed with :class:`TablesHeldError` for it). The run
+    succeeds; this says, on every run, that the table's changes wait for ``schema accept`` or a re-snapshot."""
+
+
+def _warn_still_held(source_id: str, held: Mapping[str, str]) -> None:
+    for table, reason in sorted(held.items()):
+        text = f"source {source_id!r}: table {table} is still held, its changes wait in the sink. " + held_message(
+            source_id, table, reason)
+        log.warning("%s", text)
+        warnings.warn(text, SchemaChangeHeldWarning, stacklevel=3)
 
 
 def commit_position(
@@ -188,8 +243,11 @@ def commit_position(
     batch_id: str,
     position_to: Position,
     needs_ledger: bool,
+    newly_held: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Store the batch's end position (never moving backwards), then acknowledge the source."""
+    """Store the batch's end position (never moving backwards), then acknowledge the source; then report held
+    tables: :class:`TablesHeldError` for those in ``newly_held`` (held by this batch's load, still held now), a
+    warning for each one held before. The summary lists ``held_tables``."""
     if needs_ledger and not sink.has_batch(batch_id):
         raise LoadNotCommittedError(source.source_id, batch_id)
     stored = positions.get(source.source_id)
@@ -203,11 +261,14 @@ def commit_position(
         stored_now = False
         log.info("cdc.position.%s already holds a later position; left as is", source.source_id)
     source.acknowledge(newest)
+    # Committed first: the other tables keep flowing whatever follows.
     held = sink.held_tables(source.source_id)
-    if held:
-        # Committed first: the other tables keep flowing. The run still fails, so that the held table is seen.
-        raise TablesHeldError(source.source_id, held)
-    return {"batch_id": batch_id, "position_stored": stored_now, "seq": newest.get("seq")}
+    new = {table: reason for table, reason in (newly_held or {}).items() if table in held}
+    _warn_still_held(source.source_id, {table: reason for table, reason in held.items() if table not in new})
+    if new:
+        # Fails this run once, so that the hold is seen; the runs after it only warn.
+        raise TablesHeldError(source.source_id, new)
+    return {"batch_id": batch_id, "position_stored": stored_now, "seq": newest.get("seq"), "held_tables": held}
 
 
 def commit_stage(
@@ -218,16 +279,19 @@ def commit_stage(
     store: BatchStore,
     *,
     retention_hours: float | None = None,
+    newly_held: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Commit the batch of the last staged step (the one load applied)."""
+    """Commit the batch of the last staged step (the one load applied); ``newly_held`` is what that load's
+    summary said (the commit task's input from the load task's XCom)."""
     manifest = store.read_manifest(manifest_uri)
     result = commit_position(
         source, sink, positions,
         batch_id=manifest["batch_id"],
         position_to=manifest["position_to"],
         needs_ledger=bool(manifest["change_count"] or manifest["schema_changes"]),
+        newly_held=newly_held,
     )
-    if retention_hours is not None:
+    if retention_hours is not None:  # skipped by a run that fails for a held table: the next run purges
         store.purge(source.source_id, retention_hours)
     return result
 
@@ -240,22 +304,25 @@ def run_fused(
     max_changes: int,
     run_id: str | None = None,
     stages: Sequence[Stage] = (),
+    policy: SchemaPolicy | None = None,
 ) -> dict[str, Any]:
     """Capture, the stage list, load and commit in one process, without staging: the lowest latency, and the
-    same guarantees and the same ledger row as staged mode."""
+    same guarantees and the same ledger row as staged mode (tables held by this batch fail the run once, after
+    the commit, as in staged mode)."""
     started = time.monotonic()
     batch = capture_batch(source, sink, positions, max_changes)
     captured = batch.change_count
     batch, stage_versions = apply_stages(stages, batch)
-    loaded = load_batch(batch, sink, run_id=run_id, stage_versions=stage_versions)
+    loaded = load_batch(batch, sink, run_id=run_id, stage_versions=stage_versions, policy=policy)
     committed = commit_position(
         source, sink, positions,
         batch_id=batch.batch_id,
         position_to=batch.position_to,
         needs_ledger=not batch.is_empty,
+        newly_held=loaded.get("newly_held"),
     )
     summary = {**summarize(batch, None), "captured": captured, "stage_versions": stage_versions, "load": loaded,
-               "commit": committed}
+               "commit": committed, "held_tables": committed["held_tables"]}
     log.info("fused run of %s: %d changes captured, %d after %d stages, in %.2fs", source.source_id, captured,
              batch.change_count, len(stages), time.monotonic() - started)
     del batch

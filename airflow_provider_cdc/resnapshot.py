@@ -18,7 +18,8 @@ Every step is idempotent, so after a failure the command can simply be run again
 
 With ``--table``: the holder of the position, the ledger and the stream stay; only those tables' sink tables are
 truncated, and the stored position gets those tables queued for a new snapshot while the other tables keep
-streaming.
+streaming. A table the sink holds after a schema change is released instead: its held changes are discarded (the
+snapshot reads it anew); ``schema accept`` is the alternative that keeps and replays them.
 
 A running DAG run of ``cdc_<source_id>`` could commit an old position over the new one, so the command refuses
 while one is running, unless ``--yes`` (then it warns). Without ``--yes`` it asks for confirmation on a terminal,
@@ -34,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_cdc.config.models import DEFAULT_TABLE_SCHEMA
 from airflow_provider_cdc.errors import CdcError
 from airflow_provider_cdc.positions import position_key
 
@@ -43,11 +45,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("airflow_provider_cdc.resnapshot")
 
+COMMAND = "python -m airflow_provider_cdc"
 # Purge staged batches "older than" one hour in the future: every one of them, including one written this second.
 _PURGE_ALL_HOURS = -1.0
 
 
-class ResnapshotError(Exception):
+class CommandError(Exception):
+    """A command of ``python -m airflow_provider_cdc`` was refused or failed; the message says why and what to do."""
+
+
+class ResnapshotError(CommandError):
     """The re-snapshot was refused or a step failed; the message says which and what to do."""
 
 
@@ -76,12 +83,15 @@ def _describe(position: Position) -> str:
 def _reset_tables(sink: Sink, source_id: str, chosen: list[str]) -> str:
     """Truncate the sink table of each ``schema.table`` (sink tables keep the table's name, not its schema).
 
-    A table the sink holds back (a schema change it could not follow) is released and its sink table dropped
-    instead: the snapshot creates it again with the source's current columns."""
+    A table the sink holds back (a schema change was refused) is released instead (:meth:`Sink.release_table`): its
+    held changes are discarded, since the snapshot reads the table anew, and the sink makes its table anew with
+    the source's current columns. ``schema accept`` is the way that keeps them; the summary says so."""
     parts = []
     for qualified in chosen:
         if sink.release_table(source_id, qualified):
-            parts.append(f"{_sink_name(qualified)} (was held: released, its sink table dropped to be made anew)")
+            parts.append(f"{_sink_name(qualified)} (was held: released, its held changes discarded, its sink table "
+                         f"made anew by the snapshot; {COMMAND} schema accept {source_id}.{qualified} is the "
+                         "alternative that keeps them)")
             continue
         existed = sink.reset_table(_sink_name(qualified))
         parts.append(_sink_name(qualified) + (" (no sink table yet)" if existed is False else ""))
@@ -125,16 +135,48 @@ def running_dag_runs(dag_id: str) -> list[str]:
         ))
 
 
+def refuse_while_running(dag_id: str, risk: str, *, yes: bool, err: Any = None) -> None:
+    """Refuse (:class:`CommandError`) while a run of ``dag_id`` is running, saying the ``risk``; with ``yes`` only
+    warn. When Airflow's metadata database cannot be read, warn and go on: the user was told to pause the DAG."""
+    err = err if err is not None else sys.stderr
+    try:
+        running = running_dag_runs(dag_id)
+    except Exception as exc:
+        print(f"warning: could not check for running runs of DAG {dag_id} in Airflow's metadata database "
+              f"({type(exc).__name__}: {exc}); make sure it is paused and idle", file=err)
+        running = []
+    if running:
+        message = (f"DAG {dag_id} has {len(running)} running run{'s' if len(running) > 1 else ''} "
+                   f"({', '.join(running)}): {risk}. Pause the DAG and let the run finish (or mark it failed) first")
+        if not yes:
+            raise CommandError(message + ", or pass --yes to go ahead anyway")
+        print(f"warning: {message}; going ahead because of --yes", file=err)
+
+
+def confirm(stdin: Any, out: Any, *, yes: bool) -> None:
+    """Ask ``Go ahead? [y/N]`` on a terminal (not with ``yes``); refuse without a terminal to ask on."""
+    if yes:
+        return
+    if not stdin.isatty():
+        raise CommandError("stdin is not a terminal, so there is nobody to confirm: pass --yes")
+    out.write("Go ahead? [y/N] ")
+    out.flush()
+    answer = stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        raise CommandError("not confirmed; nothing was changed")
+
+
 def plan(hook: CdcHook, tables: list[str] | None) -> tuple[list[str], list[str]]:
     """The tables to re-snapshot (``schema.table``) and a description of what will happen, for the confirmation."""
     cfg = hook.source_config
-    configured = cfg.qualified_tables("public")
+    configured = cfg.qualified_tables(DEFAULT_TABLE_SCHEMA)
     chosen = qualify_tables(configured, tables) if tables else [f"{s}.{t}" for s, t in configured]
     sink = f"{cfg.sink}.{cfg.target_schema}"
     if tables:
         what = [
             f"truncate the sink table{'s' if len(chosen) > 1 else ''} {', '.join(_sink_name(t) for t in chosen)} "
-            f"in {sink}",
+            f"in {sink}; a table held after a schema change is released instead, and its held changes are "
+            f"discarded ({COMMAND} schema accept {cfg.id}.<schema>.<table> keeps them instead)",
             f"queue {', '.join(chosen)} for a new snapshot in Variable {position_key(cfg.id)}; what holds the "
             "position at the source, the ledger and the other tables' stream stay as they are",
         ]
@@ -286,7 +328,7 @@ def run(args: argparse.Namespace, *, stdin: Any = None, out: Any = None) -> int:
     log.propagate = False
     try:
         return _run(args, stdin, out)
-    except (ResnapshotError, CdcError) as exc:  # refused, or the source or sink cannot be reached
+    except (CommandError, CdcError) as exc:  # refused, or the source or sink cannot be reached
         print(f"resnapshot: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -307,32 +349,13 @@ def _run(args: argparse.Namespace, stdin: Any, out: Any) -> int:
         raise ResnapshotError(f"unknown source {args.source_id!r} in {hook.config.directory / 'cdc.yaml'} "
                               f"(configured: {known})") from None
     chosen, what = plan(hook, args.tables)
-
-    try:
-        running = running_dag_runs(cfg.dag_id)
-    except Exception as exc:
-        print(f"warning: could not check for running runs of DAG {cfg.dag_id} in Airflow's metadata database "
-              f"({type(exc).__name__}: {exc}); make sure it is paused and idle", file=sys.stderr)
-        running = []
-    if running:
-        message = (f"DAG {cfg.dag_id} has {len(running)} running run{'s' if len(running) > 1 else ''} "
-                   f"({', '.join(running)}): a run that commits after the re-snapshot would store an old position. "
-                   f"Pause the DAG and let the run finish (or mark it failed) first")
-        if not args.yes:
-            raise ResnapshotError(message + ", or pass --yes to go ahead anyway")
-        print(f"warning: {message}; going ahead because of --yes", file=sys.stderr)
+    refuse_while_running(cfg.dag_id, "a run that commits after the re-snapshot would store an old position",
+                         yes=args.yes)
 
     print(f"re-snapshot of source {cfg.id} ({'every table' if not args.tables else ', '.join(chosen)}) will:", file=out)
     for line in what:
         print(f"  - {line}", file=out)
-    if not args.yes:
-        if not stdin.isatty():
-            raise ResnapshotError("stdin is not a terminal, so there is nobody to confirm: pass --yes")
-        out.write("Go ahead? [y/N] ")
-        out.flush()
-        answer = stdin.readline().strip().lower()
-        if answer not in ("y", "yes"):
-            raise ResnapshotError("not confirmed; nothing was changed")
+    confirm(stdin, out, yes=args.yes)
 
     summary = resnapshot(hook, args.tables)
     print("\n".join(summary.lines()), file=out)

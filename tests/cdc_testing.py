@@ -211,10 +211,11 @@ def staged_run(hook, run_id: str, *, load: bool = True, commit: bool = True) -> 
     try:
         summary = pipeline.capture_stage(source, sink, hook.positions, hook.store,
                                          max_changes=hook.source_config.batch_size, run_id=run_id)
-        if load:
-            pipeline.load_stage(summary["manifest_uri"], sink, run_id=run_id)
+        loaded = pipeline.load_stage(summary["manifest_uri"], sink, run_id=run_id,
+                                     policy=hook.schema_policy) if load else None
         if commit:
-            pipeline.commit_stage(summary["manifest_uri"], source, sink, hook.positions, hook.store)
+            pipeline.commit_stage(summary["manifest_uri"], source, sink, hook.positions, hook.store,
+                                  newly_held=loaded["newly_held"] if loaded else None)
         return summary
     finally:
         source.close()

@@ -227,3 +227,125 @@ def test_stage_task_replays_identically_and_a_stage_that_drops_everything_still_
         assert conn.execute("SELECT count(*) FROM users WHERE name = 'gone'").fetchone() == (0,)
     # The next run starts after the dropped range: the four updates are not captured again.
     assert staged_run(hook, "r2")["change_count"] == 0
+
+
+# --- schema changes: the run that holds a table fails once, later runs warn -------------------------------------
+
+
+def staged_run_with_policy(hook, run_id: str) -> tuple[dict, dict]:
+    """One staged run as the DAG's tasks do it: load under the source's policy, commit with load's ``newly_held``."""
+    source, sink = hook.get_source(), hook.get_sink()
+    try:
+        captured = pipeline.capture_stage(source, sink, hook.positions, hook.store,
+                                          max_changes=hook.source_config.batch_size, run_id=run_id)
+        loaded = pipeline.load_stage(captured["manifest_uri"], sink, run_id=run_id, policy=hook.schema_policy)
+        committed = pipeline.commit_stage(captured["manifest_uri"], source, sink, hook.positions, hook.store,
+                                          newly_held=loaded["newly_held"])
+        return captured, committed
+    finally:
+        source.close()
+        sink.close()
+
+
+def fused_run_with_policy(hook, run_id: str) -> tuple[dict, dict]:
+    source, sink = hook.get_source(), hook.get_sink()
+    try:
+        summary = pipeline.run_fused(source, sink, hook.positions, max_changes=hook.source_config.batch_size,
+                                     run_id=run_id, policy=hook.schema_policy)
+        return summary, summary["commit"]
+    finally:
+        source.close()
+        sink.close()
+
+
+RUNS = {"staged": staged_run_with_policy, "fused": fused_run_with_policy}
+
+
+@pytest.fixture
+def two_tables(pg_database_factory, tmp_path):
+    source_url, sink_url = pg_database_factory(), pg_database_factory()
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, code text, note text)")
+        conn.execute("INSERT INTO t SELECT g, (g * 10)::text, 'n' || g FROM generate_series(1, 5) g")
+        conn.execute("CREATE TABLE o (id int PRIMARY KEY, v text)")
+        conn.execute("INSERT INTO o VALUES (1, 'one')")
+    source_id = unique_id("held")
+    config_dir = write_config(tmp_path / "config", source_id=source_id, source_url=source_url, sink_url=sink_url,
+                              tables=["t", "o"])
+    hook = CdcHook(source_id, str(config_dir))
+    yield hook, source_url, sink_url
+    if hook.positions.get(source_id) is not None:
+        hook.positions.delete(source_id)
+
+
+@pytest.mark.parametrize("mode", ["staged", "fused"])
+def test_the_run_that_holds_a_table_fails_once_after_committing_and_later_runs_warn(two_tables, mode, caplog):
+    hook, source_url, sink_url = two_tables
+    run = RUNS[mode]
+    source_id = hook.source_id
+    run(hook, "snapshot")
+    before = table_rows(sink_url, "t")
+
+    # text -> integer is not BACKWARD compatible: t is held from this batch on; o's change lands in the same run.
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE t ALTER COLUMN code TYPE int USING code::int")
+        conn.execute("UPDATE t SET code = 99 WHERE id = 1")
+        conn.execute("INSERT INTO o VALUES (2, 'two')")
+    with pytest.raises(pipeline.TablesHeldError) as raised:
+        run(hook, "holds")
+    error = raised.value
+    assert is_terminal(error) and list(error.held) == ["public.t"]
+    message = str(error)
+    for words in (f"{source_id}.public.t", "code", "text -> integer", "evolve", "BACKWARD",
+                  f"python -m airflow_provider_cdc schema accept {source_id}.public.t",
+                  f"python -m airflow_provider_cdc resnapshot {source_id} --table public.t"):
+        assert words in message, message
+    # Committed before failing: o's change is in, the position moved past the batch, t is untouched.
+    assert_same_rows(source_url, sink_url, "o")
+    assert table_rows(sink_url, "t") == before
+    position = hook.positions.get(source_id)
+    assert position["seq"] == ledger_rows_of(sink_url, source_id)[-1][2]
+
+    # Still held: the next run succeeds, warns for t, keeps o flowing and lists t in its summary.
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO o VALUES (3, 'three')")
+        conn.execute("UPDATE t SET note = 'later' WHERE id = 2")
+    with pytest.warns(pipeline.SchemaChangeHeldWarning, match=r"table public\.t is still held") as warned, \
+            caplog.at_level("WARNING", logger="airflow_provider_cdc.pipeline"):
+        summary, committed = run(hook, "still_held")
+    assert len(warned) == 1 and f"schema accept {source_id}.public.t" in str(warned[0].message)
+    assert any(r.levelname == "WARNING" and "public.t is still held" in r.getMessage() for r in caplog.records)
+    assert list(committed["held_tables"]) == ["public.t"]
+    if mode == "fused":
+        assert list(summary["held_tables"]) == ["public.t"]
+    assert_same_rows(source_url, sink_url, "o")
+    assert table_rows(sink_url, "t") == before
+    assert hook.positions.get(source_id)["seq"] == summary["seq_to"]
+
+
+def ledger_rows_of(sink_url: str, source_id: str) -> list[tuple]:
+    with psycopg.connect(sink_url) as conn:
+        return conn.execute("SELECT batch_id, seq_from, seq_to FROM _cdc_ledger WHERE source_id = %s ORDER BY seq_to",
+                            (source_id,)).fetchall()
+
+
+def test_a_policy_reaches_the_sink_and_a_run_without_new_holds_reports_none(two_tables):
+    hook, source_url, sink_url = two_tables
+    write_config(hook.config.directory, source_id=hook.source_id, source_url=source_url, sink_url=sink_url,
+                 tables=["t", "o"], extra="schema_changes: {mode: stop}\n")
+    hook = CdcHook(hook.source_id, str(hook.config.directory))
+    assert hook.schema_policy.mode == "stop"
+    _, committed = staged_run_with_policy(hook, "snapshot")
+    assert committed["held_tables"] == {}
+    # Adding a nullable column is compatible, but mode stop holds any change of an existing table.
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE o ADD COLUMN extra int")
+        conn.execute("UPDATE o SET extra = 1")
+    with pytest.raises(pipeline.TablesHeldError, match=r"public\.o.*mode stop"):
+        staged_run_with_policy(hook, "stopped")
+    assert "extra" not in table_rows_columns(sink_url, "o")
+
+
+def table_rows_columns(sink_url: str, table: str) -> list[str]:
+    with psycopg.connect(sink_url) as conn:
+        return [d.name for d in conn.execute(f"SELECT * FROM {table} LIMIT 0").description]

@@ -17,10 +17,13 @@ from cdc_testing import (
     ledger_rows,
     slot_lsn,
     staged_run,
+    table_rows,
     unique_id,
     write_config,
 )
+from test_pipeline import staged_run_with_policy
 
+from airflow_provider_cdc import pipeline
 from airflow_provider_cdc.errors import PositionLostError
 from airflow_provider_cdc.hooks.cdc import CdcHook
 
@@ -173,3 +176,36 @@ def test_resnapshot_refuses_while_a_dag_run_is_running(shop):
     finally:
         with create_session() as session:
             session.execute(delete(DagRun).where(DagRun.dag_id == f"cdc_{source_id}"))
+
+
+def test_resnapshot_of_a_held_table_says_its_held_changes_are_discarded_and_names_schema_accept(shop):
+    source_id, source_url, sink_url, config_dir = shop
+    write_config(config_dir, source_id=source_id, source_url=source_url, sink_url=sink_url,
+                 tables=["users", "orders"], batch_size=1000)
+    hook = CdcHook(source_id, str(config_dir))
+    drain(hook, "before")
+    with psycopg.connect(source_url, autocommit=True) as conn:  # text -> integer: BACKWARD refuses, users is held
+        conn.execute("ALTER TABLE users ALTER COLUMN name TYPE int USING length(name)")
+        conn.execute("UPDATE users SET name = 1 WHERE id <= 3")
+    with pytest.raises(pipeline.TablesHeldError, match=r"public\.users"):
+        staged_run_with_policy(hook, "holds")
+    assert table_rows(sink_url, "users", columns=["id", "name"], where="WHERE id <= 3") == [
+        ("1", "User 1"), ("2", "User 2"), ("3", "User 3")]  # held: the change waits in the sink
+
+    plan = cli("resnapshot", source_id, "--table", "users", config_dir=config_dir)  # refused: no terminal
+    assert plan.returncode == 1
+    assert "a table held after a schema change is released instead, and its held changes are discarded" in plan.stdout
+    assert f"schema accept {source_id}.<schema>.<table> keeps them instead" in plan.stdout
+
+    result = cli("resnapshot", source_id, "--table", "users", "--yes", config_dir=config_dir)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    assert ("users (was held: released, its held changes discarded, its sink table made anew by the snapshot; "
+            f"python -m airflow_provider_cdc schema accept {source_id}.public.users is the alternative that keeps "
+            "them)") in result.stdout, result.stdout
+    assert_same_rows(source_url, sink_url, "orders")  # the other table is untouched
+
+    _, committed = staged_run_with_policy(hook, "after")  # no longer held: the snapshot reads it anew
+    assert committed["held_tables"] == {}
+    drain(hook, "after_drain")
+    assert_same_rows(source_url, sink_url, "users")
+    assert_same_rows(source_url, sink_url, "orders")

@@ -1,6 +1,7 @@
 """``python -m airflow_provider_cdc.config check [DIR]``: validate a config directory before Airflow parses it.
 
-Exit status 0 with a summary when the config loads, 1 with every problem on stderr (``file: key: reason``) when
+Exit status 0 with a summary when the config loads (each source with its schema policy: mode, default compatibility
+level and the levels set per table), 1 with every problem on stderr (``file: key: reason``) when
 it does not, so it can gate a CI job or a deploy.
 
 When the config loads, the check also asks each connector factory in use to look at its databases for what
@@ -15,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from airflow_provider_cdc.config.loader import CONFIG_DIR_ENV, ConfigError, default_config_dir, load_config
-from airflow_provider_cdc.config.models import CdcConfig, mask_url
+from airflow_provider_cdc.config.models import CdcConfig, describe_policy, mask_url
 from airflow_provider_cdc.connectors import registry
 
 
@@ -92,13 +93,13 @@ def summarize(config: CdcConfig) -> str:
             f"  {source.dag_id}: {source.type}, {len(source.tables)} table{'s' if len(source.tables) != 1 else ''}"
             f" -> {source.sink}, schedule {source.schedule}"
         )
+        lines.append(f"    schema changes: {describe_policy(config.schema_policy(source.id))}")
     sinks = [config.connector(sink) for sink in dict.fromkeys(source.sink for source in config.sources)]
     lines.append(f"sinks: {len(sinks)}")
     for sink in sinks:
         lines.append(f"  {sink.id}: {sink.type}{_capabilities(sink.type)}")
     lines += [f"rules: {len(config.rules)}", f"suites: {len(config.suites)}"]
     return "\n".join(lines)
-
 
 
 def _capabilities(connector_type: str) -> str:

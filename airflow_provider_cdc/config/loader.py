@@ -29,9 +29,11 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from airflow_provider_cdc.config.models import (
+    DEFAULT_TABLE_SCHEMA,
     CdcConfig,
     ConnectorConfig,
     RuleConfig,
+    SchemaChangesDefaults,
     SourceConfig,
     SuiteConfig,
     mask_url,
@@ -83,10 +85,23 @@ class _FileSpec:
     model: type[BaseModel]
     id_field: str
     required: bool = False
+    # Top-level keys beside the list, each a mapping validated by its model (cdc.yaml's ``schema_changes``).
+    settings: tuple[tuple[str, type[BaseModel]], ...] = ()
+    # A key that is valid elsewhere, but not here: (key in a setting) -> where it belongs.
+    misplaced: tuple[tuple[str, str, str], ...] = ()
+
+    @property
+    def top_level_keys(self) -> list[str]:
+        return [self.list_key, *(key for key, _ in self.settings)]
 
 
 _CONNECTORS = _FileSpec("connectors.yaml", "connectors", ConnectorConfig, "id")
-_SOURCES = _FileSpec("cdc.yaml", "sources", SourceConfig, "id", required=True)
+_SOURCES = _FileSpec(
+    "cdc.yaml", "sources", SourceConfig, "id", required=True,
+    settings=(("schema_changes", SchemaChangesDefaults),),
+    misplaced=(("schema_changes", "table_compatibility",
+                "is set per source: put it under that source's schema_changes"),),
+)
 _RULES = _FileSpec("transformations.yaml", "rules", RuleConfig, "rule_id")
 _SUITES = _FileSpec("quality.yaml", "suites", SuiteConfig, "id")
 FILES: tuple[_FileSpec, ...] = (_CONNECTORS, _SOURCES, _RULES, _SUITES)
@@ -105,6 +120,7 @@ class _Loaded:
     readable: bool = True
     entries: dict[int, Any] = field(default_factory=dict)
     raw: list[Any] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)  # the valid top-level settings, as models
 
     @property
     def raw_ids(self) -> list[Any]:
@@ -164,7 +180,8 @@ def load_config(directory: str | os.PathLike[str] | None = None) -> CdcConfig:
     _check_connector_roles(loaded, problems)
     if problems.items:
         raise ConfigError(sorted(problems.items, key=_reading_order), root)
-    return CdcConfig(directory=root, **{key: list(result.entries.values()) for key, result in loaded.items()})
+    lists: dict[str, Any] = {key: list(result.entries.values()) for key, result in loaded.items()}
+    return CdcConfig(directory=root, **lists, **loaded["sources"].settings)
 
 
 def _reading_order(problem: ConfigProblem) -> tuple[int, int]:
@@ -193,6 +210,8 @@ def _load_file(root: Path, spec: _FileSpec, problems: _Problems) -> _Loaded:
         return result
     document = _interpolate(document, (), spec.name, problems)
     items = _top_level_list(document, spec, problems)
+    if isinstance(document, dict):
+        _load_settings(document, spec, result, problems)
     if items is None:
         result.readable = False
         return result
@@ -215,8 +234,8 @@ def _top_level_list(document: Any, spec: _FileSpec, problems: _Problems) -> list
         problems.add(spec.name, "", f"should be a mapping with the key {spec.list_key!r}")
         return None
     for key in document:
-        if key != spec.list_key:
-            problems.add(spec.name, str(key), _unknown_key(str(key), [spec.list_key]))
+        if key not in spec.top_level_keys:
+            problems.add(spec.name, str(key), _unknown_key(str(key), spec.top_level_keys))
     if spec.list_key not in document:
         if spec.required:
             problems.add(spec.name, spec.list_key, "is required")
@@ -228,6 +247,24 @@ def _top_level_list(document: Any, spec: _FileSpec, problems: _Problems) -> list
         problems.add(spec.name, spec.list_key, "should be a list of entries (each starting with '- ')")
         return None
     return items
+
+
+def _load_settings(document: dict[Any, Any], spec: _FileSpec, result: _Loaded, problems: _Problems) -> None:
+    """Validate the file's top-level settings (cdc.yaml's ``schema_changes:``); the valid ones go into ``result``."""
+    for key, model in spec.settings:
+        value = document.get(key)
+        if value is None:
+            continue
+        try:
+            result.settings[key] = model.model_validate(value)
+        except ValidationError as exc:
+            for error in exc.errors(include_url=False):
+                loc: Loc = (key, *error["loc"])
+                reason = _reason(error, model)
+                if error["type"] == "extra_forbidden":
+                    reason = next((where for setting, name, where in spec.misplaced
+                                   if (setting, name) == (key, error["loc"][0])), reason)
+                problems.add(spec.name, loc, reason, always=error["type"] == "extra_forbidden")
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -422,7 +459,7 @@ def _check_sink_tables(sources: _Loaded, problems: _Problems) -> None:
     owner: dict[tuple[str, str, str], int] = {}
     clashes: dict[tuple[int, int], list[str]] = {}
     for index, source in sources.entries.items():
-        for _, table in source.qualified_tables("public"):
+        for _, table in source.qualified_tables(DEFAULT_TABLE_SCHEMA):
             target = (source.sink, source.target_schema, table)
             first = owner.setdefault(target, index)
             if first != index:

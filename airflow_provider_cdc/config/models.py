@@ -4,6 +4,10 @@ Each list entry of a file is one model; ``CdcConfig`` holds them all once the lo
 between files. The models forbid unknown keys so that a typo (``batchsize:``) is reported instead of silently
 ignored; transformation rules are the exception because later rule types add their own options.
 
+``schema_changes:`` (per source, and once at the top of cdc.yaml as the default of every source) says what a source
+does with a schema change: :meth:`SourceConfig.schema_policy` turns it into the
+:class:`~airflow_provider_cdc.schema.SchemaPolicy` the sink's schema gate applies.
+
 Connector-specific keys (a replication slot name, a server id, table format options) are not part of these models:
 they sit under ``options:`` of a source or connector, and the loader validates them with that connector's own
 model (:mod:`airflow_provider_cdc.connectors.registry`). Connector types, too, come from the registry, so a new
@@ -17,8 +21,9 @@ leak a secret.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -35,6 +40,9 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from airflow_provider_cdc.connectors import registry
 from airflow_provider_cdc.errors import UnknownConfigEntryError
 
+if TYPE_CHECKING:
+    from airflow_provider_cdc.schema.policy import SchemaPolicy
+
 QualityPolicy = Literal["warn", "quarantine", "fail"]
 
 QUALITY_POLICIES: tuple[str, ...] = ("warn", "quarantine", "fail")
@@ -42,6 +50,9 @@ SCHEDULE_PRESETS: frozenset[str] = frozenset(
     {"@continuous", "@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually",
      "@midnight"}
 )
+DEFAULT_TABLE_SCHEMA = "public"
+"""The schema of an unqualified table name in cdc.yaml wherever a name is compared across sources and commands
+(``users`` is ``public.users``): the sink-table check, ``table_compatibility``, ``resnapshot`` and ``schema``."""
 
 # ---------------------------------------------------------------------------------------------------- secrets
 
@@ -99,13 +110,37 @@ def _check_identifier(value: str) -> str:
     return value
 
 
+def _not_one_of(known: Iterable[str]) -> PydanticCustomError:
+    """The error of a value outside ``known``, worded like a ``Literal`` mismatch (``should be 'a', 'b' or 'c'``)."""
+    names = [repr(name) for name in known]
+    expected = " or ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
+    return PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+
+
 def _check_connector_type(value: str) -> str:
-    """A type the registry knows. Reported like a ``Literal`` mismatch (``should be 'a', 'b' or 'c'``)."""
-    known = list(registry.CONNECTOR_MODULES)
-    if value not in known:
-        expected = " or ".join(filter(None, [", ".join(repr(k) for k in known[:-1]), repr(known[-1])]))
-        raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+    """A type the registry knows."""
+    if value not in registry.CONNECTOR_MODULES:
+        raise _not_one_of(registry.CONNECTOR_MODULES)
     return value
+
+
+def _check_schema_mode(value: str) -> str:
+    """One of the schema gate's modes. Imported when used: the schema package brings pyarrow and avro, which a
+    config without ``schema_changes:`` never needs."""
+    from airflow_provider_cdc.schema.policy import MODES
+
+    if value not in MODES:
+        raise _not_one_of(MODES)
+    return value
+
+
+def _check_level(value: str) -> str:
+    """A compatibility level (any case: ``backward`` is ``BACKWARD``, as the registry spells it)."""
+    from airflow_provider_cdc.schema.compatibility import LEVELS
+
+    if value.upper() not in LEVELS:
+        raise _not_one_of(LEVELS)
+    return value.upper()
 
 
 def _check_table(value: str) -> str:
@@ -126,6 +161,14 @@ ConnectorType = Annotated[str, AfterValidator(_check_connector_type)]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 TableName = Annotated[str, AfterValidator(_check_table)]
 QualityRule = Annotated[dict[str, Any], AfterValidator(_check_policy)]
+SchemaMode = Annotated[str, AfterValidator(_check_schema_mode)]
+CompatibilityLevel = Annotated[str, AfterValidator(_check_level)]
+
+
+def qualify_table(name: str, default_schema: str) -> str:
+    """``schema.table`` of a ``tables`` entry: an unqualified name gets ``default_schema`` (as
+    :meth:`SourceConfig.qualified_tables` does; the first dot splits, so ``db.coll.2024`` stays whole)."""
+    return name if "." in name else f"{default_schema}.{name}"
 
 
 # --------------------------------------------------------------------------------------------------- models
@@ -188,6 +231,22 @@ class ConnectorConfig(_ConfigModel):
     options: dict[str, Any] = {}
 
 
+class SchemaChangesDefaults(_ConfigModel):
+    """The top-level ``schema_changes:`` of cdc.yaml: the policy of every source that does not say otherwise.
+
+    Unset keys are the schema gate's own defaults (mode ``evolve``, compatibility ``BACKWARD``)."""
+
+    mode: SchemaMode | None = None
+    compatibility: CompatibilityLevel | None = None
+
+
+class SourceSchemaChanges(SchemaChangesDefaults):
+    """``schema_changes:`` of one source: its mode and level (unset: the top-level ones), and a level per table
+    (``table`` or ``schema.table`` of the source's ``tables``)."""
+
+    table_compatibility: dict[TableName, CompatibilityLevel] = {}
+
+
 class SourceConfig(_ConfigModel):
     """One entry of ``cdc.yaml``: which tables of which database to capture, and where they go.
 
@@ -220,6 +279,7 @@ class SourceConfig(_ConfigModel):
     staging_format: Literal["parquet", "arrow"] = "parquet"
     staging_retention_hours: float = Field(24.0, gt=0)
     max_active_runs: int = Field(1, ge=1, validate_default=True)
+    schema_changes: SourceSchemaChanges = SourceSchemaChanges()
     # Connector-specific keys, validated by the loader with the source type's ``source_options`` model.
     options: dict[str, Any] = {}
 
@@ -246,9 +306,52 @@ class SourceConfig(_ConfigModel):
             raise ValueError("must be 1 with schedule @continuous (Airflow runs a continuous DAG one run at a time)")
         return max_active_runs
 
+    @model_validator(mode="after")
+    def _overrides_name_configured_tables(self) -> SourceConfig:
+        """Each ``table_compatibility`` key is one of ``tables`` (qualified alike), and no table is given twice."""
+        configured = self.qualified_names(DEFAULT_TABLE_SCHEMA)
+        errors: list[InitErrorDetails] = []
+        first: dict[str, str] = {}
+        for name in self.schema_changes.table_compatibility:
+            qualified = qualify_table(name, DEFAULT_TABLE_SCHEMA)
+            if qualified not in configured:
+                message = f"{qualified} is not one of this source's tables ({', '.join(configured)})"
+            elif qualified in first:
+                message = f"the same table as {first[qualified]!r}: give it once"
+            else:
+                first[qualified] = name
+                continue
+            errors.append(InitErrorDetails(type=PydanticCustomError("unknown_table", message),
+                                           loc=("schema_changes", "table_compatibility", name), input=None))
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors, hide_input=True)
+        return self
+
     @property
     def dag_id(self) -> str:
         return f"cdc_{self.id}"
+
+    def qualified_names(self, default_schema: str) -> list[str]:
+        """``schema.table`` of every entry of ``tables``, in config order."""
+        return [f"{schema}.{table}" for schema, table in self.qualified_tables(default_schema)]
+
+    def schema_policy(self, defaults: SchemaChangesDefaults | None = None) -> SchemaPolicy:
+        """The schema policy the sink's gate applies to this source: its own ``schema_changes`` keys, else those of
+        ``defaults`` (the top-level ``schema_changes`` of cdc.yaml), else the gate's defaults; table levels keyed by
+        ``schema.table`` (the registry's subjects are ``<source_id>.<schema>.<table>``)."""
+        from airflow_provider_cdc.schema.policy import SchemaPolicy
+
+        shared = defaults or SchemaChangesDefaults()
+        own = self.schema_changes
+        settings: dict[str, Any] = {
+            "tables": {qualify_table(name, DEFAULT_TABLE_SCHEMA): level
+                       for name, level in own.table_compatibility.items()},
+        }
+        for key in ("mode", "compatibility"):
+            value = getattr(own, key) or getattr(shared, key)
+            if value is not None:
+                settings[key] = value
+        return SchemaPolicy.from_dict(settings)
 
     def qualified_tables(self, default_schema: str) -> list[tuple[str, str]]:
         """``(schema, table)`` for every entry of ``tables``; an unqualified name gets ``default_schema``.
@@ -260,6 +363,14 @@ class SourceConfig(_ConfigModel):
             schema, dot, table = name.partition(".")
             pairs.append((schema, table) if dot else (default_schema, name))
         return pairs
+
+
+def describe_policy(policy: SchemaPolicy) -> str:
+    """``mode evolve, compatibility BACKWARD, per table: public.orders NONE`` (``config check``, the DAG's docs)."""
+    text = f"mode {policy.mode}, compatibility {policy.compatibility}"
+    if policy.tables:
+        text += ", per table: " + ", ".join(f"{table} {level}" for table, level in sorted(policy.tables.items()))
+    return text
 
 
 class RuleConfig(_ConfigModel):
@@ -293,6 +404,11 @@ class CdcConfig(_ConfigModel):
     sources: list[SourceConfig] = []
     rules: list[RuleConfig] = []
     suites: list[SuiteConfig] = []
+    schema_changes: SchemaChangesDefaults = SchemaChangesDefaults()
+
+    def schema_policy(self, source_id: str) -> SchemaPolicy:
+        """The effective schema policy of source ``source_id`` (:meth:`SourceConfig.schema_policy`)."""
+        return self.source(source_id).schema_policy(self.schema_changes)
 
     def connector(self, connector_id: str) -> ConnectorConfig:
         for connector in self.connectors:

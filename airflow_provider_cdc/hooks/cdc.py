@@ -27,6 +27,7 @@ from airflow_provider_cdc.staging import BatchStore
 if TYPE_CHECKING:
     from airflow_provider_cdc.config import CdcConfig, ConnectorConfig, SourceConfig
     from airflow_provider_cdc.connectors.base import ChangeProbe, Sink, Source
+    from airflow_provider_cdc.schema.policy import SchemaPolicy
 
 
 def provider_hook(connector_type: str, conn_id: str) -> BaseHook | None:
@@ -122,6 +123,11 @@ class CdcHook(BaseHook):
     @cached_property
     def sink_config(self) -> ConnectorConfig:
         return self.config.connector(self.source_config.sink)
+
+    @cached_property
+    def schema_policy(self) -> SchemaPolicy:
+        """What the sink's schema gate does with this source's schema changes (``schema_changes:`` of cdc.yaml)."""
+        return self.config.schema_policy(self.source_id)
 
     def source_dsn(self) -> str:
         return entry_dsn(self.config, self.source_config)

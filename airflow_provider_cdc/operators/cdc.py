@@ -5,11 +5,16 @@ Each is a thin, templated call into :mod:`airflow_provider_cdc.pipeline`; nothin
 directly. ``__init__`` only stores arguments (it runs at DAG parse); connections are opened in ``execute``. Every
 ``execute`` runs under :func:`~airflow_provider_cdc.operators.intent.fail_terminal_errors`: a terminal error fails
 the task at once, a transient one is retried.
+
+Schema changes: load and fused pass the source's schema policy (``schema_changes:`` of cdc.yaml) to the sink; load's
+summary carries the tables its batch held (``newly_held``) to commit, which fails the run for them once the
+position is stored (:class:`~airflow_provider_cdc.pipeline.TablesHeldError`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -102,28 +107,52 @@ class CdcLoadOperator(_CdcOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         with fail_terminal_errors():
-            sink = self.hook.get_sink()
+            hook = self.hook
+            sink = hook.get_sink()
             try:
-                return pipeline.load_stage(self.manifest_uri, sink, run_id=context["run_id"])
+                return pipeline.load_stage(self.manifest_uri, sink, run_id=context["run_id"],
+                                           policy=hook.schema_policy)
             finally:
                 sink.close()
 
 
 class CdcCommitOperator(_CdcOperator):
-    """Stores the batch's end position in ``cdc.position.<source_id>``, then acknowledges the source."""
+    """Stores the batch's end position in ``cdc.position.<source_id>``, then acknowledges the source; then fails
+    the task (terminal) when the load held a table from this batch on, and warns for each table still held.
 
-    template_fields: Sequence[str] = (*_CdcOperator.template_fields, "manifest_uri")
+    :param manifest_uri: the manifest load applied (templated)
+    :param newly_held: the load task's ``newly_held`` (table -> reason), as a mapping or as its JSON text (templated:
+        the DAG renders it from the load task's XCom)
+    """
 
-    def __init__(self, *, manifest_uri: str, **kwargs: Any) -> None:
+    template_fields: Sequence[str] = (*_CdcOperator.template_fields, "manifest_uri", "newly_held")
+
+    def __init__(self, *, manifest_uri: str, newly_held: Mapping[str, str] | str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.manifest_uri = manifest_uri
+        self.newly_held = newly_held
 
     def execute(self, context: Any) -> dict[str, Any]:
         with fail_terminal_errors(), self.connected() as (hook, source, sink):
             return pipeline.commit_stage(
                 self.manifest_uri, source, sink, hook.positions, hook.store,
                 retention_hours=hook.source_config.staging_retention_hours,
+                newly_held=held_tables_of(self.newly_held),
             )
+
+
+def held_tables_of(value: Mapping[str, str] | str | None) -> dict[str, str]:
+    """``newly_held`` as a mapping: rendered templates are text (JSON; empty or ``None`` when load had nothing)."""
+    if value is None or isinstance(value, Mapping):
+        return dict(value or {})
+    text = value.strip()
+    if text in ("", "None", "null"):
+        return {}
+    parsed = json.loads(text)
+    if not isinstance(parsed, dict):
+        raise ValueError(f"newly_held should be a JSON object of table -> reason, not {text[:200]!r}")
+    return {str(table): str(reason) for table, reason in parsed.items()}
 
 
 class CdcFusedOperator(_CdcOperator):
@@ -140,4 +169,5 @@ class CdcFusedOperator(_CdcOperator):
                 max_changes=self.max_changes or hook.source_config.batch_size,
                 run_id=context["run_id"],
                 stages=build_stages(hook.source_config, hook.config),
+                policy=hook.schema_policy,
             )

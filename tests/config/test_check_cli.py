@@ -66,11 +66,44 @@ def test_check_valid_config_prints_summary(tmp_path: Path) -> None:
         "connectors: 2",
         "sources: 2",
         "  cdc_postgres_main: postgresql, 2 tables -> warehouse, schedule @continuous",
+        "    schema changes: mode evolve, compatibility BACKWARD",
         "  cdc_shop: postgresql, 1 table -> warehouse, schedule */10 * * * *",
+        "    schema changes: mode evolve, compatibility BACKWARD",
         "sinks: 1",
         "  warehouse: postgresql, one transaction per batch, merge by key, soft delete",
         "rules: 1",
         "suites: 0",
+    ]
+
+
+def test_check_prints_each_sources_schema_policy(tmp_path: Path) -> None:
+    sources = SOURCES.replace("        sink: warehouse\n      - id: shop", """        sink: warehouse
+        schema_changes:
+          mode: lenient
+          table_compatibility: {orders: NONE, public.users: full_transitive}
+      - id: shop""") + "    schema_changes: {mode: stop, compatibility: FORWARD}\n"
+    config = write(tmp_path / "cfg", {"connectors.yaml": CONNECTORS, "cdc.yaml": sources})
+    result = run("check", "--offline", str(config), cwd=tmp_path, WAREHOUSE_URL="postgresql://u@wh/dwh")
+    assert (result.returncode, result.stderr) == (0, "")
+    lines = result.stdout.splitlines()
+    assert lines[3:7] == [
+        "  cdc_postgres_main: postgresql, 2 tables -> warehouse, schedule @continuous",
+        "    schema changes: mode lenient, compatibility FORWARD, per table: public.orders NONE, "
+        "public.users FULL_TRANSITIVE",
+        "  cdc_shop: postgresql, 1 table -> warehouse, schedule */10 * * * *",
+        "    schema changes: mode stop, compatibility FORWARD",
+    ]
+
+
+def test_check_reports_a_bad_schema_policy_with_file_and_key(tmp_path: Path) -> None:
+    sources = SOURCES.replace("        sink: warehouse\n      - id: shop",
+                              "        sink: warehouse\n        schema_changes: {mode: evolved}\n      - id: shop")
+    config = write(tmp_path / "cfg", {"connectors.yaml": CONNECTORS, "cdc.yaml": sources})
+    result = run("check", "--offline", str(config), cwd=tmp_path, WAREHOUSE_URL="postgresql://u@wh/dwh")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.splitlines() == [
+        "cdc.yaml: sources[0].schema_changes.mode: should be 'evolve', 'lenient', 'ignore' or 'stop' (got 'evolved')",
+        f"1 problem in {config}",
     ]
 
 

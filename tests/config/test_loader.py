@@ -492,3 +492,56 @@ def test_ledger_schema_is_optional(tmp_path: Path) -> None:
     assert load_config(tmp_path).sources[0].ledger_schema is None
     write(tmp_path, {"cdc.yaml": SOURCES + "        ledger_schema: cdc_meta\n"})
     assert load_config(tmp_path).sources[0].ledger_schema == "cdc_meta"
+
+
+# ------------------------------------------------------------------------------------------- schema changes
+
+
+def test_schema_changes_global_default_and_per_source(tmp_path: Path) -> None:
+    write(tmp_path, {"connectors.yaml": CONNECTORS, "cdc.yaml": SOURCES + """
+        schema_changes:
+          mode: lenient
+          table_compatibility: {orders: NONE}
+      - id: billing
+        type: postgresql
+        connector: postgres_main
+        tables: [invoices]
+        sink: warehouse
+        target_schema: billing
+    schema_changes:
+      compatibility: FULL
+"""})
+    config = load_config(tmp_path)
+    main, billing = config.schema_policy("postgres_main"), config.schema_policy("billing")
+    assert (main.mode, main.compatibility, dict(main.tables)) == ("lenient", "FULL", {"public.orders": "NONE"})
+    assert (billing.mode, billing.compatibility, dict(billing.tables)) == ("evolve", "FULL", {})
+
+
+def test_schema_changes_problems_name_file_and_key(tmp_path: Path) -> None:
+    write(tmp_path, {"connectors.yaml": CONNECTORS, "cdc.yaml": SOURCES + """
+        schema_changes:
+          mode: evolv
+          table_compatibility: {stock: FULL}
+    schema_changes:
+      compatibility: sideways
+      table_compatibility: {users: NONE}
+    schema_change: {mode: stop}
+"""})
+    assert lines_of(tmp_path) == [
+        "cdc.yaml: schema_change: unknown key; did you mean 'schema_changes'?",
+        "cdc.yaml: schema_changes.compatibility: should be 'BACKWARD', 'BACKWARD_TRANSITIVE', 'FORWARD', "
+        "'FORWARD_TRANSITIVE', 'FULL', 'FULL_TRANSITIVE' or 'NONE' (got 'sideways')",
+        "cdc.yaml: schema_changes.table_compatibility: is set per source: put it under that source's schema_changes",
+        "cdc.yaml: sources[0].schema_changes.mode: should be 'evolve', 'lenient', 'ignore' or 'stop' (got 'evolv')",
+    ]
+    # Once the mode is right, the table that is not the source's is reported too (after field checks pass).
+    write(tmp_path, {"cdc.yaml": SOURCES + "        schema_changes: {table_compatibility: {stock: FULL}}\n"})
+    assert lines_of(tmp_path) == [
+        "cdc.yaml: sources[0].schema_changes.table_compatibility.stock: public.stock is not one of this source's "
+        "tables (public.users, public.orders)",
+    ]
+
+
+def test_schema_changes_must_be_a_mapping(tmp_path: Path) -> None:
+    write(tmp_path, {"connectors.yaml": CONNECTORS, "cdc.yaml": SOURCES + "    schema_changes: evolve\n"})
+    assert lines_of(tmp_path) == ["cdc.yaml: schema_changes: should be a mapping of keys to values"]

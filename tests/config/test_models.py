@@ -238,3 +238,67 @@ def test_validation_error_does_not_echo_the_password() -> None:
     with pytest.raises(ValidationError) as exc:
         ConnectorConfig(id="wh", type="postgresql", conn_id="x", connection_string=f"postgresql://u:{SECRET}@h/db")
     assert SECRET not in str(exc.value)
+
+
+# ------------------------------------------------------------------------------------------- schema changes
+
+
+def test_schema_policy_defaults_to_evolve_backward_without_schema_changes() -> None:
+    policy = source().schema_policy()
+    assert (policy.mode, policy.compatibility, dict(policy.tables)) == ("evolve", "BACKWARD", {})
+
+
+def test_schema_policy_takes_the_sources_keys_then_the_global_ones() -> None:
+    from airflow_provider_cdc.config.models import SchemaChangesDefaults
+
+    src = source(tables=["users", "sales.orders"],
+                 schema_changes={"compatibility": "full_transitive",
+                                 "table_compatibility": {"users": "NONE", "sales.orders": "forward"}})
+    policy = src.schema_policy(SchemaChangesDefaults(mode="lenient", compatibility="FORWARD"))
+    assert policy.mode == "lenient"  # not set by the source: the global one
+    assert policy.compatibility == "FULL_TRANSITIVE"  # the source's own, in the registry's spelling
+    assert dict(policy.tables) == {"public.users": "NONE", "sales.orders": "FORWARD"}  # keys qualified like tables
+    assert policy.level("public.users") == "NONE" and policy.level("public.other") == "FULL_TRANSITIVE"
+    global_only = source().schema_policy(SchemaChangesDefaults(compatibility="FULL"))
+    assert (global_only.mode, global_only.compatibility) == ("evolve", "FULL")
+
+
+def test_cdc_config_gives_each_sources_effective_policy() -> None:
+    from airflow_provider_cdc.config.models import SchemaChangesDefaults
+
+    config = CdcConfig(directory=Path("/cfg"), sources=[source(schema_changes={"mode": "stop"})],
+                       schema_changes=SchemaChangesDefaults(compatibility="NONE"))
+    policy = config.schema_policy("orders")
+    assert (policy.mode, policy.compatibility) == ("stop", "NONE")
+
+
+@pytest.mark.parametrize(
+    ("schema_changes", "loc", "message"),
+    [
+        ({"mode": "strict"}, ("schema_changes", "mode"), "Input should be 'evolve', 'lenient', 'ignore' or 'stop'"),
+        ({"compatibility": "BACKWRD"}, ("schema_changes", "compatibility"),
+         "Input should be 'BACKWARD', 'BACKWARD_TRANSITIVE', 'FORWARD', 'FORWARD_TRANSITIVE', 'FULL', "
+         "'FULL_TRANSITIVE' or 'NONE'"),
+        ({"table_compatibility": {"users": "SOMETIMES"}}, ("schema_changes", "table_compatibility", "users"),
+         "Input should be 'BACKWARD', 'BACKWARD_TRANSITIVE', 'FORWARD', 'FORWARD_TRANSITIVE', 'FULL', "
+         "'FULL_TRANSITIVE' or 'NONE'"),
+        ({"table_compatibility": {"orders": "FULL"}}, ("schema_changes", "table_compatibility", "orders"),
+         "public.orders is not one of this source's tables (public.users)"),
+        ({"modes": "evolve"}, ("schema_changes", "modes"), "Extra inputs are not permitted"),
+    ],
+)
+def test_schema_changes_rejects(schema_changes: dict[str, object], loc: tuple[object, ...], message: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        source(schema_changes=schema_changes)
+    assert errors_of(exc) == {loc: message}
+
+
+def test_table_compatibility_names_each_table_once() -> None:
+    with pytest.raises(ValidationError) as exc:
+        source(tables=["users", "orders"],
+               schema_changes={"table_compatibility": {"users": "FULL", "public.users": "NONE", "stock": "NONE"}})
+    assert errors_of(exc) == {
+        ("schema_changes", "table_compatibility", "public.users"): "the same table as 'users': give it once",
+        ("schema_changes", "table_compatibility", "stock"):
+            "public.stock is not one of this source's tables (public.users, public.orders)",
+    }

@@ -8,6 +8,7 @@ run id.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from cdc_testing import (
 )
 
 from airflow_provider_cdc import stages
+from airflow_provider_cdc.dag_factory import build_dags
 from airflow_provider_cdc.errors import CdcError, SinkError, SourceError
 from airflow_provider_cdc.operators.cdc import (
     CdcCaptureOperator,
@@ -33,8 +35,10 @@ from airflow_provider_cdc.operators.cdc import (
     CdcFusedOperator,
     CdcLoadOperator,
     CdcStageOperator,
+    held_tables_of,
 )
 from airflow_provider_cdc.operators.intent import fail_terminal_errors
+from airflow_provider_cdc.pipeline import SchemaChangeHeldWarning
 from airflow_provider_cdc.positions import PositionStore
 
 
@@ -89,15 +93,14 @@ class Shop:
     def load(self, manifest_uri: str, run_id: str) -> dict:
         return CdcLoadOperator(task_id="load", manifest_uri=manifest_uri, **self.common).execute({"run_id": run_id})
 
-    def commit(self, manifest_uri: str, run_id: str) -> dict:
-        return CdcCommitOperator(task_id="commit", manifest_uri=manifest_uri, **self.common).execute(
-            {"run_id": run_id}
-        )
+    def commit(self, manifest_uri: str, run_id: str, newly_held: dict | str | None = None) -> dict:
+        return CdcCommitOperator(task_id="commit", manifest_uri=manifest_uri, newly_held=newly_held,
+                                 **self.common).execute({"run_id": run_id})
 
     def run(self, run_id: str) -> tuple[dict, dict, dict]:
         captured = self.capture(run_id)
         loaded = self.load(captured["manifest_uri"], run_id)
-        return captured, loaded, self.commit(captured["manifest_uri"], run_id)
+        return captured, loaded, self.commit(captured["manifest_uri"], run_id, loaded["newly_held"])
 
     def position(self) -> dict | None:
         return PositionStore().get_document(self.source_id)
@@ -291,3 +294,71 @@ def test_an_unreachable_sink_is_a_transient_error(shop: Shop):
 
     assert not isinstance(raised.value, AirflowFailException)  # retried by Airflow, with backoff
     assert isinstance(raised.value, (CdcError, OSError, psycopg.Error))
+
+
+# --- schema changes -------------------------------------------------------------------------------------------
+
+
+def test_load_applies_the_sources_policy_and_commit_fails_once_for_the_table_it_held(shop: Shop):
+    write_config(Path(shop.config_dir), source_id=shop.source_id, source_url=shop.source_url, sink_url=shop.sink_url,
+                 tables=["users", "orders"], extra="schema_changes: {mode: stop}\n")
+    shop.run("scheduled__1")
+    shop.execute("ALTER TABLE users ADD COLUMN nickname text")  # compatible, but mode stop holds any change
+    shop.execute("UPDATE users SET nickname = 'nick' WHERE id = 1")
+    shop.execute("UPDATE orders SET status = 'paid' WHERE id = 1")
+
+    captured = shop.capture("scheduled__2")
+    loaded = shop.load(captured["manifest_uri"], "scheduled__2")
+    assert list(loaded["newly_held"]) == ["public.users"] and "mode stop" in loaded["newly_held"]["public.users"]
+    with pytest.raises(AirflowFailException) as raised:  # as the DAG renders it: JSON text from load's XCom
+        shop.commit(captured["manifest_uri"], "scheduled__2", json.dumps(loaded["newly_held"]))
+    message = str(raised.value)
+    assert f"schema accept {shop.source_id}.public.users" in message and "mode stop" in message
+    assert shop.position()["batch_id"] == captured["batch_id"]  # committed before failing
+    assert shop.slot_lsn() == shop.position()["lsn"]
+    assert_same_rows(shop.source_url, shop.sink_url, "orders")
+
+    shop.execute("UPDATE orders SET status = 'shipped' WHERE id = 2")
+    with pytest.warns(SchemaChangeHeldWarning, match=r"public\.users is still held"):
+        captured, loaded, committed = shop.run("scheduled__3")
+    assert loaded["newly_held"] == {} and list(committed["held_tables"]) == ["public.users"]
+    assert_same_rows(shop.source_url, shop.sink_url, "orders")
+
+
+def test_fused_operator_fails_once_for_a_held_table_then_warns(shop: Shop):
+    write_config(Path(shop.config_dir), source_id=shop.source_id, source_url=shop.source_url, sink_url=shop.sink_url,
+                 tables=["users", "orders"], mode="fused", extra="schema_changes: {mode: stop}\n")
+    fused = CdcFusedOperator(task_id="fused", **shop.common)
+    fused.execute({"run_id": "manual__1"})
+    shop.execute("ALTER TABLE orders ADD COLUMN note text")
+    shop.execute("UPDATE orders SET note = 'x' WHERE id = 1")
+    with pytest.raises(AirflowFailException, match=r"public\.orders"):
+        fused.execute({"run_id": "manual__2"})
+    shop.execute("UPDATE users SET name = 'flows' WHERE id = 1")
+    with pytest.warns(SchemaChangeHeldWarning, match=r"public\.orders is still held"):
+        summary = fused.execute({"run_id": "manual__3"})
+    assert list(summary["held_tables"]) == ["public.orders"]
+    assert_same_rows(shop.source_url, shop.sink_url, "users")
+
+
+def test_the_dags_commit_task_reads_newly_held_from_the_load_tasks_xcom(tmp_path: Path):
+    config_dir = write_config(tmp_path / "config", source_id="shop", source_url="postgresql://h/src",
+                              sink_url="postgresql://h/dst", tables=["users"])
+    dag = build_dags(config_dir)["cdc_shop"]
+    commit = dag.get_task("commit")
+    assert "newly_held" in commit.template_fields
+
+    class LoadXcom:  # what ``ti.xcom_pull(task_ids='load')`` returns in a run: the load task's summary
+        def __init__(self, value):
+            self.value = value
+
+        def xcom_pull(self, task_ids):
+            assert task_ids == "load"
+            return self.value
+
+    template = dag.get_template_env().from_string(commit.newly_held)
+    held = {"public.users": "schema change of shop.public.users refused: 'quoted' \"reason\""}
+    for value, expected in [({"newly_held": held}, held), ({"empty": True, "newly_held": {}}, {}),
+                            ({"empty": True}, {}), (None, {})]:
+        rendered = template.render(ti=LoadXcom(value))
+        assert held_tables_of(rendered) == expected, rendered
