@@ -15,6 +15,7 @@ import sys
 import psycopg
 import pytest
 from cdc_testing import assert_ledger_consistent, table_rows
+
 from e2e.test_pg_edge_cases import Env, dags_test_cli, scalar, sink_columns
 
 pytestmark = pytest.mark.timeout(600)
