@@ -358,7 +358,9 @@ def accept_lines(planned: Mapping[str, Any], policy: SchemaPolicy) -> list[str]:
         f"accept the held version{'s' if len(planned['held_versions']) != 1 else ''} {versions} of "
         f"{planned['subject']} (held because: {reason})",
         f"migrate the sink table of {planned['table']} to the newest version (schema_changes mode {policy.mode}); "
-        "a type change converts the values already there, or the accept fails and changes nothing",
+        "a type change converts the values already there with a plain cast, or the accept fails and changes "
+        "nothing. A type change rewrites the source's rows without logging them: if the source converted with an "
+        "expression other than a cast (ALTER ... TYPE ... USING f(col)), only a re-snapshot of the table is exact",
         f"replay the {planned['held_events']} held change{'s' if planned['held_events'] != 1 else ''} of "
         f"{planned['held_batches']} batch{'es' if planned['held_batches'] != 1 else ''} exactly once, then stop "
         f"holding {planned['table']}: its changes flow again from the next run",
