@@ -34,6 +34,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from airflow_provider_cdc.errors import CdcError
 from airflow_provider_cdc.events import ChangeBatch
 from airflow_provider_cdc.schema.avro import avro_schema, schema_key
 from airflow_provider_cdc.schema.compatibility import check
@@ -194,6 +195,14 @@ def describe_change(before: TableSchema | None, after: TableSchema) -> str:
     return ", ".join(parts) or "no column change"
 
 
+def recreated_columns(before: TableSchema, after: TableSchema) -> list[str]:
+    """Columns ``after`` has under a name ``before`` has, but with another identity (ordinal): dropped and added
+    again, so every row's old value is gone at the source."""
+    ordinals = {col.name: col.ordinal for col in before.columns}
+    return [col.name for col in after.columns
+            if col.ordinal is not None and ordinals.get(col.name) not in (None, col.ordinal)]
+
+
 def lenient_table(sink: TableSchema, source: TableSchema) -> TableSchema:
     """``lenient``: the source's columns (new ones nullable, a renamed one as a new column) plus every column the
     sink had that the source no longer has under that name (kept, nullable)."""
@@ -231,6 +240,12 @@ def _evaluate(policy: SchemaPolicy, registry: Registry, subject: str, table: str
     history = [(version.version, version.schema) for version in registry.versions(subject)]
     if policy.mode == "stop":
         return "mode stop refuses every change of an existing table", "held", change.after, level, {}
+    again = recreated_columns(previous_sink, change.after)
+    if again and policy.mode != "ignore":
+        return (f"column{'s' if len(again) > 1 else ''} {', '.join(again)} {'were' if len(again) > 1 else 'was'} "
+                "dropped and added again at the source: its rows now hold the new column's default, which the "
+                "change stream does not carry, while the sink's rows hold the old values. Only a re-snapshot of the "
+                "table is exact"), "held", change.after, level, {}
     if policy.mode == "evolve":
         result = check(doc, history, level)
         return (None if result.compatible else result.describe()), "applied", change.after, level, result.to_dict()
@@ -391,6 +406,12 @@ def _follow_sink_table(decision: GateDecision, table: str, subject: str) -> None
         batch.tables[table] = projected
 
 
+class AcceptRefusedError(CdcError):
+    """``schema accept`` cannot make the sink table faithful; the message says why and names the re-snapshot."""
+
+    terminal = True
+
+
 @dataclasses.dataclass
 class AcceptPlan:
     """What ``schema accept`` does to one held table."""
@@ -427,6 +448,12 @@ def plan_accept(source_id: str, table: str, versions: Iterable[SchemaVersion], c
         target = previous
     else:
         target = source_table
+    again = recreated_columns(previous, target) if previous is not None else []
+    if again:
+        raise AcceptRefusedError(
+            f"{subject}: {', '.join(again)} dropped and added again at the source, so the sink's older rows hold "
+            f"values the source no longer has and the change stream cannot say which; an accept would keep them. "
+            f"Re-snapshot the table instead: python -m airflow_provider_cdc resnapshot {source_id} --table {table}")
     registrations = []
     for version in registry.versions(subject):
         if version.status == "held":

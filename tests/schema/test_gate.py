@@ -498,3 +498,28 @@ def test_a_tables_own_level_overrides_the_sources() -> None:
     stricter = SchemaPolicy(mode="evolve", compatibility="NONE", tables={T: "FORWARD"})
     held = decide(change_batch(CHANGES["widen int to long"]), first_versions(), {}, stricter)
     assert "compatibility FORWARD" in held.held[T]
+
+
+@pytest.mark.parametrize("mode", ["evolve", "lenient"])
+def test_a_column_dropped_and_added_again_holds_the_table_and_accept_refuses_it(mode):
+    """Same name, new identity (ordinal): the source's rows now hold the new column's default, which the stream
+    never carries, so following the change would keep the old values in the sink's older rows."""
+    first = decide(batch_of([("c", 1, item(1, name="a", qty="1", total="1", score="1"))], ITEMS), [], {})
+    again = with_columns(QTY, TOTAL, SCORE, dataclasses.replace(NAME, ordinal=6, backfill="fresh"))
+    change = SchemaChange(T, 2, again, before=ITEMS)
+    decision = decide(batch_of([("u", 3, item(1, name="b", qty="1", total="1", score="1"))], again,
+                               schema_changes=[change]), first.registrations, {}, SchemaPolicy(mode=mode))
+    assert list(decision.held) == [T]
+    assert "dropped and added again" in decision.held[T] and "name" in decision.held[T]
+    with pytest.raises(gate.AcceptRefusedError, match="Re-snapshot the table instead: python -m "
+                                                      "airflow_provider_cdc resnapshot shop --table public.items"):
+        plan_accept("shop", T, first.registrations + decision.registrations, decision.chunks, SchemaPolicy(mode=mode))
+
+
+def test_ignore_does_not_hold_a_column_dropped_and_added_again():
+    first = decide(batch_of([("c", 1, item(1, name="a", qty="1", total="1", score="1"))], ITEMS), [], {})
+    again = with_columns(QTY, TOTAL, SCORE, dataclasses.replace(NAME, ordinal=6))
+    decision = decide(batch_of([("u", 3, item(1, name="b", qty="1", total="1", score="1"))], again,
+                               schema_changes=[SchemaChange(T, 2, again, before=ITEMS)]),
+                      first.registrations, {}, SchemaPolicy(mode="ignore"))
+    assert decision.held == {}
