@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import psycopg
 import pytest
@@ -13,6 +14,8 @@ from airflow_provider_cdc.connectors.postgres.source import PgSource
 from airflow_provider_cdc.errors import PositionLostError, is_terminal
 
 TABLES = [("public", "items")]
+# Slot names are cluster-wide: one per test process, so that tests running side by side never share one.
+SLOT = f"cdc_probe_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 
 
 @pytest.fixture
@@ -23,8 +26,8 @@ def items(pg_database):
 
 
 def both(url: str):
-    source = PgSource(url, source_id="t", tables=TABLES, slot_name="cdc_t", publication_name="cdc_t_pub")
-    probe = PgChangeProbe(url, source_id="t", tables=["public.items"], slot_name="cdc_t",
+    source = PgSource(url, source_id="t", tables=TABLES, slot_name=SLOT, publication_name="cdc_t_pub")
+    probe = PgChangeProbe(url, source_id="t", tables=["public.items"], slot_name=SLOT,
                           publication_name="cdc_t_pub")
     return source, probe
 
@@ -61,10 +64,10 @@ def test_probe_and_has_changes_agree_idle_change_snapshot_and_lost_slot(items):
         assert answers(source, probe, batch.position_to) == [True, True]
         foreign = {**position, "system_id": "1"}
         assert answers(source, probe, foreign) == [PositionLostError, PositionLostError]
-        assert source.discard_position_holder().startswith("replication slot cdc_t (it was at ")
+        assert source.discard_position_holder().startswith(f"replication slot {SLOT} (it was at ")
         assert not source.holds_position() and source.discard_position_holder() is None
         assert answers(source, probe, position) == [PositionLostError, PositionLostError]
-        with pytest.raises(PositionLostError, match="replication slot 'cdc_t' was dropped") as lost:
+        with pytest.raises(PositionLostError, match=f"replication slot '{SLOT}' was dropped") as lost:
             asyncio.run(probe.has_changes_after(position))
         assert is_terminal(lost.value)
     finally:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import psycopg
 import pytest
 
 from airflow_provider_cdc.connectors.postgres.source import PgSource
 from airflow_provider_cdc.errors import PositionLostError, SourceError
 
+# Slot names are cluster-wide: one per test process, so that tests running side by side never share one.
+SLOT = f"cdc_t_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 
 def make_source(url: str, tables=(("public", "items"),), **kwargs) -> PgSource:
-    return PgSource(url, source_id="t", tables=list(tables), slot_name="cdc_t", publication_name="cdc_t_pub", **kwargs)
+    return PgSource(url, source_id="t", tables=list(tables), slot_name=SLOT, publication_name="cdc_t_pub", **kwargs)
 
 
 @pytest.fixture
@@ -47,7 +51,7 @@ def test_prepare_creates_publication_and_slot(items):
 
 def test_prepare_refuses_what_it_may_not_create_and_bad_tables(items):
     with make_source(items, create_slot=False) as source:
-        with pytest.raises(SourceError, match="replication slot 'cdc_t' does not exist.*create_slot: true"):
+        with pytest.raises(SourceError, match=f"replication slot '{SLOT}' does not exist.*create_slot: true"):
             source.prepare()
     with make_source(items, tables=[("public", "nope")]) as source:
         with pytest.raises(SourceError, match=r"tables not found: public\.nope"):
@@ -174,8 +178,8 @@ def test_lost_positions_are_clear_errors(items):
         source.acknowledge(batch.position_to)
         with pytest.raises(PositionLostError, match="past the stored position"):
             source.capture(position, 1000)
-        execute(items, "SELECT pg_drop_replication_slot('cdc_t')")
-        with pytest.raises(PositionLostError, match="replication slot .cdc_t. was dropped.*resnapshot t"):
+        execute(items, f"SELECT pg_drop_replication_slot('{SLOT}')")
+        with pytest.raises(PositionLostError, match=f"replication slot .{SLOT}. was dropped.*resnapshot t"):
             source.capture(batch.position_to, 1000)
 
 
@@ -242,7 +246,7 @@ def test_user_publication_row_filter_reaches_the_snapshot_and_column_lists_are_r
             "INSERT INTO f SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, 'v' || g"
             " FROM generate_series(1, 10) g",
             "CREATE PUBLICATION eu_only FOR TABLE f WHERE (region = 'eu')")
-    source = PgSource(pg_database, source_id="t", tables=[("public", "f")], slot_name="cdc_t",
+    source = PgSource(pg_database, source_id="t", tables=[("public", "f")], slot_name=SLOT,
                       publication_name="eu_only", create_publication=False)
     with source:
         source.prepare()
