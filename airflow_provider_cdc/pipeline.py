@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_cdc.connectors.base import Position, PositionStore, Sink, Source
 from airflow_provider_cdc.errors import CdcError, PositionLostError
 from airflow_provider_cdc.events import ChangeBatch
+from airflow_provider_cdc.schema.gate import resume_commands
 from airflow_provider_cdc.stages import Stage, apply_stages
 from airflow_provider_cdc.staging import BatchStore
 
@@ -183,15 +184,6 @@ class LoadNotCommittedError(CdcError):
             f"source {source_id!r}: batch {batch_id} is not in the sink ledger, so its load did not commit; "
             "the position stays where it is. Clear the load task to apply it."
         )
-
-
-COMMAND = "python -m airflow_provider_cdc"
-
-
-def resume_commands(source_id: str, table: str) -> str:
-    """How a held table flows again: accept its held changes, or re-snapshot it (discarding them)."""
-    return (f"resume with: {COMMAND} schema accept {source_id}.{table} (replays its held changes), or "
-            f"{COMMAND} resnapshot {source_id} --table {table} (discards them and reads the table anew)")
 
 
 def held_message(source_id: str, table: str, reason: str) -> str:

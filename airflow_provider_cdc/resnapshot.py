@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_cdc.config.models import DEFAULT_TABLE_SCHEMA
 from airflow_provider_cdc.errors import CdcError
 from airflow_provider_cdc.positions import position_key
+from airflow_provider_cdc.schema.gate import COMMAND
 
 if TYPE_CHECKING:
     from airflow_provider_cdc.connectors.base import Position, Sink, Source
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("airflow_provider_cdc.resnapshot")
 
-COMMAND = "python -m airflow_provider_cdc"
 # Purge staged batches "older than" one hour in the future: every one of them, including one written this second.
 _PURGE_ALL_HOURS = -1.0
 

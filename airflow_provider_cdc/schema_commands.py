@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cdc.config.models import DEFAULT_TABLE_SCHEMA
 from airflow_provider_cdc.errors import CdcError
-from airflow_provider_cdc.resnapshot import COMMAND, CommandError, confirm, qualify_tables, refuse_while_running
+from airflow_provider_cdc.resnapshot import CommandError, confirm, qualify_tables, refuse_while_running
+from airflow_provider_cdc.schema.gate import COMMAND
 
 if TYPE_CHECKING:
     from airflow_provider_cdc.config import CdcConfig, SourceConfig

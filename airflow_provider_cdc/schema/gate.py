@@ -160,13 +160,21 @@ class GateDecision:
                                      if change.table != table or change.seq <= self.high_water]
 
 
+COMMAND = "python -m airflow_provider_cdc"
+
+
+def resume_commands(source_id: str, table: str) -> str:
+    """How a held table flows again: accept its held changes, or re-snapshot it (discarding them)."""
+    return (f"resume with: {COMMAND} schema accept {subject_of(source_id, table)} (replays its held changes), or "
+            f"{COMMAND} resnapshot {source_id} --table {table} (discards them and reads the table anew)")
+
+
 def _hold_message(subject: str, change: str, policy: SchemaPolicy, level: str, detail: str, table: str,
                   source_id: str) -> str:
     extra = [text for hook in IMPACT_HOOKS if (text := hook(source_id, table))]
     return (f"schema change of {subject} ({change}) refused under schema_changes mode {policy.mode}, compatibility "
-            f"{level}: {detail}. Its changes are held in the sink, not lost; the other tables keep flowing. Resume "
-            f"with: python -m airflow_provider_cdc schema accept {subject} (or re-snapshot the table: python -m "
-            f"airflow_provider_cdc resnapshot {source_id} --table {table})" + "".join(f". {text}" for text in extra))
+            f"{level}: {detail}. Its changes are held in the sink, not lost; the other tables keep flowing; "
+            f"{resume_commands(source_id, table)}" + "".join(f". {text}" for text in extra))
 
 
 def describe_change(before: TableSchema | None, after: TableSchema) -> str:

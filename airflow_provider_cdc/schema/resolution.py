@@ -15,7 +15,9 @@ Before-images (``_cdc_before:<column>``) and the list of unchanged columns follo
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from airflow_provider_cdc.events import BEFORE_PREFIX
 from airflow_provider_cdc.tables import RESERVED_PREFIX, TableSchema
@@ -57,8 +59,7 @@ def resolve_table(events: pa.Table, writer: TableSchema, reader: TableSchema, *,
         read_as)
     if "_cdc_unchanged" in present and remapped:
         index = fields.index(events.schema.field("_cdc_unchanged"))
-        arrays[index] = pa.array([None if names is None else [read_as[name] for name in names if name in read_as]
-                                  for names in events["_cdc_unchanged"].to_pylist()], pa.list_(pa.string()))
+        arrays[index] = _rename_in_lists(events["_cdc_unchanged"].combine_chunks(), read_as)
     defaults = {col.name: col.backfill for col in reader.columns} if use_defaults else {}
     has_before = any(name.startswith(BEFORE_PREFIX) for name in present)
     for prefix in ("", BEFORE_PREFIX) if has_before else ("",):
@@ -67,6 +68,20 @@ def resolve_table(events: pa.Table, writer: TableSchema, reader: TableSchema, *,
                 arrays.append(events[prefix + source])
             else:
                 default = defaults.get(name)
-                arrays.append(pa.array([default] * n, pa.string()) if default is not None else pa.nulls(n, pa.string()))
+                arrays.append(pa.repeat(pa.scalar(default, pa.string()), n) if default is not None
+                              else pa.nulls(n, pa.string()))
             fields.append(pa.field(prefix + name, pa.string()))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _rename_in_lists(lists: pa.ListArray, read_as: dict[str, str]) -> pa.ListArray:
+    """Each list of column names with every name mapped through ``read_as``, names it lacks left out; NULL lists
+    stay NULL. Columnar: one lookup over all the names, then the lists rebuilt from their parents' counts."""
+    names = pc.list_flatten(lists)
+    parents = pc.list_parent_indices(lists)
+    index = pc.index_in(names, value_set=pa.array(list(read_as), pa.string()))
+    kept = pc.is_valid(index)
+    renamed = pc.take(pa.array(list(read_as.values()), pa.string()), index.filter(kept))
+    counts = np.bincount(parents.filter(kept).to_numpy(zero_copy_only=False), minlength=len(lists))
+    offsets = pa.array(np.concatenate(([0], np.cumsum(counts))), pa.int32())
+    return pa.ListArray.from_arrays(offsets, renamed, mask=lists.is_null())
