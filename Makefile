@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 # Test processes (pytest-xdist): the servers' tests run side by side; PYTEST_WORKERS=0 runs in this process.
 PYTEST_WORKERS ?= 2
 
-.PHONY: venv lint test demo bench clean distclean system-deps
+.PHONY: venv lint test demo bench clean distclean system-deps test-servers
 
 venv: $(STAMP)
 
@@ -67,7 +67,20 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: venv lint
+# The MariaDB tests start a private mariadbd (scripts/private_mariadb.py) from Debian's mariadb-server.
+test-servers:
+	@if ! command -v mariadbd >/dev/null && [ ! -x /usr/sbin/mariadbd ]; then \
+	    if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+	        echo "installing mariadb-server (the MariaDB tests run a private mariadbd)"; \
+	        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	            mariadb-server; \
+	    else \
+	        echo "warning: mariadbd is missing; the MariaDB tests will skip (fail with CI=true)." \
+	             "Install it: sudo apt-get install -y mariadb-server"; \
+	    fi; \
+	fi
+
+test: venv lint test-servers
 	@bash scripts/ensure_pg15_logical.sh || echo "warning: the machine's PostgreSQL is not ready for logical decoding; its tests will skip (fail with CI=true)"
 	$(VPY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 

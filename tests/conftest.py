@@ -247,3 +247,120 @@ def pg_database_factory(pg_server: PgServer) -> Callable[..., str]:
 def pg_database(pg_database_factory: Callable[..., str]) -> str:
     """The URL of one fresh database on ``pg_server`` (dropped, with its slots, after the test)."""
     return pg_database_factory()
+
+
+# --- MariaDB (a private server with row binlog) --------------------------------------------------------------
+
+
+def _load_private_mariadb():
+    """Import scripts/private_mariadb.py (scripts/ is not a package)."""
+    import importlib.util
+
+    if "private_mariadb" in sys.modules:
+        return sys.modules["private_mariadb"]
+    spec = importlib.util.spec_from_file_location("private_mariadb", REPO_ROOT / "scripts" / "private_mariadb.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["private_mariadb"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class MariaDBServer:
+    """A running MariaDB with row binlog: ``url(database)`` gives a ``mysql://`` URL."""
+
+    base_url: str
+    version: str = ""
+    host: str = ""
+    port: int = 0
+    _handle: object | None = field(default=None, repr=False)
+
+    def url(self, database: str = "") -> str:
+        parts = urlsplit(self.base_url)
+        return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+    def connect(self, database: str | None = None, **kwargs):
+        import pymysql
+
+        parts = urlsplit(self.base_url)
+        return pymysql.connect(host=parts.hostname, port=parts.port or 3306, user=parts.username or "root",
+                               password=parts.password or "", database=database, autocommit=True,
+                               charset="utf8mb4", **kwargs)
+
+    def restart(self, *, kill: bool = False) -> None:
+        """Stop and start the private server again (for server-restart tests); not possible for an external one."""
+        if self._handle is None:
+            pytest.skip("the MariaDB server is external (CDC_TEST_MARIADB_URL): it cannot be restarted here")
+        self._handle.stop(kill=kill)
+        self._handle.start()
+
+
+def _probe_mariadb(server: MariaDBServer) -> None:
+    import pymysql
+
+    try:
+        conn = server.connect()
+    except pymysql.err.MySQLError as exc:
+        require_server("mariadb", f"cannot connect to {_redact(server.base_url)}: {exc}")
+        return
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT VERSION(), @@log_bin, @@binlog_format, @@binlog_row_image")
+        version, log_bin, binlog_format, row_image = cur.fetchone()
+    server.version = version
+    parts = urlsplit(server.base_url)
+    server.host, server.port = parts.hostname or "", parts.port or 3306
+    if not log_bin or binlog_format != "ROW" or row_image != "FULL":
+        require_server("mariadb", f"{_redact(server.base_url)} has log_bin={log_bin}, binlog_format={binlog_format}, "
+                                  f"binlog_row_image={row_image}; a CDC source needs 1, ROW and FULL")
+
+
+@pytest.fixture(scope="session")
+def mariadb_server():
+    """A MariaDB with row binlog: env ``CDC_TEST_MARIADB_URL`` if set, else a private ``mariadbd`` (one per test
+    process) on a temporary data directory and a free port (scripts/private_mariadb.py)."""
+    external = os.environ.get("CDC_TEST_MARIADB_URL")
+    if external:
+        server = MariaDBServer(external)
+        _probe_mariadb(server)
+        yield server
+        return
+    workdir = tempfile.mkdtemp(prefix="cdc-test-mariadb-")
+    handle = None
+    try:
+        try:
+            module = _load_private_mariadb()
+            handle = module.PrivateMariaDB(Path(workdir) / "data")
+            handle.start()
+        except Exception as exc:  # any failure to start means "server unavailable"
+            require_server("mariadb", f"a private mariadbd did not start: {exc}")
+        server = MariaDBServer(handle.url(), _handle=handle)
+        _probe_mariadb(server)
+        yield server
+    finally:
+        if handle is not None:
+            handle.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def mariadb_database_factory(mariadb_server: MariaDBServer) -> Callable[..., str]:
+    """Call it to get the URL of a fresh, uniquely named database on ``mariadb_server`` (dropped after the test)."""
+    created: list[str] = []
+
+    def make(prefix: str = "cdc_test") -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        with mariadb_server.connect() as conn, conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        created.append(name)
+        return mariadb_server.url(name)
+
+    yield make
+    with mariadb_server.connect() as conn, conn.cursor() as cur:
+        for name in created:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.fixture
+def mariadb_database(mariadb_database_factory: Callable[..., str]) -> str:
+    """The URL of one fresh database on ``mariadb_server``."""
+    return mariadb_database_factory()

@@ -53,14 +53,6 @@ def publication_option(publication_name: str) -> str:
     return '"' + publication_name.replace('"', '""') + '"'
 
 
-def pending_work(position: dict[str, Any] | None, tables: list[str]) -> bool:
-    """Work that needs no look at the slot: no position yet, a snapshot pending, or configured tables not captured
-    yet (they get a snapshot)."""
-    if position is None or position.get("snapshot") is not None:
-        return True
-    return "tables" in position and sorted(position["tables"]) != sorted(tables)
-
-
 def position_check_sql(with_identity: bool) -> str:
     """One row: the slot (NULLs when it is gone), the server's WAL end, and its identity when readable."""
     identity = ("(SELECT system_identifier::text FROM pg_control_system()),"

@@ -23,13 +23,13 @@ import pyarrow.compute as pc
 
 from airflow_provider_cdc.connectors.postgres import pgoutput
 from airflow_provider_cdc.connectors.postgres.catalog import Catalog
-from airflow_provider_cdc.connectors.postgres.schemas import (
+from airflow_provider_cdc.connectors.postgres.values import portable_table
+from airflow_provider_cdc.connectors.schemas import (
     fingerprint_hash,
     remembered,
     seen_fingerprint,
     seen_schema,
 )
-from airflow_provider_cdc.connectors.postgres.values import portable_table
 from airflow_provider_cdc.errors import CdcError
 from airflow_provider_cdc.events import BEFORE_PREFIX, OP_TRUNCATE, TableChangesBuilder, batch_schema, concat_tables
 from airflow_provider_cdc.tables import SchemaChange, TableSchema

@@ -12,25 +12,24 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from airflow_provider_cdc.connectors.postgres import pgoutput
 from airflow_provider_cdc.connectors.postgres.catalog import Catalog
-from airflow_provider_cdc.connectors.postgres.schemas import (
+from airflow_provider_cdc.connectors.postgres.values import portable_table
+from airflow_provider_cdc.connectors.schemas import (
     fingerprint_hash,
     remembered,
     seen_fingerprint,
     seen_schema,
 )
-from airflow_provider_cdc.connectors.postgres.values import portable_table
 from airflow_provider_cdc.events import (
-    BEFORE_PREFIX,
     OP_CREATE,
     OP_DELETE,
     OP_TRUNCATE,
     OP_UPDATE,
     ChangeBatch,
     TableChangesBuilder,
+    align,
     concat_tables,
     make_batch_id,
 )
@@ -40,30 +39,6 @@ if TYPE_CHECKING:
     from airflow_provider_cdc.connectors.postgres.columnar import ColumnarResult
 
 log = logging.getLogger("airflow_provider_cdc.source.postgres")
-
-
-def align(table: pa.Table, old: TableSchema, new: TableSchema) -> pa.Table:
-    """Changes written under ``old`` columns, renamed and filled to ``new`` ones by column identity (ordinal).
-
-    A column renamed in between takes its new name; a column added in between gets the value rows older than it
-    hold (its backfill); a column dropped in between stays, for the sink to keep."""
-    by_ordinal = {c.ordinal: c for c in new.columns if c.ordinal is not None}
-    names = list(table.column_names)
-    old_names = set(old.column_names)
-    for col in old.columns:
-        target = by_ordinal.get(col.ordinal) if col.ordinal is not None else None
-        if target is not None and target.name != col.name and target.name not in old_names:
-            for prefix in ("", BEFORE_PREFIX):
-                if prefix + col.name in names:
-                    names[names.index(prefix + col.name)] = prefix + target.name
-    table = table.rename_columns(names)
-    for col in new.columns:
-        if col.name not in table.column_names:
-            values = pa.array([col.backfill] * table.num_rows, pa.string())
-            # Truncate rows carry no row image.
-            values = pc.if_else(pc.equal(table["_cdc_op"], OP_TRUNCATE), None, values)
-            table = table.append_column(col.name, values)
-    return table
 
 
 class StreamDecoder:

@@ -20,10 +20,10 @@ from airflow_provider_cdc.connectors.postgres.checks import (
     PROBE_SQL,
     check_position,
     commits_after,
-    pending_work,
     position_check_sql,
     publication_option,
 )
+from airflow_provider_cdc.connectors.table_tracking import pending_work
 from airflow_provider_cdc.errors import SourceError
 
 

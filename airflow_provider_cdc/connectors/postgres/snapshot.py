@@ -27,15 +27,14 @@ from psycopg import sql
 
 from airflow_provider_cdc.connectors.postgres import pgoutput
 from airflow_provider_cdc.connectors.postgres.catalog import Catalog
-from airflow_provider_cdc.connectors.postgres.decoder import align
-from airflow_provider_cdc.connectors.postgres.schemas import (
+from airflow_provider_cdc.connectors.postgres.values import pg_input_scalar, portable_table, to_pg_input
+from airflow_provider_cdc.connectors.schemas import (
     fingerprint_hash,
     remembered,
     seen_fingerprint,
     seen_schema,
 )
-from airflow_provider_cdc.connectors.postgres.values import pg_input_scalar, portable_table, to_pg_input
-from airflow_provider_cdc.events import OP_READ, ChangeBatch, concat_tables, make_batch_id
+from airflow_provider_cdc.events import OP_READ, ChangeBatch, align, concat_tables, make_batch_id
 from airflow_provider_cdc.tables import SchemaChange, TableSchema
 
 log = logging.getLogger("airflow_provider_cdc.source.postgres")

@@ -39,7 +39,6 @@ from airflow_provider_cdc.connectors.postgres.checks import (
     SlotState,
     check_position,
     commits_after,
-    pending_work,
     position_check_sql,
     publication_option,
     slot_state_of,
@@ -47,6 +46,7 @@ from airflow_provider_cdc.connectors.postgres.checks import (
 from airflow_provider_cdc.connectors.postgres.publication import PublicationSetup
 from airflow_provider_cdc.connectors.postgres.snapshot import SnapshotCapture
 from airflow_provider_cdc.connectors.postgres.stream import StreamCapture
+from airflow_provider_cdc.connectors.table_tracking import pending_work, queue_snapshot, reconcile
 from airflow_provider_cdc.errors import PositionLostError, SourceError, TableRefusedError
 from airflow_provider_cdc.events import ChangeBatch
 
@@ -274,56 +274,11 @@ class PgSource(PublicationSetup, StreamCapture, SnapshotCapture):
 
     def resnapshot_position(self, position: dict[str, Any], tables: list[str]) -> dict[str, Any]:
         """``position`` with ``tables`` queued for a new snapshot (the other tables keep streaming)."""
-        position = self._reconcile(position)
-        pending = list(position.get("snapshot", {}).get("pending", []))
-        after = position.get("snapshot", {}).get("after")
-        for name in tables:
-            if name not in self.qualified_tables:
-                raise SourceError(self.source_id, f"table {name} is not in this source's 'tables'")
-            if name in pending:
-                if pending[0] == name:
-                    after = None  # start that table over
-                continue
-            pending.append(name)
-        position["snapshot"] = {"pending": pending, "after": after}
-        return position
+        return queue_snapshot(self._reconcile(position), tables, self.qualified_tables, source_id=self.source_id)
 
     def _reconcile(self, position: dict[str, Any]) -> dict[str, Any]:
-        """Bring a stored position in line with the configured tables: new ones get a snapshot, removed ones stop.
-
-        Pending snapshots are remembered by table name, so editing ``tables`` mid-snapshot skips nothing."""
-        position = {k: v for k, v in position.items() if k != "from_ledger"}
-        configured = self.qualified_tables
-        captured = position.get("tables")
-        snapshot = position.get("snapshot")
-        if snapshot is not None and "pending" not in snapshot:  # older positions: a list index
-            snapshot = {"pending": configured[snapshot.get("table", 0):], "after": snapshot.get("after")}
-        if captured is None:
-            captured = [t for t in configured]
-        pending = list(snapshot["pending"]) if snapshot else []
-        after = snapshot["after"] if snapshot else None
-        added = [t for t in configured if t not in captured]
-        removed = [t for t in captured if t not in configured]
-        if added:
-            if self.snapshot_mode == "initial":
-                log.info("source %s: tables %s were added to the configuration: each gets its own snapshot while "
-                         "the other tables keep streaming", self.source_id, ", ".join(added))
-                pending += [t for t in added if t not in pending]
-            else:
-                log.info("source %s: tables %s were added (snapshot: never): streaming their changes from now on",
-                         self.source_id, ", ".join(added))
-        if removed:
-            log.info("source %s: tables %s were removed from the configuration: they stop flowing (their sink tables "
-                     "are kept)", self.source_id, ", ".join(removed))
-        if pending and pending[0] not in configured:
-            after = None
-        pending = [t for t in pending if t in configured]
-        position["tables"] = configured
-        if pending:
-            position["snapshot"] = {"pending": pending, "after": after}
-        else:
-            position.pop("snapshot", None)
-        return position
+        """Bring a stored position in line with the configured tables: new ones get a snapshot, removed ones stop."""
+        return reconcile(position, self.qualified_tables, snapshot_mode=self.snapshot_mode, source_id=self.source_id)
 
     def _check_position(self, position: dict[str, Any]) -> SlotState:
         """The slot's state once ``position`` is known to be valid on this server; else PositionLostError."""

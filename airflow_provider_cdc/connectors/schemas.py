@@ -1,4 +1,4 @@
-"""How a PostgreSQL position remembers each table's schema, shared by both decoders and the snapshot.
+"""How a position remembers each table's schema (every source: the stream decoders and the snapshots).
 
 The position keeps, per table, a fingerprint (to notice a change) and the columns themselves, so that the next
 batch's schema event has a ``before``: a rename is told from a drop by the column's ordinal.
