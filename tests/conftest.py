@@ -287,6 +287,23 @@ class MariaDBServer:
                                password=parts.password or "", database=database, autocommit=True,
                                charset="utf8mb4", **kwargs)
 
+    def purge_binlogs(self, timeout: float = 30.0) -> str:
+        """Start a new binlog and purge every older one (as binlog expiry would); returns the file left. MariaDB
+        keeps a file until InnoDB's binlog checkpoint passes it, so this retries until the old files are gone."""
+        deadline = time.monotonic() + timeout
+        with self.connect() as conn, conn.cursor() as cur:
+            while True:
+                cur.execute("FLUSH BINARY LOGS")
+                cur.execute("SHOW BINARY LOGS")
+                files = [row[0] for row in cur.fetchall()]
+                cur.execute(f"PURGE BINARY LOGS TO '{files[-1]}'")
+                cur.execute("SHOW BINARY LOGS")
+                if len(cur.fetchall()) == 1:
+                    return files[-1]
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"could not purge the binlogs before {files[-1]} in {timeout:.0f} s")
+                time.sleep(0.2)
+
     def restart(self, *, kill: bool = False) -> None:
         """Stop and start the private server again (for server-restart tests); not possible for an external one."""
         if self._handle is None:

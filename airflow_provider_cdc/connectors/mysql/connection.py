@@ -8,7 +8,7 @@ reader gets the same keywords (:func:`connect_kwargs`), so its control connectio
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, unquote_plus, urlsplit, urlunsplit
 
 import pymysql
 
@@ -17,7 +17,7 @@ DEFAULT_PORT = 3306
 # sql_mode without NO_ZERO_DATE and friends: the sink must be able to store what a source stored, and with
 # NO_BACKSLASH_ESCAPES unset the driver's own escaping stays correct.
 SESSION_SQL_MODE = "STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION"
-_SCHEMES = ("mysql", "mariadb", "mysql+mysqldb", "mysql+pymysql", "mariadb+mariadbconnector")
+_SCHEMES = ("mysql", "mariadb", "mysql+mysqldb", "mysql+pymysql", "mysql+mysqlconnector", "mariadb+mariadbconnector")
 # URL query parameters the driver understands (anything else an Airflow Connection carries is dropped).
 _INT_PARAMS = {"connect_timeout", "read_timeout", "write_timeout"}
 _STR_PARAMS = {"unix_socket", "ssl_ca", "ssl_cert", "ssl_key"}
@@ -46,6 +46,24 @@ def connect_kwargs(url: str) -> dict[str, Any]:
             kwargs[key] = value
     kwargs.setdefault("connect_timeout", 10)
     return kwargs
+
+
+def normalize_uri(uri: str) -> str:
+    """A ``mysql://`` URL from ``MySqlHook.get_uri()``: any driver scheme becomes ``mysql://``, and the user, password
+    and database, which the hook encodes with ``quote_plus`` (a space as ``+``), are re-encoded with ``%20``."""
+    parts = urlsplit(uri)
+    if parts.scheme not in _SCHEMES:
+        return uri
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    if parts.username is not None:
+        auth = quote(unquote_plus(parts.username), safe="")
+        if parts.password is not None:
+            auth += ":" + quote(unquote_plus(parts.password), safe="")
+        netloc = f"{auth}@{netloc}"
+    path = "/" + quote(unquote_plus(parts.path.lstrip("/")), safe="") if parts.path.strip("/") else ""
+    return urlunsplit(("mysql", netloc, path, parts.query, ""))
 
 
 def database_of(url: str) -> str:

@@ -171,10 +171,9 @@ def parse(statement: str) -> DdlEffect:
                 effect.tables += [old, new]
             return effect
         if words[0] == "DROP":
-            i = _skip(tokens, 1, "TEMPORARY")
-            if words[i] != "TABLE":
+            if words[1] != "TABLE":  # DROP TEMPORARY TABLE: a session's own table, never captured
                 return DdlEffect("other")
-            i = _skip(tokens, i + 1, "IF")
+            i = _skip(tokens, 2, "IF")
             i = _skip(tokens, i, "EXISTS")
             effect = DdlEffect("drop")
             for clause in _clauses(tokens[i:]):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_cdc.connectors.mysql.connection import database_of
+from airflow_provider_cdc.connectors.mysql.connection import database_of, normalize_uri
 from airflow_provider_cdc.connectors.mysql.options import MySqlSourceOptions
 from airflow_provider_cdc.connectors.mysql.sink import CAPABILITIES
 from airflow_provider_cdc.connectors.registry import AirflowHookRef, ConnectorFactory
@@ -74,5 +74,6 @@ FACTORY = ConnectorFactory(
     source=make_source,
     sink=make_sink,
     probe=make_probe,
+    normalize_uri=normalize_uri,
     check_sources=check_sources,
 )

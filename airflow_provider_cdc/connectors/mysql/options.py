@@ -30,7 +30,7 @@ class MySqlSourceOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    server_id: int | None = Field(None, ge=1, le=4_294_967_295)
+    server_id: int | None = Field(default=None, ge=1, le=4_294_967_295)
     position_mode: Literal["file", "gtid"] = "file"
     zero_dates: Literal["null", "refuse"] = "null"
 

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pymysql
 
 from airflow_provider_cdc.connectors.mysql.connection import MYSQL_DIALECT, qualified, quote_name
-from airflow_provider_cdc.connectors.mysql.types import snapshot_formatter
+from airflow_provider_cdc.connectors.mysql.types import snapshot_formatter, snapshot_select_expr
 from airflow_provider_cdc.connectors.schemas import fingerprint_hash, seen_fingerprint, seen_schema
 from airflow_provider_cdc.events import OP_READ, ChangeBatch, TableChangesBuilder, align, concat_tables, make_batch_id
 from airflow_provider_cdc.tables import Column, SchemaChange, TableSchema
@@ -58,7 +58,7 @@ def read_page(conn: pymysql.Connection, table: TableSchema, after: list[str] | N
     if after is not None:
         where = f" WHERE ({order}) > ({', '.join(['%s'] * len(key))})"
         params = [key_input(v, c) for v, c in zip(after, key)]
-    columns = ", ".join(quote_name(c) for c in table.column_names)
+    columns = ", ".join(snapshot_select_expr(c) for c in table.columns)
     query = (f"SELECT {columns} FROM {qualified(table.schema, table.name)}{where} ORDER BY {order} "
              f"LIMIT {int(limit)}")
     formats = [snapshot_formatter(c, zero_dates=zero_dates,

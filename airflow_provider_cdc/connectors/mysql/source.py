@@ -33,7 +33,7 @@ from typing import Any
 
 import pymysql
 
-from airflow_provider_cdc.connectors.mysql.catalog import read_tables, refusal
+from airflow_provider_cdc.connectors.mysql.catalog import caveats, read_catalog, read_tables, refusals
 from airflow_provider_cdc.connectors.mysql.checks import (
     BinlogState,
     behind_end,
@@ -105,7 +105,8 @@ class MySqlSource:
         state = binlog_state(self.conn, self.source_id)
         if position is not None:
             check_position(position, state, self.source_id)
-        found = read_tables(self.conn, self.tables)
+        catalog = read_catalog(self.conn, self.tables)
+        found = {name: entry.schema for name, entry in catalog.items()}
         known = set((position or {}).get("tables", []))
         missing = [name for name in self.qualified_tables if name not in found]
         never_seen = [name for name in missing if name not in known]
@@ -116,10 +117,13 @@ class MySqlSource:
             log.warning("source %s: table %s no longer exists at the source (dropped or renamed); it stops flowing, "
                         "its sink table is kept, and the other tables keep flowing. Remove it from 'tables' in "
                         "cdc.yaml.", self.source_id, name)
-        refused = {name: reason for name, reason in ((n, refusal(s)) for n, s in found.items()) if reason}
+        refused = refusals(catalog.values())
         if refused:
             raise TableRefusedError(self.source_id, "cannot capture " + "; ".join(
-                f"{name}: {reason}" for name, reason in refused.items()))
+                f"{name}: {reason}" for name, reason in refused.items()) + ". Nothing was read.")
+        for entry in catalog.values():
+            for note in caveats(entry.schema, entry.info):
+                log.warning("source %s: %s", self.source_id, note)
 
     # -- positions --------------------------------------------------------------------------------------------
 

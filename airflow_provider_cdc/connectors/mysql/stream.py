@@ -37,7 +37,14 @@ from airflow_provider_cdc.connectors.mysql import ddl_parse
 from airflow_provider_cdc.connectors.mysql.catalog import read_tables
 from airflow_provider_cdc.connectors.mysql.checks import is_position_lost
 from airflow_provider_cdc.connectors.mysql.connection import MYSQL_DIALECT, connect_kwargs
-from airflow_provider_cdc.connectors.mysql.types import binlog_formatter, column_from_binlog, table_map_matches
+from airflow_provider_cdc.connectors.mysql.types import (
+    ZeroDateError,
+    bind_table_map,
+    binlog_formatter,
+    restore_binlog_values,
+    schema_from_binlog,
+    table_map_matches,
+)
 from airflow_provider_cdc.connectors.schemas import fingerprint_hash, remembered, seen_fingerprint, seen_schema
 from airflow_provider_cdc.errors import PositionLostError, SourceError
 from airflow_provider_cdc.events import (
@@ -324,7 +331,7 @@ class BinlogBatch:
         else:
             # The table changed again since these rows were written: only the table map tells their columns. A
             # column added in between has a default the binlog does not tell (a sink must stop, not guess).
-            binlog_columns = [column_from_binlog(c) for c in columns]
+            binlog_columns = schema_from_binlog(db, table, columns).columns
             key = {c.name for c in (catalog.columns if catalog else ()) if c.primary_key}
             base = TableSchema(db, table, tuple(
                 dataclasses.replace(c, primary_key=c.name in key or c.primary_key,
@@ -359,22 +366,38 @@ class BinlogBatch:
             self.in_tx = True
             self.tx_ts = int(event.timestamp) * 1000
         schema = self._schema_for(name, event.columns)
+        # Before the rows are parsed (lazily, on the first read of ``rows``): exact codecs, the catalog's labels.
+        bind_table_map(schema, event.columns)
         formats = self._formatters(schema)
         names = schema.column_names
 
-        def image(values: dict[str, Any]) -> list[str | None]:
-            return [fmt(values.get(col)) for fmt, col in zip(formats, names)]
+        def image(values: dict[str, Any], none_sources: dict[str, str]) -> list[str | None]:
+            restore_binlog_values(values, none_sources)
+            try:
+                return [fmt(values.get(col)) for fmt, col in zip(formats, names)]
+            except ZeroDateError as exc:
+                key = {c: values.get(c) for c in schema.primary_key}
+                raise SourceError(self.source_id, f"{exc} in the row with key {key} (binlog {self.file}, transaction "
+                                  f"{self.tx_id}); options.zero_dates: null loads NULL instead", table=name) from exc
 
+        try:
+            rows = event.rows
+        except ValueError as exc:  # a value the library cannot decode (an invalid date such as 2024-02-31)
+            raise SourceError(self.source_id, f"the binlog has a value that cannot be read ({exc}) near {self.file}, "
+                              f"transaction {self.tx_id}; fix the row at the source, then re-snapshot the table "
+                              f"(python -m airflow_provider_cdc resnapshot {self.source_id} --table {name})",
+                              table=name) from exc
         if isinstance(event, WriteRowsEvent):
-            for row in event.rows:
-                self.pending.append(_Row(OP_CREATE, name, schema, image(row["values"]), None))
+            for row in rows:
+                self.pending.append(_Row(OP_CREATE, name, schema, image(row["values"], row["none_sources"]), None))
         elif isinstance(event, DeleteRowsEvent):
-            for row in event.rows:
-                self.pending.append(_Row(OP_DELETE, name, schema, image(row["values"]), None))
+            for row in rows:
+                self.pending.append(_Row(OP_DELETE, name, schema, image(row["values"], row["none_sources"]), None))
         else:
-            for row in event.rows:
-                self.pending.append(_Row(OP_UPDATE, name, schema, image(row["after_values"]),
-                                         image(row["before_values"])))
+            for row in rows:
+                self.pending.append(_Row(OP_UPDATE, name, schema,
+                                         image(row["after_values"], row["after_none_sources"]),
+                                         image(row["before_values"], row["before_none_sources"])))
 
     # -- transactions -----------------------------------------------------------------------------------------
 
@@ -419,6 +442,7 @@ class BinlogBatch:
             self.seq += 1
             builder.append(OP_UPDATE, self.seq, ts, tx, position, row.after)
             return
+        assert row.after is not None  # inserts and deletes carry their row
         self.seq += 1
         builder.append(row.op, self.seq, ts, tx, position, row.after)
 
