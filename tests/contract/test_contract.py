@@ -1,8 +1,10 @@
 """One scenario suite over every (source, sink) pair: what the connector contract promises, proved on real servers.
 
-Today: PostgreSQL (15 and 18) into PostgreSQL and into a Delta Lake table. Each scenario changes the source, runs
-the pipeline's own functions (capture → load → commit, with an in-memory position store), and compares the sink with
-the source row for row as Python values, so that a typed sink and a text sink are held to the same standard.
+Here: PostgreSQL (15 and 18) into PostgreSQL, into a Delta Lake table and into MariaDB; MariaDB as the source is in
+``test_contract_mariadb_source.py``, which reuses :class:`Pair` and :class:`MemoryPositions`. Each scenario changes
+the source, runs the pipeline's own functions (capture → load → commit, with an in-memory position store), and
+compares the sink with the source row for row as Python values, so that a typed sink and a text sink are held to the
+same standard.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from airflow_provider_cdc.connectors.registry import make_source
 from airflow_provider_cdc.errors import CdcError
 from airflow_provider_cdc.pipeline import TablesHeldError
 from airflow_provider_cdc.tables import Column
-from contract.pairs import SinkUnderTest, delta_sink, pg_rows, postgres_sink
+from contract.pairs import SinkUnderTest, delta_sink, mariadb_sink, pg_rows, postgres_sink
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -56,17 +58,24 @@ class MemoryPositions:
 
 
 class Pair:
-    """A PostgreSQL source database and one sink, run through the pipeline's stage functions."""
+    """A source database and one sink, run through the pipeline's stage functions.
+
+    This class is the PostgreSQL source; another source subclasses it with its own ``source_type``, :meth:`sql`,
+    :meth:`columns` and :meth:`source_rows` (how it changes its database and reads it back as Python values)."""
+
+    source_type = "postgresql"
+    source_schema = "public"  # where the source tables live (a MySQL source: its database)
 
     def __init__(self, source_url: str, sink: SinkUnderTest, *, delete_mode: str = "hard",
-                 tables: list[str] = TABLES) -> None:
+                 tables: list[str] = TABLES, batch_size: int = 10_000, options: dict[str, Any] | None = None) -> None:
         self.url = source_url
         self.under_test = sink
         self.source_id = unique_id("contract")
         self.target_schema = f"t_{self.source_id}"
         self.config = SourceConfig(
-            id=self.source_id, type="postgresql", connection_string=source_url, tables=tables,
-            sink="warehouse", target_schema=self.target_schema, delete_mode=delete_mode, batch_size=10_000,
+            id=self.source_id, type=self.source_type, connection_string=source_url, tables=tables,
+            sink="warehouse", target_schema=self.target_schema, delete_mode=delete_mode, batch_size=batch_size,
+            options=options or {},
         )
         self.positions = MemoryPositions()
         self.source = make_source(self.config, source_url)
@@ -75,6 +84,8 @@ class Pair:
     def close(self) -> None:
         self.source.close()
         self.sink.close()
+        if self.under_test.drop is not None:
+            self.under_test.drop(self.target_schema)
 
     def sql(self, statement: str, params: Any = None) -> None:
         with psycopg.connect(self.url, autocommit=True) as conn:
@@ -84,14 +95,21 @@ class Pair:
         """Runs until a batch is empty and no snapshot is pending; returns the number of changes loaded."""
         loaded = 0
         for _ in range(20):
-            summary = pipeline.run_fused(self.source, self.sink, self.positions, max_changes=10_000)
+            summary = pipeline.run_fused(self.source, self.sink, self.positions, max_changes=self.config.batch_size)
             loaded += summary["change_count"]
             if summary["change_count"] == 0 and "snapshot" not in (self.positions.get(self.source_id) or {}):
                 return loaded
         raise AssertionError("the source did not drain in 20 runs")
 
     def capture(self):
-        return pipeline.capture_batch(self.source, self.sink, self.positions, 10_000)
+        return pipeline.capture_batch(self.source, self.sink, self.positions, self.config.batch_size)
+
+    def table(self, name: str) -> str:
+        """The batch's name of a source table (``schema.table``)."""
+        return f"{self.source_schema}.{name}"
+
+    def source_rows(self, table: str, columns: list[Column]) -> list[dict[str, Any]]:
+        return pg_rows(self.url, self.source_schema, table, columns)
 
     def columns(self, table: str) -> list[Column]:
         with psycopg.connect(self.url) as conn:
@@ -103,7 +121,7 @@ class Pair:
 
     def assert_same(self, table: str) -> int:
         columns = self.columns(table)
-        expected = pg_rows(self.url, "public", table, columns)
+        expected = self.source_rows(table, columns)
         got = self.under_test.read(self.target_schema, table, columns, True)
         expected.sort(key=repr)
         got.sort(key=repr)
@@ -111,10 +129,14 @@ class Pair:
         return len(expected)
 
 
-@pytest.fixture(params=["postgresql", "delta"])
+@pytest.fixture(params=["postgresql", "delta", "mariadb"])
 def sink_under_test(request, pg_database_factory, tmp_path) -> SinkUnderTest:
     if request.param == "postgresql":
         return postgres_sink(pg_database_factory("contract_sink"))
+    if request.param == "mariadb":
+        # A MariaDB sink writes into the database named by target_schema (it creates it); the URL's database is
+        # only where it connects.
+        return mariadb_sink(request.getfixturevalue("mariadb_database_factory")("contract_sink"))
     return delta_sink(tmp_path / "lake")
 
 

@@ -24,8 +24,9 @@ import pyarrow.compute as pc
 import pymysql
 
 from airflow_provider_cdc.connectors.mysql.connection import MYSQL_DIALECT, qualified, quote_name
-from airflow_provider_cdc.connectors.mysql.types import snapshot_formatter, snapshot_select_expr
+from airflow_provider_cdc.connectors.mysql.types import ZeroDateError, snapshot_formatter, snapshot_select_expr
 from airflow_provider_cdc.connectors.schemas import fingerprint_hash, seen_fingerprint, seen_schema
+from airflow_provider_cdc.errors import TableRefusedError
 from airflow_provider_cdc.events import OP_READ, ChangeBatch, TableChangesBuilder, align, concat_tables, make_batch_id
 from airflow_provider_cdc.tables import Column, SchemaChange, TableSchema
 
@@ -49,7 +50,7 @@ def key_input(text: str | None, column: Column) -> Any:
 
 
 def read_page(conn: pymysql.Connection, table: TableSchema, after: list[str] | None, limit: int, *,
-              zero_dates: str, on_zero_date: Any = None) -> list[list[str | None]]:
+              zero_dates: str, on_zero_date: Any = None, source_id: str = "") -> list[list[str | None]]:
     """One keyset page of ``table`` in the portable form: the rows after key ``after``, in key order."""
     key = [c for c in table.columns if c.primary_key]
     order = ", ".join(quote_name(c.name) for c in key)
@@ -63,9 +64,18 @@ def read_page(conn: pymysql.Connection, table: TableSchema, after: list[str] | N
              f"LIMIT {int(limit)}")
     formats = [snapshot_formatter(c, zero_dates=zero_dates,
                                   on_zero_date=on_zero_date) for c in table.columns]
+    key_at = [i for i, c in enumerate(table.columns) if c.primary_key]
+    out: list[list[str | None]] = []
     with conn.cursor(pymysql.cursors.SSCursor) as cur:
         cur.execute(query, params)
-        return [[fmt(v) for fmt, v in zip(formats, row)] for row in cur]
+        for row in cur:
+            try:
+                out.append([fmt(v) for fmt, v in zip(formats, row)])
+            except ZeroDateError as exc:
+                row_key = {table.columns[i].name: row[i] for i in key_at}
+                raise TableRefusedError(source_id, f"{exc} in the row with key {row_key} (snapshot); options.zero_dates: "
+                                        "null loads NULL instead", table=table.qualified_name) from exc
+    return out
 
 
 def unread_rows(conn: pymysql.Connection, schema: TableSchema, changes: pa.Table, after: list[str]) -> list[int]:
@@ -146,7 +156,17 @@ def add_snapshot_pages(conn: pymysql.Connection, stream: ChangeBatch, max_change
                                                schemas.get(name) or seen_schema(schemas_seen.get(name)), ts_ms, where))
         schemas_seen[name] = entry
         schemas[name] = table_schema
-        rows = read_page(conn, table_schema, after, remaining, zero_dates=zero_dates)
+        zeros: dict[str, int] = {}
+
+        def count_zero(column: str, raw: Any, zeros: dict[str, int] = zeros) -> None:
+            zeros[column] = zeros.get(column, 0) + 1
+
+        rows = read_page(conn, table_schema, after, remaining, zero_dates=zero_dates, source_id=source_id,
+                         on_zero_date=count_zero)
+        for column, count in sorted(zeros.items()):
+            log.warning("source %s: %d zero dates (0000-00-00 or a zero month or day) in %s.%s became NULL "
+                        "(options.zero_dates: null; 'refuse' stops at the first one instead)", source_id, count,
+                        name, column)
         if rows:
             builder = TableChangesBuilder(table_schema)
             for row in rows:

@@ -46,7 +46,7 @@ from airflow_provider_cdc.connectors.mysql.types import (
     table_map_matches,
 )
 from airflow_provider_cdc.connectors.schemas import fingerprint_hash, remembered, seen_fingerprint, seen_schema
-from airflow_provider_cdc.errors import PositionLostError, SourceError
+from airflow_provider_cdc.errors import PositionLostError, SourceError, TableRefusedError
 from airflow_provider_cdc.events import (
     OP_CREATE,
     OP_DELETE,
@@ -320,7 +320,11 @@ class BinlogBatch:
         """The schema rows of ``name`` were written under (see the module docstring)."""
         entry = self.schemas_seen.get(name)
         current = self.current.get(name) or seen_schema(entry)
-        if current is not None and table_map_matches(current, columns):
+        ids, _ = identity_map(entry if isinstance(entry, dict) else None)
+        # A DDL statement may have renamed or dropped columns since the schema was remembered (``ids`` then no
+        # longer agrees with it): a column dropped and added again looks the same in a table map, yet is new.
+        if current is not None and all(ids.get(c.name) == c.ordinal for c in current.columns) and \
+                table_map_matches(current, columns):
             self.current[name] = current
             return current
         db, _, table = name.partition(".")
@@ -377,16 +381,17 @@ class BinlogBatch:
                 return [fmt(values.get(col)) for fmt, col in zip(formats, names)]
             except ZeroDateError as exc:
                 key = {c: values.get(c) for c in schema.primary_key}
-                raise SourceError(self.source_id, f"{exc} in the row with key {key} (binlog {self.file}, transaction "
-                                  f"{self.tx_id}); options.zero_dates: null loads NULL instead", table=name) from exc
+                raise TableRefusedError(self.source_id, f"{exc} in the row with key {key} (binlog {self.file}, "
+                                        f"transaction {self.tx_id}); options.zero_dates: null loads NULL instead",
+                                        table=name) from exc
 
         try:
             rows = event.rows
         except ValueError as exc:  # a value the library cannot decode (an invalid date such as 2024-02-31)
-            raise SourceError(self.source_id, f"the binlog has a value that cannot be read ({exc}) near {self.file}, "
-                              f"transaction {self.tx_id}; fix the row at the source, then re-snapshot the table "
-                              f"(python -m airflow_provider_cdc resnapshot {self.source_id} --table {name})",
-                              table=name) from exc
+            raise TableRefusedError(self.source_id, f"the binlog has a value that cannot be read ({exc}) near "
+                                    f"{self.file}, transaction {self.tx_id}; fix the row at the source, then "
+                                    f"re-snapshot the table (python -m airflow_provider_cdc resnapshot "
+                                    f"{self.source_id} --table {name})", table=name) from exc
         if isinstance(event, WriteRowsEvent):
             for row in rows:
                 self.pending.append(_Row(OP_CREATE, name, schema, image(row["values"], row["none_sources"]), None))
