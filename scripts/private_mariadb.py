@@ -123,6 +123,11 @@ class PrivateMariaDB:
         return f"mysql://root@{HOST}:{self.port}/{database}"
 
     @property
+    def tmpdir(self) -> Path:
+        """A temporary directory of its own: servers set up side by side must not share /tmp's temporary tables."""
+        return self.datadir.parent / f"{self.datadir.name}.tmp"
+
+    @property
     def pid_file(self) -> Path:
         return self.datadir / PID_NAME
 
@@ -145,10 +150,12 @@ class PrivateMariaDB:
         if self.port is None:
             self.port = free_port()
         (self.datadir / PORT_NAME).write_text(str(self.port))
+        self.tmpdir.mkdir(parents=True, exist_ok=True)
         args = [
             find_binary("mariadbd", "mysqld"), "--no-defaults", f"--datadir={self.datadir}", "--user=root",
             f"--port={self.port}", f"--bind-address={HOST}", f"--socket={self.datadir / SOCKET_NAME}",
-            f"--pid-file={self.pid_file}", f"--log-error={self.log_file}", *SOURCE_SETTINGS,
+            f"--pid-file={self.pid_file}", f"--log-error={self.log_file}", f"--tmpdir={self.tmpdir}",
+            *SOURCE_SETTINGS,
             *(FAST_SETTINGS if self.fast else []), *self.extra_args,
         ]
         if os.geteuid() != 0:
@@ -190,8 +197,9 @@ class PrivateMariaDB:
 
     def _install_db(self) -> None:
         # ``normal`` root authentication: root@localhost/127.0.0.1 without a password, reachable over TCP.
+        self.tmpdir.mkdir(parents=True, exist_ok=True)
         args = [find_binary("mariadb-install-db", "mysql_install_db"), "--no-defaults", f"--datadir={self.datadir}",
-                "--auth-root-authentication-method=normal", "--skip-test-db"]
+                "--auth-root-authentication-method=normal", "--skip-test-db", f"--tmpdir={self.tmpdir}"]
         if os.geteuid() == 0:
             args.append("--user=root")
         result = subprocess.run(args, capture_output=True, text=True, timeout=300)
