@@ -94,8 +94,8 @@ def canonical_type(type_text: str) -> str:
     if not match:
         return text
     base, mod, suffix, arrays = match["base"].strip(), match["mod"], match["suffix"].strip(), match["arrays"]
-    if base in ("timestamp", "time") and not suffix:
-        suffix = "without time zone"
+    if base in ("timestamp", "time"):
+        suffix = suffix or "without time zone"
     elif base in ("timestamptz", "timetz"):
         base, suffix = base[:-2], "with time zone"
     else:

@@ -523,6 +523,10 @@ def column_types(url: str, table: str) -> dict[str, str]:
 def test_type_widening_helpers():
     assert canonical_type("varchar(10)") == "character varying(10)"
     assert canonical_type("timestamptz(3)") == "timestamp(3) with time zone"
+    # As the sink's catalog prints them: a source of another dialect is mapped to the short spellings.
+    assert canonical_type("timestamp with time zone") == canonical_type("timestamptz")
+    assert canonical_type("timestamp(6) with time zone") == canonical_type("timestamptz(6)")
+    assert canonical_type("time without time zone") == canonical_type("time")
     assert canonical_type("int4[]") == "integer[]"
     safe = [("numeric(6,2)", "numeric(12,4)"), ("numeric(6,2)", "numeric"), ("smallint", "integer"),
             ("integer", "bigint"), ("bigint", "numeric"), ("integer", "numeric(12,2)"), ("real", "double precision"),
