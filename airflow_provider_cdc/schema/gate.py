@@ -163,6 +163,24 @@ class GateDecision:
 COMMAND = "python -m airflow_provider_cdc"
 
 
+def log_held(decision: GateDecision, sink_id: str, kept_in: str, logger: logging.Logger) -> None:
+    """One line per held table of a committed batch, saying what the sink did with its changes (kept in
+    ``kept_in``, not applied). The gate logged each new hold with its reason when it decided."""
+    batch = decision.batch
+    for chunk in decision.chunks:
+        if chunk.table in decision.held:
+            logger.error("sink %s: table %s is held from batch %s on: its %d changes (seq %d-%d) are kept in %s, "
+                         "not applied, until python -m airflow_provider_cdc schema accept %s (or a re-snapshot of "
+                         "the table). The other tables keep flowing.", sink_id, chunk.table, batch.batch_id,
+                         chunk.rows, chunk.seq_from, chunk.seq_to, kept_in, subject_of(batch.source_id, chunk.table))
+        else:
+            logger.error("sink %s, batch %s: %d changes of held table %s are not applied, kept in %s (%s)", sink_id,
+                         batch.batch_id, chunk.rows, chunk.table, kept_in, decision.all_held.get(chunk.table))
+    for table in decision.held.keys() - {chunk.table for chunk in decision.chunks}:
+        logger.error("sink %s: table %s is held from batch %s on (no changes of it in this batch). The other "
+                     "tables keep flowing.", sink_id, table, batch.batch_id)
+
+
 def resume_commands(source_id: str, table: str) -> str:
     """How a held table flows again: accept its held changes, or re-snapshot it (discarding them)."""
     return (f"resume with: {COMMAND} schema accept {subject_of(source_id, table)} (replays its held changes), or "

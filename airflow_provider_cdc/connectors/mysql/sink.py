@@ -60,7 +60,15 @@ from airflow_provider_cdc.connectors.mysql.sink_storage import (
 from airflow_provider_cdc.connectors.mysql.sink_types import NOPAD_BINARY_COLLATIONS, identifier_problem
 from airflow_provider_cdc.errors import SinkError
 from airflow_provider_cdc.events import ChangeBatch
-from airflow_provider_cdc.schema.gate import AcceptPlan, GateDecision, HeldChunk, decide, describe_change, plan_accept
+from airflow_provider_cdc.schema.gate import (
+    AcceptPlan,
+    GateDecision,
+    HeldChunk,
+    decide,
+    describe_change,
+    log_held,
+    plan_accept,
+)
 from airflow_provider_cdc.schema.policy import DEFAULT_POLICY, SchemaPolicy
 from airflow_provider_cdc.schema.registry import Registry, SchemaVersion, subject_of
 from airflow_provider_cdc.tables import TableSchema
@@ -280,7 +288,7 @@ class MySqlSink(SinkStorage, TableDdl, RowMerge):
                 result.skipped_replayed, result.schema_changes, result.seconds,
             )
             if decision is not None:
-                self._log_held(decision)
+                log_held(decision, self.sink_id, f"{self.ledger_schema}.{HELD_CHANGES_TABLE}", log)
         else:
             log.info("sink %s: batch %s is already in the ledger; nothing to do", self.sink_id, batch.batch_id)
         return result
@@ -349,25 +357,6 @@ class MySqlSink(SinkStorage, TableDdl, RowMerge):
         if decision.held:
             self._store_held(cur, decision.batch.source_id, decision.held, decision.batch.batch_id)
         self._store_chunks(cur, decision.chunks)
-
-    def _log_held(self, decision: GateDecision) -> None:
-        """One line per held table of the committed batch. The gate logged each new hold with its reason; these
-        say what the sink did with the changes."""
-        batch = decision.batch
-        for chunk in decision.chunks:
-            if chunk.table in decision.held:
-                log.error("sink %s: table %s is held from batch %s on: its %d changes (seq %d-%d) are kept in "
-                          "%s.%s, not applied, until python -m airflow_provider_cdc schema accept %s (or a "
-                          "re-snapshot of the table). The other tables keep flowing.",
-                          self.sink_id, chunk.table, batch.batch_id, chunk.rows, chunk.seq_from, chunk.seq_to,
-                          self.ledger_schema, HELD_CHANGES_TABLE, subject_of(batch.source_id, chunk.table))
-            else:
-                log.error("sink %s, batch %s: %d changes of held table %s are not applied, kept in %s.%s (%s)",
-                          self.sink_id, batch.batch_id, chunk.rows, chunk.table, self.ledger_schema,
-                          HELD_CHANGES_TABLE, decision.all_held.get(chunk.table))
-        for table in decision.held.keys() - {chunk.table for chunk in decision.chunks}:
-            log.error("sink %s: table %s is held from batch %s on (no changes of it in this batch). The other "
-                      "tables keep flowing.", self.sink_id, table, batch.batch_id)
 
     # --- schema registry and held changes ------------------------------------------------------------------------
 

@@ -73,8 +73,9 @@ def read_page(conn: pymysql.Connection, table: TableSchema, after: list[str] | N
                 out.append([fmt(v) for fmt, v in zip(formats, row)])
             except ZeroDateError as exc:
                 row_key = {table.columns[i].name: row[i] for i in key_at}
-                raise TableRefusedError(source_id, f"{exc} in the row with key {row_key} (snapshot); options.zero_dates: "
-                                        "null loads NULL instead", table=table.qualified_name) from exc
+                raise TableRefusedError(source_id, f"{exc} in the row with key {row_key} (snapshot); "
+                                        "options.zero_dates: null loads NULL instead",
+                                        table=table.qualified_name) from exc
     return out
 
 

@@ -43,7 +43,15 @@ from airflow_provider_cdc.connectors.postgres.registry import HELD_CHANGES_TABLE
 from airflow_provider_cdc.connectors.postgres.types import POSTGRES_DIALECT
 from airflow_provider_cdc.errors import SinkError
 from airflow_provider_cdc.events import ChangeBatch
-from airflow_provider_cdc.schema.gate import AcceptPlan, GateDecision, HeldChunk, decide, describe_change, plan_accept
+from airflow_provider_cdc.schema.gate import (
+    AcceptPlan,
+    GateDecision,
+    HeldChunk,
+    decide,
+    describe_change,
+    log_held,
+    plan_accept,
+)
 from airflow_provider_cdc.schema.policy import DEFAULT_POLICY, SchemaPolicy
 from airflow_provider_cdc.schema.registry import Registry, SchemaVersion, subject_of
 from airflow_provider_cdc.tables import TableSchema
@@ -224,7 +232,7 @@ class PgSink(LedgerStorage, RegistryStorage, TableDdl, RowMerge):
                 result.skipped_replayed, result.schema_changes, result.seconds,
             )
             if decision is not None:
-                self._log_held(decision)
+                log_held(decision, self.sink_id, f"{self.ledger_schema}.{HELD_CHANGES_TABLE}", log)
         else:
             log.info("sink %s: batch %s is already in the ledger; nothing to do", self.sink_id, batch.batch_id)
         return result
@@ -285,25 +293,6 @@ class PgSink(LedgerStorage, RegistryStorage, TableDdl, RowMerge):
                         " ON CONFLICT DO NOTHING").format(self._held),
                 [(source_id, table, reason, decision.batch.batch_id) for table, reason in decision.held.items()])
         self._store_chunks(cur, decision.chunks)
-
-    def _log_held(self, decision: GateDecision) -> None:
-        """One line per held table of the committed batch. The gate logged each new hold with its reason; these
-        say what the sink did with the changes."""
-        batch = decision.batch
-        for chunk in decision.chunks:
-            if chunk.table in decision.held:
-                log.error("sink %s: table %s is held from batch %s on: its %d changes (seq %d-%d) are kept in "
-                          "%s.%s, not applied, until python -m airflow_provider_cdc schema accept %s (or a "
-                          "re-snapshot of the table). The other tables keep flowing.",
-                          self.sink_id, chunk.table, batch.batch_id, chunk.rows, chunk.seq_from, chunk.seq_to,
-                          self.ledger_schema, HELD_CHANGES_TABLE, subject_of(batch.source_id, chunk.table))
-            else:
-                log.error("sink %s, batch %s: %d changes of held table %s are not applied, kept in %s.%s (%s)",
-                          self.sink_id, batch.batch_id, chunk.rows, chunk.table, self.ledger_schema,
-                          HELD_CHANGES_TABLE, decision.all_held.get(chunk.table))
-        for table in decision.held.keys() - {chunk.table for chunk in decision.chunks}:
-            log.error("sink %s: table %s is held from batch %s on (no changes of it in this batch). The other "
-                      "tables keep flowing.", self.sink_id, table, batch.batch_id)
 
     # --- schema registry and held changes ------------------------------------------------------------------------
 
