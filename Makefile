@@ -1,6 +1,6 @@
 # airflow-provider-cdc — developer entry points. Needs only python3 on a Debian base; everything else is set up here.
 #
-#   make demo    the product running locally (embedded PostgreSQL, change generator, Airflow standalone)
+#   make demo    the product running locally (embedded PostgreSQL, private MariaDB, change generators, Airflow)
 #   make test    the test suite against real servers (PYTEST_ARGS="-k pg18 -x" to narrow it)
 #   make bench   the benchmarks (results go into BENCHMARKS.md by hand)
 #   make lint    the lint and type gate (ruff, mypy), also run first by make test
@@ -84,7 +84,15 @@ test: venv lint test-servers
 	@bash scripts/ensure_pg15_logical.sh || echo "warning: the machine's PostgreSQL is not ready for logical decoding; its tests will skip (fail with CI=true)"
 	$(VPY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
+# The demo's MariaDB source needs mariadbd: installed here when missing and we are root (as in test-servers);
+# otherwise scripts/demo.py says how to install it and runs without that source.
 demo: venv
+	@if ! command -v mariadbd >/dev/null && [ ! -x /usr/sbin/mariadbd ] \
+	        && [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing mariadb-server (the demo's MariaDB source runs a private mariadbd)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	        mariadb-server || echo "warning: mariadb-server could not be installed; the demo runs without MariaDB"; \
+	fi
 	$(VPY) scripts/demo.py
 
 bench: venv
@@ -92,6 +100,8 @@ bench: venv
 
 clean:
 	@if [ -x "$(VPY)" ] && [ -d .state/demo/pg ]; then $(VPY) scripts/embedded_pg.py stop --datadir .state/demo/pg || true; fi
+	@if [ -x "$(VPY)" ] && [ -d .state/demo/mariadb ]; then \
+	    $(VPY) scripts/private_mariadb.py stop --datadir .state/demo/mariadb || true; fi
 	rm -rf .state build dist *.egg-info .pytest_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 

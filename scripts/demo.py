@@ -1,26 +1,37 @@
 #!/usr/bin/env python3
-"""The CDC demo: a busy shop database, a warehouse, and Airflow moving changes from one to the other.
+"""The CDC demo: busy shop databases, a warehouse, and Airflow moving changes from them to it.
 
 Starts, on this machine and without Docker:
 
 - an embedded PostgreSQL 18 (``.state/demo/pg``, port 55432 if free) with the databases ``shop`` (source),
   ``warehouse`` (sink) and ``airflow`` (Airflow's metadata);
-- ``scripts/change_generator.py`` writing random inserts, updates and deletes into ``shop``;
+- a private MariaDB (``.state/demo/mariadb``, port 53306 if free; ``scripts/private_mariadb.py``: the machine's
+  ``mariadbd`` with a row binlog) with a second ``shop`` database, the same ``users`` and ``orders`` in MariaDB
+  types;
+- ``scripts/change_generator.py`` writing random inserts, updates and deletes into each ``shop``;
 - ``airflow standalone`` (``.state/demo/airflow``) with this repository's DAG bundle and ``include/config``,
-  which runs two DAGs: ``cdc_shop`` merges into the warehouse database, and ``cdc_shop_lake`` into Delta Lake
-  tables under ``.state/demo/lake`` (a ``type: file`` sink, readable with DuckDB or polars).
+  which runs three DAGs: ``cdc_shop`` merges the PostgreSQL shop into the warehouse database, ``cdc_shop_lake``
+  into Delta Lake tables under ``.state/demo/lake`` (a ``type: file`` sink, readable with DuckDB or polars), and
+  ``cdc_shop_mariadb`` reads the MariaDB binlog into the warehouse's schema ``mariadb_shop``.
 
-It prints the Airflow URL and login, then every 30 s the row counts of the source, the warehouse and the lake.
+Without ``mariadbd`` (Debian: ``apt-get install mariadb-server``; ``make demo`` installs it when run as root) the
+MariaDB source is skipped with one line saying so, and the rest runs as usual; ``cdc_shop_mariadb`` then fails,
+naming the host ``mariadbd-not-installed.invalid``: the config needs its URL set, so the demo gives it one that
+says why it cannot work.
+
+It prints the Airflow URL and login, then every 30 s the row counts of the sources, the warehouse and the lake.
 Ctrl-C (or SIGTERM) stops everything it started.
 
-``--check SECONDS`` runs the same thing as a smoke test: the generator runs for a while and stops, and the
-demo exits 0 as soon as the warehouse's and the lake's users and orders equal the source's, or 1 when SECONDS have
-passed.
+``--check SECONDS`` runs the same thing as a smoke test: the generators run for a while and stop, and the demo
+exits 0 as soon as the warehouse's and the lake's users and orders equal the PostgreSQL shop's, and the
+warehouse's ``mariadb_shop`` tables equal the MariaDB shop's, or 1 when SECONDS have passed.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import hashlib
 import json
 import os
 import signal
@@ -30,7 +41,9 @@ import time
 import urllib.error
 import urllib.request
 from contextlib import suppress
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -38,16 +51,25 @@ from psycopg import sql
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = REPO_ROOT / ".state" / "demo"
 PG_DATADIR = STATE_DIR / "pg"
+MARIADB_DATADIR = STATE_DIR / "mariadb"
 AIRFLOW_HOME = STATE_DIR / "airflow"
 STANDALONE_LOG = STATE_DIR / "airflow-standalone.log"
 LAKE_DIR = STATE_DIR / "lake"
 PREFERRED_PG_PORT = 55432
+PREFERRED_MARIADB_PORT = 53306
+# The warehouse schema of the MariaDB shop's tables (target_schema of source shop_mariadb in include/config/cdc.yaml).
+MARIADB_TARGET_SCHEMA = "mariadb_shop"
+# CDC_DEMO_MARIADB_URL when mariadbd is missing: the config loader refuses an unset ${VAR} for the whole directory
+# (every DAG would be an import error), so the variable gets a URL whose host says why cdc_shop_mariadb fails.
+MARIADB_MISSING_URL = "mysql://root@mariadbd-not-installed.invalid/shop"
+ER_NO_SUCH_TABLE = 1146
 PREFERRED_API_PORT = 8080
 TABLES = ("users", "orders")
 ADMIN_USER = "admin"
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from embedded_pg import EmbeddedPostgres, free_port, port_is_free  # noqa: E402
+from private_mariadb import PrivateMariaDB, PrivateMariaDBError, find_binary  # noqa: E402
 
 
 class Interrupted(Exception):
@@ -94,13 +116,41 @@ def start_postgres() -> EmbeddedPostgres:
     return pg
 
 
+def start_mariadb() -> PrivateMariaDB | None:
+    """The MariaDB source's server with its ``shop`` database, or None (logged once) when mariadbd is missing."""
+    try:
+        find_binary("mariadbd", "mysqld")
+    except PrivateMariaDBError:
+        log("MariaDB source skipped: mariadbd is not installed (install it with `apt-get install mariadb-server`, "
+            "or run `make demo` as root, and start the demo again)")
+        return None
+    probe = PrivateMariaDB(MARIADB_DATADIR)
+    if probe.running_pid() is not None:
+        log(f"MariaDB already running on {MARIADB_DATADIR} (left over from an earlier demo); reusing it")
+        server = probe.start()
+    else:
+        port = PREFERRED_MARIADB_PORT if port_is_free(PREFERRED_MARIADB_PORT) else None
+        server = PrivateMariaDB(MARIADB_DATADIR, port).start()
+        log(f"MariaDB running at {server.url()} with a row binlog (data {MARIADB_DATADIR}, log {server.log_file})")
+    with connect_mariadb(server.url()) as conn, conn.cursor() as cursor:
+        cursor.execute("CREATE DATABASE IF NOT EXISTS shop")
+    return server
+
+
+def connect_mariadb(url: str) -> Any:
+    """A pymysql connection in the connector's session settings (UTC: TIMESTAMPs read as UTC wall times)."""
+    from airflow_provider_cdc.connectors.mysql.connection import connect
+
+    return connect(url, autocommit=True)
+
+
 def start_generator(source_url: str, rate: float) -> subprocess.Popen:
     cmd = [sys.executable, str(REPO_ROOT / "scripts" / "change_generator.py"), source_url, "--rate", str(rate)]
     # Own session: a terminal Ctrl-C reaches only us, and we stop the children in order.
     return subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL)
 
 
-def airflow_env(pg: EmbeddedPostgres, api_port: int) -> dict[str, str]:
+def airflow_env(pg: EmbeddedPostgres, mariadb: PrivateMariaDB | None, api_port: int) -> dict[str, str]:
     env = dict(os.environ)
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")  # standalone runs its components as `airflow ...`
@@ -120,6 +170,7 @@ def airflow_env(pg: EmbeddedPostgres, api_port: int) -> dict[str, str]:
             "CDC_DEMO_SOURCE_URL": pg.url("shop"),
             "CDC_DEMO_WAREHOUSE_URL": pg.url("warehouse"),
             "CDC_DEMO_LAKE_URL": LAKE_DIR.as_uri(),
+            "CDC_DEMO_MARIADB_URL": mariadb.url("shop") if mariadb is not None else MARIADB_MISSING_URL,
         }
     )
     return env
@@ -252,6 +303,54 @@ def source_rows(url: str, table: str) -> list[tuple]:
         return conn.execute(sql.SQL("SELECT * FROM {} ORDER BY id").format(sql.Identifier("public", table))).fetchall()
 
 
+def _portable(value: object) -> str:
+    """One value as text that is the same whichever database it was read from: a MariaDB TIMESTAMP (a naive UTC
+    datetime in a UTC session) and a timestamptz give the same instant, DECIMAL and numeric the same number."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, dt.datetime):
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+        return aware.astimezone(dt.timezone.utc).isoformat()
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    return str(value)
+
+
+def rows_state(rows: list[tuple]) -> tuple[int, str]:
+    """(row count, md5 of the rows in the given order): the fingerprint table_state computes in SQL, in Python."""
+    text = "\n".join("|".join(_portable(v) for v in row) for row in rows)
+    return len(rows), hashlib.md5(text.encode()).hexdigest() if rows else ""
+
+
+def mariadb_table_state(url: str, table: str) -> tuple[int, str, list[str]] | None:
+    """(row count, fingerprint in id order, columns) of the MariaDB shop's <table>, or None if absent."""
+    import pymysql
+
+    with connect_mariadb(url) as conn, conn.cursor() as cursor:
+        try:
+            cursor.execute(f"SELECT * FROM `{table}` ORDER BY id")
+        except pymysql.err.ProgrammingError as exc:
+            if exc.args[0] == ER_NO_SUCH_TABLE:  # the generator has not created it yet
+                return None
+            raise
+        columns = [d[0] for d in cursor.description]
+        return (*rows_state(list(cursor.fetchall())), columns)
+
+
+def warehouse_table_state(url: str, schema: str, table: str, columns: list[str]) -> tuple[int, str] | None:
+    """(row count, fingerprint of ``columns`` in id order) of <schema>.<table> in the warehouse, or None if absent."""
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        name = sql.Identifier(schema, table)
+        if conn.execute("SELECT to_regclass(%s)", (f'"{schema}"."{table}"',)).fetchone()[0] is None:
+            return None
+        query = sql.SQL("SELECT {} FROM {} ORDER BY id").format(sql.SQL(", ").join(map(sql.Identifier, columns)), name)
+        try:
+            return rows_state(conn.execute(query).fetchall())
+        except psycopg.errors.UndefinedColumn:
+            return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(name)).fetchone()[0], "(columns differ)"
+
+
 def lake_state(table: str, columns: list[str]) -> tuple[int, list[tuple]] | None:
     """(row count, rows as Python values in id order) of the lake's Delta table, or None before it exists."""
     from deltalake import DeltaTable
@@ -264,8 +363,8 @@ def lake_state(table: str, columns: list[str]) -> tuple[int, list[tuple]] | None
     return len(rows), sorted((tuple(r[c] for c in columns) for r in rows), key=lambda r: r[0])
 
 
-def compare(pg: EmbeddedPostgres) -> tuple[bool, str]:
-    """Whether the warehouse and the lake equal the source in both tables, and a one-line summary of the counts."""
+def compare(pg: EmbeddedPostgres, mariadb: PrivateMariaDB | None = None) -> tuple[bool, str]:
+    """Whether the warehouse and the lake equal the sources in both tables, and a one-line summary of the counts."""
     parts, equal = [], True
     for table in TABLES:
         try:
@@ -281,7 +380,30 @@ def compare(pg: EmbeddedPostgres) -> tuple[bool, str]:
         parts.append(f"{table}: source {source_count}, warehouse {sink_count}, lake {lake_count}")
         equal = (equal and source is not None and sink is not None and source[:2] == sink[:2] and source[0] > 0
                  and lake_equal)
+    if mariadb is not None:
+        mariadb_equal, summary = compare_mariadb(pg, mariadb)
+        equal = equal and mariadb_equal
+        parts.append(summary)
     return equal, " | ".join(parts)
+
+
+def compare_mariadb(pg: EmbeddedPostgres, mariadb: PrivateMariaDB) -> tuple[bool, str]:
+    """Whether the warehouse's mariadb_shop tables equal the MariaDB shop's, and a summary of the counts."""
+    import pymysql
+
+    parts, equal = [], True
+    for table in TABLES:
+        try:
+            source = mariadb_table_state(mariadb.url("shop"), table)
+            sink = (warehouse_table_state(pg.url("warehouse"), MARIADB_TARGET_SCHEMA, table, source[2])
+                    if source else None)
+        except (psycopg.Error, pymysql.err.MySQLError, OSError) as exc:
+            return False, f"MariaDB: (cannot count rows: {exc.__class__.__name__}: {exc})"
+        source_count = source[0] if source else "-"
+        sink_count = sink[0] if sink else "not yet created"
+        parts.append(f"{table}: source {source_count}, warehouse {sink_count}")
+        equal = equal and source is not None and sink is not None and source[:2] == sink and source[0] > 0
+    return equal, "MariaDB " + ", ".join(parts)
 
 
 # --- main ----------------------------------------------------------------------------------------------------------
@@ -289,21 +411,28 @@ def compare(pg: EmbeddedPostgres) -> tuple[bool, str]:
 
 def run(check: float | None, rate: float, api_timeout: float) -> int:
     pg: EmbeddedPostgres | None = None
-    generator: subprocess.Popen | None = None
+    mariadb: PrivateMariaDB | None = None
+    generators: dict[str, subprocess.Popen] = {}  # by name, for the logs
     airflow: subprocess.Popen | None = None
     status = 0
     try:
         pg = start_postgres()
         for dbname in ("shop", "warehouse", "airflow"):
             pg.create_database(dbname)
+        mariadb = start_mariadb()
         log(f"source   {pg.url('shop')}")
+        if mariadb is not None:
+            log(f"source   {mariadb.url('shop')} (MariaDB)")
         log(f"warehouse {pg.url('warehouse')}")
 
-        generator = start_generator(pg.url("shop"), rate)
-        log(f"change generator running at about {rate:g} changes/s (pid {generator.pid})")
+        generators["change generator"] = start_generator(pg.url("shop"), rate)
+        if mariadb is not None:
+            generators["MariaDB change generator"] = start_generator(mariadb.url("shop"), rate)
+        for name, generator in generators.items():
+            log(f"{name} running at about {rate:g} changes/s (pid {generator.pid})")
 
         api_port = choose_api_port()
-        env = airflow_env(pg, api_port)
+        env = airflow_env(pg, mariadb, api_port)
         airflow = start_airflow(env)
         log(f"airflow standalone starting (AIRFLOW_HOME={AIRFLOW_HOME}, output in {STANDALONE_LOG})")
         wait_for_api(airflow, api_port, api_timeout)
@@ -317,6 +446,11 @@ def run(check: float | None, rate: float, api_timeout: float) -> int:
                 f"{AIRFLOW_HOME}/simple_auth_manager_passwords.json.generated")
         log("DAGs:        cdc_shop (into the warehouse) and cdc_shop_lake (into Delta tables under "
             f"{LAKE_DIR}); both unpaused: they snapshot users and orders, then follow the changes")
+        if mariadb is not None:
+            log(f"             cdc_shop_mariadb (the MariaDB shop's binlog into the warehouse's schema "
+                f"{MARIADB_TARGET_SCHEMA})")
+        else:
+            log("             cdc_shop_mariadb fails: no MariaDB (see above)")
         log("Ctrl-C stops everything.")
         log("")
 
@@ -326,29 +460,30 @@ def run(check: float | None, rate: float, api_timeout: float) -> int:
                 if airflow.poll() is not None:
                     log(f"airflow standalone exited with {airflow.returncode}; see {STANDALONE_LOG}")
                     return 1
-                log(compare(pg)[1])
+                log(compare(pg, mariadb)[1])
 
         started = time.monotonic()
         churn = min(30.0, check / 4)
         deadline = started + check
         last_report = 0.0
         while time.monotonic() < deadline:
-            if generator is not None and time.monotonic() - started >= churn:
-                stop_process_group(generator, "change generator", signal.SIGINT, 15)
-                generator = None
-                log("change generator stopped; waiting for the warehouse and the lake to match the source")
+            if generators and time.monotonic() - started >= churn:
+                for name, generator in generators.items():
+                    stop_process_group(generator, name, signal.SIGINT, 15)
+                generators.clear()
+                log("change generators stopped; waiting for the warehouse and the lake to match the sources")
             if airflow.poll() is not None:
                 log(f"airflow standalone exited with {airflow.returncode}; see {STANDALONE_LOG}")
                 return 1
-            equal, summary = compare(pg)
-            if equal and generator is None:
-                log(f"check passed: the warehouse and the lake match the source ({summary})")
+            equal, summary = compare(pg, mariadb)
+            if equal and not generators:
+                log(f"check passed: the warehouse and the lake match the sources ({summary})")
                 return 0
             if time.monotonic() - last_report >= 30:
                 log(summary)
                 last_report = time.monotonic()
             time.sleep(3)
-        log(f"check FAILED: no match within {check:.0f}s ({compare(pg)[1]})")
+        log(f"check FAILED: no match within {check:.0f}s ({compare(pg, mariadb)[1]})")
         status = 1
     except Interrupted as exc:
         log(f"{exc}: shutting down")
@@ -360,8 +495,8 @@ def run(check: float | None, rate: float, api_timeout: float) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if airflow is not None:
             stop_process_group(airflow, "airflow", signal.SIGTERM, 60)
-        if generator is not None:
-            stop_process_group(generator, "change generator", signal.SIGINT, 15)
+        for name, generator in generators.items():
+            stop_process_group(generator, name, signal.SIGINT, 15)
         if pg is None and PG_DATADIR.exists():
             # Interrupted while starting: the server may be up without our handle.
             with suppress(Exception):
@@ -369,6 +504,15 @@ def run(check: float | None, rate: float, api_timeout: float) -> int:
         if pg is not None and pg.is_running():
             log("stopping PostgreSQL")
             pg.stop()
+        if mariadb is None and (MARIADB_DATADIR / "mysql").is_dir():
+            mariadb = PrivateMariaDB(MARIADB_DATADIR)  # interrupted while starting, as above
+        if mariadb is not None and mariadb.running_pid() is not None:
+            log("stopping MariaDB")
+            try:
+                mariadb.stop()
+            except Exception as exc:  # PostgreSQL is stopped already; say what is left running
+                log(f"could not stop MariaDB ({exc}); stop it with: {sys.executable} scripts/private_mariadb.py stop "
+                    f"--datadir {MARIADB_DATADIR}")
         log("stopped")
     return status
 
@@ -377,9 +521,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--check", type=float, metavar="SECONDS", default=None,
-        help="headless smoke test: exit 0 once the warehouse matches the source, 1 after SECONDS",
+        help="headless smoke test: exit 0 once the warehouse and the lake match the sources, 1 after SECONDS",
     )
-    parser.add_argument("--rate", type=float, default=5.0, help="changes per second of the generator (default 5)")
+    parser.add_argument("--rate", type=float, default=5.0,
+                        help="changes per second of each change generator (default 5)")
     parser.add_argument("--api-timeout", type=float, default=300.0, help="seconds to wait for the Airflow API server")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, _on_signal)
