@@ -9,6 +9,7 @@
      │    ├── PositionLostError    the stored position is gone at the source: re-snapshot             terminal
      │    └── TableRefusedError    a table cannot be captured faithfully (no key, reserved names...)  terminal
      ├── SinkError                 the sink rejected a batch                                          either
+ │    └── TableHeld            a schema change the sink cannot follow: the table is held          terminal
      └── StagingError              a staged batch is missing or unreadable                            terminal
 
 Errors carry **intent**: ``terminal`` ones fail the task at once (retrying cannot help and would only delay the
@@ -84,6 +85,15 @@ class SinkError(CdcError):
         where = (f"sink {sink_id!r}" + (f", table {table}" if table else "")
                  + (f", batch {batch_id}" if batch_id else ""))
         super().__init__(f"{where}: {message}")
+
+
+class TableHeld(SinkError):
+    """A schema change a sink cannot follow exactly: that table is held back, the others keep flowing.
+
+    Terminal where it escapes (retrying cannot make the change followable): accept it or re-snapshot the table."""
+
+    def __init__(self, sink_id: str, message: str, *, table: str | None = None, batch_id: str | None = None) -> None:
+        super().__init__(sink_id, message, table=table, batch_id=batch_id, terminal=True)
 
 
 class StagingError(CdcError):

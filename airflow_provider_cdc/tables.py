@@ -17,6 +17,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 RESERVED_PREFIX = "_cdc_"
+# Bookkeeping columns of every sink table: the row's last op, its last event's ``seq`` and time, and with soft
+# deletes when it was deleted.
+BOOKKEEPING_COLUMNS = ("_cdc_op", "_cdc_position", "_cdc_ts", "_cdc_deleted_at")
 
 def reserved_columns(names: Iterable[str]) -> list[str]:
     """Source column names that fall in the bookkeeping namespace (``_cdc_*``), which no source may use."""

@@ -304,13 +304,6 @@ class MariaDBServer:
                     raise RuntimeError(f"could not purge the binlogs before {files[-1]} in {timeout:.0f} s")
                 time.sleep(0.2)
 
-    def restart(self, *, kill: bool = False) -> None:
-        """Stop and start the private server again (for server-restart tests); not possible for an external one."""
-        if self._handle is None:
-            pytest.skip("the MariaDB server is external (CDC_TEST_MARIADB_URL): it cannot be restarted here")
-        self._handle.stop(kill=kill)
-        self._handle.start()
-
 
 def _probe_mariadb(server: MariaDBServer) -> None:
     import pymysql

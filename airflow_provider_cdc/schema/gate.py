@@ -450,6 +450,21 @@ class AcceptPlan:
     batch: ChangeBatch | None    # the held changes, read with the target schema (None: nothing was held)
     drops: list[str]
 
+    def ledger_versions(self, versions: Iterable[SchemaVersion], policy: SchemaPolicy | None,
+                        held: dict[str, str]) -> dict[str, Any]:
+        """The ``schema_versions`` of the replay's ledger row: the versions in effect once this plan's are stored
+        beside ``versions``, what was accepted, and the tables still ``held``."""
+        stored = {(version.subject, version.version): version for version in versions}
+        stored.update({(version.subject, version.version): version for version in self.registrations})
+        mode = (policy or DEFAULT_POLICY).mode
+        return {
+            "versions": Registry(stored.values()).in_effect(),
+            "changes": [{"subject": self.subject, "version": version.version, "seq": version.seq,
+                         "change": describe_change(self.previous, self.target), "mode": mode,
+                         "outcome": "accepted"} for version in self.registrations],
+            "held": held,
+        }
+
 
 def plan_accept(source_id: str, table: str, versions: Iterable[SchemaVersion], chunks: Iterable[HeldChunk],
                 policy: SchemaPolicy | None = None) -> AcceptPlan:

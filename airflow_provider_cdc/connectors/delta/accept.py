@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pyarrow.compute as pc
 
@@ -45,7 +45,13 @@ from airflow_provider_cdc.connectors.delta.schema import (
 from airflow_provider_cdc.connectors.delta.storage import arrow_schema, has_rows, open_table
 from airflow_provider_cdc.connectors.ledger import ledger_row
 from airflow_provider_cdc.errors import SinkError
-from airflow_provider_cdc.schema import DEFAULT_POLICY, AcceptPlan, Registry, SchemaPolicy, plan_accept, subject_of
+from airflow_provider_cdc.schema import (
+    AcceptPlan,
+    SchemaPolicy,
+    SchemaVersion,
+    plan_accept,
+    subject_of,
+)
 from airflow_provider_cdc.tables import SchemaChange
 
 if TYPE_CHECKING:
@@ -88,7 +94,7 @@ def accept_held_table(sink: DeltaSink, source_id: str, table: str, *, policy: Sc
         log.info("sink %s: the replay %s of %s is in the ledger already; clearing the hold", sink.sink_id,
                  batch.batch_id, table)
     else:
-        result.applied = _replay(sink, plan, result, run_id=run_id, policy=policy, versions=Registry(versions),
+        result.applied = _replay(sink, plan, result, run_id=run_id, policy=policy, versions=versions,
                                  held={name: reason for name, reason in held.items() if name != table})
     sink._held_changes.delete(source_id, table)
     sink._held.release(source_id, table)
@@ -100,7 +106,7 @@ def accept_held_table(sink: DeltaSink, source_id: str, table: str, *, policy: Sc
 
 
 def _replay(sink: DeltaSink, plan: AcceptPlan, result: AcceptResult, *, run_id: str | None,
-            policy: SchemaPolicy | None, versions: Registry, held: dict[str, str]) -> bool:
+            policy: SchemaPolicy | None, versions: list[SchemaVersion], held: dict[str, str]) -> bool:
     """Steps 1 (the checks) to 6 of the module docstring; whether anything was written (a retry that finds the held
     changes gone, replayed before a crash, has only the hold left to clear)."""
     source_id = plan.subject.partition(".")[0]
@@ -149,16 +155,9 @@ def _replay(sink: DeltaSink, plan: AcceptPlan, result: AcceptResult, *, run_id: 
     result.upserted, result.deleted = stats["upserted"], stats["deleted"]
     if batch is None:
         return bool(not migration.empty or dropped or plan.registrations)
-    for version in plan.registrations:
-        versions.add(version)
     outcome = ApplyResult(batch_id=batch.batch_id, applied=True, upserted=stats["upserted"],
                           deleted=stats["deleted"])
-    schema_versions: dict[str, Any] = {
-        "versions": versions.in_effect(),
-        "changes": [{"subject": plan.subject, "version": version.version, "outcome": "accepted",
-                     "mode": (policy or DEFAULT_POLICY).mode} for version in plan.registrations],
-        "held": held,
-    }
+    schema_versions = plan.ledger_versions(versions, policy, held)
     row = ledger_row(batch, outcome, high_water=0, run_id=run_id, versions={"schema_versions": schema_versions})
     sink._ledger.append_row(row, app_transaction=False)
     return True

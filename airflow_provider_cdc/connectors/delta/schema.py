@@ -42,15 +42,18 @@ from airflow_provider_cdc.connectors.delta.types import (
     is_safe_widening,
     typed_values,
 )
-from airflow_provider_cdc.errors import SinkError
-from airflow_provider_cdc.tables import RESERVED_PREFIX, Column, SchemaChange, TableSchema, reserved_columns
+from airflow_provider_cdc.errors import SinkError, TableHeld
+from airflow_provider_cdc.tables import (
+    RESERVED_PREFIX,
+    Column,
+    SchemaChange,
+    TableSchema,
+    reserved_columns,
+)
 from airflow_provider_cdc.values import UntypedValueError
 
 log = logging.getLogger("airflow_provider_cdc.sink.delta")
 
-
-class TableHeld(SinkError):
-    """A schema change the sink cannot follow exactly: that table is held back, the others keep flowing."""
 
 
 @dataclasses.dataclass

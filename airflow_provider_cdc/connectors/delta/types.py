@@ -29,12 +29,11 @@ import pyarrow.compute as pc
 
 from airflow_provider_cdc.errors import SinkError
 from airflow_provider_cdc.events import BEFORE_PREFIX
-from airflow_provider_cdc.tables import Column, TableSchema
+from airflow_provider_cdc.tables import BOOKKEEPING_COLUMNS, Column, TableSchema
 from airflow_provider_cdc.values import MAX_DECIMAL128_PRECISION, UntypedValueError, arrow_type, typed_column
 
 # Bookkeeping columns of every sink table (``_cdc_deleted_at`` only with soft deletes).
-OP, POSITION, TS, DELETED_AT = "_cdc_op", "_cdc_position", "_cdc_ts", "_cdc_deleted_at"
-BOOKKEEPING_COLUMNS = (OP, POSITION, TS, DELETED_AT)
+OP, POSITION, TS, DELETED_AT = BOOKKEEPING_COLUMNS
 UTC_MICROS = pa.timestamp("us", tz="UTC")
 # Field metadata of ``_cdc_position``: the application transaction ids (``<source_id>:<schema.table>``) whose
 # versions guard the table, so that emptying it can reset them (Delta keeps them in its log forever).

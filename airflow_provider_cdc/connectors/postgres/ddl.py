@@ -29,22 +29,20 @@ from airflow_provider_cdc.connectors.postgres.types import (
     sink_column_type,
 )
 from airflow_provider_cdc.connectors.postgres.values import pg_input_scalar
-from airflow_provider_cdc.errors import SinkError
+from airflow_provider_cdc.errors import SinkError, TableHeld
 from airflow_provider_cdc.events import ChangeBatch
-from airflow_provider_cdc.tables import RESERVED_PREFIX, Column, SchemaChange, TableSchema, reserved_columns
+from airflow_provider_cdc.tables import (
+    BOOKKEEPING_COLUMNS,
+    RESERVED_PREFIX,
+    Column,
+    SchemaChange,
+    TableSchema,
+    reserved_columns,
+)
 
 log = logging.getLogger("airflow_provider_cdc.sink.postgres")
 
-BOOKKEEPING_COLUMNS = ("_cdc_op", "_cdc_position", "_cdc_ts", "_cdc_deleted_at")
 
-
-class TableHeld(SinkError):
-    """A schema change the sink cannot follow exactly: that table is held back, the others keep flowing.
-
-    Terminal where it escapes (retrying cannot make the change followable): re-snapshot the table."""
-
-    def __init__(self, sink_id: str, message: str, *, table: str | None = None, batch_id: str | None = None) -> None:
-        super().__init__(sink_id, message, table=table, batch_id=batch_id, terminal=True)
 
 
 @dataclasses.dataclass

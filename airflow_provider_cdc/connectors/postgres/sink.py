@@ -48,12 +48,11 @@ from airflow_provider_cdc.schema.gate import (
     GateDecision,
     HeldChunk,
     decide,
-    describe_change,
     log_held,
     plan_accept,
 )
 from airflow_provider_cdc.schema.policy import DEFAULT_POLICY, SchemaPolicy
-from airflow_provider_cdc.schema.registry import Registry, SchemaVersion, subject_of
+from airflow_provider_cdc.schema.registry import SchemaVersion, subject_of
 from airflow_provider_cdc.tables import TableSchema
 from airflow_provider_cdc.values import LOGICAL_TYPES
 
@@ -387,15 +386,7 @@ class PgSink(LedgerStorage, RegistryStorage, TableDdl, RowMerge):
         cur.execute(sql.SQL("DELETE FROM {} WHERE source_id = %s AND source_table = %s").format(self._held),
                     (source_id, plan.table))
         if batch is not None and result.applied:
-            stored = {(version.subject, version.version): version for version in versions}
-            stored.update({(version.subject, version.version): version for version in plan.registrations})
-            schema_versions = {
-                "versions": Registry(stored.values()).in_effect(),
-                "changes": [{"subject": plan.subject, "version": version.version, "seq": version.seq,
-                             "change": describe_change(plan.previous, plan.target), "mode": policy.mode,
-                             "outcome": "accepted"} for version in plan.registrations],
-                "held": still_held,
-            }
+            schema_versions = plan.ledger_versions(versions, policy, still_held)
             applied = ApplyResult(batch_id=batch.batch_id, applied=True, upserted=result.upserted,
                                   deleted=result.deleted)
             self._insert_ledger(cur, ledger_row(batch, applied, high_water=0, run_id=run_id,
