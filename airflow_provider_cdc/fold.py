@@ -10,19 +10,63 @@ same target row, which PostgreSQL refuses ("cannot affect row a second time") an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from airflow_provider_cdc.events import BEFORE_PREFIX, OP_DELETE
-from airflow_provider_cdc.tables import Column
+from airflow_provider_cdc.events import BEFORE_PREFIX, OP_DELETE, OP_TRUNCATE
+from airflow_provider_cdc.tables import BOOKKEEPING_COLUMNS, RESERVED_PREFIX, Column
 
 _KEY_SEPARATOR = "\x00"  # source text never contains NUL, so joined composite keys cannot collide
 MOVED_COLUMN = "_cdc_moved"  # fold output: the row's identity came from another key (see fold_changes)
 
 _DECIMAL_TYPES = ("numeric", "decimal")
+
+
+@dataclasses.dataclass
+class TablePlan:
+    """One table's events as a sink applies them: replays dropped, in ``seq`` order, split at truncates."""
+
+    changes: pa.Table
+    stats: dict[str, int]
+
+    def columns_for(self, sink_columns: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+        """The source columns to write (as the batch carries them: a column dropped within the batch may still be
+        there, holding the values of rows written before the drop), limited to those the sink has; and the sink
+        columns the source no longer has (every row the merge writes gets NULL there, consistently)."""
+        columns = [name for name in self.changes.column_names
+                   if not name.startswith(RESERVED_PREFIX) and name in sink_columns]
+        present = set(columns)
+        gone = [name for name in sink_columns if name not in present and name not in BOOKKEEPING_COLUMNS]
+        return columns, gone
+
+    def parts(self) -> Iterator[tuple[str, Any]]:
+        """``("merge", segment)`` for each run of events between truncates and ``("truncate", (seq, ts_ms))`` for
+        each truncate, in ``seq`` order."""
+        changes = self.changes
+        truncates = pc.indices_nonzero(pc.equal(changes["_cdc_op"], OP_TRUNCATE)).to_pylist()
+        start = 0
+        for index in [*truncates, changes.num_rows]:
+            if index > start:
+                yield "merge", changes.slice(start, index - start)
+            if index < changes.num_rows:
+                yield "truncate", (changes["_cdc_seq"][index].as_py(), changes["_cdc_ts_ms"][index].as_py())
+            start = index + 1
+
+
+def plan_table(changes: pa.Table, high_water: int) -> TablePlan:
+    """``changes`` without the events at or below ``high_water`` (loaded by an earlier batch), in ``seq`` order."""
+    stats = {"events": changes.num_rows, "skipped_replayed": 0, "staged": 0, "upserted": 0, "deleted": 0,
+             "truncates": 0, "truncated_rows": 0}
+    if high_water:
+        changes = changes.filter(pc.greater(changes["_cdc_seq"], high_water))
+        stats["skipped_replayed"] = stats["events"] - changes.num_rows
+    if changes.num_rows:
+        changes = changes.sort_by("_cdc_seq")
+    return TablePlan(changes, stats)
 
 
 def fold_changes(segment: pa.Table, key: list[str], columns: Iterable[Column] = ()) -> pa.Table:

@@ -46,7 +46,7 @@ import pyarrow.compute as pc
 import pymysql
 from pymysql.cursors import Cursor
 
-from airflow_provider_cdc.connectors.mysql.sink_ddl import BOOKKEEPING_COLUMNS, SinkColumn
+from airflow_provider_cdc.connectors.mysql.sink_ddl import SinkColumn
 from airflow_provider_cdc.connectors.mysql.sink_storage import (
     DATA_WARNINGS,
     HARMLESS_WARNINGS,
@@ -69,8 +69,8 @@ from airflow_provider_cdc.connectors.mysql.sink_types import (
 )
 from airflow_provider_cdc.errors import SinkError
 from airflow_provider_cdc.events import BEFORE_PREFIX, OP_DELETE, OP_TRUNCATE, ChangeBatch
-from airflow_provider_cdc.fold import MOVED_COLUMN, fold_changes, normalise_key_text
-from airflow_provider_cdc.tables import RESERVED_PREFIX, Column, TableSchema
+from airflow_provider_cdc.fold import MOVED_COLUMN, fold_changes, normalise_key_text, plan_table
+from airflow_provider_cdc.tables import Column, TableSchema
 
 log = logging.getLogger("airflow_provider_cdc.sink.mysql")
 
@@ -100,33 +100,18 @@ class RowMerge:
         self, cur: Cursor, schema: TableSchema, changes: pa.Table, high_water: int, batch: ChangeBatch
     ) -> dict[str, int]:
         """Apply one table's events: segments between truncates are folded and merged, in ``seq`` order."""
-        stats = {"events": changes.num_rows, "skipped_replayed": 0, "staged": 0, "upserted": 0, "deleted": 0,
-                 "truncates": 0, "truncated_rows": 0}
-        if high_water:
-            changes = changes.filter(pc.greater(changes["_cdc_seq"], high_water))
-            stats["skipped_replayed"] = stats["events"] - changes.num_rows
-        if changes.num_rows == 0:
+        plan = plan_table(changes, high_water)
+        stats = plan.stats
+        if plan.changes.num_rows == 0:
             return stats
-        changes = changes.sort_by("_cdc_seq")
         sink_columns = self._existing_columns(cur, schema.name) or {}
-        # Source columns as the batch carries them (a column dropped within the batch may still be there, holding
-        # the values of rows written before the drop), limited to those the sink has.
-        columns = [name for name in changes.column_names
-                   if not name.startswith(RESERVED_PREFIX) and name in sink_columns]
-        # Sink columns the source no longer has: every row the merge writes gets NULL there, consistently.
-        present = set(columns)
-        gone = [name for name in sink_columns if name not in present and name not in BOOKKEEPING_COLUMNS]
+        columns, gone = plan.columns_for(sink_columns)
         described = _columns_of(schema, batch)
-        truncates = pc.indices_nonzero(pc.equal(changes["_cdc_op"], OP_TRUNCATE)).to_pylist()
-        start = 0
-        for index in [*truncates, changes.num_rows]:
-            if index > start:
-                self._merge_segment(cur, schema, columns, gone, sink_columns, described,
-                                    changes.slice(start, index - start), stats, batch)
-            if index < changes.num_rows:
-                self._truncate(cur, schema, changes["_cdc_seq"][index].as_py(), changes["_cdc_ts_ms"][index].as_py(),
-                               stats)
-            start = index + 1
+        for kind, part in plan.parts():
+            if kind == "merge":
+                self._merge_segment(cur, schema, columns, gone, sink_columns, described, part, stats, batch)
+            else:
+                self._truncate(cur, schema, part[0], part[1], stats)
         return stats
 
     def _truncate(self, cur: Cursor, schema: TableSchema, seq: int, ts_ms: int | None, stats: dict[str, int]) -> None:
