@@ -17,7 +17,6 @@ import datetime as dt
 import decimal
 import logging
 import re
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -570,22 +569,59 @@ def test_a_purged_binlog_is_a_lost_position_naming_resnapshot(pair, mariadb_serv
     pair.run()
     stored = pair.positions.get(pair.source_id)
     pair.sql("INSERT INTO items VALUES (2, 'b', 2, 2, NULL)")
-    with mariadb_server.connect() as conn, conn.cursor() as cur:
-        cur.execute("FLUSH BINARY LOGS")
-        cur.execute("SHOW BINARY LOGS")
-        newest = cur.fetchall()[-1][0]
-        # MariaDB keeps a binlog until its binlog checkpoint (InnoDB has its commits) and says nothing when PURGE
-        # stops early for that reason: ask again until only the newest file is left.
-        deadline = time.monotonic() + 30
-        while True:
-            cur.execute(f"PURGE BINARY LOGS TO '{newest}'")
-            cur.execute("SHOW BINARY LOGS")
-            if [row[0] for row in cur.fetchall()] == [newest]:
-                break
-            assert time.monotonic() < deadline, "MariaDB did not purge its older binlogs"
-            time.sleep(0.2)
+    # MariaDB keeps a binlog until its binlog checkpoint passes it: purge_binlogs asks until only the newest is left.
+    mariadb_server.purge_binlogs()
     with pytest.raises(PositionLostError, match="resnapshot"):
         pair.run()
     assert pair.positions.get(pair.source_id) == stored
     with pytest.raises(PositionLostError, match="resnapshot"):
         pair.source.has_changes(stored)
+
+
+def test_a_safe_widening_is_followed(pair):
+    pair.sql("INSERT INTO items VALUES (1, 'a', 1, 1.5, NULL)")
+    pair.run()
+    pair.sql("ALTER TABLE items MODIFY qty BIGINT, MODIFY price DECIMAL(20,4);"
+             "UPDATE items SET qty = 9000000000, price = 12345678.1234 WHERE id = 1")
+    pair.run()
+    assert pair.assert_same("items") == 1
+
+
+def test_a_partitioned_table_streams_and_snapshots_under_its_own_name(pair_factory):
+    pair = pair_factory(ddl="CREATE TABLE parts (id INT, region INT, v TEXT, PRIMARY KEY (id, region))"
+                            " PARTITION BY HASH(region) PARTITIONS 4", tables=["parts"])
+    pair.sql("INSERT INTO parts VALUES " + ", ".join(f"({i}, {i % 7}, 'v{i}')" for i in range(1, 41)))
+    pair.run()  # by snapshot
+    pair.sql("UPDATE parts SET region = region + 1 WHERE id <= 5; DELETE FROM parts WHERE id > 35;"
+             "INSERT INTO parts VALUES (100, 3, 'new')")
+    pair.run()  # by the binlog: rows moving between partitions too
+    assert pair.assert_same("parts") == 36
+
+
+def test_a_table_added_later_gets_its_snapshot_and_a_dropped_one_lets_the_others_flow(pair_factory, caplog):
+    from airflow_provider_cdc.connectors.registry import make_source
+
+    pair = pair_factory(tables=["items"])
+    pair.sql("INSERT INTO items VALUES (1, 'a', 1, 1, NULL); INSERT INTO pairs VALUES ('eu', 1, 'before')")
+    pair.run()
+    pair.source.close()
+    pair.config = pair.config.model_copy(update={"tables": ["items", "pairs"]})
+    pair.source = make_source(pair.config, pair.url)
+    pair.sql("INSERT INTO pairs VALUES ('us', 2, 'while'); UPDATE items SET qty = 2")
+    pair.run()
+    assert pair.assert_same("pairs") == 2 and pair.assert_same("items") == 1
+    with caplog.at_level(logging.WARNING, logger="airflow_provider_cdc"):
+        pair.sql("DROP TABLE pairs; INSERT INTO items VALUES (2, 'b', 2, 2, NULL)")
+        pair.run()
+    assert "pairs" in caplog.text and "stops flowing" in caplog.text
+    assert pair.assert_same("items") == 2
+
+
+def test_a_position_from_another_server_is_lost_not_skipped(pair):
+    pair.sql("INSERT INTO items VALUES (1, 'a', 1, 1, NULL)")
+    pair.run()
+    stored = pair.positions.get(pair.source_id)
+    # As after a failover to a replica (or a restore): binlog offsets of one server mean nothing on another.
+    pair.positions.set(pair.source_id, {**stored, "server_id": "4242"}, batch_id=None)
+    with pytest.raises(PositionLostError, match=r"another one.*resnapshot"):
+        pair.run()
