@@ -1,0 +1,328 @@
+"""Documents as table rows and back: BSON values in the value contract, and ``_id`` as one canonical key string.
+
+A collection becomes a table (DESIGN section 2): ``_id`` in its **canonical string form** is the primary key,
+top-level fields become columns, nested documents and arrays become ``json``. MongoDB has no declared schema, so a
+column's type is the BSON type of the values seen (:func:`bson_alias`, named as ``$type`` names them), kept in the
+column's ``source_type`` (a sink of the same dialect restores the BSON type from it: :func:`to_bson`), with the
+portable ``logical_type`` of the value contract:
+
+==================  ===============  ==========================================================================
+BSON (source_type)  logical type     portable form
+==================  ===============  ==========================================================================
+int, long           integer          ``42``
+double              float            ``1.5``, ``NaN``, ``Infinity``
+decimal             decimal          ``1.50`` (Decimal128 exact, its scale kept)
+string              text             the string
+bool                boolean          ``true`` / ``false``
+date                timestamptz      ``2024-05-01T12:00:00.25Z`` (UTC; BSON dates are milliseconds)
+objectId            text             the 24 hex digits
+uuid                uuid             ``8-4-4-4-12`` (binary subtype 4)
+binData             binary           hex (binary subtype 0)
+object, array, ...  json             relaxed Extended JSON (``{"$oid": ...}``, ``{"$date": ...}``,
+                                     ``{"$numberDecimal": ...}`` inside), which restores the exact BSON
+==================  ===============  ==========================================================================
+
+Values of one field may differ in type from document to document. :func:`unify` widens the column: ``int`` and
+``long`` give ``long``; an integer column that meets a double becomes ``decimal`` (exact for both); a double column
+keeps integers that a double holds exactly; any other mix becomes ``mixed`` (``json``: every value in Extended
+JSON, so ``"5"`` and ``5`` stay different). A widening is a schema change, which the sink's schema gate follows or
+holds.
+
+**Keys.** ``_id`` is the primary key in the canonical form of :func:`canonical_key`: Extended JSON of the value,
+with every number written as its exact decimal value. MongoDB's own ``_id`` index treats ``5``, ``NumberLong(5)``,
+``5.0`` and ``NumberDecimal("5.00")`` as one key, and so does this form (all ``5``); a string is quoted (``"5"``),
+an ObjectId is ``{"$oid":"..."}``, a document keeps its field order. Keys of different BSON types never share a
+form, as in Debezium's MongoDB connector. :func:`parse_key` reads one back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import math
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from bson import Binary, Decimal128, Int64, ObjectId
+from bson.datetime_ms import DatetimeMS
+from bson.json_util import CANONICAL_JSON_OPTIONS, RELAXED_JSON_OPTIONS
+from bson.json_util import dumps as json_util_dumps
+from bson.json_util import loads as json_util_loads
+
+from airflow_provider_cdc.tables import Column
+from airflow_provider_cdc.values import format_value, parse_value
+
+ID_FIELD = "_id"
+ID_SOURCE_TYPE = "_id"
+MIXED = "mixed"
+INTEGER_ALIASES = frozenset({"int", "long"})
+NUMERIC_ALIASES = frozenset({"int", "long", "double", "decimal"})
+# Integers a double holds exactly.
+_DOUBLE_EXACT = 2 ** 53
+
+LOGICAL_TYPES = {
+    "int": "integer",
+    "long": "integer",
+    "double": "float",
+    "decimal": "decimal",
+    "string": "text",
+    "bool": "boolean",
+    "date": "timestamptz",
+    "objectId": "text",
+    "uuid": "uuid",
+    "binData": "binary",
+    ID_SOURCE_TYPE: "text",
+}
+
+
+class UnsupportedValueError(ValueError):
+    """A BSON value with no faithful portable form (a date outside years 1 to 9999 in a date column)."""
+
+
+def bson_alias(value: Any) -> str:
+    """The ``$type`` alias of a decoded BSON value (``null`` for None; ``json``-only kinds keep their own names)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, Int64):
+        return "long"
+    if isinstance(value, int):
+        return "int" if -2 ** 31 <= value < 2 ** 31 else "long"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, Decimal128):
+        return "decimal"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (dt.datetime, DatetimeMS)):
+        return "date"
+    if isinstance(value, ObjectId):
+        return "objectId"
+    if isinstance(value, Binary):
+        if value.subtype == 4:
+            return "uuid"
+        return "binData" if value.subtype == 0 else f"binData{value.subtype}"
+    if isinstance(value, bytes):
+        return "binData"
+    if isinstance(value, uuid.UUID):
+        return "uuid"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    return type(value).__name__.lower()  # timestamp, regex, code, minkey, maxkey, dbref
+
+
+def logical_type(alias: str) -> str:
+    """The value contract's logical type of a column of BSON type ``alias`` (anything unlisted is ``json``)."""
+    return LOGICAL_TYPES.get(alias, "json")
+
+
+def unify(current: str | None, alias: str, value: Any = None) -> str:
+    """The column type after a value of type ``alias`` (``value``) meets a column of type ``current``."""
+    if alias == "null":
+        return current or "null"
+    if current is None or current == "null" or current == alias:
+        return alias
+    if current in NUMERIC_ALIASES and alias in NUMERIC_ALIASES:
+        if current in INTEGER_ALIASES and alias in INTEGER_ALIASES:
+            return "long"
+        if current == "double" and alias in INTEGER_ALIASES and abs(int(value)) <= _DOUBLE_EXACT:
+            return "double"
+        return "decimal"
+    return MIXED
+
+
+def column_for(name: str, alias: str, ordinal: int) -> Column:
+    """A field's column: ``source_type`` is its BSON type alias, ``logical_type`` the value contract's family."""
+    if name == ID_FIELD:
+        return Column(ID_FIELD, ID_SOURCE_TYPE, "text", nullable=False, primary_key=True, ordinal=ordinal)
+    return Column(name, alias, logical_type(alias), ordinal=ordinal)
+
+
+# --- BSON -> portable text -------------------------------------------------------------------------------------
+
+
+def relaxed_json(value: Any) -> str:
+    """Relaxed Extended JSON of a value: plain JSON for plain values, ``{"$oid": ...}`` and the like for the rest."""
+    return json_util_dumps(value, json_options=RELAXED_JSON_OPTIONS, ensure_ascii=False)
+
+
+def _date_text(value: Any) -> str:
+    if isinstance(value, DatetimeMS):
+        raise UnsupportedValueError(f"the date {value!r} is outside years 1 to 9999, which the value contract's "
+                                    "timestamptz cannot hold")
+    if value.tzinfo is None:  # pymongo decodes dates as UTC
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return format_value(value, "timestamptz")  # type: ignore[return-value]
+
+
+def _as_decimal(value: Any) -> decimal.Decimal:
+    if isinstance(value, Decimal128):
+        return value.to_decimal()
+    if isinstance(value, float):
+        if math.isnan(value):
+            return decimal.Decimal("NaN")
+        return decimal.Decimal(repr(value)) if math.isfinite(value) else decimal.Decimal(value)
+    return decimal.Decimal(int(value))
+
+
+def portable(value: Any, alias: str) -> str | None:
+    """The portable text of ``value`` in a column of type ``alias`` (after :func:`unify`: the value may be
+    narrower, such as an int in a decimal column)."""
+    if value is None:
+        return None
+    if alias == ID_SOURCE_TYPE:
+        return canonical_key(value)
+    if alias in ("int", "long"):
+        return str(int(value))
+    if alias == "double":
+        return format_value(float(value), "float")
+    if alias == "decimal":
+        return format_value(_as_decimal(value), "decimal")
+    if alias == "string":
+        return value
+    if alias == "bool":
+        return "true" if value else "false"
+    if alias == "date":
+        return _date_text(value)
+    if alias == "objectId":
+        return str(value)
+    if alias == "uuid":
+        return str(value if isinstance(value, uuid.UUID) else uuid.UUID(bytes=bytes(value)))
+    if alias == "binData":
+        return bytes(value).hex()
+    return relaxed_json(value)
+
+
+# --- keys -------------------------------------------------------------------------------------------------------
+
+
+# Enough digits for any double's or Decimal128's exact value: normalising never rounds.
+_EXACT = decimal.Context(prec=2000, Emin=-999999, Emax=999999)
+
+
+def _number_key(value: decimal.Decimal) -> str:
+    if value.is_nan():
+        return "NaN"
+    if value.is_infinite():
+        return "Infinity" if value > 0 else "-Infinity"
+    if value == 0:
+        return "0"
+    return format(value.normalize(_EXACT), "f")
+
+
+def canonical_key(value: Any) -> str:
+    """The canonical string form of an ``_id`` (see the module docstring): equal keys in MongoDB's eyes give the
+    same string, different keys different strings."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, Decimal128)):
+        number = value.to_decimal() if isinstance(value, Decimal128) else decimal.Decimal(value)
+        return _number_key(number)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, ObjectId):
+        return f'{{"$oid":"{value}"}}'
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{json.dumps(str(k), ensure_ascii=False)}:{canonical_key(v)}"
+                              for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(canonical_key(v) for v in value) + "]"
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        millis = value.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return f'{{"$date":"{millis}"}}'
+    # Binary, UUID, DatetimeMS, Timestamp, Regex, MinKey...: canonical Extended JSON, compact.
+    return json_util_dumps(value, json_options=CANONICAL_JSON_OPTIONS, separators=(",", ":"), ensure_ascii=False)
+
+
+def _number_from_key(number: decimal.Decimal) -> Any:
+    if number.is_finite() and number == number.to_integral_value():
+        integer = int(number)
+        return integer if -2 ** 31 <= integer < 2 ** 31 else Int64(integer)
+    as_float = float(number)
+    if number.is_nan() or not number.is_finite() or decimal.Decimal(as_float) == number:
+        return as_float
+    return Decimal128(number)
+
+
+def _restore_numbers(value: Any) -> Any:
+    if isinstance(value, decimal.Decimal):
+        return _number_from_key(value)
+    if isinstance(value, dict):
+        return {k: _restore_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore_numbers(v) for v in value]
+    return value
+
+
+def parse_key(text: str) -> Any:
+    """The ``_id`` value of a canonical key string (numbers: int, Int64, double when exact, else Decimal128)."""
+    if text in ("NaN", "Infinity", "-Infinity"):
+        return float(text)
+    return _restore_numbers(json_util_loads(text, parse_float=decimal.Decimal, parse_int=decimal.Decimal))
+
+
+# --- portable text -> BSON (the sink's direction) ----------------------------------------------------------------
+
+
+def to_bson(text: str | None, column: Column, dialect: str) -> Any:
+    """The BSON value to store for a portable ``text`` of ``column``.
+
+    A column from a MongoDB source (``dialect == "mongodb"``) gets its BSON type back from ``source_type``; any
+    other maps from the logical type: decimals become Decimal128 (an exact value with more than 34 digits raises
+    ``decimal.Inexact``), timestamps and dates become BSON dates (UTC), binary becomes binary, uuid becomes binary
+    subtype 4, json becomes documents and arrays, ``time`` and ``other`` stay text."""
+    if text is None:
+        return None
+    if dialect == "mongodb":
+        kind = column.source_type
+        if kind == ID_SOURCE_TYPE:
+            return parse_key(text)
+        if kind == "int":
+            return int(text)
+        if kind == "long":
+            return Int64(int(text))
+        if kind == "objectId":
+            return ObjectId(text)
+        if kind not in LOGICAL_TYPES:
+            return json_util_loads(text)
+    kind = column.logical_type
+    if kind == "decimal":
+        return _decimal128(text)
+    if kind in ("timestamptz", "timestamp", "date"):
+        value = parse_value(text, kind)
+        if isinstance(value, str):
+            raise UnsupportedValueError(f"{kind} {value!r} has no BSON date form")
+        if isinstance(value, dt.datetime):
+            return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc)
+    if kind == "time":
+        return text
+    if kind == "binary":
+        return Binary(bytes.fromhex(text), 0)
+    if kind == "uuid":
+        return Binary.from_uuid(uuid.UUID(text))
+    if kind == "json":
+        return json.loads(text)
+    if kind in ("integer", "float", "boolean"):
+        return parse_value(text, kind)
+    return text
+
+
+_DECIMAL128_CONTEXT = decimal.Context(prec=34, Emin=-6143, Emax=6144, traps=[decimal.Inexact, decimal.Overflow,
+                                                                             decimal.InvalidOperation])
+
+
+def _decimal128(text: str) -> Decimal128:
+    value = decimal.Decimal(text)
+    if value.is_finite():
+        value = _DECIMAL128_CONTEXT.create_decimal(value)  # raises on more than 34 significant digits
+    return Decimal128(value)

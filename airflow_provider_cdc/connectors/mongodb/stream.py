@@ -1,0 +1,335 @@
+"""Reading one micro-batch from a change stream, resumed with ``start_after`` from the stored resume token.
+
+**Scope.** The stream watches one database (``db.watch``) when every configured collection lives there, else the
+cluster (``client.watch``); a ``$match`` stage keeps the configured collections (or every collection of a database
+captured whole, ``db.*``), renames onto them, and ``dropDatabase``. Filtered events still move the stream's
+post-batch resume token, so a quiet collection beside busy ones keeps a fresh position.
+
+**Batches.** A batch reads up to ``max_changes`` events, and never splits a multi-document transaction: its events
+share ``lsid`` and ``txnNumber`` and come one after the other, so the batch reads on while they do. The position
+stored after the batch is the resume token of its last event when it stopped at the limit (an event read past it
+is read again next time), or the stream's **post-batch resume token** when the stream had nothing more: that one
+advances even when nothing was read, so an idle source's position moves with the oplog.
+
+**Events** (``show_expanded_events``): ``insert`` is ``c``; ``update`` and ``replace`` are ``u`` with the whole
+document (``full_document='updateLookup'``, or the post-image), so an ``$unset`` field becomes NULL; ``delete`` is
+``d``. Pre-images (``fullDocumentBeforeChange``), where the collection keeps them, are the before-image. An update
+whose document is gone when the stream reads it (``updateLookup`` finds nothing) is a ``d``: the document was
+deleted later, and that delete follows in the stream; with a pre-image the exact post-image is rebuilt from the
+update description instead. ``drop`` of a collection, and ``rename`` of it away, empty its table (a ``t``
+event: the collection has no documents any more; a collection of that name created later flows again); a
+``rename`` onto a captured name queues that collection for a new snapshot (its documents never passed through the
+stream); ``dropDatabase`` empties every captured collection of it; ``invalidate`` ends the batch, and the next
+one starts after it. ``create``, ``createIndexes``, ``dropIndexes`` and ``modify`` change no document.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from bson import Timestamp
+from pymongo import MongoClient
+from pymongo.errors import OperationFailure, PyMongoError
+
+from airflow_provider_cdc.connectors.mongodb.options import MongoSourceOptions
+from airflow_provider_cdc.connectors.mongodb.rows import BatchRows
+from airflow_provider_cdc.errors import PositionLostError, SourceError
+from airflow_provider_cdc.events import OP_CREATE, OP_DELETE, OP_TRUNCATE, OP_UPDATE
+
+log = logging.getLogger("airflow_provider_cdc.source.mongodb")
+
+WILDCARD = "*"
+# Server codes of a resume point that is gone: ChangeStreamHistoryLost (the oplog rolled over it) and
+# ChangeStreamFatalError (the token is not in this replica set's oplog: another set, or a restore).
+POSITION_LOST_CODES = {286: "the oplog no longer holds it (ChangeStreamHistoryLost: the oplog rolled over)",
+                       280: "this replica set's oplog does not hold it (ChangeStreamFatalError: another replica set "
+                            "or a restored one)"}
+NO_DOCUMENT_EVENTS = {"create", "createIndexes", "dropIndexes", "modify", "shardCollection",
+                      "refineCollectionShardKey", "reshardCollection"}
+
+
+class Scope:
+    """What one source captures: listed collections (``db.coll``) and whole databases (``db.*``)."""
+
+    def __init__(self, tables: list[str]) -> None:
+        self.tables = [t for t in tables if not t.endswith("." + WILDCARD)]
+        self.whole = sorted({t.partition(".")[0] for t in tables if t.endswith("." + WILDCARD)})
+        self.databases = sorted({t.partition(".")[0] for t in self.tables} | set(self.whole))
+
+    def covers(self, table: str) -> bool:
+        return table in self.tables or table.partition(".")[0] in self.whole
+
+    def watch(self, client: MongoClient) -> tuple[Any, list[dict[str, Any]]]:
+        """The object to ``watch`` and the ``$match`` pipeline of this scope."""
+        ors: list[dict[str, Any]] = []
+        for db in self.databases:
+            if db in self.whole:
+                ors += [{"ns.db": db}, {"to.db": db}]
+                continue
+            colls = [t.partition(".")[2] for t in self.tables if t.partition(".")[0] == db]
+            ors += [{"ns.db": db, "ns.coll": {"$in": colls}}, {"to.db": db, "to.coll": {"$in": colls}},
+                    {"operationType": "dropDatabase", "ns.db": db}]
+        ors.append({"operationType": "invalidate"})
+        pipeline = [{"$match": {"$or": ors}}]
+        if len(self.databases) == 1:
+            return client[self.databases[0]], pipeline
+        return client, pipeline
+
+
+def token_time(token: Mapping[str, Any] | None) -> tuple[int, int] | None:
+    """The cluster time (seconds, increment) a resume token starts with (its ``_data`` is a hex KeyString whose
+    first value is that timestamp)."""
+    data = (token or {}).get("_data")
+    if not isinstance(data, str) or len(data) < 18 or not data.startswith("82"):
+        return None
+    return int(data[2:10], 16), int(data[10:18], 16)
+
+
+def lost_reason(exc: PyMongoError) -> str | None:
+    """Why a resume failed because the position is gone (None: some other error)."""
+    if isinstance(exc, OperationFailure):
+        if exc.code in POSITION_LOST_CODES:
+            return POSITION_LOST_CODES[exc.code]
+        if "resume" in str(exc).lower() and "not found" in str(exc).lower():
+            return POSITION_LOST_CODES[280]
+    return None
+
+
+def open_stream(client: MongoClient, scope: Scope, position: Mapping[str, Any], options: MongoSourceOptions, *,
+                source_id: str, max_await_ms: int, batch_size: int | None = None) -> Any:
+    """A change stream of ``scope`` after ``position``'s token; a token that is gone is a PositionLostError."""
+    target, pipeline = scope.watch(client)
+    kwargs: dict[str, Any] = {"full_document": options.full_document, "show_expanded_events": True,
+                              "max_await_time_ms": max_await_ms}
+    if options.before_images != "off":
+        kwargs["full_document_before_change"] = "whenAvailable"
+    if batch_size:
+        kwargs["batch_size"] = batch_size
+    token = position.get("resume_token")
+    if token:
+        kwargs["start_after"] = token
+    try:
+        return target.watch(pipeline, **kwargs)
+    except PyMongoError as exc:
+        reason = lost_reason(exc)
+        if reason:
+            raise PositionLostError(source_id, dict(position), reason) from exc
+        raise SourceError(source_id, f"cannot open the change stream: {exc}") from exc
+
+
+def next_change(stream: Any, position: Mapping[str, Any], source_id: str) -> Mapping[str, Any] | None:
+    try:
+        return stream.try_next()
+    except PyMongoError as exc:
+        reason = lost_reason(exc)
+        if reason:
+            raise PositionLostError(source_id, dict(position), reason) from exc
+        raise SourceError(source_id, f"reading the change stream failed: {exc}") from exc
+
+
+def _tx_of(change: Mapping[str, Any]) -> str | None:
+    lsid, number = change.get("lsid"), change.get("txnNumber")
+    if lsid is None or number is None:
+        return None
+    session = lsid.get("id")
+    try:
+        session_text = str(uuid.UUID(bytes=bytes(session)))
+    except (TypeError, ValueError):
+        session_text = str(session)
+    return f"{session_text}:{number}"
+
+
+def _ts_ms(change: Mapping[str, Any]) -> int:
+    wall = change.get("wallTime")
+    if isinstance(wall, dt.datetime):
+        if wall.tzinfo is None:
+            wall = wall.replace(tzinfo=dt.timezone.utc)
+        return int(wall.timestamp() * 1000)
+    cluster = change.get("clusterTime")
+    return cluster.time * 1000 if isinstance(cluster, Timestamp) else 0
+
+
+def _pos(change: Mapping[str, Any]) -> str | None:
+    cluster = change.get("clusterTime")
+    return f"{cluster.time}.{cluster.inc}" if isinstance(cluster, Timestamp) else None
+
+
+def _table(ns: Mapping[str, Any] | None) -> str | None:
+    if not ns or "coll" not in ns:
+        return None
+    return f"{ns['db']}.{ns['coll']}"
+
+
+class PartialUpdateError(SourceError):
+    """An update that carries neither the document nor enough to rebuild it."""
+
+    terminal = True
+
+
+def apply_update(before: Mapping[str, Any], description: Mapping[str, Any]) -> dict[str, Any]:
+    """The document after an update: ``before`` with the update description applied (dotted paths, array indexes,
+    removed fields and truncated arrays; ``disambiguatedPaths`` names fields that contain dots)."""
+    import copy
+
+    doc: dict[str, Any] = copy.deepcopy(dict(before))
+    paths = description.get("disambiguatedPaths") or {}
+
+    def parts(path: str) -> list[Any]:
+        return list(paths.get(path) or path.split("."))
+
+    def parent(components: list[Any]) -> tuple[Any, Any]:
+        node: Any = doc
+        for part in components[:-1]:
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        last = components[-1]
+        return node, (int(last) if isinstance(node, list) else last)
+
+    for array in description.get("truncatedArrays") or []:
+        node, key = parent(parts(array["field"]))
+        node[key] = node[key][: array["newSize"]]
+    for path, value in (description.get("updatedFields") or {}).items():
+        node, key = parent(parts(path))
+        if isinstance(node, list):
+            node.extend([None] * (key + 1 - len(node)))
+        node[key] = value
+    for path in description.get("removedFields") or []:
+        node, key = parent(parts(path))
+        if isinstance(node, list):
+            node[key] = None
+        else:
+            node.pop(key, None)
+    return doc
+
+
+def partial_update(description: Mapping[str, Any], table: str, key: Any, source_id: str) -> dict[str, Any]:
+    """The top-level fields an update sets (removed ones as None), when it carries no document; a change inside a
+    field (a dotted path, a truncated array) cannot be applied without the document, and stops the capture."""
+    paths = description.get("disambiguatedPaths") or {}
+    out: dict[str, Any] = {}
+    nested = [p for p in description.get("updatedFields") or {} if len(paths.get(p) or p.split(".")) > 1]
+    nested += [p for p in description.get("removedFields") or [] if len(paths.get(p) or p.split(".")) > 1]
+    nested += [a["field"] for a in description.get("truncatedArrays") or []]
+    if nested:
+        raise PartialUpdateError(
+            source_id, f"an update of {', '.join(map(str, nested))} in the document with _id {key!r} came without "
+            "the document (no post-image): it cannot be applied exactly. Enable changeStreamPreAndPostImages on the "
+            "collection or use options.full_document: updateLookup, then re-snapshot the table "
+            f"(python -m airflow_provider_cdc resnapshot {source_id} --table {table})", table=table)
+    for path, value in (description.get("updatedFields") or {}).items():
+        out[(paths.get(path) or [path])[0]] = value
+    for path in description.get("removedFields") or []:
+        out[(paths.get(path) or [path])[0]] = None
+    return out
+
+
+class StreamBatch:
+    """One batch's read of the change stream (see the module docstring)."""
+
+    def __init__(self, *, source_id: str, client: MongoClient, position: Mapping[str, Any], scope: Scope,
+                 options: MongoSourceOptions, rows: BatchRows, max_changes: int,
+                 keep: Callable[[str], bool] = lambda table: True) -> None:
+        self.source_id = source_id
+        self.client = client
+        self.position = position
+        self.scope = scope
+        self.options = options
+        self.rows = rows
+        self.max_changes = max_changes
+        self.keep = keep
+        self.token: Mapping[str, Any] | None = position.get("resume_token")
+        self.events = 0
+        self.transactions = 0
+        self.queued_snapshots: list[str] = []
+        self.lookups_gone = 0
+
+    def read(self) -> Mapping[str, Any] | None:
+        """Read the batch into ``rows``; returns the resume token to store."""
+        last_tx: str | None = None
+        with open_stream(self.client, self.scope, self.position, self.options, source_id=self.source_id,
+                         max_await_ms=self.options.idle_wait_ms,
+                         batch_size=min(self.max_changes + 1, 10_000)) as stream:
+            while True:
+                change = next_change(stream, self.position, self.source_id)
+                if change is None:
+                    self.token = stream.resume_token or self.token
+                    break
+                tx = _tx_of(change)
+                if self.events >= self.max_changes and (tx is None or tx != last_tx):
+                    break  # this event is read again by the next batch (the token stays before it)
+                if tx != last_tx or tx is None:
+                    self.transactions += 1
+                last_tx = tx
+                self.token = change["_id"]
+                if self._apply(change):
+                    break
+        if self.lookups_gone:
+            log.info("source %s: %d updates found their document deleted when read (updateLookup): each is loaded "
+                     "as the delete that follows it in the stream", self.source_id, self.lookups_gone)
+        return self.token
+
+    def _apply(self, change: Mapping[str, Any]) -> bool:
+        """Add one event to the batch; True when the batch must end after it (invalidate)."""
+        kind = change.get("operationType")
+        table = _table(change.get("ns"))
+        common: dict[str, Any] = {"ts_ms": _ts_ms(change), "tx": _tx_of(change), "pos": _pos(change)}
+        if kind == "invalidate":
+            log.warning("source %s: the change stream was invalidated (the database was dropped or renamed); "
+                        "the next batch starts after it", self.source_id)
+            return True
+        if kind in ("insert", "update", "replace", "delete"):
+            if table is None or not self.scope.covers(table) or not self.keep(table):
+                return False
+            self.events += 1
+            key = change["documentKey"]["_id"]
+            before = change.get("fullDocumentBeforeChange")
+            doc = change.get("fullDocument")
+            if kind == "insert":
+                self.rows.add(table, OP_CREATE, key=key, doc=doc, **common)
+            elif kind == "delete":
+                self.rows.add(table, OP_DELETE, key=key, before=before, **common)
+            elif doc is not None:
+                self.rows.add(table, OP_UPDATE, key=key, doc=doc, before=before, **common)
+            elif kind == "update" and before is not None:
+                rebuilt = apply_update(before, change.get("updateDescription") or {})
+                self.rows.add(table, OP_UPDATE, key=key, doc=rebuilt, before=before, **common)
+            elif self.options.full_document == "updateLookup":
+                self.lookups_gone += 1
+                self.rows.add(table, OP_DELETE, key=key, **common)
+            else:
+                fields = partial_update(change.get("updateDescription") or {}, table, key, self.source_id)
+                self.rows.add(table, OP_UPDATE, key=key, doc={"_id": key, **fields}, partial=True, **common)
+            return False
+        if kind == "drop" and table and self.scope.covers(table):
+            log.warning("source %s: collection %s was dropped: its sink table is emptied (a collection of that "
+                        "name created later flows again)", self.source_id, table)
+            self.events += 1
+            self.rows.add(table, OP_TRUNCATE, key=None, **common)
+        elif kind == "rename":
+            target = _table(change.get("to"))
+            if table and self.scope.covers(table):
+                log.warning("source %s: collection %s was renamed to %s: its sink table is emptied", self.source_id,
+                            table, target)
+                self.events += 1
+                self.rows.add(table, OP_TRUNCATE, key=None, **common)
+            if target and self.scope.covers(target):
+                log.warning("source %s: collection %s was renamed onto the captured %s: %s gets a new snapshot (its "
+                            "documents did not pass through the stream)", self.source_id, table, target, target)
+                self.events += 1
+                self.rows.add(target, OP_TRUNCATE, key=None, **common)
+                self.queued_snapshots.append(target)
+        elif kind == "dropDatabase":
+            db = (change.get("ns") or {}).get("db")
+            log.warning("source %s: database %s was dropped: its captured collections are emptied", self.source_id,
+                        db)
+            for name in self.rows.known_tables():
+                if name.partition(".")[0] == db and self.scope.covers(name):
+                    self.events += 1
+                    self.rows.add(name, OP_TRUNCATE, key=None, **common)
+        elif kind in NO_DOCUMENT_EVENTS:
+            log.info("source %s: %s on %s (no document changes)", self.source_id, kind, table or change.get("ns"))
+        return False
+
