@@ -5,12 +5,13 @@ Creates ``users`` and ``orders`` (if absent), seeds them when empty, then runs r
 INSERT / UPDATE / DELETE transactions at about ``--rate`` per second until SIGINT or SIGTERM,
 printing a count line every 10 seconds.
 
-The database is PostgreSQL (``postgresql://``) or MySQL/MariaDB (``mysql://``, the same tables in MySQL types).
-Which change comes next is chosen the same way for both; only the SQL dialect differs (:class:`PostgresDialect`,
-:class:`MySqlDialect`).
+The database is PostgreSQL (``postgresql://``), MySQL/MariaDB (``mysql://``, the same tables in MySQL types) or
+MongoDB (``mongodb://``, the same shop as collections of documents: :class:`MongoDialect`). Which change comes next
+is chosen the same way for all; only the dialect differs (:class:`PostgresDialect`, :class:`MySqlDialect`).
 
     python scripts/change_generator.py postgresql://postgres@127.0.0.1:55432/shop --rate 5
     python scripts/change_generator.py mysql://root@127.0.0.1:53306/shop --rate 5
+    python scripts/change_generator.py "mongodb://127.0.0.1:57017/shop?replicaSet=rs0&directConnection=true"
 """
 
 from __future__ import annotations
@@ -221,13 +222,111 @@ class MySqlDialect:
             conn.execute("SELECT RELEASE_LOCK('cdc_change_generator_schema')")
 
 
-Dialect = PostgresDialect | MySqlDialect
+class _MongoConnection:
+    """A pymongo client and its database, with the ``closed`` / ``close`` the run loop asks of a connection."""
 
-_SCHEMES: dict[str, type[PostgresDialect] | type[MySqlDialect]] = {
+    def __init__(self, url: str) -> None:
+        import pymongo
+
+        self.client: Any = pymongo.MongoClient(url, tz_aware=True, serverSelectionTimeoutMS=5000)
+        self.db = self.client.get_default_database()
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        self.client.close()
+
+
+class MongoDialect:
+    """MongoDB: ``users`` (integer ``_id``) and ``orders`` (ObjectId ``_id``) as documents with nested fields and
+    arrays, Decimal128 amounts and dates; updates use ``$set``, ``$inc``, ``$push`` and ``$unset``, and one change in
+    ten is a multi-document transaction (an order with its user's update). Needs a replica set."""
+
+    log_name = "change_generator[mongodb]"
+
+    def __init__(self) -> None:
+        from pymongo.errors import ConnectionFailure
+
+        self.unavailable: tuple[type[Exception], ...] = (ConnectionFailure,)
+
+    def connect(self, url: str) -> _MongoConnection:
+        return _MongoConnection(url)
+
+    @staticmethod
+    def _user(user_id: int) -> dict[str, Any]:
+        email, name, status = _random_user()
+        city = random.choice(["Paris", "Lagos", "Lima", "Osaka"])
+        return {"_id": user_id, "email": email, "name": name, "status": status, "created_at": _utcnow(),
+                "tags": random.sample(FIRST_NAMES, 2), "address": {"city": city, "zip": random.randint(1, 99999)}}
+
+    @staticmethod
+    def _order(user_id: int) -> dict[str, Any]:
+        from bson import Decimal128
+
+        return {"user_id": user_id, "amount": Decimal128(f"{random.uniform(1, 500):.2f}"), "status": "new",
+                "created_at": _utcnow(),
+                "items": [{"sku": f"SKU-{random.randint(1, 50)}", "qty": random.randint(1, 4)}
+                          for _ in range(random.randint(1, 3))]}
+
+    def ensure_schema(self, conn: Any, seed_users: int, seed_orders: int) -> None:
+        db = conn.db
+        if db.users.estimated_document_count() == 0:
+            db.users.insert_many([self._user(i) for i in range(1, seed_users + 1)])
+        if db.orders.estimated_document_count() == 0:
+            db.orders.insert_many([self._order(random.randint(1, max(seed_users, 1))) for _ in range(seed_orders)])
+
+    def apply_one(self, conn: Any, table: str, operation: str) -> bool:
+        from bson import Decimal128
+
+        db = conn.db
+        if operation == "insert" and table == "users":
+            last = db.users.find_one(sort=[("_id", -1)], projection={"_id": 1})
+            db.users.insert_one(self._user((last or {"_id": 0})["_id"] + 1))
+            return True
+        picked = list(db[table].aggregate([{"$sample": {"size": 1}}, {"$project": {"_id": 1, "user_id": 1}}]))
+        if operation == "insert":
+            user_id = picked[0].get("user_id", 1) if picked else 1
+            if random.random() < 0.1:  # an order and its user's update in one transaction
+                with conn.client.start_session() as session, session.start_transaction():
+                    db.orders.insert_one(self._order(user_id), session=session)
+                    db.users.update_one({"_id": user_id}, {"$inc": {"order_count": 1}}, session=session)
+            else:
+                db.orders.insert_one(self._order(user_id))
+            return True
+        if not picked:
+            return False
+        key = {"_id": picked[0]["_id"]}
+        if operation == "delete":
+            db[table].delete_one(key)
+        elif table == "users":
+            change = random.random()
+            if change < 0.15:
+                db.users.update_one(key, {"$unset": {"address": ""}})
+            elif change < 0.3:
+                db.users.update_one(key, {"$push": {"tags": random.choice(FIRST_NAMES)}})
+            else:
+                db.users.update_one(key, {"$set": {"status": random.choice(USER_STATUSES),
+                                                   "name": _random_user()[1], "updated_at": _utcnow()}})
+        else:
+            db.orders.update_one(key, {"$set": {"status": random.choice(ORDER_STATUSES),
+                                                "amount": Decimal128(f"{random.uniform(1, 500):.2f}")}})
+        return True
+
+
+def _utcnow() -> Any:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc)
+
+
+Dialect = PostgresDialect | MySqlDialect | MongoDialect
+
+_SCHEMES: dict[str, type[PostgresDialect] | type[MySqlDialect] | type[MongoDialect]] = {
     "postgresql": PostgresDialect,
     "postgres": PostgresDialect,
     "mysql": MySqlDialect,
     "mariadb": MySqlDialect,
+    "mongodb": MongoDialect,
 }
 
 
@@ -235,17 +334,20 @@ def dialect_for(url: str) -> Dialect:
     """The dialect of a ``postgresql://`` or ``mysql://`` URL; ValueError for anything else."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in _SCHEMES:
-        raise ValueError(f"unsupported database URL scheme {scheme or url!r}: use postgresql:// or mysql://")
+        raise ValueError(f"unsupported database URL scheme {scheme or url!r}: use postgresql://, mysql:// or "
+                         "mongodb://")
     return _SCHEMES[scheme]()
 
 
-def _random_id(conn: Connection, dialect: Dialect, table: str) -> int | None:
+def _random_id(conn: Connection, dialect: PostgresDialect | MySqlDialect, table: str) -> int | None:
     row = conn.execute(dialect.random_id_sql.format(table=table)).fetchone()
     return row[0] if row else None
 
 
 def apply_one(conn: Connection, dialect: Dialect, table: str, operation: str) -> bool:
     """One random change in its own transaction; False when there was nothing to update/delete."""
+    if isinstance(dialect, MongoDialect):
+        return dialect.apply_one(conn, table, operation)
     if operation == "insert":
         if table == "users":
             conn.execute("INSERT INTO users (email, name, status) VALUES (%s, %s, %s)", _random_user())
@@ -347,7 +449,8 @@ def run(url: str, rate: float, seed_users: int, seed_orders: int, duration: floa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("url", help="URL of the shop database: postgresql://... or mysql://... (MariaDB too)")
+    parser.add_argument("url", help="URL of the shop database: postgresql://..., mysql://... (MariaDB too) or "
+                                    "mongodb://... (a replica set)")
     parser.add_argument("--rate", type=float, default=5.0, help="changes per second (default 5)")
     parser.add_argument("--seed-users", type=int, default=1000, help="users to create when the table is empty")
     parser.add_argument("--seed-orders", type=int, default=3000, help="orders to create when the table is empty")
