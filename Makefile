@@ -102,6 +102,8 @@ clean:
 	@if [ -x "$(VPY)" ] && [ -d .state/demo/pg ]; then $(VPY) scripts/embedded_pg.py stop --datadir .state/demo/pg || true; fi
 	@if [ -x "$(VPY)" ] && [ -d .state/demo/mariadb ]; then \
 	    $(VPY) scripts/private_mariadb.py stop --datadir .state/demo/mariadb || true; fi
+	@if [ -x "$(VPY)" ] && [ -d .state/demo/mongodb ]; then \
+	    $(VPY) scripts/private_mongod.py stop --dbpath .state/demo/mongodb || true; fi
 	rm -rf .state build dist *.egg-info .pytest_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 

