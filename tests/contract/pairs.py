@@ -254,3 +254,65 @@ def mariadb_sink(url: str) -> SinkUnderTest:
         lambda schema, delete_mode: MySqlSink(url, sink_id="warehouse", target_schema=schema, delete_mode=delete_mode),
         read, raw, url, drop,
     )
+
+
+def normalise_mongodb(value: Any, column: Column) -> Any:
+    """A field read from a MongoDB sink document as the Python value :func:`normalise` gives for a PostgreSQL one.
+    What a MongoDB sink stores differently (:mod:`airflow_provider_cdc.connectors.mongodb.sink_values`), and how it
+    is read back:
+
+    - NULL: no field at all (read as None);
+    - ``integer``: ``Int64`` -> int; ``decimal``: ``Decimal128`` -> ``Decimal`` (compared by value);
+    - ``timestamptz``: a BSON date, read aware in UTC, as it is; ``timestamp``: the same wall clock, naive;
+      ``date``: midnight UTC -> ``date``;
+    - ``time``: its portable text (BSON has no time of day) -> ``datetime.time``;
+    - ``json``: documents and arrays, their ``Int64`` and ``Decimal128`` as int and ``Decimal``;
+    - ``uuid``: ``Binary`` subtype 4 -> canonical text; ``binary``: subtype 0, read as ``bytes``;
+    - ``other``: the source's text as it is.
+    """
+    from bson import Binary
+
+    from airflow_provider_cdc.connectors.mongodb.sink_values import plain
+
+    if value is None:
+        return None
+    kind = column.logical_type
+    if kind == "timestamp" and isinstance(value, dt.datetime):
+        return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    if kind == "timestamptz" and isinstance(value, dt.datetime):
+        return value.astimezone(dt.timezone.utc)
+    if kind == "date" and isinstance(value, dt.datetime):
+        return value.date()
+    if kind == "uuid" and isinstance(value, Binary) and value.subtype == 4:
+        return str(value.as_uuid())
+    return normalise(plain(value), column)
+
+
+def mongodb_sink(url: str) -> SinkUnderTest:
+    """A MongoDB sink: ``target_schema`` is a database (made by the sink, dropped after), a table a collection.
+    Documents are read back with pymongo and normalised by :func:`normalise_mongodb`."""
+    from airflow_provider_cdc.connectors.mongodb.connection import connect
+    from airflow_provider_cdc.connectors.mongodb.sink import MongoSink
+
+    bookkeeping = ("_cdc_op", "_cdc_position", "_cdc_ts", SOFT_DELETED)
+
+    def raw(schema: str, table: str) -> list[dict[str, Any]]:
+        # A NULL is no field in a document: the bookkeeping fields read None where absent, as a column would.
+        with connect(url) as client:
+            documents = list(client[schema][table].find(sort=[("_id", 1)]))
+        return [{**dict.fromkeys(bookkeeping), **document} for document in documents]
+
+    def read(schema: str, table: str, columns: list[Column], live: bool) -> list[dict[str, Any]]:
+        rows = [doc for doc in raw(schema, table) if not live or doc.get(SOFT_DELETED) is None]
+        return [{c.name: normalise_mongodb(doc.get(c.name), c) for c in columns} for doc in rows]
+
+    def drop(schema: str) -> None:  # the target database (ledger included) is the sink's own making
+        with connect(url) as client:
+            client.drop_database(schema)
+
+    return SinkUnderTest(
+        "mongodb",
+        lambda schema, delete_mode: MongoSink(url, sink_id="warehouse", target_schema=schema,
+                                              delete_mode=delete_mode),  # type: ignore[arg-type]
+        read, raw, url, drop,
+    )

@@ -45,9 +45,10 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from bson import Binary, Decimal128, Int64, ObjectId
+from bson import Binary, Code, Decimal128, Int64, ObjectId
+from bson.codec_options import DatetimeConversion
 from bson.datetime_ms import DatetimeMS
-from bson.json_util import CANONICAL_JSON_OPTIONS, RELAXED_JSON_OPTIONS
+from bson.json_util import CANONICAL_JSON_OPTIONS, RELAXED_JSON_OPTIONS, JSONOptions
 from bson.json_util import dumps as json_util_dumps
 from bson.json_util import loads as json_util_loads
 
@@ -61,6 +62,10 @@ INTEGER_ALIASES = frozenset({"int", "long"})
 NUMERIC_ALIASES = frozenset({"int", "long", "double", "decimal"})
 # Integers a double holds exactly.
 _DOUBLE_EXACT = 2 ** 53
+# Reading Extended JSON back: dates aware in UTC, and dates beyond years 1 to 9999 as DatetimeMS (never an error),
+# as the connection's codec options decode them.
+_READ_JSON = JSONOptions(json_mode=RELAXED_JSON_OPTIONS.json_mode, tz_aware=True, tzinfo=dt.timezone.utc,
+                         datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 
 LOGICAL_TYPES = {
     "int": "integer",
@@ -95,6 +100,8 @@ def bson_alias(value: Any) -> str:
         return "double"
     if isinstance(value, Decimal128):
         return "decimal"
+    if isinstance(value, Code):  # a str subclass: JavaScript, not a string
+        return "javascript"
     if isinstance(value, str):
         return "string"
     if isinstance(value, (dt.datetime, DatetimeMS)):
@@ -225,7 +232,9 @@ def canonical_key(value: Any) -> str:
     if isinstance(value, (int, float, Decimal128)):
         number = value.to_decimal() if isinstance(value, Decimal128) else decimal.Decimal(value)
         return _number_key(number)
-    if isinstance(value, str):
+    if isinstance(value, uuid.UUID):  # stored as binary subtype 4, which is how the server sees it
+        value = Binary.from_uuid(value)
+    if isinstance(value, str) and not isinstance(value, Code):
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, ObjectId):
         return f'{{"$oid":"{value}"}}'
@@ -246,7 +255,10 @@ def canonical_key(value: Any) -> str:
 def _number_from_key(number: decimal.Decimal) -> Any:
     if number.is_finite() and number == number.to_integral_value():
         integer = int(number)
-        return integer if -2 ** 31 <= integer < 2 ** 31 else Int64(integer)
+        if -2 ** 31 <= integer < 2 ** 31:
+            return integer
+        if -2 ** 63 <= integer < 2 ** 63:
+            return Int64(integer)
     as_float = float(number)
     if number.is_nan() or not number.is_finite() or decimal.Decimal(as_float) == number:
         return as_float
@@ -256,6 +268,8 @@ def _number_from_key(number: decimal.Decimal) -> Any:
 def _restore_numbers(value: Any) -> Any:
     if isinstance(value, decimal.Decimal):
         return _number_from_key(value)
+    if isinstance(value, int) and not isinstance(value, (bool, Int64)):
+        return _number_from_key(decimal.Decimal(value))
     if isinstance(value, dict):
         return {k: _restore_numbers(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -267,7 +281,9 @@ def parse_key(text: str) -> Any:
     """The ``_id`` value of a canonical key string (numbers: int, Int64, double when exact, else Decimal128)."""
     if text in ("NaN", "Infinity", "-Infinity"):
         return float(text)
-    return _restore_numbers(json_util_loads(text, parse_float=decimal.Decimal, parse_int=decimal.Decimal))
+    # Integers stay int while parsing (Extended JSON's own {"$timestamp": {"t": 1, "i": 2}} and {"$minKey": 1}
+    # need them), and become int, Int64 or a double afterwards.
+    return _restore_numbers(json_util_loads(text, json_options=_READ_JSON, parse_float=decimal.Decimal))
 
 
 # --- portable text -> BSON (the sink's direction) ----------------------------------------------------------------
@@ -293,7 +309,7 @@ def to_bson(text: str | None, column: Column, dialect: str) -> Any:
         if kind == "objectId":
             return ObjectId(text)
         if kind not in LOGICAL_TYPES:
-            return json_util_loads(text)
+            return json_util_loads(text, json_options=_READ_JSON)
     kind = column.logical_type
     if kind == "decimal":
         return _decimal128(text)
