@@ -53,7 +53,7 @@ def stream_has_changes(client: MongoClient, scope: Scope, position: Mapping[str,
     if not position.get("resume_token"):
         return True
     deadline = time.monotonic() + budget_s
-    with open_stream(client, scope, position, options, source_id=source_id, max_await_ms=10) as stream:
+    with open_stream(client, scope, position, options, source_id=source_id, max_await_ms=10, slim=True) as stream:
         last: Any = None
         while True:
             if next_change(stream, position, source_id) is not None:

@@ -24,7 +24,7 @@ EDGE_CASES rows that do not apply here: DDL inside transactions, column reorder,
 (a collection has no declared columns: its schema only grows, see :mod:`.rows`); replica identities and deferrable
 keys (``_id`` is immutable and always there); publications and slots (nothing to bloat: the oplog is capped by size,
 and a position that fell off it is reported, never skipped); non-UTF-8 encodings (BSON strings are UTF-8); JSON
-nested 1,000 deep (BSON documents nest at most 100 levels, which :mod:`.documents` carries as JSON).
+nested 1,000 deep (mongod 6.0 stores documents nested at most 180 levels; they are captured whole, as JSON).
 """
 
 from __future__ import annotations
@@ -185,6 +185,7 @@ class MongoSource:
             position = self._reconcile(dict(position), configured)
         started = time.monotonic()
         snapshot = position.get("snapshot")
+        pending_at_start = bool(snapshot)
         budget = max(1, max_changes // 2) if snapshot else max_changes
         rows = BatchRows(source_id=self.source_id, seq=position.get("seq", 0),
                          schemas_seen=position.get("schemas") or {})
@@ -200,8 +201,13 @@ class MongoSource:
         snapshot = position_to.get("snapshot")
         if snapshot:
             drop_unread(self.client, rows, snapshot, self.source_id)
-            left = add_snapshot_pages(self.client, rows, snapshot,
-                                      max(max_changes - reader.events, max_changes // 2), source_id=self.source_id)
+            # What the stream left of the batch. A snapshot pending from the start also gets half of it after a
+            # transaction overran the stream's half, so that it always progresses; one queued by this batch's rename
+            # (the stream had the whole batch) waits for the next batch when nothing is left.
+            pages = max_changes - reader.events
+            if pending_at_start:
+                pages = max(pages, max_changes // 2)
+            left = add_snapshot_pages(self.client, rows, snapshot, pages, source_id=self.source_id)
             if left is None:
                 position_to.pop("snapshot", None)
             else:

@@ -16,11 +16,13 @@ document (``full_document='updateLookup'``, or the post-image), so an ``$unset``
 ``d``. Pre-images (``fullDocumentBeforeChange``), where the collection keeps them, are the before-image. An update
 whose document is gone when the stream reads it (``updateLookup`` finds nothing) is a ``d``: the document was
 deleted later, and that delete follows in the stream; with a pre-image the exact post-image is rebuilt from the
-update description instead. ``drop`` of a collection, and ``rename`` of it away, empty its table (a ``t``
-event: the collection has no documents any more; a collection of that name created later flows again); a
-``rename`` onto a captured name queues that collection for a new snapshot (its documents never passed through the
-stream); ``dropDatabase`` empties every captured collection of it; ``invalidate`` ends the batch, and the next
-one starts after it. ``create``, ``createIndexes``, ``dropIndexes`` and ``modify`` change no document.
+update description instead (unless a path in it is ambiguous: mongod 6.0 does not say whether ``"a.b"`` names a
+field with a dot). ``full_document='required'`` without a post-image stops with a terminal error. ``drop`` of a
+collection, and ``rename`` of it away, empty its table (a ``t`` event: the collection has no documents any more; a
+collection of that name created later flows again); a ``rename`` onto a captured name queues that collection for a
+new snapshot (its documents never passed through the stream); ``dropDatabase`` empties every captured collection of
+it; ``invalidate`` ends the batch, and the next one starts after it. ``create``, ``createIndexes``, ``dropIndexes``
+and ``modify`` change no document.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from bson import Timestamp
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
+from airflow_provider_cdc.connectors.mongodb.documents import ID_FIELD
 from airflow_provider_cdc.connectors.mongodb.options import MongoSourceOptions
 from airflow_provider_cdc.connectors.mongodb.rows import BatchRows
 from airflow_provider_cdc.errors import PositionLostError, SourceError
@@ -99,14 +102,64 @@ def lost_reason(exc: PyMongoError) -> str | None:
     return None
 
 
+class PartialUpdateError(SourceError):
+    """An update that carries neither the document nor enough to rebuild it."""
+
+    terminal = True
+
+
+# NoMatchingDocument: ``full_document='required'`` and the collection kept no post-image for an event.
+_NO_POST_IMAGE = 47
+# BSONObjectTooLarge: an event over 16 MB (a large document's update with its pre-image and post-image).
+_TOO_LARGE = 10334
+# What a slim stream leaves out of each event (the documents: :meth:`StreamBatch.read` looks them up itself).
+_SLIM = {"$project": {"fullDocument": 0, "fullDocumentBeforeChange": 0, "updateDescription": 0}}
+
+
+class EventTooLarge(SourceError):
+    """An event larger than a BSON document may be (16 MB). The capture reads it again without its documents, so
+    this escapes only where that is not possible."""
+
+    terminal = True
+
+
+def stream_error(exc: PyMongoError, position: Mapping[str, Any], source_id: str, doing: str) -> SourceError:
+    """The error to raise for a failed read: a lost position, an event too large, a missing required post-image (all
+    terminal: a retry reads the same event again), or a transient SourceError."""
+    reason = lost_reason(exc)
+    if reason:
+        return PositionLostError(source_id, dict(position), reason)
+    if isinstance(exc, OperationFailure) and exc.code == _TOO_LARGE:
+        return EventTooLarge(source_id, f"an event after {_brief_token(position)} is larger than 16 MB with its "
+                             f"documents ({exc}); set options.before_images: off if the pre-images make it so")
+    if isinstance(exc, OperationFailure) and exc.code == _NO_POST_IMAGE and "post-image" in str(exc):
+        return PartialUpdateError(
+            source_id, f"an event has no post-image, which options.full_document: required asks for ({exc}). Enable "
+            "changeStreamPreAndPostImages on the collection (collMod) before its changes, or use full_document: "
+            "updateLookup or whenAvailable; then re-snapshot the table: python -m airflow_provider_cdc resnapshot "
+            f"{source_id} --table <db.collection>")
+    return SourceError(source_id, f"{doing}: {exc}")
+
+
+def _brief_token(position: Mapping[str, Any]) -> str:
+    time = token_time(position.get("resume_token"))
+    return f"cluster time {time[0]}.{time[1]}" if time else "the start"
+
+
 def open_stream(client: MongoClient, scope: Scope, position: Mapping[str, Any], options: MongoSourceOptions, *,
-                source_id: str, max_await_ms: int, batch_size: int | None = None) -> Any:
-    """A change stream of ``scope`` after ``position``'s token; a token that is gone is a PositionLostError."""
+                source_id: str, max_await_ms: int, batch_size: int | None = None, slim: bool = False) -> Any:
+    """A change stream of ``scope`` after ``position``'s token; a token that is gone is a PositionLostError.
+
+    A ``slim`` stream carries no documents (no lookup, no pre-image, no update description): what the probe needs,
+    and how an event too large with its documents is read at all."""
     target, pipeline = scope.watch(client)
-    kwargs: dict[str, Any] = {"full_document": options.full_document, "show_expanded_events": True,
-                              "max_await_time_ms": max_await_ms}
-    if options.before_images != "off":
-        kwargs["full_document_before_change"] = "whenAvailable"
+    kwargs: dict[str, Any] = {"show_expanded_events": True, "max_await_time_ms": max_await_ms}
+    if slim:
+        pipeline = [*pipeline, _SLIM]
+    else:
+        kwargs["full_document"] = options.full_document
+        if options.before_images != "off":
+            kwargs["full_document_before_change"] = "whenAvailable"
     if batch_size:
         kwargs["batch_size"] = batch_size
     token = position.get("resume_token")
@@ -115,20 +168,14 @@ def open_stream(client: MongoClient, scope: Scope, position: Mapping[str, Any], 
     try:
         return target.watch(pipeline, **kwargs)
     except PyMongoError as exc:
-        reason = lost_reason(exc)
-        if reason:
-            raise PositionLostError(source_id, dict(position), reason) from exc
-        raise SourceError(source_id, f"cannot open the change stream: {exc}") from exc
+        raise stream_error(exc, position, source_id, "cannot open the change stream") from exc
 
 
 def next_change(stream: Any, position: Mapping[str, Any], source_id: str) -> Mapping[str, Any] | None:
     try:
         return stream.try_next()
     except PyMongoError as exc:
-        reason = lost_reason(exc)
-        if reason:
-            raise PositionLostError(source_id, dict(position), reason) from exc
-        raise SourceError(source_id, f"reading the change stream failed: {exc}") from exc
+        raise stream_error(exc, position, source_id, "reading the change stream failed") from exc
 
 
 def _tx_of(change: Mapping[str, Any]) -> str | None:
@@ -164,10 +211,23 @@ def _table(ns: Mapping[str, Any] | None) -> str | None:
     return f"{ns['db']}.{ns['coll']}"
 
 
-class PartialUpdateError(SourceError):
-    """An update that carries neither the document nor enough to rebuild it."""
+def _has_dotted_names(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return any("." in str(k) or _has_dotted_names(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_dotted_names(v) for v in value)
+    return False
 
-    terminal = True
+
+def rebuildable(before: Mapping[str, Any], description: Mapping[str, Any]) -> bool:
+    """Whether :func:`apply_update` reads every path of ``description`` as the server meant it. mongod 6.0 sends no
+    ``disambiguatedPaths`` (6.1 does): there, ``"a.b"`` may name the field ``a.b`` or ``b`` inside ``a`` when the
+    document has field names with dots, and the update cannot be rebuilt."""
+    if description.get("disambiguatedPaths") is not None:
+        return True
+    paths = [*(description.get("updatedFields") or {}), *(description.get("removedFields") or []),
+             *(a["field"] for a in description.get("truncatedArrays") or [])]
+    return not any("." in path for path in paths) or not _has_dotted_names(before)
 
 
 def apply_update(before: Mapping[str, Any], description: Mapping[str, Any]) -> dict[str, Any]:
@@ -245,15 +305,29 @@ class StreamBatch:
         self.transactions = 0
         self.queued_snapshots: list[str] = []
         self.lookups_gone = 0
+        self.too_large = 0
+
+    def _open(self, *, slim: bool = False) -> Any:
+        """The stream after the last event read (``self.token``)."""
+        return open_stream(self.client, self.scope, {**self.position, "resume_token": self.token}, self.options,
+                           source_id=self.source_id, max_await_ms=self.options.idle_wait_ms,
+                           batch_size=1 if slim else min(self.max_changes + 1, 10_000), slim=slim)
 
     def read(self) -> Mapping[str, Any] | None:
         """Read the batch into ``rows``; returns the resume token to store."""
         last_tx: str | None = None
-        with open_stream(self.client, self.scope, self.position, self.options, source_id=self.source_id,
-                         max_await_ms=self.options.idle_wait_ms,
-                         batch_size=min(self.max_changes + 1, 10_000)) as stream:
+        stream: Any = None
+        try:
             while True:
-                change = next_change(stream, self.position, self.source_id)
+                try:
+                    if stream is None:
+                        stream = self._open()  # the first batch of an aggregate is read while it opens
+                    change = next_change(stream, self.position, self.source_id)
+                except EventTooLarge:
+                    if stream is not None:
+                        stream.close()
+                    stream = None  # reopened after this event
+                    change = self._read_large()
                 if change is None:
                     self.token = stream.resume_token or self.token
                     break
@@ -266,10 +340,42 @@ class StreamBatch:
                 self.token = change["_id"]
                 if self._apply(change):
                     break
+        finally:
+            if stream is not None:
+                stream.close()
+        if self.too_large:
+            log.warning("source %s: %d events were larger than 16 MB with their documents (a large document's "
+                        "update with its pre-image): each was read without them, with the document as it is now "
+                        "and no before-image", self.source_id, self.too_large)
         if self.lookups_gone:
             log.info("source %s: %d updates found their document deleted when read (updateLookup): each is loaded "
                      "as the delete that follows it in the stream", self.source_id, self.lookups_gone)
         return self.token
+
+    def _read_large(self) -> Mapping[str, Any]:
+        """The next event, which is too large with its documents: read from a slim stream, with the document as it
+        is now (updateLookup's semantics); a document gone since makes it the delete that follows it."""
+        with self._open(slim=True) as stream:
+            for _ in range(100):  # an empty getMore may end before the event: ask again
+                change = next_change(stream, self.position, self.source_id)
+                if change is not None:
+                    break
+            else:
+                raise EventTooLarge(self.source_id, f"the event after {_brief_token({'resume_token': self.token})} "
+                                    "is larger than 16 MB and could not be read without its documents either")
+        self.too_large += 1
+        kind = change.get("operationType")
+        if kind not in ("insert", "update", "replace"):
+            return change
+        ns = change["ns"]
+        try:
+            doc = self.client[ns["db"]][ns["coll"]].find_one({ID_FIELD: change["documentKey"][ID_FIELD]})
+        except PyMongoError as exc:
+            raise SourceError(self.source_id, f"reading the document of an event larger than 16 MB failed: {exc}",
+                              table=_table(ns)) from exc
+        if doc is None:
+            return {**change, "operationType": "delete"}
+        return {**change, "fullDocument": doc}
 
     def _apply(self, change: Mapping[str, Any]) -> bool:
         """Add one event to the batch; True when the batch must end after it (invalidate)."""
@@ -293,7 +399,7 @@ class StreamBatch:
                 self.rows.add(table, OP_DELETE, key=key, before=before, **common)
             elif doc is not None:
                 self.rows.add(table, OP_UPDATE, key=key, doc=doc, before=before, **common)
-            elif kind == "update" and before is not None:
+            elif kind == "update" and before is not None and rebuildable(before, change.get("updateDescription") or {}):
                 rebuilt = apply_update(before, change.get("updateDescription") or {})
                 self.rows.add(table, OP_UPDATE, key=key, doc=rebuilt, before=before, **common)
             elif self.options.full_document == "updateLookup":
