@@ -161,14 +161,18 @@ class TableChangesBuilder:
                 col.append(value)
 
     def finish(self) -> pa.Table:
-        with_before = self.before is not None
-        arrays: list[Any] = [self.ops, self.seqs, self.ts, self.txs, self.positions, self.unchanged, *self.values]
-        if self.before is not None:
-            arrays += self.before
-        return pa.Table.from_arrays(
-            [pa.array(a, type=f.type) for a, f in zip(arrays, batch_schema(self.table, with_before))],
-            schema=batch_schema(self.table, with_before),
-        )
+        return changes_table(self.table, self.ops, self.seqs, self.ts, self.txs, self.positions, self.unchanged,
+                             self.values, self.before)
+
+
+def changes_table(table: TableSchema, ops: list[str], seqs: list[int], ts: list[int], txs: list[str | None],
+                  positions: list[str | None], unchanged: list[list[str] | None], values: list[list[str | None]],
+                  before: list[list[str | None]] | None = None) -> pa.Table:
+    """One table's changes from its columns (each a list with one entry per event; ``values`` and ``before`` one list
+    per column of ``table``): what :class:`TableChangesBuilder` and columnar decoders finish with."""
+    schema = batch_schema(table, before is not None)
+    arrays: list[Any] = [ops, seqs, ts, txs, positions, unchanged, *values, *(before or [])]
+    return pa.Table.from_arrays([pa.array(a, type=f.type) for a, f in zip(arrays, schema)], schema=schema)
 
 
 @dataclasses.dataclass

@@ -28,4 +28,4 @@ class MongoSourceOptions(BaseModel):
 
     full_document: Literal["updateLookup", "whenAvailable", "required"] = "updateLookup"
     before_images: Literal["whenAvailable", "off"] = "whenAvailable"
-    idle_wait_ms: int = Field(default=500, ge=0, le=60_000)
+    idle_wait_ms: int = Field(default=200, ge=0, le=60_000)

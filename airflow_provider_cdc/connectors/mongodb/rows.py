@@ -16,10 +16,11 @@ batch in the wider form.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
+from bson import Binary
 
 from airflow_provider_cdc.connectors.mongodb.connection import MONGODB_DIALECT
 from airflow_provider_cdc.connectors.mongodb.documents import (
@@ -28,16 +29,16 @@ from airflow_provider_cdc.connectors.mongodb.documents import (
     bson_alias,
     canonical_key,
     column_for,
-    portable,
+    formatter,
     unify,
 )
 from airflow_provider_cdc.connectors.schemas import remembered, seen_schema
 from airflow_provider_cdc.errors import TableRefusedError
-from airflow_provider_cdc.events import OP_DELETE, OP_TRUNCATE, TableChangesBuilder
+from airflow_provider_cdc.events import OP_DELETE, OP_TRUNCATE, changes_table
 from airflow_provider_cdc.tables import RESERVED_PREFIX, Column, SchemaChange, TableSchema
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class DocChange:
     """One change of one document, before rendering: ``doc`` is the image to reach (None for deletes and
     truncates), ``before`` the pre-image when the source gave one, ``unchanged`` the fields whose values the source
@@ -55,10 +56,6 @@ class DocChange:
     partial: bool = False
 
 
-def _formatter(alias: str) -> Callable[[Any], str | None]:
-    return lambda value: portable(value, alias)
-
-
 class CollectionRows:
     """The changes of one collection in one batch, with its schema as it grows."""
 
@@ -74,6 +71,8 @@ class CollectionRows:
         self.first_schema: TableSchema | None = seen_schema(entry)
         self.schema = remembered_schema
         self._types = {c.name: c.source_type for c in self.schema.columns}
+        # Field -> the Python type of a value known to need no change of its column (the hot path of observe).
+        self._settled: dict[str, type] = {}
         self.changes: list[DocChange] = []
 
     def _column(self, name: str, alias: str) -> Column:
@@ -87,8 +86,10 @@ class CollectionRows:
         if not doc:
             return None
         changed: dict[str, str] = {}
+        settled = self._settled
         for name, value in doc.items():
-            if name == ID_FIELD:
+            kind = type(value)
+            if settled.get(name) is kind or name == ID_FIELD:
                 continue
             current = self._types.get(name)
             alias = bson_alias(value)
@@ -97,8 +98,14 @@ class CollectionRows:
                 if current is None:
                     self._check_name(name, doc)
                 changed[name] = wider
+            elif value is not None and kind is not Binary and (kind is not int or wider in ("long", "decimal")):
+                # Not for values whose type depends on more than their class: an int in an "int" column (a larger
+                # one is a long) and binary (its subtype).
+                settled[name] = kind
         if not changed:
             return None
+        for name in changed:
+            settled.pop(name, None)
         self._types.update(changed)
         columns = [c if c.name not in changed else self._column(c.name, changed[c.name])
                    for c in self.schema.columns]
@@ -118,35 +125,45 @@ class CollectionRows:
         return {**remembered(self.schema), "ids": self.ids, "next_id": self.next_id}
 
     def finish(self) -> pa.Table:
-        """Every change rendered with the final schema."""
-        columns = self.schema.columns
-        formats = [(c.name, _formatter(c.source_type)) for c in columns]
-        builder = TableChangesBuilder(self.schema)
-        for change in self.changes:
+        """Every change rendered with the final schema, column by column."""
+        changes = self.changes
+        keys = [None if c.op == OP_TRUNCATE else canonical_key(c.key) for c in changes]
+        images = [c.doc if c.op not in (OP_DELETE, OP_TRUNCATE) else None for c in changes]
+        befores = [c.before for c in changes]
+        has_before = any(b is not None for b in befores)
+        values: list[list[str | None]] = []
+        before_values: list[list[str | None]] | None = [] if has_before else None
+        for column in self.schema.columns:
+            if column.name == ID_FIELD:
+                values.append(keys)
+                if before_values is not None:
+                    before_values.append([k if b is not None else None for k, b in zip(keys, befores)])
+                continue
+            fmt, name = formatter(column.source_type), column.name
             try:
-                row, before = self._render(change, formats)
+                values.append([None if d is None else fmt(d.get(name)) for d in images])
+                if before_values is not None:
+                    before_values.append([None if d is None else fmt(d.get(name)) for d in befores])
             except UnsupportedValueError as exc:
-                raise TableRefusedError(self.source_id, f"{exc}: the document with _id {canonical_key(change.key)}",
-                                        table=self.table) from exc
-            unchanged = None
-            if change.partial and change.doc is not None:
-                unchanged = [c.name for c in columns if c.name != ID_FIELD and c.name not in change.doc]
-            builder.append(change.op, change.seq, change.ts_ms, change.tx, change.pos, row, before=before,
-                           unchanged=unchanged)
-        return builder.finish()
+                raise self._refusal(exc, column.name) from exc
+        columns = self.schema.columns
+        unchanged = [[c.name for c in columns if c.name != ID_FIELD and c.name not in ch.doc]
+                     if ch.partial and ch.doc is not None else None for ch in changes]
+        return changes_table(self.schema, [c.op for c in changes], [c.seq for c in changes],
+                             [c.ts_ms for c in changes], [c.tx for c in changes], [c.pos for c in changes], unchanged,
+                             values, before_values)
 
-    def _render(self, change: DocChange, formats: list[tuple[str, Callable[[Any], str | None]]],
-                ) -> tuple[list[str | None], list[str | None] | None]:
-        key = canonical_key(change.key)
-        before = None
-        if change.before is not None:
-            before = [key if name == ID_FIELD else fmt(change.before.get(name)) for name, fmt in formats]
-        if change.op == OP_TRUNCATE:
-            return [None] * len(formats), None
-        if change.op == OP_DELETE or change.doc is None:
-            return [key if name == ID_FIELD else None for name, _ in formats], before
-        doc = change.doc
-        return [key if name == ID_FIELD else fmt(doc.get(name)) for name, fmt in formats], before
+    def _refusal(self, exc: UnsupportedValueError, name: str) -> TableRefusedError:
+        """The error naming the first document whose field ``name`` has no portable form."""
+        fmt = formatter(self._types.get(name, "mixed"))
+        for change in self.changes:
+            for image in (change.doc, change.before):
+                try:
+                    fmt((image or {}).get(name))
+                except UnsupportedValueError:
+                    return TableRefusedError(self.source_id, f"{exc}: field {name!r} of the document with _id "
+                                             f"{canonical_key(change.key)}", table=self.table)
+        return TableRefusedError(self.source_id, f"{exc}: field {name!r}", table=self.table)
 
 
 class BatchRows:
@@ -179,7 +196,8 @@ class BatchRows:
         rows = self.collection(table)
         old = rows.schema
         rows.observe(doc)
-        rows.observe(before)
+        if before is not None:
+            rows.observe(before)
         if rows.first_schema is None:  # never seen before: its first schema is a change from nothing
             rows.first_schema = rows.schema
             self._schema_change(rows, None, ts_ms=ts_ms, pos=pos)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -62,9 +63,10 @@ class Scope:
         self.tables = [t for t in tables if not t.endswith("." + WILDCARD)]
         self.whole = sorted({t.partition(".")[0] for t in tables if t.endswith("." + WILDCARD)})
         self.databases = sorted({t.partition(".")[0] for t in self.tables} | set(self.whole))
+        self._listed = frozenset(self.tables)
 
     def covers(self, table: str) -> bool:
-        return table in self.tables or table.partition(".")[0] in self.whole
+        return table in self._listed or table.partition(".")[0] in self.whole
 
     def watch(self, client: MongoClient) -> tuple[Any, list[dict[str, Any]]]:
         """The object to ``watch`` and the ``$match`` pipeline of this scope."""
@@ -77,7 +79,8 @@ class Scope:
             ors += [{"ns.db": db, "ns.coll": {"$in": colls}}, {"to.db": db, "to.coll": {"$in": colls}},
                     {"operationType": "dropDatabase", "ns.db": db}]
         ors.append({"operationType": "invalidate"})
-        pipeline = [{"$match": {"$or": ors}}]
+        # collectionUUID (added by show_expanded_events) is decoded into a Binary per event and never read.
+        pipeline: list[dict[str, Any]] = [{"$match": {"$or": ors}}, {"$unset": ["collectionUUID"]}]
         if len(self.databases) == 1:
             return client[self.databases[0]], pipeline
         return client, pipeline
@@ -322,6 +325,7 @@ class StreamBatch:
                 try:
                     if stream is None:
                         stream = self._open()  # the first batch of an aggregate is read while it opens
+                    asked = time.monotonic()
                     change = next_change(stream, self.position, self.source_id)
                 except EventTooLarge:
                     if stream is not None:
@@ -329,7 +333,14 @@ class StreamBatch:
                     stream = None  # reopened after this event
                     change = self._read_large()
                 if change is None:
-                    self.token = stream.resume_token or self.token
+                    moved = stream.resume_token
+                    early = time.monotonic() - asked < self.options.idle_wait_ms / 2000
+                    if moved is not None and moved != self.token and self.events < self.max_changes and early:
+                        # An empty getMore that came back before the wait was over may have scanned only part of a
+                        # long stretch of other namespaces' entries: ask again before calling the stream drained.
+                        self.token = moved
+                        continue
+                    self.token = moved or self.token
                     break
                 tx = _tx_of(change)
                 if self.events >= self.max_changes and (tx is None or tx != last_tx):
@@ -338,7 +349,7 @@ class StreamBatch:
                     self.transactions += 1
                 last_tx = tx
                 self.token = change["_id"]
-                if self._apply(change):
+                if self._apply(change, tx):
                     break
         finally:
             if stream is not None:
@@ -377,11 +388,11 @@ class StreamBatch:
             return {**change, "operationType": "delete"}
         return {**change, "fullDocument": doc}
 
-    def _apply(self, change: Mapping[str, Any]) -> bool:
-        """Add one event to the batch; True when the batch must end after it (invalidate)."""
+    def _apply(self, change: Mapping[str, Any], tx: str | None) -> bool:
+        """Add one event (of transaction ``tx``) to the batch; True when the batch must end after it (invalidate)."""
         kind = change.get("operationType")
         table = _table(change.get("ns"))
-        common: dict[str, Any] = {"ts_ms": _ts_ms(change), "tx": _tx_of(change), "pos": _pos(change)}
+        common: dict[str, Any] = {"ts_ms": _ts_ms(change), "tx": tx, "pos": _pos(change)}
         if kind == "invalidate":
             log.warning("source %s: the change stream was invalidated (the database was dropped or renamed); "
                         "the next batch starts after it", self.source_id)

@@ -220,3 +220,27 @@ def test_to_bson_from_another_dialect_maps_from_the_logical_type() -> None:
     assert to_bson("7", col("integer"), "postgresql") == 7
     assert to_bson("true", col("boolean"), "postgresql") is True
     assert to_bson(None, col("integer"), "postgresql") is None
+
+
+def test_the_fast_decimal_and_date_forms_equal_the_value_contracts():
+    """decimal128_text and the UTC date path are the capture's hot path: they must give format_value's text."""
+    import datetime as dt
+    import random
+
+    from bson import Decimal128
+
+    from airflow_provider_cdc.connectors.mongodb.documents import decimal128_text, portable
+    from airflow_provider_cdc.values import format_value
+
+    rng = random.Random(9)
+    cases = ["0", "-0", "0.00", "-0.00", "1E+3", "1.50", "-123.456", "1E-40", "9" * 34, "1E+6144", "1E-6143", "NaN",
+             "-Infinity", "0E+5", "0E-5"]
+    cases += [f"{rng.choice(['', '-'])}{rng.randrange(10 ** rng.randint(1, 34))}E{rng.randint(-60, 60)}"
+              for _ in range(5000)]
+    for text in cases:
+        value = Decimal128(text)
+        assert decimal128_text(value) == format_value(value.to_decimal(), "decimal"), text
+    for _ in range(5000):
+        when = dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(milliseconds=rng.randrange(315537897599999))
+        expected = format_value(when, "timestamptz")
+        assert portable(when, "date") == expected and portable(when.replace(tzinfo=None), "date") == expected
