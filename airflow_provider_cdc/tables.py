@@ -21,9 +21,24 @@ RESERVED_PREFIX = "_cdc_"
 # deletes when it was deleted.
 BOOKKEEPING_COLUMNS = ("_cdc_op", "_cdc_position", "_cdc_ts", "_cdc_deleted_at")
 
-def reserved_columns(names: Iterable[str]) -> list[str]:
-    """Source column names that fall in the bookkeeping namespace (``_cdc_*``), which no source may use."""
-    return [name for name in names if name.startswith(RESERVED_PREFIX)]
+def reserved_columns(names: Iterable[str], *, ignore_case: bool = False) -> list[str]:
+    """Source column names that fall in the bookkeeping namespace (``_cdc_*``), which no source may use (where names
+    ignore case, as MySQL's do, ``_CDC_op`` too)."""
+    return [name for name in names if (name.lower() if ignore_case else name).startswith(RESERVED_PREFIX)]
+
+
+def unmergeable(schema: TableSchema, *, ignore_case: bool = False) -> str | None:
+    """Why a sink that merges by key cannot take ``schema`` (no primary key, bookkeeping column names), with what to
+    do; None when it can. Every sink refuses such a table with this message."""
+    if not schema.primary_key:
+        return (f"source table {schema.qualified_name} has no primary key; add a primary key at the source (the sink "
+                "merges changes by key)")
+    clashes = reserved_columns(schema.column_names, ignore_case=ignore_case)
+    if clashes:
+        case = " (column names ignore case here)" if ignore_case else ""
+        return (f"source table {schema.qualified_name} has columns {clashes} in the reserved bookkeeping namespace "
+                f"{RESERVED_PREFIX}*{case}; rename them at the source")
+    return None
 
 
 @dataclasses.dataclass(frozen=True)

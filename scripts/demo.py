@@ -81,9 +81,10 @@ TABLES = ("users", "orders")
 ADMIN_USER = "admin"
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
-from embedded_pg import EmbeddedPostgres, free_port, port_is_free  # noqa: E402
+from embedded_pg import EmbeddedPostgres  # noqa: E402
 from private_mariadb import PrivateMariaDB, PrivateMariaDBError, find_binary  # noqa: E402
 from private_mongod import PrivateMongod, PrivateMongodError  # noqa: E402
+from server_process import free_port, port_is_free  # noqa: E402
 
 
 class Interrupted(Exception):

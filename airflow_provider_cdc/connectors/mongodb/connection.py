@@ -37,6 +37,18 @@ def connect(url: str, **kwargs: Any) -> MongoClient:
                        datetime_conversion=DatetimeConversion.DATETIME_AUTO, **kwargs)
 
 
+def source_client(url: str, source_id: str) -> MongoClient:
+    """A client for a source or its probe; a URL the driver refuses is a SourceError (the URL is never shown)."""
+    from pymongo.errors import PyMongoError
+
+    from airflow_provider_cdc.errors import SourceError
+
+    try:
+        return connect(url)
+    except (PyMongoError, ValueError) as exc:
+        raise SourceError(source_id, f"cannot connect: {exc}") from exc
+
+
 def database_of(url: str) -> str:
     """The database named in the URL's path ("" when none)."""
     try:

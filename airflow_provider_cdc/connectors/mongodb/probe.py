@@ -11,14 +11,12 @@ import asyncio
 from typing import Any
 
 from pymongo import MongoClient
-from pymongo.errors import PyMongoError
 
 from airflow_provider_cdc.connectors.mongodb.checks import check_position, server_state, stream_has_changes
-from airflow_provider_cdc.connectors.mongodb.connection import connect
+from airflow_provider_cdc.connectors.mongodb.connection import source_client
 from airflow_provider_cdc.connectors.mongodb.options import MongoSourceOptions
 from airflow_provider_cdc.connectors.mongodb.stream import Scope
 from airflow_provider_cdc.connectors.table_tracking import pending_work
-from airflow_provider_cdc.errors import SourceError
 
 
 class MongoChangeProbe:
@@ -36,10 +34,7 @@ class MongoChangeProbe:
 
     def _connection(self) -> MongoClient:
         if self._client is None:
-            try:
-                self._client = connect(self.url)
-            except (PyMongoError, ValueError) as exc:
-                raise SourceError(self.source_id, f"cannot connect: {exc}") from exc
+            self._client = source_client(self.url, self.source_id)
         return self._client
 
     def _check(self, position: dict[str, Any]) -> bool:

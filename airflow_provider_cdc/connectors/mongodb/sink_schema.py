@@ -39,10 +39,9 @@ from airflow_provider_cdc.connectors.mongodb.sink_values import ValueRefused, bs
 from airflow_provider_cdc.errors import SinkError, TableHeld
 from airflow_provider_cdc.tables import (
     BOOKKEEPING_COLUMNS,
-    RESERVED_PREFIX,
     SchemaChange,
     TableSchema,
-    reserved_columns,
+    unmergeable,
 )
 
 log = logging.getLogger("airflow_provider_cdc.sink.mongodb")
@@ -88,16 +87,10 @@ def check_source_table(schema: TableSchema, *, sink_id: str, label: str, batch_i
         raise SinkError(sink_id, f"source table {schema.qualified_name} has the name of the sink's own collection "
                                  f"{name}; give the ledger its own database (ledger_schema) or rename the table",
                         table=label, batch_id=batch_id, terminal=True)
+    unfit = unmergeable(schema)
+    if unfit:
+        raise SinkError(sink_id, unfit, table=label, batch_id=batch_id, terminal=True)
     key = schema.primary_key
-    if not key:
-        raise SinkError(sink_id, f"source table {schema.qualified_name} has no primary key; add a primary key at the "
-                                 f"source (the sink merges changes by key)", table=label, batch_id=batch_id,
-                        terminal=True)
-    clashes = reserved_columns(schema.column_names)
-    if clashes:
-        raise SinkError(sink_id, f"source table {schema.qualified_name} has columns {clashes} in the reserved "
-                                 f"bookkeeping namespace {RESERVED_PREFIX}*; rename them at the source", table=label,
-                        batch_id=batch_id, terminal=True)
     if schema.dialect == MONGODB_DIALECT:
         if key != [ID_FIELD]:
             raise SinkError(sink_id, f"source table {schema.qualified_name} of a MongoDB source has the key {key}, "

@@ -37,7 +37,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from airflow_provider_cdc.connectors.mongodb.checks import check_position, server_state, stream_has_changes
-from airflow_provider_cdc.connectors.mongodb.connection import MONGODB_DIALECT, connect
+from airflow_provider_cdc.connectors.mongodb.connection import MONGODB_DIALECT, source_client
 from airflow_provider_cdc.connectors.mongodb.options import MongoSourceOptions
 from airflow_provider_cdc.connectors.mongodb.rows import BatchRows
 from airflow_provider_cdc.connectors.mongodb.snapshot import add_snapshot_pages, drop_unread
@@ -73,10 +73,7 @@ class MongoSource:
     @property
     def client(self) -> MongoClient:
         if self._client is None:
-            try:
-                self._client = connect(self.url)
-            except (PyMongoError, ValueError) as exc:
-                raise SourceError(self.source_id, f"cannot connect: {exc}") from exc
+            self._client = source_client(self.url, self.source_id)
         return self._client
 
     def close(self) -> None:

@@ -53,7 +53,13 @@ from airflow_provider_cdc.connectors.mysql.sink_types import (
 )
 from airflow_provider_cdc.errors import SinkError, TableHeld
 from airflow_provider_cdc.events import ChangeBatch
-from airflow_provider_cdc.tables import BOOKKEEPING_COLUMNS, RESERVED_PREFIX, Column, SchemaChange, TableSchema
+from airflow_provider_cdc.tables import (
+    BOOKKEEPING_COLUMNS,
+    Column,
+    SchemaChange,
+    TableSchema,
+    unmergeable,
+)
 from airflow_provider_cdc.values import UntypedValueError
 
 log = logging.getLogger("airflow_provider_cdc.sink.mysql")
@@ -166,14 +172,10 @@ class TableDdl:
         if problem:
             raise refuse(f"source table {schema.qualified_name} cannot be a MySQL table: {problem}; rename it at the "
                          f"source, or load it into another kind of sink")
-        if not schema.primary_key:
-            raise refuse(f"source table {schema.qualified_name} has no primary key; add a primary key at the source "
-                         f"(the sink merges changes by key)")
         # MySQL column names ignore case: _CDC_op is the sink's _cdc_op.
-        reserved = [name for name in schema.column_names if name.lower().startswith(RESERVED_PREFIX)]
-        if reserved:
-            raise refuse(f"source table {schema.qualified_name} has columns {reserved} in the reserved bookkeeping "
-                         f"namespace {RESERVED_PREFIX}* (MySQL column names ignore case); rename them at the source")
+        unfit = unmergeable(schema, ignore_case=True)
+        if unfit:
+            raise refuse(unfit)
         for name in schema.column_names:
             problem = identifier_problem(name)
             if problem:

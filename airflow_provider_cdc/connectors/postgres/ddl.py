@@ -33,11 +33,10 @@ from airflow_provider_cdc.errors import SinkError, TableHeld
 from airflow_provider_cdc.events import ChangeBatch
 from airflow_provider_cdc.tables import (
     BOOKKEEPING_COLUMNS,
-    RESERVED_PREFIX,
     Column,
     SchemaChange,
     TableSchema,
-    reserved_columns,
+    unmergeable,
 )
 
 log = logging.getLogger("airflow_provider_cdc.sink.postgres")
@@ -148,21 +147,9 @@ class TableDdl:
         return columns
 
     def _check_source_table(self, schema: TableSchema, label: str, batch_id: str | None) -> None:
-        if not schema.primary_key:
-            raise SinkError(
-                self.sink_id,
-                f"source table {schema.qualified_name} has no primary key; add a primary key at the source "
-                f"(the sink merges changes by key)",
-                table=label, batch_id=batch_id, terminal=True,
-            )
-        clashes = reserved_columns(schema.column_names)
-        if clashes:
-            raise SinkError(
-                self.sink_id,
-                f"source table {schema.qualified_name} has columns {clashes} in the reserved bookkeeping namespace "
-                f"{RESERVED_PREFIX}*; rename them at the source",
-                table=label, batch_id=batch_id, terminal=True,
-            )
+        problem = unmergeable(schema)
+        if problem:
+            raise SinkError(self.sink_id, problem, table=label, batch_id=batch_id, terminal=True)
 
     def _ensure_table(
         self,
