@@ -447,3 +447,17 @@ def test_a_position_from_another_replica_set_is_lost_not_skipped(pair):
     pair.positions.set(pair.source_id, {**stored, "set_name": "elsewhere"}, batch_id=None)
     with pytest.raises(PositionLostError, match=r"another replica set.*resnapshot"):
         pair.run()
+
+
+def test_a_lost_position_variable_is_recovered_from_the_sink_ledger(pair, caplog):
+    pair.db.items.insert_many([{"_id": i, "qty": i} for i in range(5)])
+    pair.run()
+    pair.db.items.update_one({"_id": 1}, {"$set": {"qty": 10}})
+    pair.run()
+    pair.positions.delete(pair.source_id)  # the Variable deleted by hand
+    pair.db.items.insert_one({"_id": 5, "qty": 5})
+    pair.db.items.delete_one({"_id": 2})
+    with caplog.at_level("WARNING", logger="airflow_provider_cdc"):
+        assert pair.run() == 2  # only the changes after the ledger's last batch: no snapshot again, nothing twice
+    assert "resuming from the ledger" in caplog.text
+    assert pair.assert_same("items") == 5
