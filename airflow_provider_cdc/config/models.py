@@ -100,7 +100,8 @@ def _mask_options(options: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- field types
 
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_]+")
-_TABLE = re.compile(r"[^.\s]+(\.[^\s]+)?")
+# A name, or schema.name (the first dot splits); inner spaces are part of a name, outer ones are typos.
+_TABLE = re.compile(r"[^.\s](?:[^.]*[^.\s])?(\..*\S)?")
 _CRON_FIELD = re.compile(r"[0-9A-Za-z*/,\-?LW#]+")
 
 
@@ -145,7 +146,7 @@ def _check_level(value: str) -> str:
 
 def _check_table(value: str) -> str:
     if not _TABLE.fullmatch(value) or value.endswith("."):
-        raise ValueError(f"{value!r} is not a table name; write table or schema.table")
+        raise ValueError(f"{value!r} is not a table name; write table or schema.table (no leading or trailing spaces)")
     return value
 
 

@@ -111,6 +111,9 @@ def test_connector_types_come_from_the_registry(monkeypatch: pytest.MonkeyPatch)
 def test_qualified_tables_uses_default_schema_and_splits_at_first_dot() -> None:
     src = source(type="mongodb", tables=["users", "public.orders", "shop.events.2024"])
     assert src.qualified_tables("app") == [("app", "users"), ("public", "orders"), ("shop", "events.2024")]
+    # Names with spaces and quotes are names (EDGE_CASES: names that need quoting), not typos.
+    assert source(tables=["my table", 'shop.we"ird coll']).qualified_tables("app") == [
+        ("app", "my table"), ("shop", 'we"ird coll')]
 
 
 @pytest.mark.parametrize(
@@ -118,7 +121,7 @@ def test_qualified_tables_uses_default_schema_and_splits_at_first_dot() -> None:
     [
         ({"tables": []}, ("tables",)),
         ({"tables": ["public."]}, ("tables", 0)),
-        ({"tables": ["my table"]}, ("tables", 0)),
+        ({"tables": [" users"]}, ("tables", 0)),  # outer spaces are typos; inner ones are part of a name
         ({"tables": ["users", "users"]}, ("tables",)),
         ({"poll_interval": 0}, ("poll_interval",)),
         ({"batch_size": 0}, ("batch_size",)),

@@ -29,7 +29,7 @@ from airflow_provider_cdc import pipeline
 from airflow_provider_cdc.connectors.mongodb.connection import database_of
 from airflow_provider_cdc.connectors.mongodb.documents import canonical_key, portable
 from airflow_provider_cdc.connectors.registry import make_source
-from airflow_provider_cdc.errors import PositionLostError
+from airflow_provider_cdc.errors import CdcError, PositionLostError
 from airflow_provider_cdc.pipeline import TablesHeldError
 from airflow_provider_cdc.schema.policy import SchemaPolicy
 from airflow_provider_cdc.tables import Column, TableSchema
@@ -461,3 +461,26 @@ def test_a_lost_position_variable_is_recovered_from_the_sink_ledger(pair, caplog
         assert pair.run() == 2  # only the changes after the ledger's last batch: no snapshot again, nothing twice
     assert "resuming from the ledger" in caplog.text
     assert pair.assert_same("items") == 5
+
+
+def test_names_that_differ_only_in_case_or_need_quoting_stay_distinct(pair_factory):
+    pair = pair_factory(tables=["Users", "users", 'we"ird coll ü'])
+    pair.db.Users.insert_one({"_id": 1, "Name": "upper", "name": "lower", "select": 1})
+    pair.db.users.insert_one({"_id": 1, "name": "other collection"})
+    pair.db['we"ird coll ü'].insert_one({"_id": "x'; DROP TABLE users; --", "v": 1})
+    pair.run()
+    assert pair.assert_same("Users") == 1 and pair.assert_same("users") == 1 and pair.assert_same('we"ird coll ü') == 1
+    row = pair.sink_rows("Users")[0]
+    assert (row["Name"], row["name"]) == ("upper", "lower")
+
+
+def test_a_name_too_long_for_the_sink_stops_before_anything_is_cut(pair, sink_kind):
+    long_field = "f" * 70  # MongoDB allows it; PostgreSQL would cut it to 63 bytes
+    pair.db.items.insert_one({"_id": 1, long_field: 1, long_field[:63] + "x": 2})
+    if sink_kind == "mongodb":
+        pair.run()
+        assert pair.assert_same("items") == 1
+        return
+    with pytest.raises(CdcError, match=r"is 70 bytes long; PostgreSQL names hold 63 bytes"):
+        pair.run()
+    assert pair.positions.get(pair.source_id) is None or "snapshot" in pair.positions.get(pair.source_id)

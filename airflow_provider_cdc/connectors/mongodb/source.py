@@ -124,9 +124,10 @@ class MongoSource:
                 if name_db != db:
                     continue
                 info = infos.get(name)
-                if info is None:
-                    log.info("source %s: collection %s does not exist yet; its changes flow once it is created",
-                             self.source_id, table)
+                if info is None:  # a warning: it may as well be a typo in cdc.yaml
+                    log.warning("source %s: collection %s does not exist (yet); its changes flow once it is created. "
+                                "Check 'tables' in cdc.yaml if it should exist (names are case-sensitive)",
+                                self.source_id, table)
                 elif info.get("type", "collection") != "collection":
                     refused[table] = (f"it is a {info.get('type')}, which has no change stream; capture the "
                                       "collections it reads from instead")

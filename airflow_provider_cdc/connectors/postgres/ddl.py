@@ -39,9 +39,21 @@ from airflow_provider_cdc.tables import (
     unmergeable,
 )
 
+# PostgreSQL's NAMEDATALEN - 1.
+MAX_IDENTIFIER_BYTES = 63
+
 log = logging.getLogger("airflow_provider_cdc.sink.postgres")
 
 
+def identifier_problem(name: str, what: str, table: str) -> str | None:
+    """Why ``name`` cannot be a PostgreSQL table or column name as it is (None when it can). PostgreSQL would cut a
+    longer name to 63 bytes without an error, so that two long names could become one table or column."""
+    size = len(name.encode("utf-8"))
+    if size > MAX_IDENTIFIER_BYTES:
+        return (f"the {what} name {name!r} of source table {table} is {size} bytes long; PostgreSQL names hold "
+                f"{MAX_IDENTIFIER_BYTES} bytes and would be cut short. Rename it at the source, or load it into "
+                "another kind of sink")
+    return None
 
 
 @dataclasses.dataclass
@@ -148,6 +160,9 @@ class TableDdl:
 
     def _check_source_table(self, schema: TableSchema, label: str, batch_id: str | None) -> None:
         problem = unmergeable(schema)
+        for what, name in [("table", schema.name), *(("column", c) for c in schema.column_names)]:
+            if problem is None:
+                problem = identifier_problem(name, what, schema.qualified_name)
         if problem:
             raise SinkError(self.sink_id, problem, table=label, batch_id=batch_id, terminal=True)
 
