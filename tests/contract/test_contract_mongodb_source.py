@@ -484,3 +484,20 @@ def test_a_name_too_long_for_the_sink_stops_before_anything_is_cut(pair, sink_ki
     with pytest.raises(CdcError, match=r"is 70 bytes long; PostgreSQL names hold 63 bytes"):
         pair.run()
     assert pair.positions.get(pair.source_id) is None or "snapshot" in pair.positions.get(pair.source_id)
+
+
+def test_an_update_without_its_document_keeps_the_fields_it_did_not_change(pair_factory):
+    """full_document whenAvailable on a collection without post-images: updates carry only what they set, and the
+    sink keeps every other field (never NULL, never a placeholder); with post-images enabled they are whole."""
+    pair = pair_factory(options={"full_document": "whenAvailable"})
+    pair.db.items.insert_many([{"_id": i, "name": f"n{i}", "big": "x" * 100_000, "qty": i} for i in range(3)])
+    pair.run()
+    pair.db.items.update_one({"_id": 1}, {"$set": {"qty": 100}})
+    pair.db.items.update_one({"_id": 2}, {"$unset": {"name": ""}})
+    pair.run()
+    assert pair.assert_same("items") == 3
+    pair.db.command("collMod", "items", changeStreamPreAndPostImages={"enabled": True})
+    pair.db.items.update_one({"_id": 0}, {"$set": {"doc": {"a": 1}}})
+    pair.db.items.update_one({"_id": 0}, {"$set": {"doc.a": 2}})  # nested: needs the post-image, which is there
+    pair.run()
+    assert pair.assert_same("items") == 3
