@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 import pytest
 from bson import Decimal128
-from cdc_testing import assert_ledger_consistent, drain, unique_id
+from cdc_testing import assert_ledger_consistent, drain, staged_run, unique_id
 from contract.pairs import normalise, pg_rows
 from pymongo.client_session import ClientSession
 from pymongo.database import Database
@@ -371,3 +371,50 @@ def test_sigkill_then_clean_run_converges_exactly_once(case, mongo_database_fact
     assert_ledger_consistent(sink_url, source_id)
     if point != "random":
         assert -signal.SIGKILL in (first, second), f"kill point {point} was never reached"
+
+
+# ------------------------------------------------------------------------------------ a lost position, recovered
+
+
+def test_an_oplog_rolled_past_the_position_is_recovered_by_resnapshot(pg_database_factory, tmp_path):
+    """ChangeStreamHistoryLost names ``resnapshot``, and ``python -m airflow_provider_cdc resnapshot`` restores
+    equality: on a replica set whose oplog (1 MB) a burst of other writes rolls over."""
+    from conftest import start_private_mongod
+    from contract.test_contract_mongodb_source import roll_oplog_past
+    from test_resnapshot import cli
+
+    from airflow_provider_cdc.errors import PositionLostError
+    from airflow_provider_cdc.hooks.cdc import CdcHook
+
+    server = start_private_mongod(tmp_path / "db", oplog_mb=1, extra_args=["--syncdelay", "1"])
+    try:
+        source_url, sink_url = server.url("resnap_shop"), pg_database_factory()
+        create_shop(source_url, users=60, orders=90)
+        source_id = unique_id("mresnap")
+        config_dir = write_mongo_config(tmp_path / "config", source_id=source_id, source_url=source_url,
+                                        sink_url=sink_url, batch_size=100)
+        hook = CdcHook(source_id, str(config_dir))
+        drain(hook, "before")
+        assert_same(source_id, source_url, sink_url, "users")
+        stored = position(source_id)
+        with source_db(source_url) as db:  # changes nobody captured: only a snapshot has them once the oplog rolls
+            db.users.update_many({"_id": {"$lte": 20}}, {"$set": {"name": "lost"}})
+            assert db.orders.delete_many({"amount": {"$gt": Decimal128("40")}}).deleted_count == 10
+            db.users.insert_one(user_doc(1000))
+            roll_oplog_past(db.client, stored["cluster_time"])
+        with pytest.raises(PositionLostError, match=rf"ChangeStreamHistoryLost.*resnapshot {source_id}\b"):
+            staged_run(hook, "lost")
+
+        result = cli("resnapshot", source_id, "--yes", "--config-dir", str(config_dir), config_dir=config_dir)
+        assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+        assert "snapshot of 2 tables pending" in result.stdout, result.stdout
+        drain(hook, "after")
+        assert assert_same(source_id, source_url, sink_url, "users")["1000"]["name"] is not None
+        assert_same(source_id, source_url, sink_url, "orders")
+        assert_ledger_consistent(sink_url, source_id)
+        with source_db(source_url) as db:  # and it streams again
+            db.users.update_many({"_id": {"$gt": 30}}, {"$set": {"name": "streamed"}})
+        drain(hook, "streaming")
+        assert_same(source_id, source_url, sink_url, "users")
+    finally:
+        server.stop()
