@@ -196,6 +196,13 @@ class ChangeBatch:
     schema_changes: list[SchemaChange] = dataclasses.field(default_factory=list)
     connector: str = ""
     database: str = ""
+    # Changes a stage took out of ``tables`` with their reason (:mod:`airflow_provider_cdc.quarantine`): stored by the
+    # sink in ``_cdc_quarantine`` in the batch's own transaction. None: none.
+    quarantine: pa.Table | None = None
+
+    @property
+    def quarantined_count(self) -> int:
+        return 0 if self.quarantine is None else self.quarantine.num_rows
 
     @property
     def change_count(self) -> int:
@@ -203,7 +210,7 @@ class ChangeBatch:
 
     @property
     def is_empty(self) -> bool:
-        return self.change_count == 0 and not self.schema_changes
+        return self.change_count == 0 and not self.schema_changes and not self.quarantined_count
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Per table, how many events of each op (what the ledger and the logs report)."""

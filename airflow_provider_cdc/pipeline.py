@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cdc.connectors.base import Position, PositionStore, Sink, Source
-from airflow_provider_cdc.errors import CdcError, PositionLostError
+from airflow_provider_cdc.errors import CdcError, PositionLostError, SinkError
 from airflow_provider_cdc.events import ChangeBatch
 from airflow_provider_cdc.schema.gate import resume_commands
 from airflow_provider_cdc.stages import Stage, apply_stages
@@ -156,6 +156,11 @@ def load_batch(
     if batch.is_empty:
         log.info("batch %s has no changes; nothing to load", batch.batch_id)
         return {"batch_id": batch.batch_id, "applied": False, "empty": True, "newly_held": {}, "held_tables": {}}
+    if batch.quarantined_count and not sink.capabilities.quarantine:
+        raise SinkError(sink.sink_id, f"{batch.quarantined_count} changes of batch {batch.batch_id} were quarantined, "
+                        f"and a {sink.capabilities.dialect or 'this'} sink cannot keep quarantined changes yet; "
+                        "nothing was loaded. Fix the rows or rules, or set their policy to fail",
+                        batch_id=batch.batch_id, terminal=True)
     result = sink.apply(batch, run_id=run_id, versions={"stage_versions": stage_versions or {}}, policy=policy)
     if not result.applied:
         log.info("batch %s is already in the sink ledger; load is a no-op", batch.batch_id)

@@ -34,6 +34,8 @@ from airflow_provider_cdc.tables import SchemaChange, TableSchema
 log = logging.getLogger("airflow_provider_cdc.staging")
 
 MANIFEST = "manifest.json"
+# A batch's quarantined changes, beside its tables (a name no table file can have: those are schema.table).
+QUARANTINE_FILE = "_cdc_quarantine"
 MANIFEST_VERSION = 1
 _SUFFIX = {"parquet": ".parquet", "arrow": ".arrow"}
 
@@ -96,6 +98,14 @@ class BatchStore:
                 else:
                     feather.write_feather(table, fh, compression="lz4")
             files[qualified] = name
+        quarantine_file = None
+        if batch.quarantined_count:
+            quarantine_file = QUARANTINE_FILE + _SUFFIX[self.fmt]
+            with (folder / quarantine_file).open("wb") as fh:
+                if self.fmt == "parquet":
+                    pq.write_table(batch.quarantine, fh, compression="zstd")
+                else:
+                    feather.write_feather(batch.quarantine, fh, compression="lz4")
         manifest = {
             "version": MANIFEST_VERSION,
             "stage": stage,
@@ -111,6 +121,8 @@ class BatchStore:
             "counts": batch.counts(),
             "format": self.fmt,
             "files": files,
+            "quarantine": quarantine_file,
+            "quarantined": batch.quarantined_count,
             "schemas": {k: v.to_dict() for k, v in batch.schemas.items()},
             "schema_changes": [c.to_dict() for c in batch.schema_changes],
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
@@ -156,6 +168,13 @@ class BatchStore:
                         tables[qualified] = feather.read_table(fh)
             except FileNotFoundError as exc:
                 raise StagingError(uri, f"table file {name} is missing") from exc
+        quarantine = None
+        if manifest.get("quarantine"):
+            try:
+                with (folder / manifest["quarantine"]).open("rb") as fh:
+                    quarantine = (pq.read_table(fh) if manifest["format"] == "parquet" else feather.read_table(fh))
+            except FileNotFoundError as exc:
+                raise StagingError(uri, f"quarantine file {manifest['quarantine']} is missing") from exc
         return ChangeBatch(
             source_id=manifest["source_id"],
             batch_id=manifest["batch_id"],
@@ -168,6 +187,7 @@ class BatchStore:
             schema_changes=[SchemaChange.from_dict(c) for c in manifest["schema_changes"]],
             connector=manifest.get("connector", ""),
             database=manifest.get("database", ""),
+            quarantine=quarantine,
         ), manifest
 
     # -- runs -----------------------------------------------------------------------------------------------

@@ -51,6 +51,8 @@ class SinkCapabilities:
     soft_delete: bool = True
     # Values of logical type ``other`` (a source's own text) are reproduced exactly only by a sink of that dialect.
     stores_other_exactly: bool = False
+    # Keeps a batch's quarantined changes in ``_cdc_quarantine`` with its data (airflow_provider_cdc.quarantine).
+    quarantine: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -130,6 +132,7 @@ class ApplyResult:
     truncated_tables: int = 0
     skipped_replayed: int = 0
     schema_changes: int = 0
+    quarantined: int = 0
     tables: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     held_tables: dict[str, str] = dataclasses.field(default_factory=dict)
     # Tables held from this batch on (a subset of held_tables), and the schema versions in effect after it.

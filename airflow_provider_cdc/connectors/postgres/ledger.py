@@ -22,12 +22,14 @@ from airflow_provider_cdc.connectors.ledger import (
     LedgerRow,
 )
 from airflow_provider_cdc.connectors.postgres.ddl import ensure_schema
+from airflow_provider_cdc.quarantine import KEY_COLUMNS, QUARANTINE_TABLE, SINK_COLUMNS
 
 log = logging.getLogger("airflow_provider_cdc.sink.postgres")
 
 HELD_TABLE = "_cdc_held"  # source tables whose changes wait: a schema change the sink cannot follow
 # Storage of the ledger's logical column types.
 _LEDGER_TYPES = {"text": "text", "json": "jsonb", "integer": "bigint", "timestamptz": "timestamptz DEFAULT now()"}
+_QUARANTINE_TYPES = {"text": "text", "json": "jsonb", "integer": "bigint", "timestamptz": "timestamptz"}
 
 
 class DuplicateBatch(Exception):
@@ -90,6 +92,21 @@ class LedgerStorage:
             log.info("sink %s: ledger %s.%s: added columns %s", self.sink_id, self.ledger_schema, LEDGER_TABLE,
                      [name for name, _ in missing])
         self._ledger_current = True
+
+    def _insert_quarantine(self, cur: psycopg.Cursor, records: list[dict]) -> None:
+        """Store a batch's quarantined changes (:mod:`airflow_provider_cdc.quarantine`) in ``_cdc_quarantine``, in the
+        batch's transaction; the table is made the first time one is needed."""
+        if not records:
+            return
+        table = sql.Identifier(self.ledger_schema, QUARANTINE_TABLE)
+        definitions = [sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(_QUARANTINE_TYPES[kind]))
+                       for name, kind in SINK_COLUMNS]
+        cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))").format(
+            table, sql.SQL(", ").join(definitions), sql.SQL(", ").join(map(sql.Identifier, KEY_COLUMNS))))
+        names = [name for name, _ in SINK_COLUMNS]
+        cur.executemany(sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
+            table, sql.SQL(", ").join(map(sql.Identifier, names)), sql.SQL(", ").join(sql.Placeholder() * len(names))),
+            [[Jsonb(record[name]) if name == "row" else record[name] for name in names] for record in records])
 
     def _ensure_held(self, cur: psycopg.Cursor) -> None:
         cur.execute(sql.SQL(

@@ -43,6 +43,7 @@ from airflow_provider_cdc.connectors.postgres.registry import HELD_CHANGES_TABLE
 from airflow_provider_cdc.connectors.postgres.types import POSTGRES_DIALECT
 from airflow_provider_cdc.errors import SinkError
 from airflow_provider_cdc.events import ChangeBatch
+from airflow_provider_cdc.quarantine import sink_records
 from airflow_provider_cdc.schema.gate import (
     AcceptPlan,
     GateDecision,
@@ -64,7 +65,7 @@ DeleteMode = Literal["hard", "soft"]
 
 CAPABILITIES = SinkCapabilities(
     native_types=frozenset(LOGICAL_TYPES), dialect=POSTGRES_DIALECT, transactional=True, merge_by_key=True,
-    soft_delete=True, stores_other_exactly=True,
+    soft_delete=True, stores_other_exactly=True, quarantine=True,
 )
 
 
@@ -201,6 +202,9 @@ class PgSink(LedgerStorage, RegistryStorage, TableDdl, RowMerge):
                 self._merge_tables(cur, decision.batch, high_water, result, where)
                 self._drop_after_merge(cur, decision, where)
                 self._store_decision(cur, decision)
+                self._insert_quarantine(cur, sink_records(batch.quarantine, source_id=batch.source_id,
+                                                          batch_id=batch.batch_id))
+                result.quarantined = batch.quarantined_count
                 result.held_tables = decision.all_held
                 result.newly_held = dict(decision.held)
                 result.schema_versions = decision.registry.in_effect()
@@ -226,9 +230,9 @@ class PgSink(LedgerStorage, RegistryStorage, TableDdl, RowMerge):
         if result.applied:
             log.info(
                 "sink %s: batch %s applied: %d upserted, %d deleted, %d tables truncated, %d replayed events "
-                "skipped, %d schema changes, in %.3f s",
+                "skipped, %d schema changes, %d changes quarantined, in %.3f s",
                 self.sink_id, batch.batch_id, result.upserted, result.deleted, result.truncated_tables,
-                result.skipped_replayed, result.schema_changes, result.seconds,
+                result.skipped_replayed, result.schema_changes, result.quarantined, result.seconds,
             )
             if decision is not None:
                 log_held(decision, self.sink_id, f"{self.ledger_schema}.{HELD_CHANGES_TABLE}", log)

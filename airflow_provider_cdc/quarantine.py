@@ -1,0 +1,92 @@
+"""Quarantined rows: changes a stage could not handle (a rule whose expression failed, a failed expectation under
+``policy: quarantine``), kept with their reason instead of being loaded or lost.
+
+A stage takes such a row out of the batch's table and adds it to the batch's ``quarantine`` (an Arrow table of
+:data:`BATCH_SCHEMA`, staged beside the tables); the sink stores those rows in its ``_cdc_quarantine`` table **in the
+same transaction** as the batch's data and ledger row (:data:`SINK_COLUMNS`). The position then moves past them only
+together with their safe keeping: nothing is lost, and a replayed batch (the ledger already has it) stores nothing
+twice. The transform stage (issue 10) and the quality stage (issue 11) share the table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pyarrow as pa
+
+QUARANTINE_TABLE = "_cdc_quarantine"
+
+# One quarantined change as a batch carries it.
+BATCH_SCHEMA = pa.schema([
+    pa.field("source_table", pa.string(), nullable=False),  # schema.table at the source
+    pa.field("stage", pa.string(), nullable=False),  # transform | validate
+    pa.field("rule_id", pa.string()),  # the rule (transform) or check (validate) that refused the row
+    pa.field("suite", pa.string()),  # the quality suite (validate)
+    pa.field("field", pa.string()),  # the column concerned, when one is
+    pa.field("reason", pa.string(), nullable=False),
+    pa.field("row", pa.string(), nullable=False),  # the change's row image as JSON (portable text values)
+    pa.field("op", pa.string(), nullable=False),
+    pa.field("seq", pa.int64(), nullable=False),
+    pa.field("ts_ms", pa.int64()),
+])
+
+# The sink's table: the batch's columns plus where and when. ``(source_id, seq, stage)`` identifies a row: a change
+# is quarantined at most once per stage.
+SINK_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("source_id", "text"),
+    ("batch_id", "text"),
+    ("source_table", "text"),
+    ("stage", "text"),
+    ("rule_id", "text"),
+    ("suite", "text"),
+    ("field", "text"),
+    ("reason", "text"),
+    ("row", "json"),
+    ("op", "text"),
+    ("seq", "integer"),
+    ("event_time", "timestamptz"),
+    ("quarantined_at", "timestamptz"),
+    ("replayed_batch_id", "text"),  # set when `quarantine replay` loaded the row (NULL: still waiting)
+)
+KEY_COLUMNS = ("source_id", "seq", "stage")
+
+
+def quarantine_rows(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """A batch's quarantine from dicts with the keys of :data:`BATCH_SCHEMA` (``row`` a dict or JSON text)."""
+    records = []
+    for row in rows:
+        record = {name: row.get(name) for name in BATCH_SCHEMA.names}
+        if not isinstance(record["row"], str):
+            record["row"] = json.dumps(record["row"], ensure_ascii=False, sort_keys=True, default=str)
+        records.append(record)
+    return pa.Table.from_pylist(records, schema=BATCH_SCHEMA)
+
+
+def merge(first: pa.Table | None, second: pa.Table | None) -> pa.Table | None:
+    """Two stages' quarantines as one (None when neither has rows)."""
+    parts = [t for t in (first, second) if t is not None and t.num_rows]
+    if not parts:
+        return None
+    return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+
+def sink_records(quarantine: pa.Table | None, *, source_id: str, batch_id: str,
+                 now: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """The rows a sink stores for a batch's quarantine (:data:`SINK_COLUMNS`; ``row`` parsed JSON)."""
+    if quarantine is None or quarantine.num_rows == 0:
+        return []
+    now = now or dt.datetime.now(dt.timezone.utc)
+    out = []
+    for row in quarantine.to_pylist():
+        ts_ms = row.get("ts_ms")
+        out.append({
+            "source_id": source_id, "batch_id": batch_id, "source_table": row["source_table"], "stage": row["stage"],
+            "rule_id": row["rule_id"], "suite": row["suite"], "field": row["field"], "reason": row["reason"],
+            "row": json.loads(row["row"]), "op": row["op"], "seq": row["seq"],
+            "event_time": None if ts_ms is None else dt.datetime.fromtimestamp(ts_ms / 1000, dt.timezone.utc),
+            "quarantined_at": now, "replayed_batch_id": None,
+        })
+    return out
