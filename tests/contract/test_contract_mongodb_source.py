@@ -10,24 +10,23 @@ and compares the sink with the source document for document as Python values.
 A document's expected row is what the value contract makes of it (:mod:`airflow_provider_cdc.connectors.mongodb.
 documents`): ``_id`` in its canonical string form, each field in the column type the source inferred (read from the
 stored position), nested values as JSON. Into a MongoDB sink the documents are compared the same way, and
-:func:`test_mongodb_to_mongodb_keeps_every_bson_type` checks that the sink's documents are the source's, BSON types
+``test_contract_mongodb_types.py`` checks that the sink's documents are the source's, BSON types
 included.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pymongo
 import pytest
-from bson import Binary, Decimal128, Int64, ObjectId
+from bson import Decimal128, Int64, ObjectId
 
 from airflow_provider_cdc import pipeline
 from airflow_provider_cdc.connectors.mongodb.connection import database_of
-from airflow_provider_cdc.connectors.mongodb.documents import canonical_key, portable
+from airflow_provider_cdc.connectors.mongodb.documents import portable
 from airflow_provider_cdc.connectors.registry import make_source
 from airflow_provider_cdc.errors import CdcError, PositionLostError
 from airflow_provider_cdc.pipeline import TablesHeldError
@@ -209,65 +208,6 @@ def test_a_multi_document_transaction_larger_than_the_batch_stays_whole(pair_fac
     pair.run()
     assert pair.assert_same("items") == 27
     assert pair.assert_same("orders") == 1
-
-
-def test_bson_types_reach_postgresql_typed(pair, sink_kind):
-    if sink_kind != "postgresql":
-        pytest.skip("PostgreSQL column types; the MongoDB sink's are checked by the next test")
-    oid = ObjectId()
-    when = dt.datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=UTC)
-    pair.db.items.insert_one({
-        "_id": 1, "price": Decimal128("12345678901234567890.123456789"), "at": when, "blob": Binary(b"\x00\xff", 0),
-        "u": Binary.from_uuid(uuid.UUID("12345678-1234-5678-1234-567812345678")), "ref": oid, "big": Int64(2 ** 40),
-        "f": 1.5, "ok": True, "doc": {"a": [1, {"b": oid}], "when": when}, "text": "héllo ✓",
-    })
-    pair.run()
-    assert pair.assert_same("items") == 1
-    import psycopg
-
-    with psycopg.connect(pair.under_test.location) as conn:
-        types = dict(conn.execute(
-            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = %s"
-            " AND table_name = 'items'", (pair.target_schema,)).fetchall())
-        price, at, ref, doc = conn.execute(
-            f'SELECT price, at, ref, doc FROM "{pair.target_schema}".items').fetchone()
-    assert types["price"] == "numeric" and types["at"] == "timestamp with time zone" and types["doc"] == "jsonb"
-    assert types["blob"] == "bytea" and types["u"] == "uuid" and types["big"] == "bigint"
-    assert str(price) == "12345678901234567890.123456789"
-    assert at == when
-    assert ref == str(oid)
-    assert doc == {"a": [1, {"b": {"$oid": str(oid)}}], "when": {"$date": "2024-05-01T12:00:00.250Z"}}
-
-
-def test_mongodb_to_mongodb_keeps_every_bson_type(pair, sink_kind):
-    if sink_kind != "mongodb":
-        pytest.skip("MongoDB -> MongoDB only")
-    oid = ObjectId()
-    when = dt.datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=UTC)
-    docs = [
-        {"_id": oid, "n": 1, "big": Int64(2 ** 40), "small": Int64(7), "f": 1.5, "d": Decimal128("1.50"), "at": when,
-         "ok": False, "bin": Binary(b"\x00\xff", 0), "u": Binary.from_uuid(uuid.UUID(int=1)), "ref": ObjectId(),
-         "doc": {"a": [1, {"b": oid, "c": Decimal128("2.5"), "when": when}], "n": Int64(5)}, "s": "$not an operator"},
-        {"_id": "text key", "n": 2},
-        {"_id": {"region": "eu", "num": Int64(3)}, "n": 3},
-        {"_id": Decimal128("6.10"), "n": 4},
-    ]
-    pair.db.items.insert_many(docs)
-    pair.run()
-    pair.db.items.update_one({"_id": oid}, {"$unset": {"f": ""}, "$set": {"doc.a.0": 9}})
-    pair.run()
-    # Keys compare as MongoDB compares them (Decimal128("6.10") comes back as Decimal128("6.1"): the same key).
-    stored = {canonical_key(d["_id"]): {k: v for k, v in d.items() if not k.startswith("_cdc_") and v is not None}
-              for d in pair.under_test.raw(pair.target_schema, "items")}
-    source = {canonical_key(d["_id"]): d for d in pair.db.items.find()}
-    assert stored.keys() == source.keys() and len(stored) == 4
-    first, copy = source[canonical_key(oid)], stored[canonical_key(oid)]
-    assert copy == first
-    assert {k: type(v) for k, v in copy.items()} == {k: type(v) for k, v in first.items()}
-    # Inside documents: ObjectId, Decimal128 and dates keep their types through relaxed Extended JSON; a small long
-    # is a plain number there, so it comes back as an int (the same value).
-    assert type(copy["doc"]["a"][1]["b"]) is ObjectId and type(copy["doc"]["a"][1]["c"]) is Decimal128
-    assert copy["doc"]["n"] == 5
 
 
 def test_mixed_id_types_are_distinct_keys(pair):
