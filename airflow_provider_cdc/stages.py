@@ -59,7 +59,15 @@ StageFactory = Callable[["SourceConfig", "CdcConfig"], "Stage | None"]
 # The registration point: (name, factory) in the order the stages run. Transform (issue 10) comes first, then
 # validate (issue 11). A tuple, not a list, on purpose: the order is declared here, not assembled by whoever
 # imports first.
-STAGE_FACTORIES: tuple[tuple[str, StageFactory], ...] = ()
+def _transform_stage(source: SourceConfig, config: CdcConfig) -> Stage | None:
+    from airflow_provider_cdc.transform.stage import transform_stage
+
+    return transform_stage(source, config)
+
+
+STAGE_FACTORIES: tuple[tuple[str, StageFactory], ...] = (
+    ("transform", _transform_stage),
+)
 
 # Task ids the DAG already uses; a stage cannot take one of them.
 RESERVED_NAMES = frozenset({"wait_for_changes", "capture", "load", "commit", "fused"})

@@ -66,6 +66,9 @@ class Column:
     # A decimal's declared precision and scale (None: unconstrained), which fix its Arrow type (values.arrow_type).
     precision: int | None = None
     scale: int | None = None
+    # Made by a transformation rule, not read from the source: its ``source_type`` names a logical type, and a sink
+    # of the source's dialect maps it from ``logical_type`` like any other sink instead of reusing it.
+    derived: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

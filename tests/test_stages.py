@@ -19,6 +19,7 @@ import pytest
 from cdc_testing import assert_ledger_consistent, create_shop, table_rows, unique_id
 
 from airflow_provider_cdc import stages
+from airflow_provider_cdc.config import CdcConfig, SourceConfig
 from airflow_provider_cdc.errors import is_terminal
 from airflow_provider_cdc.events import ChangeBatch, TableChangesBuilder
 from airflow_provider_cdc.stages import StageError, apply_stages, build_stages
@@ -98,10 +99,11 @@ def make_batch() -> ChangeBatch:
 # --- build_stages: the registration point --------------------------------------------------------------------
 
 
-def test_no_stage_is_registered_yet():
-    assert stages.STAGE_FACTORIES == ()
+def test_the_transform_stage_is_registered_and_skipped_without_rules():
+    assert [name for name, _ in stages.STAGE_FACTORIES] == ["transform"]
     assert isinstance(stages.STAGE_FACTORIES, tuple)  # declared in order, not appended to by importers
-    assert build_stages(None, None) == []
+    source = SourceConfig(id="s", type="postgresql", connection_string="postgresql://h/db", tables=["t"], sink="w")
+    assert build_stages(source, CdcConfig(directory=Path("."), sources=[source])) == []
 
 
 def test_build_stages_keeps_the_registered_order_and_skips_stages_with_nothing_to_do(monkeypatch):

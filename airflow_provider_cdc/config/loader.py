@@ -32,6 +32,7 @@ from airflow_provider_cdc.config.models import (
     DEFAULT_TABLE_SCHEMA,
     CdcConfig,
     ConnectorConfig,
+    FunctionsSettings,
     RuleConfig,
     SchemaChangesDefaults,
     SourceConfig,
@@ -102,7 +103,8 @@ _SOURCES = _FileSpec(
     misplaced=(("schema_changes", "table_compatibility",
                 "is set per source: put it under that source's schema_changes"),),
 )
-_RULES = _FileSpec("transformations.yaml", "rules", RuleConfig, "rule_id")
+_RULES = _FileSpec("transformations.yaml", "rules", RuleConfig, "rule_id",
+                   settings=(("functions", FunctionsSettings),))
 _SUITES = _FileSpec("quality.yaml", "suites", SuiteConfig, "id")
 FILES: tuple[_FileSpec, ...] = (_CONNECTORS, _SOURCES, _RULES, _SUITES)
 
@@ -181,7 +183,7 @@ def load_config(directory: str | os.PathLike[str] | None = None) -> CdcConfig:
     if problems.items:
         raise ConfigError(sorted(problems.items, key=_reading_order), root)
     lists: dict[str, Any] = {key: list(result.entries.values()) for key, result in loaded.items()}
-    return CdcConfig(directory=root, **lists, **loaded["sources"].settings)
+    return CdcConfig(directory=root, **lists, **loaded["sources"].settings, **loaded["rules"].settings)
 
 
 def _reading_order(problem: ConfigProblem) -> tuple[int, int]:

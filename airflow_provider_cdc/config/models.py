@@ -389,6 +389,13 @@ class RuleConfig(_ConfigModel):
     enabled: bool = True
 
 
+class FunctionsSettings(_ConfigModel):
+    """The top-level ``functions:`` of transformations.yaml: modules whose public functions rules may call (beside the
+    built-ins and the entry-point group ``airflow_provider_cdc.functions``)."""
+
+    modules: list[NonEmptyStr] = []
+
+
 class SuiteConfig(_ConfigModel):
     """One entry of ``quality.yaml``: a named list of checks. Only each rule's ``policy`` is checked here."""
 
@@ -406,6 +413,7 @@ class CdcConfig(_ConfigModel):
     rules: list[RuleConfig] = []
     suites: list[SuiteConfig] = []
     schema_changes: SchemaChangesDefaults = SchemaChangesDefaults()
+    functions: FunctionsSettings = FunctionsSettings()
 
     def schema_policy(self, source_id: str) -> SchemaPolicy:
         """The effective schema policy of source ``source_id`` (:meth:`SourceConfig.schema_policy`)."""

@@ -64,7 +64,7 @@ class OutType:
     def column(self, name: str) -> Column:
         """A rule's target column of this type (it has no identity at the source: ``ordinal`` None)."""
         return Column(name, self.name, self.logical, precision=self.precision,
-                      scale=self.scale if self.precision is not None else None, ordinal=None)
+                      scale=self.scale if self.precision is not None else None, ordinal=None, derived=True)
 
     @classmethod
     def of_column(cls, column: Column) -> OutType:

@@ -372,7 +372,7 @@ def to_bson(text: str | None, column: Column, dialect: str) -> Any:
     subtype 4, json becomes documents and arrays, ``time`` and ``other`` stay text."""
     if text is None:
         return None
-    if dialect == "mongodb":
+    if dialect == "mongodb" and not column.derived:
         kind = column.source_type
         if kind == ID_SOURCE_TYPE:
             return parse_key(text)

@@ -149,7 +149,7 @@ def base_of(type_text: str) -> str:
 
 def _verbatim(col: Column, dialect: str) -> str | None:
     """The source's own type, when the sink may reuse it (same dialect, a plain type name, not spatial)."""
-    if dialect != MYSQL_DIALECT or not col.source_type or not is_safe_type_text(col.source_type):
+    if dialect != MYSQL_DIALECT or col.derived or not col.source_type or not is_safe_type_text(col.source_type):
         return None
     return " ".join(col.source_type.strip().split()) if "'" not in col.source_type else col.source_type.strip()
 

@@ -64,7 +64,8 @@ def sink_column_type(col: Column, dialect: str) -> str:
     A PostgreSQL type that does not look like a type name (see :func:`is_safe_type_text`) falls back to the
     logical mapping rather than reaching SQL.
     """
-    if dialect == POSTGRES_DIALECT and col.source_type and is_safe_type_text(col.source_type.strip()):
+    verbatim = dialect == POSTGRES_DIALECT and not col.derived and col.source_type
+    if verbatim and is_safe_type_text(col.source_type.strip()):
         return col.source_type.strip()
     return logical_sink_type(col)
 
