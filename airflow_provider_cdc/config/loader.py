@@ -180,6 +180,7 @@ def load_config(directory: str | os.PathLike[str] | None = None) -> CdcConfig:
         _check_duplicate_ids(result, problems)
     _check_references(loaded, problems)
     _check_connector_roles(loaded, problems)
+    _check_rules(loaded["rules"], problems)
     if problems.items:
         raise ConfigError(sorted(problems.items, key=_reading_order), root)
     lists: dict[str, Any] = {key: list(result.entries.values()) for key, result in loaded.items()}
@@ -413,6 +414,28 @@ def _check_duplicate_ids(result: _Loaded, problems: _Problems) -> None:
             )
         else:
             first_at[raw_id] = index
+
+
+def _check_rules(rules: _Loaded, problems: _Problems) -> None:
+    """Compile the valid rules of transformations.yaml in the sandbox: Jinja syntax, refused constructs, unknown
+    functions and missing salts, each reported at its rule (fields are checked against table schemas where they are
+    known: at run time, and by ``config check`` online)."""
+    if not rules.entries:
+        return
+    from airflow_provider_cdc.transform.engine import RuleSet
+    from airflow_provider_cdc.transform.functions import FunctionError, FunctionRegistry
+
+    settings = rules.settings.get("functions")
+    modules = list(settings.modules) if settings is not None else []
+    try:
+        functions = FunctionRegistry.default(modules)
+    except (FunctionError, ImportError) as exc:
+        problems.add(_RULES.name, "functions.modules", f"cannot load the functions: {exc}")
+        return
+    index = {entry.rule_id: i for i, entry in rules.entries.items()}
+    for line in RuleSet.from_config(list(rules.entries.values()), functions=functions).problems():
+        rule_id = next((r for r in index if line.startswith(f"rule {r!r}")), None)
+        problems.add(_RULES.name, f"rules[{index[rule_id]}]" if rule_id is not None else "rules", line)
 
 
 def _check_references(loaded: dict[str, _Loaded], problems: _Problems) -> None:
