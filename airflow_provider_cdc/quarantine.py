@@ -11,6 +11,7 @@ twice. The transform stage (issue 10) and the quality stage (issue 11) share the
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -33,9 +34,11 @@ BATCH_SCHEMA = pa.schema([
     pa.field("ts_ms", pa.int64()),
 ])
 
-# The sink's table: the batch's columns plus where and when. ``(source_id, seq, stage)`` identifies a row: a change
-# is quarantined at most once per stage.
+# The sink's table: the batch's columns plus where and when. ``quarantine_id`` (:func:`quarantine_id`: source, batch,
+# seq and stage) identifies a row: a replayed batch stores nothing twice, and a source whose ``seq`` starts again
+# (a whole re-snapshot) never meets its old rows' keys.
 SINK_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("quarantine_id", "text"),
     ("source_id", "text"),
     ("batch_id", "text"),
     ("source_table", "text"),
@@ -51,7 +54,12 @@ SINK_COLUMNS: tuple[tuple[str, str], ...] = (
     ("quarantined_at", "timestamptz"),
     ("replayed_batch_id", "text"),  # set when `quarantine replay` loaded the row (NULL: still waiting)
 )
-KEY_COLUMNS = ("source_id", "seq", "stage")
+KEY_COLUMNS = ("quarantine_id",)
+
+
+def quarantine_id(source_id: str, batch_id: str, seq: int, stage: str) -> str:
+    """A short, fixed-length key (40 hex digits) for one quarantined change of one batch at one stage."""
+    return hashlib.sha1(f"{source_id}\x00{batch_id}\x00{seq}\x00{stage}".encode()).hexdigest()
 
 
 def quarantine_rows(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
@@ -73,16 +81,22 @@ def merge(first: pa.Table | None, second: pa.Table | None) -> pa.Table | None:
     return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
 
-def sink_records(quarantine: pa.Table | None, *, source_id: str, batch_id: str,
+def sink_records(quarantine: pa.Table | None, *, source_id: str, batch_id: str, high_water: int = 0,
                  now: dt.datetime | None = None) -> list[dict[str, Any]]:
-    """The rows a sink stores for a batch's quarantine (:data:`SINK_COLUMNS`; ``row`` parsed JSON)."""
+    """The rows a sink stores for a batch's quarantine (:data:`SINK_COLUMNS`; ``row`` parsed JSON).
+
+    Changes at or below ``high_water`` (the highest ``seq`` the sink committed for the source) were handled by an
+    overlapping batch already, their quarantine included: they are left out, as the sink leaves out their data."""
     if quarantine is None or quarantine.num_rows == 0:
         return []
     now = now or dt.datetime.now(dt.timezone.utc)
     out = []
     for row in quarantine.to_pylist():
+        if row["seq"] <= high_water:
+            continue
         ts_ms = row.get("ts_ms")
         out.append({
+            "quarantine_id": quarantine_id(source_id, batch_id, row["seq"], row["stage"]),
             "source_id": source_id, "batch_id": batch_id, "source_table": row["source_table"], "stage": row["stage"],
             "rule_id": row["rule_id"], "suite": row["suite"], "field": row["field"], "reason": row["reason"],
             "row": json.loads(row["row"]), "op": row["op"], "seq": row["seq"],

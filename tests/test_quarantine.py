@@ -10,7 +10,7 @@ import pytest
 from cdc_testing import batch_of, item
 
 from airflow_provider_cdc import pipeline
-from airflow_provider_cdc.connectors.postgres.sink import PgSink
+from airflow_provider_cdc.connectors.postgres.sink import CAPABILITIES, PgSink
 from airflow_provider_cdc.errors import SinkError
 from airflow_provider_cdc.events import ChangeBatch
 from airflow_provider_cdc.quarantine import BATCH_SCHEMA, merge, quarantine_rows
@@ -88,12 +88,33 @@ def test_a_failed_apply_keeps_no_quarantine_row(pg_database, batch, monkeypatch)
         assert conn.execute("SELECT to_regclass('public._cdc_quarantine')").fetchone()[0] is None
 
 
-def test_a_sink_that_cannot_keep_a_quarantine_refuses_the_batch(batch, tmp_path):
-    from airflow_provider_cdc.connectors.delta.options import DeltaSinkOptions
-    from airflow_provider_cdc.connectors.delta.sink import DeltaSink
+def test_a_sink_that_cannot_keep_a_quarantine_refuses_the_batch(pg_database, batch):
+    sink = PgSink(pg_database, sink_id="warehouse")
+    sink.capabilities = dataclasses.replace(CAPABILITIES, quarantine=False)  # a sink without the capability
+    try:
+        with pytest.raises(SinkError, match="2 changes of batch .* were quarantined.*cannot keep quarantined changes"):
+            pipeline.load_batch(batch, sink)
+        assert not sink.has_batch(batch.batch_id)
+    finally:
+        sink.close()
+    with psycopg.connect(pg_database) as conn:
+        assert conn.execute("SELECT to_regclass('public.items'), to_regclass('public._cdc_quarantine')").fetchone() == (
+            None, None)
 
-    sink = DeltaSink(str(tmp_path / "lake"), sink_id="lake", target_schema="public", delete_mode="hard",
-                     options=DeltaSinkOptions())
-    with pytest.raises(SinkError, match="2 changes of batch .* were quarantined.*cannot keep quarantined changes"):
+
+def test_an_overlapping_batch_adds_nothing_and_a_resnapshot_keeps_its_own_rows(pg_database, batch):
+    sink = PgSink(pg_database, sink_id="warehouse")
+    try:
         pipeline.load_batch(batch, sink)
-    assert not (tmp_path / "lake" / "public" / "items").exists()
+        # The same range captured again under another id (a re-run that read further): a replay, left out.
+        overlap = dataclasses.replace(batch, batch_id=batch.batch_id + "+more")
+        pipeline.load_batch(overlap, sink)
+        # A whole re-snapshot starts seq again: the same seq numbers are new changes and are kept.
+        sink.forget_source("shop")
+        again = dataclasses.replace(batch, batch_id="shop:resnapshot")
+        pipeline.load_batch(again, sink)
+    finally:
+        sink.close()
+    with psycopg.connect(pg_database) as conn:
+        rows = conn.execute("SELECT batch_id, seq FROM public._cdc_quarantine ORDER BY batch_id, seq").fetchall()
+    assert rows == sorted([(batch.batch_id, 2), (batch.batch_id, 4), ("shop:resnapshot", 2), ("shop:resnapshot", 4)])

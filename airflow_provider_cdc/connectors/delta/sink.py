@@ -31,12 +31,19 @@ a. the held chunks (inserted if absent) and the held marks;
 b. the table commits (steps 2 and 3 above);
 c. the columns the gate drops (``evolve`` follows a ``DROP COLUMN``), each table rewritten without them;
 d. the schema versions (one ``MERGE``: new versions, status changes);
-e. the ledger row, last, with ``schema_versions`` from the gate.
+e. the batch's quarantined changes (:mod:`airflow_provider_cdc.quarantine`) in ``<root>/_cdc_quarantine``, inserted
+   if absent by ``quarantine_id`` (one ``MERGE``, :mod:`.quarantine_table`);
+f. the ledger row, last, with ``schema_versions`` from the gate.
+
+The quarantine (e) comes before the ledger row for the same reason as the data: the position moves past the
+quarantined changes only once they are kept. A crash before (e) commits replays the batch, which stores them; a
+crash between (e) and (f) replays it too, and its ``MERGE`` finds every key there and adds nothing (the rows keep
+their first ``quarantined_at``). So a quarantined change is neither lost nor stored twice.
 
 Why this order keeps the registry neither ahead of nor behind the sink after recovery: a version is stored only
 after every table it describes followed it (b, c), and a ``held`` version only after its table's mark and changes
 are stored (a); so the registry never claims what the sink has not done. It can get ahead of the *ledger* (a crash
-between d and e), and a held mark or a chunk can be stored with nothing else (a crash after a); the replay of that
+between d and f), and a held mark or a chunk can be stored with nothing else (a crash after a); the replay of that
 batch, which must come since the position moves only after the ledger row, then leaves out the versions and marks
 that the batch itself stored (their ``batch_id`` is the batch's), decides exactly as the crashed attempt did, and
 writes the same rows again: versions under the same numbers (keeping their first ``registered_at``), chunks and
@@ -72,6 +79,7 @@ from airflow_provider_cdc.connectors.delta.merge import (
     stats_of_commit,
 )
 from airflow_provider_cdc.connectors.delta.options import DeltaSinkOptions
+from airflow_provider_cdc.connectors.delta.quarantine_table import QuarantineTable
 from airflow_provider_cdc.connectors.delta.registry import HeldChangeTable, SchemaVersionTable, decide_replayable
 from airflow_provider_cdc.connectors.delta.schema import (
     Migration,
@@ -95,6 +103,7 @@ from airflow_provider_cdc.connectors.delta.types import app_ids_of
 from airflow_provider_cdc.connectors.ledger import ledger_row
 from airflow_provider_cdc.errors import SinkError
 from airflow_provider_cdc.events import ChangeBatch
+from airflow_provider_cdc.quarantine import sink_records
 from airflow_provider_cdc.schema import GateDecision, HeldChunk, SchemaPolicy, SchemaVersion, subject_of
 from airflow_provider_cdc.tables import RESERVED_PREFIX, SchemaChange, TableSchema
 
@@ -110,6 +119,7 @@ DELTA_CAPABILITIES = SinkCapabilities(
     merge_by_key=True,
     soft_delete=True,
     stores_other_exactly=False,
+    quarantine=True,
 )
 
 
@@ -164,6 +174,7 @@ class DeltaSink:
         self._held = HeldTables(self.root, self.storage_options)
         self._versions = SchemaVersionTable(self.root, self.storage_options)
         self._held_changes = HeldChangeTable(self.root, self.storage_options)
+        self._quarantine = QuarantineTable(self.root, self.storage_options)
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -277,6 +288,9 @@ class DeltaSink:
                 self._commit_table(decision.batch, plan, result)
             self._drop_columns(decision)
             self._versions.store(batch.source_id, decision.registrations, replacing=stored)
+            self._quarantine.insert(sink_records(batch.quarantine, source_id=batch.source_id,
+                                                 batch_id=batch.batch_id, high_water=high_water))
+            result.quarantined = batch.quarantined_count
             schema_versions = decision.ledger_versions()
             row = ledger_row(decision.batch, result, high_water=high_water, run_id=run_id,
                              versions={**(versions or {}), "schema_versions": schema_versions})
@@ -288,9 +302,10 @@ class DeltaSink:
         result.seconds = time.monotonic() - started
         log.info(
             "sink %s: batch %s applied: %d upserted, %d deleted, %d tables truncated, %d replayed events skipped, "
-            "%d schema changes, %d tables held, in %.3f s",
+            "%d schema changes, %d tables held, %d changes quarantined, in %.3f s",
             self.sink_id, batch.batch_id, result.upserted, result.deleted, result.truncated_tables,
-            result.skipped_replayed, result.schema_changes, len(result.held_tables), result.seconds,
+            result.skipped_replayed, result.schema_changes, len(result.held_tables), result.quarantined,
+            result.seconds,
         )
         return result
 

@@ -3,8 +3,8 @@
 The root is a URL (``file:///data/lake``, ``s3://bucket/lake``, ``gs://bucket/lake``) or a plain local path. Local
 roots are handed to delta-rs as absolute paths; object-store URLs go as they are, with the connector's
 ``storage_options``. Tables sit at ``<root>/<target_schema>/<table>``; the sink's own tables (``_cdc_ledger``,
-``_cdc_held``, ``_cdc_schemas``, ``_cdc_held_changes``) directly under the root, where no target schema can be
-(names in ``_cdc_*`` are refused).
+``_cdc_held``, ``_cdc_schemas``, ``_cdc_held_changes``, ``_cdc_quarantine``) directly under the root, where no target
+schema can be (names in ``_cdc_*`` are refused).
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ whose ``_id`` is its key (:mod:`.sink_values`: typed values, NULL as an absent f
 ``ledger_schema`` (default: ``target_schema``), :mod:`.sink_storage`.
 
 **One batch is ONE multi-document transaction** (read concern ``snapshot``, write concern ``majority``): the
-source's lock document, the ledger check, the schema gate's decision, every document write and the ledger row commit
-together or not at all. A transient failure (``TransientTransactionError``: a write conflict with another applier,
+source's lock document, the ledger check, the schema gate's decision, every document write, the batch's quarantined
+changes (``_cdc_quarantine``, :mod:`airflow_provider_cdc.quarantine`) and the ledger row commit together or not at
+all. A transient failure (``TransientTransactionError``: a write conflict with another applier,
 a failover; ``UnknownTransactionCommitResult``) retries the whole transaction, which is idempotent, through
 pymongo's ``with_transaction`` (for up to 120 s). Collections are created before it (DDL in transactions is
 limited). The three guards of every sink hold here too: the **ledger** (a batch id already there: ``applied=False``,
@@ -62,6 +63,7 @@ from airflow_provider_cdc.connectors.mongodb.sink_storage import (
 )
 from airflow_provider_cdc.errors import SinkError, TableHeld
 from airflow_provider_cdc.events import ChangeBatch
+from airflow_provider_cdc.quarantine import sink_records
 from airflow_provider_cdc.schema.gate import AcceptPlan, GateDecision, HeldChunk, decide, log_held, plan_accept
 from airflow_provider_cdc.schema.policy import DEFAULT_POLICY, SchemaPolicy
 from airflow_provider_cdc.schema.registry import SchemaVersion, subject_of
@@ -80,6 +82,7 @@ CAPABILITIES = SinkCapabilities(
     # ``other`` (a source's own text, kept as text).
     native_types=frozenset(LOGICAL_TYPES) - {"time", "other"},
     dialect=MONGODB_DIALECT, transactional=True, merge_by_key=True, soft_delete=True, stores_other_exactly=False,
+    quarantine=True,
 )
 
 # Server errors that a retry can get past (besides connection errors and the transaction labels): lock and
@@ -247,9 +250,9 @@ class MongoSink(DocumentMerge):
             log.info("sink %s: batch %s is already in the ledger; nothing to do", self.sink_id, batch.batch_id)
             return result
         log.info("sink %s: batch %s applied: %d upserted, %d deleted, %d tables truncated, %d replayed events "
-                 "skipped, %d schema changes, in %.3f s", self.sink_id, batch.batch_id, result.upserted,
-                 result.deleted, result.truncated_tables, result.skipped_replayed, result.schema_changes,
-                 result.seconds)
+                 "skipped, %d schema changes, %d changes quarantined, in %.3f s", self.sink_id, batch.batch_id,
+                 result.upserted, result.deleted, result.truncated_tables, result.skipped_replayed,
+                 result.schema_changes, result.quarantined, result.seconds)
         self._warn_truncated(truncated, batch.batch_id)
         if decision is not None:
             log_held(decision, self.sink_id, f"{self.ledger_schema}.{HELD_CHANGES_TABLE}", log)
@@ -284,6 +287,9 @@ class MongoSink(DocumentMerge):
         if decision.held:
             self._store.store_held(session, batch.source_id, decision.held, batch.batch_id)
         self._store.store_chunks(session, decision.chunks)
+        self._store.insert_quarantine(session, sink_records(batch.quarantine, source_id=batch.source_id,
+                                                            batch_id=batch.batch_id, high_water=high_water))
+        result.quarantined = batch.quarantined_count
         result.held_tables = decision.all_held
         result.newly_held = dict(decision.held)
         result.schema_versions = decision.registry.in_effect()

@@ -11,6 +11,10 @@
                             document holds at most 16 MB)
 ``_cdc_locks``              one document per source, written first by every apply and accept: two transactions of
                             one source write the same document, so the second waits for (or retries after) the first
+``_cdc_quarantine``         the changes a stage took out, with their reason (:mod:`airflow_provider_cdc.quarantine`):
+                            one document per ``quarantine_id`` (source, batch, seq and stage), its ``_id``; the
+                            row image an embedded
+                            document, ``event_time`` and ``quarantined_at`` dates
 ==========================  ======================================================================================
 
 They are created, with their indexes, before a transaction starts (:meth:`Bookkeeping.ensure`): creating a
@@ -32,7 +36,8 @@ from pymongo.database import Database
 from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure
 
 from airflow_provider_cdc.connectors.ledger import LEDGER_TABLE, LedgerRow
-from airflow_provider_cdc.connectors.mongodb.sink_values import plain
+from airflow_provider_cdc.connectors.mongodb.sink_values import exact_json, plain
+from airflow_provider_cdc.quarantine import KEY_COLUMNS, QUARANTINE_TABLE, SINK_COLUMNS
 from airflow_provider_cdc.schema.gate import HeldChunk
 from airflow_provider_cdc.schema.registry import SchemaVersion, subject_of
 
@@ -40,7 +45,7 @@ HELD_TABLE = "_cdc_held"
 VERSIONS_TABLE = "_cdc_schemas"
 HELD_CHANGES_TABLE = "_cdc_held_changes"
 LOCKS_TABLE = "_cdc_locks"
-BOOKKEEPING_TABLES = (LEDGER_TABLE, HELD_TABLE, VERSIONS_TABLE, HELD_CHANGES_TABLE, LOCKS_TABLE)
+BOOKKEEPING_TABLES = (LEDGER_TABLE, HELD_TABLE, VERSIONS_TABLE, HELD_CHANGES_TABLE, LOCKS_TABLE, QUARANTINE_TABLE)
 _NAMESPACE_EXISTS = 48  # a concurrent creation of the same collection won
 PART_BYTES = 8 * 1024 * 1024  # held changes are stored in parts of this size (a document holds at most 16 MB)
 
@@ -136,6 +141,31 @@ class Bookkeeping:
 
     def forget(self, session: ClientSession, source_id: str) -> int:
         return self.database[LEDGER_TABLE].delete_many({"source_id": source_id}, session=session).deleted_count
+
+    # --- quarantine ----------------------------------------------------------------------------------------------
+
+    def insert_quarantine(self, session: ClientSession, records: list[dict[str, Any]]) -> int:
+        """Store a batch's quarantined changes (:func:`airflow_provider_cdc.quarantine.sink_records`) in the batch's
+        transaction, each if absent: a change already there (same source, batch, seq and stage) keeps its first
+        document.
+        Returns how many were new.
+
+        Looked up, then inserted: a duplicate key inside a transaction would abort it, and an upsert would refuse a
+        row image whose field names hold ``$`` or ``.``. The source's lock document serializes the appliers that
+        could insert the same keys."""
+        documents: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for record in records:
+            documents.setdefault(tuple(record[name] for name in KEY_COLUMNS), _quarantine_document(record))
+        if not documents:
+            return 0
+        collection = self.database[QUARANTINE_TABLE]
+        found = collection.find({"_id": {"$in": [document["_id"] for document in documents.values()]}}, {"_id": 1},
+                                session=session)
+        present = {tuple(plain(row["_id"][name]) for name in KEY_COLUMNS) for row in found}
+        new = [document for key, document in documents.items() if key not in present]
+        if new:
+            collection.insert_many(new, ordered=True, session=session)
+        return len(new)
 
     # --- held tables ---------------------------------------------------------------------------------------------
 
@@ -239,6 +269,16 @@ class Bookkeeping:
                                             session=session)
         collection.delete_many({"source_id": source_id, "source_table": table}, session=session)
         return chunks
+
+
+def _quarantine_document(record: dict[str, Any]) -> dict[str, Any]:
+    """One quarantined change as a document: ``_id`` its key (fields in :data:`KEY_COLUMNS` order, so that equal keys
+    compare equal), ``seq`` an int64, the row image an embedded document with exact numbers (an integer beyond int64
+    becomes Decimal128, as a json value does in the sink's tables), NULLs kept as nulls."""
+    document: dict[str, Any] = {name: record[name] for name, _ in SINK_COLUMNS}
+    document["seq"] = Int64(record["seq"])
+    document["row"] = exact_json(json.dumps(record["row"], ensure_ascii=False))
+    return {"_id": {name: document[name] for name in KEY_COLUMNS}, **document}
 
 
 def _held_id(source_id: str, table: str) -> dict[str, str]:

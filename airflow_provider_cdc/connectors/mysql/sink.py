@@ -18,15 +18,16 @@ apply therefore runs, holding the source's named lock from start to end (:mod:`.
    (:mod:`.sink_ddl`), each migration planned in full before its first statement, each statement committing on
    its own;
 3. **data**: one InnoDB transaction merges the rows (:mod:`.sink_merge`), stores the gate's versions, held marks
-   and held changes, inserts the ledger row (the shared
+   and held changes, the batch's quarantined changes (``_cdc_quarantine``, :mod:`airflow_provider_cdc.quarantine`;
+   the table itself is made in phase 2), inserts the ledger row (the shared
    :func:`~airflow_provider_cdc.connectors.ledger.ledger_row`), and commits.
 
-A crash (or an error) between 2 and 3, or inside 3, leaves no ledger row, no version, no held change and no row of
-the batch: only tables already shaped for it. Its replay reads the same registry, so the gate decides the same;
-the migration is planned again from the tables as they are, finds the steps already done done (every step compares
-equal once made; see :mod:`.sink_ddl`), and the data transaction runs as if nothing had happened. A failed apply
-may thus leave a new table empty, or a new column in place, never data. ``schema accept`` and ``release_table``
-are two-phased the same way (their DDL first, each step idempotent).
+A crash (or an error) between 2 and 3, or inside 3, leaves no ledger row, no version, no held change, no quarantined
+change and no row of the batch: only tables already shaped for it. Its replay reads the same registry, so the gate
+decides the same; the migration is planned again from the tables as they are, finds the steps already done done
+(every step compares equal once made; see :mod:`.sink_ddl`), and the data transaction runs as if nothing had
+happened. A failed apply may thus leave a new table empty (``_cdc_quarantine`` too), or a new column in place, never
+data. ``schema accept`` and ``release_table`` are two-phased the same way (their DDL first, each step idempotent).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from airflow_provider_cdc.connectors.mysql.sink_storage import (
 from airflow_provider_cdc.connectors.mysql.sink_types import NOPAD_BINARY_COLLATIONS, identifier_problem
 from airflow_provider_cdc.errors import SinkError
 from airflow_provider_cdc.events import ChangeBatch
+from airflow_provider_cdc.quarantine import sink_records
 from airflow_provider_cdc.schema.gate import (
     AcceptPlan,
     GateDecision,
@@ -85,6 +87,7 @@ CAPABILITIES = SinkCapabilities(
     native_types=frozenset({"integer", "decimal", "float", "boolean", "text", "timestamptz", "timestamp", "date",
                             "time", "json", "binary"}),
     dialect=MYSQL_DIALECT, transactional=True, merge_by_key=True, soft_delete=True, stores_other_exactly=True,
+    quarantine=True,
 )
 
 
@@ -282,9 +285,9 @@ class MySqlSink(SinkStorage, TableDdl, RowMerge):
         if result.applied:
             log.info(
                 "sink %s: batch %s applied: %d upserted, %d deleted, %d tables truncated, %d replayed events "
-                "skipped, %d schema changes, in %.3f s",
+                "skipped, %d schema changes, %d changes quarantined, in %.3f s",
                 self.sink_id, batch.batch_id, result.upserted, result.deleted, result.truncated_tables,
-                result.skipped_replayed, result.schema_changes, result.seconds,
+                result.skipped_replayed, result.schema_changes, result.quarantined, result.seconds,
             )
             if decision is not None:
                 log_held(decision, self.sink_id, f"{self.ledger_schema}.{HELD_CHANGES_TABLE}", log)
@@ -307,6 +310,8 @@ class MySqlSink(SinkStorage, TableDdl, RowMerge):
                           policy, high_water)
         self._conn.rollback()  # the reads are done; the DDL below would end the transaction anyway
         where["step"] = "migrate"
+        if batch.quarantined_count:
+            self._ensure_quarantine(cur)
         # A table the sink cannot follow is held through the decision (its changes become held changes).
         self._migrate_tables(cur, decision.batch, high_water, where, decision.all_held, decision.hold,
                              decision.drops)
@@ -315,6 +320,9 @@ class MySqlSink(SinkStorage, TableDdl, RowMerge):
         result.schema_changes = sum(1 for change in batch.schema_changes if change.seq > high_water)
         self._merge_tables(cur, decision.batch, high_water, result, where)
         self._store_decision(cur, decision)
+        self._insert_quarantine(cur, sink_records(batch.quarantine, source_id=batch.source_id, batch_id=batch.batch_id,
+                                                  high_water=high_water))
+        result.quarantined = batch.quarantined_count
         result.held_tables = decision.all_held
         result.newly_held = dict(decision.held)
         result.schema_versions = decision.registry.in_effect()

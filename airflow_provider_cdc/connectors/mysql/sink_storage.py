@@ -11,6 +11,11 @@ finds nothing), so that no DDL is ever needed inside a batch's transaction (MySQ
 ``_cdc_held_changes``      the held changes, as Arrow IPC in parts of at most 4 MB (a row must fit in the
                            server's ``max_allowed_packet``, 16 MB by default on MariaDB)
 
+and a fifth, ``_cdc_quarantine`` (:mod:`airflow_provider_cdc.quarantine`: the changes a stage took out, with their
+reason), created by the first batch that has some, in the apply's DDL phase (:meth:`SinkStorage._ensure_quarantine`),
+before its data transaction; its rows are inserted in that transaction, if absent by ``quarantine_id`` (source,
+batch, seq and stage).
+
 Appliers of one source queue on a named lock (``GET_LOCK``), held from before the ledger check until after the
 commit or rollback. A row lock (``SELECT ... FOR UPDATE``) would not do: the table migrations a batch needs run
 before its transaction, and every DDL statement commits, which releases row locks; a named lock belongs to the
@@ -42,6 +47,7 @@ from airflow_provider_cdc.connectors.ledger import (
 )
 from airflow_provider_cdc.connectors.mysql.connection import quote_name
 from airflow_provider_cdc.errors import SinkError
+from airflow_provider_cdc.quarantine import KEY_COLUMNS, QUARANTINE_TABLE, SINK_COLUMNS
 from airflow_provider_cdc.schema.gate import HeldChunk
 from airflow_provider_cdc.schema.registry import SchemaVersion, subject_of
 
@@ -69,6 +75,10 @@ DATA_WARNINGS = frozenset({1048, 1101, 1261, 1262, 1263, 1264, 1265, 1292, 1300,
 HARMLESS_WARNINGS = frozenset({1051, 1287, 1592, 1681})
 
 _LEDGER_TYPES = {"text": "TEXT", "json": "JSON", "integer": "BIGINT", "timestamptz": "DATETIME(6)"}
+# The quarantine's text columns hold reasons and rule ids of any length; its key columns are bounded (an InnoDB key
+# holds 3072 bytes: 255 + 64 utf8mb4 characters and a BIGINT fit).
+_QUARANTINE_TYPES = {"text": "LONGTEXT", "json": "JSON", "integer": "BIGINT", "timestamptz": "DATETIME(6)"}
+_QUARANTINE_KEY_TYPES = {"quarantine_id": "CHAR(40)"}
 
 
 class DuplicateBatch(Exception):
@@ -161,6 +171,13 @@ def _ledger_column(name: str, kind: str, key: str) -> str:
     return _LEDGER_TYPES[kind] + (" DEFAULT CURRENT_TIMESTAMP(6)" if name == "committed_at" else "")
 
 
+def _quarantine_column(name: str, kind: str, key: str) -> str:
+    """The definition of one ``_cdc_quarantine`` column: the key's text columns bounded, in binary collation."""
+    if name in _QUARANTINE_KEY_TYPES:
+        return f"{_QUARANTINE_KEY_TYPES[name]} {key} NOT NULL"
+    return _QUARANTINE_TYPES[kind] + (" NOT NULL" if name in KEY_COLUMNS else "")
+
+
 def _chunk_key(source_id: str, table: str, batch_id: str) -> bytes:
     return hashlib.sha256(f"{source_id}\x00{table}\x00{batch_id}".encode()).digest()
 
@@ -239,6 +256,17 @@ class SinkStorage:
                 self._known_tables.add(table)
         self._bookkeeping_ready = True
 
+    def _ensure_quarantine(self, cur: Cursor) -> None:
+        """Create ``_cdc_quarantine`` where absent (DDL: before the batch's transaction, like the other bookkeeping
+        tables; made by the first batch that quarantined changes, so a sink without any has no such table)."""
+        if self._bookkeeping_exists(cur, QUARANTINE_TABLE):
+            return
+        key = f"CHARACTER SET utf8mb4 COLLATE {self._binary_collation}"
+        columns = ", ".join(f"{sql_name(name)} {_quarantine_column(name, kind, key)}" for name, kind in SINK_COLUMNS)
+        run(cur, f"CREATE TABLE IF NOT EXISTS {sql_table(self.ledger_schema, QUARANTINE_TABLE)} ({columns},"
+                 f" PRIMARY KEY ({', '.join(map(sql_name, KEY_COLUMNS))})) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
+        self._known_tables.add(QUARANTINE_TABLE)
+
     # --- the source lock ---------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -301,6 +329,28 @@ class SinkStorage:
                          row.batch_id)
                 raise DuplicateBatch() from exc
             raise
+
+    # --- quarantine ----------------------------------------------------------------------------------------------
+
+    def _insert_quarantine(self, cur: Cursor, records: list[dict[str, Any]]) -> None:
+        """Store a batch's quarantined changes (:func:`airflow_provider_cdc.quarantine.sink_records`) in the batch's
+        transaction; a change already there (same source, batch, seq and stage) keeps its first row. The table must
+        exist (:meth:`_ensure_quarantine`, in the DDL phase)."""
+        if not records:
+            return
+        names = [name for name, _ in SINK_COLUMNS]
+        values = []
+        for record in records:
+            row = [record[name] for name in names]
+            row[names.index("row")] = json.dumps(record["row"], ensure_ascii=False, sort_keys=True)
+            for name in ("event_time", "quarantined_at"):
+                row[names.index(name)] = to_utc_naive(record[name])
+            values.append(tuple(row))
+        first = sql_name(KEY_COLUMNS[0])
+        # pymysql sends these as multi-row INSERTs (its executemany), each under max_allowed_packet.
+        cur.executemany(f"INSERT INTO {sql_table(self.ledger_schema, QUARANTINE_TABLE)}"
+                        f" ({', '.join(map(sql_name, names))}) VALUES ({', '.join(['%s'] * len(names))})"
+                        f" ON DUPLICATE KEY UPDATE {first} = {first}", values)
 
     # --- held tables -------------------------------------------------------------------------------------------
 

@@ -203,7 +203,7 @@ class PgSink(LedgerStorage, RegistryStorage, TableDdl, RowMerge):
                 self._drop_after_merge(cur, decision, where)
                 self._store_decision(cur, decision)
                 self._insert_quarantine(cur, sink_records(batch.quarantine, source_id=batch.source_id,
-                                                          batch_id=batch.batch_id))
+                                                          batch_id=batch.batch_id, high_water=high_water))
                 result.quarantined = batch.quarantined_count
                 result.held_tables = decision.all_held
                 result.newly_held = dict(decision.held)
