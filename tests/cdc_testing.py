@@ -276,3 +276,20 @@ def batch_of(
 
 def item(id_: int, **values: Any) -> dict[str, Any]:
     return {"id": str(id_), **values}
+
+
+def quarantined(batch: ChangeBatch, *seqs: int, stage: str = "transform", table: str = "public.items",
+                **row: Any) -> ChangeBatch:
+    """``batch`` with the changes ``seqs`` of ``table`` taken out into its quarantine, as a stage does (rule
+    ``total``, a row image ``{"id", "name", **row}``)."""
+    import dataclasses
+
+    from airflow_provider_cdc.quarantine import quarantine_rows
+
+    rows = [{"source_table": table, "stage": stage, "rule_id": "total", "field": "total",
+             "reason": f"division by zero in row {seq}", "row": {"id": str(seq), "name": f"n{seq} ü", **row},
+             "op": "c", "seq": seq, "ts_ms": TS_MS + seq} for seq in seqs]
+    changes = batch.tables[table]
+    keep = [s not in seqs for s in changes.column("_cdc_seq").to_pylist()]
+    return dataclasses.replace(batch, tables={**batch.tables, table: changes.filter(keep)},
+                               quarantine=quarantine_rows(rows))

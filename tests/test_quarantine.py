@@ -7,28 +7,18 @@ import dataclasses
 
 import psycopg
 import pytest
-from cdc_testing import batch_of, item
+from cdc_testing import batch_of, item, quarantined
 
 from airflow_provider_cdc import pipeline
 from airflow_provider_cdc.connectors.postgres.sink import CAPABILITIES, PgSink
 from airflow_provider_cdc.errors import SinkError
 from airflow_provider_cdc.events import ChangeBatch
-from airflow_provider_cdc.quarantine import BATCH_SCHEMA, merge, quarantine_rows
+from airflow_provider_cdc.quarantine import BATCH_SCHEMA, merge
 from airflow_provider_cdc.staging import BatchStore
 from airflow_provider_cdc.tables import Column, TableSchema
 
 ITEMS = TableSchema("public", "items", (Column("id", "bigint", "integer", primary_key=True),
                                         Column("name", "text", "text")), dialect="postgresql")
-
-
-def quarantined(batch: ChangeBatch, *seqs: int) -> ChangeBatch:
-    """``batch`` with the changes ``seqs`` taken out into its quarantine, as a stage does."""
-    rows = [{"source_table": "public.items", "stage": "transform", "rule_id": "total", "field": "total",
-             "reason": f"division by zero in row {seq}", "row": {"id": str(seq), "name": f"n{seq}"}, "op": "c",
-             "seq": seq, "ts_ms": 1_700_000_000_000 + seq} for seq in seqs]
-    table = batch.tables["public.items"]
-    keep = [s not in seqs for s in table.column("_cdc_seq").to_pylist()]
-    return dataclasses.replace(batch, tables={"public.items": table.filter(keep)}, quarantine=quarantine_rows(rows))
 
 
 @pytest.fixture
@@ -68,7 +58,7 @@ def test_the_postgresql_sink_stores_the_quarantine_with_the_batch_once(pg_databa
         loaded = conn.execute("SELECT id FROM public.items ORDER BY id").fetchall()
     assert [r[9] for r in rows] == [2, 4] and loaded == [(1,), (3,), (5,)]
     assert rows[0][:8] == ("shop", batch.batch_id, "public.items", "transform", "total", "total",
-                           "division by zero in row 2", {"id": "2", "name": "n2"})
+                           "division by zero in row 2", {"id": "2", "name": "n2 ü"})
     assert rows[0][10] is True and rows[0][11] is None
 
 

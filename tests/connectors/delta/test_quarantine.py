@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import pytest
+from cdc_testing import quarantined
 from deltalake import DeltaTable
 
 from airflow_provider_cdc import pipeline
@@ -25,18 +26,7 @@ from .helpers import batch_of, item, rows
 
 ITEMS = TableSchema("public", "items", (Column("id", "bigint", "integer", primary_key=True),
                                         Column("name", "text", "text")), dialect="postgresql")
-TS_MS = 1_700_000_000_000
 UTC = dt.timezone.utc
-
-
-def quarantined(batch: ChangeBatch, *seqs: int, stage: str = "transform") -> ChangeBatch:
-    """``batch`` with the changes ``seqs`` taken out into its quarantine, as a stage does."""
-    rows_ = [{"source_table": "public.items", "stage": stage, "rule_id": "total", "field": "total",
-              "reason": f"division by zero in row {seq}", "row": {"id": str(seq), "name": f"n{seq} ü"}, "op": "c",
-              "seq": seq, "ts_ms": TS_MS + seq} for seq in seqs]
-    table = batch.tables["public.items"]
-    keep = [s not in seqs for s in table.column("_cdc_seq").to_pylist()]
-    return dataclasses.replace(batch, tables={"public.items": table.filter(keep)}, quarantine=quarantine_rows(rows_))
 
 
 @pytest.fixture
@@ -76,7 +66,7 @@ def test_the_quarantine_is_stored_with_the_batch_once(sink, batch):
         "rule_id": "total", "suite": None, "field": "total", "reason": "division by zero in row 2", "op": "c",
         "replayed_batch_id": None}
     assert json.loads(row["row"]) == {"id": "2", "name": "n2 ü"}  # JSON text
-    assert row["event_time"] == dt.datetime(2023, 11, 14, 22, 13, 20, 2000, tzinfo=UTC)
+    assert row["event_time"] == dt.datetime(2024, 5, 1, 8, 0, 0, 2000, tzinfo=UTC)
     now = dt.datetime.now(UTC)
     assert now - dt.timedelta(minutes=5) < row["quarantined_at"] <= now
     assert [r["row"] for r in QuarantineTable(sink.root, {}).rows("shop")] == [

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from bson import Decimal128, Int64
-from cdc_testing import batch_of, item
+from cdc_testing import batch_of, item, quarantined
 from pymongo.errors import OperationFailure
 
 from airflow_provider_cdc import pipeline
@@ -24,18 +24,7 @@ from airflow_provider_cdc.tables import Column, TableSchema
 
 ITEMS = TableSchema("public", "items", (Column("id", "bigint", "integer", primary_key=True),
                                         Column("name", "text", "text")), dialect="postgresql")
-TS_MS = 1_700_000_000_000
 UTC = dt.timezone.utc
-
-
-def quarantined(batch: ChangeBatch, *seqs: int, stage: str = "transform", **row: Any) -> ChangeBatch:
-    """``batch`` with the changes ``seqs`` taken out into its quarantine, as a stage does."""
-    rows = [{"source_table": "public.items", "stage": stage, "rule_id": "total", "field": "total",
-             "reason": f"division by zero in row {seq}", "row": {"id": str(seq), "name": f"n{seq} ü", **row},
-             "op": "c", "seq": seq, "ts_ms": TS_MS + seq} for seq in seqs]
-    table = batch.tables["public.items"]
-    keep = [s not in seqs for s in table.column("_cdc_seq").to_pylist()]
-    return dataclasses.replace(batch, tables={"public.items": table.filter(keep)}, quarantine=quarantine_rows(rows))
 
 
 @pytest.fixture
@@ -84,7 +73,7 @@ def test_the_quarantine_is_stored_with_the_batch_once(sink, client, db, batch):
         "replayed_batch_id": None}
     assert document["row"] == {"id": "2", "name": "n2 ü"}  # an embedded document, queryable as one
     assert client[db]["_cdc_quarantine"].count_documents({"row.name": "n4 ü"}) == 1
-    assert document["event_time"] == dt.datetime(2023, 11, 14, 22, 13, 20, 2000, tzinfo=UTC)
+    assert document["event_time"] == dt.datetime(2024, 5, 1, 8, 0, 0, 2000, tzinfo=UTC)
     now = dt.datetime.now(UTC)
     assert now - dt.timedelta(minutes=5) < document["quarantined_at"] <= now
     assert client[db]["_cdc_quarantine"].count_documents({"replayed_batch_id": None}) == 2
