@@ -180,7 +180,7 @@ def load_config(directory: str | os.PathLike[str] | None = None) -> CdcConfig:
         _check_duplicate_ids(result, problems)
     _check_references(loaded, problems)
     _check_connector_roles(loaded, problems)
-    _check_rules(loaded["rules"], problems)
+    _check_rules(loaded["rules"], [str(i) for i in loaded["connectors"].raw_ids if i], problems)
     if problems.items:
         raise ConfigError(sorted(problems.items, key=_reading_order), root)
     lists: dict[str, Any] = {key: list(result.entries.values()) for key, result in loaded.items()}
@@ -416,7 +416,7 @@ def _check_duplicate_ids(result: _Loaded, problems: _Problems) -> None:
             first_at[raw_id] = index
 
 
-def _check_rules(rules: _Loaded, problems: _Problems) -> None:
+def _check_rules(rules: _Loaded, connector_ids: list[str], problems: _Problems) -> None:
     """Compile the valid rules of transformations.yaml in the sandbox: Jinja syntax, refused constructs, unknown
     functions and missing salts, each reported at its rule (fields are checked against table schemas where they are
     known: at run time, and by ``config check`` online)."""
@@ -433,7 +433,8 @@ def _check_rules(rules: _Loaded, problems: _Problems) -> None:
         problems.add(_RULES.name, "functions.modules", f"cannot load the functions: {exc}")
         return
     index = {entry.rule_id: i for i, entry in rules.entries.items()}
-    for line in RuleSet.from_config(list(rules.entries.values()), functions=functions).problems():
+    for line in RuleSet.from_config(list(rules.entries.values()), functions=functions,
+                                    connectors=connector_ids).problems():
         rule_id = next((r for r in index if line.startswith(f"rule {r!r}")), None)
         problems.add(_RULES.name, f"rules[{index[rule_id]}]" if rule_id is not None else "rules", line)
 

@@ -69,6 +69,11 @@ class ConnectorFactory:
     check_sources: Callable[[list[tuple[int, SourceConfig, Any]]], list[tuple[int, str, str]]] | None = None
     # Online look for leftovers (``config check`` without --offline): warning lines.
     inspect: Callable[[CdcConfig], list[str]] | None = None
+    # A join rule's reference reader: (connection, table, key columns, keys as tuples of the value contract's Python
+    # values) -> {key tuple: {column: typed Python value}}, the matching rows in one round trip. None: this type
+    # cannot be a join's reference.
+    reference: Callable[[str, str, list[str], list[tuple[Any, ...]]], dict[tuple[Any, ...], dict[str, Any]]] | None \
+        = None
 
 
 def factory(connector_type: str) -> ConnectorFactory:

@@ -19,6 +19,9 @@ Semantics (issue 10):
   unchanged too (the sink keeps its value); a filter or aggregate reading one fails that row, since its outcome is
   unknown.
 - Rules are pure: ``now()`` is the row's event time, and the same batch always gives the same result.
+- A ``join`` enriches rows from a reference table through the ``lookup`` callable given to
+  :meth:`RuleSet.from_config` (this module connects nowhere), one call per batch and rule, behind a TTL cache
+  (:mod:`.join`).
 
 Expressions that :mod:`.vector` can compile run over whole columns in Arrow; the rest, and rows where Arrow and
 Python would differ, run row by row in the Jinja sandbox. Decimal arithmetic runs in
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import decimal
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,6 +45,7 @@ from airflow_provider_cdc.tables import Column, TableSchema
 from airflow_provider_cdc.transform.aggregate import aggregate_type, apply_aggregate
 from airflow_provider_cdc.transform.errors import RuleConfigError, problem
 from airflow_provider_cdc.transform.functions import FunctionRegistry, RuleRuntime
+from airflow_provider_cdc.transform.join import Clock, Lookup, LookupCache, apply_join
 from airflow_provider_cdc.transform.rowpath import run_rows, truth
 from airflow_provider_cdc.transform.rules import ColumnLineage, CompiledRule
 from airflow_provider_cdc.transform.sandbox import Program, Sandbox, sandbox_for
@@ -70,8 +74,10 @@ class RuleSet:
 
     def __init__(self, rules: Sequence[CompiledRule], sandbox: Sandbox,
                  secret: Callable[[str], str] | None = None, problems: Sequence[str] = (), *,
-                 vectorise: bool = True) -> None:
+                 vectorise: bool = True, lookup: Lookup | None = None, clock: Clock | None = None) -> None:
         self.rules = list(rules)
+        self.lookup = lookup  # a join's reference rows (None: a join with rows to look up cannot run)
+        self.cache = LookupCache(clock) if clock is not None else LookupCache()
         self.vectorise = vectorise  # False: every expression row by row in Jinja (the reference; for tests, bench)
         self.sandbox = sandbox
         self._secret = secret
@@ -83,9 +89,15 @@ class RuleSet:
     @classmethod
     def from_config(cls, rule_configs: Iterable[RuleConfig | Mapping[str, Any]], *,
                     functions: FunctionRegistry | None = None,
-                    secret: Callable[[str], str] | None = None, vectorise: bool = True) -> RuleSet:
+                    secret: Callable[[str], str] | None = None, vectorise: bool = True,
+                    lookup: Lookup | None = None, connectors: Collection[str] | None = None,
+                    clock: Clock | None = None) -> RuleSet:
         """Compile ``rule_configs`` (disabled rules are kept out). Never raises for a bad rule: see :meth:`problems`
-        and :meth:`check`; :meth:`apply` refuses a table whose rules have problems."""
+        and :meth:`check`; :meth:`apply` refuses a table whose rules have problems.
+
+        ``lookup``: what join rules read reference rows through (:data:`~.join.Lookup`); ``connectors``: the known
+        connector ids (when given, a join naming another one is a problem); ``clock``: the join cache's clock in
+        seconds (default :func:`time.monotonic`)."""
         sandbox = sandbox_for(functions if functions is not None else FunctionRegistry.default())
         rules: list[CompiledRule] = []
         problems: list[str] = []
@@ -97,7 +109,12 @@ class RuleSet:
             seen.add(rule.rule_id)
             if rule.enabled:
                 rules.append(rule)
-        return cls(rules, sandbox, secret, problems, vectorise=vectorise)
+            connector = rule.join.connector if rule.join is not None else None
+            if connectors is not None and connector is not None and connector not in connectors:
+                problems.append(problem(rule.rule_id, f"unknown connector {connector!r} (connectors.yaml has: "
+                                                      f"{', '.join(sorted(connectors)) or 'none'})",
+                                        key="parameters.connector"))
+        return cls(rules, sandbox, secret, problems, vectorise=vectorise, lookup=lookup, clock=clock)
 
     def versions(self) -> dict[str, str]:
         """Rule id -> SHA-256 of its normalised config, in config order (for the manifest and the ledger row)."""
@@ -148,6 +165,11 @@ class RuleSet:
                 columns[rule.rule_id] = [(e.source, e.target) for e in edges]
                 salt = self._salt(rule, schema.qualified_name) if rule.uses_hash else None
                 runtime = RuleRuntime(rule.rule_id, _constant(salt) if salt is not None else None)
+                if rule.join is not None:
+                    apply_join(rule, state, self.lookup, self.cache, self._inferred)
+                    for name in rule.drop_fields:
+                        state.drop(rule, name)
+                    continue
                 _apply_rule(rule, state, self.sandbox, runtime, self._inferred)
         return state.result(columns, lineage)
 

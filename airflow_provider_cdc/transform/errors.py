@@ -29,3 +29,14 @@ def problem(rule_id: str, reason: str, *, key: str | None = None, field: str | N
     if field is not None:
         where.append(f"field {field!r}")
     return f"{', '.join(where)}: {reason}"
+
+
+class JoinLookupError(CdcError):
+    """A join rule's reference lookup failed (the reference database is down, the table is missing...). Nothing of
+    the batch was loaded and its position did not move; retried unless the cause is terminal (a missing driver, an
+    unknown connector)."""
+
+    def __init__(self, message: str, *, rule_id: str, table: str, terminal: bool = False) -> None:
+        self.rule_id, self.table = rule_id, table
+        self.terminal = terminal
+        super().__init__(message)

@@ -10,6 +10,11 @@ A rule (the seed's shape, :class:`~airflow_provider_cdc.config.models.RuleConfig
 ``rename_from``  on a ``map`` without ``expression``: rename that field to ``target_field`` (values and type kept)
 ``drop_fields``  fields removed after the rule ran
 
+A ``join`` rule (enrichment from a reference table, :mod:`.join`) has no expression; its ``parameters`` are
+``connector`` (a connectors.yaml id; omitted: the source's own database), ``table``, ``on`` (batch field ->
+reference column), ``fields`` (reference column -> target field), ``ttl_seconds`` (default 300; 0: per batch only)
+and ``missing`` (``null``, the default, or ``quarantine``).
+
 ``tables`` scopes a rule: an entry matches a table by its qualified name (``public.users``) or by its bare name
 (``users`` matches ``users`` in any schema or database). Problems found without a table (bad shape, Jinja that does
 not compile, unknown functions, sandbox refusals, a ``hash()`` without a salt) are :attr:`CompiledRule.problems`;
@@ -30,10 +35,11 @@ from jinja2.exceptions import TemplateError
 from airflow_provider_cdc.config.models import RuleConfig
 from airflow_provider_cdc.tables import RESERVED_PREFIX, Column
 from airflow_provider_cdc.transform.errors import problem
+from airflow_provider_cdc.transform.joinspec import JoinSpec
 from airflow_provider_cdc.transform.sandbox import ROW_VAR, Program, Sandbox, describe_syntax_error
 from airflow_provider_cdc.transform.types import OutType, parse_type
 
-RULE_TYPES = ("map", "filter", "aggregate")
+RULE_TYPES = ("map", "filter", "aggregate", "join")
 AGGREGATES = ("sum", "avg", "min", "max", "count")
 EXTRA_KEYS = frozenset({"parameters", "target_type", "rename_from", "drop_fields", "policy", "description"})
 """Keys a rule may have beyond :class:`RuleConfig`'s own; any other is reported (a typo must not pass silently)."""
@@ -52,8 +58,9 @@ class ColumnLineage:
     source: str
     target: str
     type: str  # DIRECT | INDIRECT
-    subtype: str  # IDENTITY | TRANSFORMATION | AGGREGATION | FILTER
+    subtype: str  # IDENTITY | TRANSFORMATION | AGGREGATION | FILTER | JOIN
     masking: bool = False
+    dataset: str | None = None  # the source field's dataset when it is not the batch's table (a join's reference)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +81,7 @@ class CompiledRule:
     program: Program | None
     issues: tuple[tuple[str, str | None, str | None], ...]  # (reason, key, field) found without a table
     version: str
+    join: JoinSpec | None = None
 
     @property
     def problems(self) -> list[str]:
@@ -123,13 +131,15 @@ class CompiledRule:
         """The fields a row's result depends on: ``source_fields``, then what the expression reads."""
         if self.rename_from:
             return [self.rename_from]
+        if self.join is not None:
+            return list(self.join.on)
         out = [f for f in self.source_fields]
         out += [f for f in self.referenced(columns) if f not in out]
         return out
 
     def missing(self, columns: Mapping[str, Column], known_globals: frozenset[str]) -> list[str]:
         """Names the rule needs that ``columns`` lack (and that are no function either)."""
-        wanted = list(self.source_fields)
+        wanted = list(self.source_fields) + (list(self.join.on) if self.join is not None else [])
         if self.program is not None:
             wanted += sorted(n for n in self.program.analysis.names if n != ROW_VAR and n not in known_globals)
         return list(dict.fromkeys(n for n in wanted if n not in columns))
@@ -141,6 +151,8 @@ class CompiledRule:
             return [ColumnLineage(self.rule_id, "map", self.rename_from, self.target_field, "DIRECT", "IDENTITY")]
         if self.rule_type == "filter":
             return [ColumnLineage(self.rule_id, "filter", f, FILTER_TARGET, "INDIRECT", "FILTER") for f in inputs]
+        if self.join is not None:
+            return self.join.lineage(self.rule_id)
         assert self.target_field is not None
         if self.rule_type == "aggregate":
             return [ColumnLineage(self.rule_id, "aggregate", f, self.target_field, "DIRECT", "AGGREGATION")
@@ -186,6 +198,14 @@ class CompiledRule:
                 add(f"no such column to drop (columns of {table}: {listing})", f"drop_fields[{i}]", name)
             elif name in key:
                 add("is a key column: the sink merges by key, so it cannot be dropped", f"drop_fields[{i}]", name)
+        if self.join is not None:
+            for name in self.join.on:
+                if name not in columns:
+                    add(f"unknown batch field (columns of {table}: {listing})", f"parameters.on.{name}", name)
+            for column_name, target in self.join.fields.items():
+                if target in key:
+                    add("is a key column: a join may not overwrite a key (deletes could not find their rows)",
+                        f"parameters.fields.{column_name}", target)
         if self.aggregate is not None:
             reason = aggregate_type_problem(self.aggregate, [columns[f] for f in self.source_fields if f in columns])
             if reason:
@@ -202,6 +222,9 @@ class CompiledRule:
         elif self.target_field and self.rule_type in ("map", "aggregate"):
             result[self.target_field] = out_type.column(self.target_field) if out_type is not None else Column(
                 self.target_field, _UNKNOWN_TYPE, "other")
+        elif self.join is not None:  # the reference values' types are known only once rows were looked up
+            for target in self.join.targets:
+                result[target] = Column(target, _UNKNOWN_TYPE, "other")
         for name in self.drop_fields:
             result.pop(name, None)
         return result
@@ -222,8 +245,6 @@ class CompiledRule:
 
         for name in sorted(set(extra) - EXTRA_KEYS):
             add(f"unknown key (known extra keys: {', '.join(sorted(EXTRA_KEYS))})", key=name)
-        if config.rule_type == "join":
-            add("join rules are not supported by this engine yet; use a map, filter or aggregate", key="rule_type")
         parameters = extra.get("parameters") or {}
         if not isinstance(parameters, Mapping):
             add("must be a mapping of names to values", key="parameters")
@@ -251,6 +272,12 @@ class CompiledRule:
             add("must not be empty", key="target_field")
 
         aggregate = _check_shape(config, parameters, rename_from, add)
+        join = JoinSpec.parse(parameters, add) if config.rule_type == "join" else None
+        if join is not None:
+            for target in join.targets:
+                if target.startswith(RESERVED_PREFIX):
+                    add(f"fields starting with {RESERVED_PREFIX!r} are bookkeeping", key="parameters.fields",
+                        field=target)
         program = _compile_expression(config, sandbox, add)
         if program is not None:
             analysis = program.analysis
@@ -275,6 +302,7 @@ class CompiledRule:
             program=program,
             issues=tuple(issues),
             version=rule_version(config),
+            join=join,
         )
 
 
@@ -341,6 +369,14 @@ def _check_shape(config: RuleConfig, parameters: Mapping[str, Any], rename_from:
             add(f"must be one of {', '.join(AGGREGATES)} (got {aggregate!r})", key="parameters.type")
             return None
         return str(aggregate)
+    elif kind == "join":
+        if config.expression is not None:
+            add("a join looks values up; remove expression", key="expression")
+        if config.target_field is not None:
+            add("a join writes parameters.fields (reference column -> target field); remove target_field",
+                key="target_field")
+        if rename_from is not None:
+            add("only a map renames", key="rename_from")
     return None
 
 

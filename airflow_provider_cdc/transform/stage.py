@@ -14,6 +14,9 @@ What it adds to the engine:
   fail`` the stage raises :class:`TransformFailed` (terminal), naming the first failures, and nothing is loaded.
   Either way the position never passes a row that was not handled.
 - **Versions.** Each rule's id and hash go into the manifest and the ledger row (``stage_versions.transform``).
+- **Joins.** A join rule's ``lookup`` (:class:`ReferenceLookup`): its ``parameters.connector`` (or, omitted, the
+  source itself) -> the entry's driver URL through the hooks layer -> the connector factory's ``reference`` reader.
+  URLs are resolved at the first lookup (never at DAG parse) and never logged.
 """
 
 from __future__ import annotations
@@ -21,19 +24,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from airflow_provider_cdc.errors import CdcError
+from airflow_provider_cdc.errors import CdcError, ConnectorUnavailableError
 from airflow_provider_cdc.events import BEFORE_PREFIX, META_COLUMNS, ChangeBatch, batch_schema
 from airflow_provider_cdc.quarantine import merge, quarantine_rows
 from airflow_provider_cdc.tables import SchemaChange, TableSchema
 
 if TYPE_CHECKING:
-    from airflow_provider_cdc.config import CdcConfig, RuleConfig, SourceConfig
+    from airflow_provider_cdc.config import CdcConfig, ConnectorConfig, RuleConfig, SourceConfig
     from airflow_provider_cdc.transform.engine import RuleSet, TableResult
+    from airflow_provider_cdc.transform.join import Lookup
 
 log = logging.getLogger("airflow_provider_cdc.transform")
 
@@ -67,10 +71,13 @@ class TransformStage:
     name = STAGE_NAME
 
     def __init__(self, rules: Sequence[RuleConfig], *, function_modules: Sequence[str] = (),
-                 secret: Callable[[str], str] | None = None) -> None:
+                 secret: Callable[[str], str] | None = None, lookup: Lookup | None = None,
+                 connectors: Collection[str] | None = None) -> None:
         self.configs = list(rules)
         self.function_modules = list(function_modules)
         self.secret = secret
+        self.lookup = lookup
+        self.connectors = connectors
         self.policies = {rule.rule_id: policy_of(rule) for rule in self.configs}
         self._rules: RuleSet | None = None
 
@@ -82,7 +89,7 @@ class TransformStage:
             from airflow_provider_cdc.transform.functions import FunctionRegistry
 
             self._rules = RuleSet.from_config(self.configs, functions=FunctionRegistry.default(self.function_modules),
-                                              secret=self.secret)
+                                              secret=self.secret, lookup=self.lookup, connectors=self.connectors)
         return self._rules
 
     def versions(self) -> dict[str, Any]:
@@ -180,5 +187,33 @@ def transform_stage(source: SourceConfig, config: CdcConfig) -> TransformStage |
         return None
     from airflow_provider_cdc.hooks.secrets import secret_value
 
-    return TransformStage(rules, function_modules=config.functions.modules, secret=secret_value)
+    return TransformStage(rules, function_modules=config.functions.modules, secret=secret_value,
+                          lookup=ReferenceLookup(source, config), connectors=[c.id for c in config.connectors])
+
+
+class ReferenceLookup:
+    """A join's :data:`~.join.Lookup` for one source: connector id (None: the source's own database) -> its driver
+    URL (resolved on first use, kept for the process, never logged) -> the connector factory's ``reference``."""
+
+    def __init__(self, source: SourceConfig, config: CdcConfig) -> None:
+        self.source = source
+        self.config = config
+        self._urls: dict[str | None, str] = {}
+
+    def __call__(self, connector_id: str | None, table: str, key_columns: list[str],
+                 keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+        from airflow_provider_cdc.connectors import registry
+
+        entry: SourceConfig | ConnectorConfig = self.source if connector_id is None \
+            else self.config.connector(connector_id)
+        read = registry.factory(entry.type).reference
+        if read is None:
+            what = f"connector {connector_id!r}" if connector_id else f"source {self.source.id!r}"
+            raise ConnectorUnavailableError(
+                f"{what} has type {entry.type!r}, which cannot be read as a join's reference table")
+        if connector_id not in self._urls:
+            from airflow_provider_cdc.hooks.cdc import entry_dsn
+
+            self._urls[connector_id] = entry_dsn(self.config, entry)
+        return read(self._urls[connector_id], table, key_columns, keys)
 

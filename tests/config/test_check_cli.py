@@ -57,7 +57,8 @@ def test_check_valid_config_prints_summary(tmp_path: Path) -> None:
     config = write(tmp_path / "cfg", {
         "connectors.yaml": CONNECTORS,
         "cdc.yaml": SOURCES,
-        "transformations.yaml": "rules:\n  - {rule_id: mask_email, rule_type: map}\n",
+        "transformations.yaml": "rules:\n  - {rule_id: mask_email, rule_type: map, source_fields: [email], "
+                                "target_field: masked, expression: '{{ mask(email) }}'}\n",
     })
     result = run("check", "--offline", str(config), cwd=tmp_path, WAREHOUSE_URL=f"postgresql://u:{SECRET}@wh/dwh")
     assert (result.returncode, result.stderr) == (0, "")

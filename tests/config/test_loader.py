@@ -175,7 +175,8 @@ def test_env_interpolation_in_every_string(tmp_path: Path, monkeypatch: pytest.M
 def test_literal_dollar_brace_is_escaped(tmp_path: Path) -> None:
     write(tmp_path, {
         "cdc.yaml": "sources: []\n",
-        "transformations.yaml": "rules:\n  - {rule_id: r, rule_type: map, expression: 'cost: $${price}'}\n",
+        "transformations.yaml": "rules:\n  - {rule_id: r, rule_type: map, target_field: t, "
+                                "expression: 'cost: $${price}'}\n",
     })
     assert load_config(tmp_path).rules[0].expression == "cost: ${price}"
 

@@ -59,7 +59,7 @@ def test_an_unknown_function_is_named(expression):
      "rule 'r', key target_field: a filter writes no field"),
     ({"rule_type": "aggregate", "source_fields": ["price"], "target_field": "x", "parameters": {"type": "median"}},
      "rule 'r', key parameters.type: must be one of sum, avg, min, max, count (got 'median')"),
-    ({"rule_type": "join", "target_field": "x"}, "rule 'r', key rule_type: join rules are not supported"),
+    ({"rule_type": "join", "target_field": "x"}, "rule 'r', key target_field: a join writes parameters.fields"),
     ({"rule_type": "filter", "expression": "  "}, "rule 'r', key expression: is empty"),
     ({"rule_type": "map", "target_field": "_cdc_op", "expression": "{{ 1 }}"},
      "rule 'r', key target_field, field '_cdc_op': fields starting with '_cdc_' are bookkeeping"),

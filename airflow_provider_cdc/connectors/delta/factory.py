@@ -29,9 +29,18 @@ def file_sink(connector: ConnectorConfig, connection: str, source: SourceConfig,
     return DeltaSink(connection, **kwargs)
 
 
+def reference(url: str, table: str, key_columns: list[str],
+              keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """A join rule's reference rows (:mod:`.reference`, imported on first use)."""
+    from airflow_provider_cdc.connectors.delta.reference import lookup
+
+    return lookup(url, table, key_columns, keys)
+
+
 FACTORY = ConnectorFactory(
     type="file",
     sink_options=DeltaSinkOptions,
     capabilities=DELTA_CAPABILITIES,
     sink=file_sink,
+    reference=reference,
 )

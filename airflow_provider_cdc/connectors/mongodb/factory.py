@@ -50,6 +50,14 @@ def make_probe(config: SourceConfig, connection: str, options: MongoSourceOption
     return MongoChangeProbe(connection, source_id=config.id, tables=_tables(config, connection), options=options)
 
 
+def reference(url: str, table: str, key_columns: list[str],
+              keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """A join rule's reference rows (:mod:`.reference`, imported on first use)."""
+    from airflow_provider_cdc.connectors.mongodb.reference import lookup
+
+    return lookup(url, table, key_columns, keys)
+
+
 FACTORY = ConnectorFactory(
     type="mongodb",
     source_options=MongoSourceOptions,
@@ -59,4 +67,5 @@ FACTORY = ConnectorFactory(
     sink=make_sink,
     probe=make_probe,
     normalize_uri=normalize_uri,
+    reference=reference,
 )

@@ -66,6 +66,14 @@ def check_sources(entries: list[tuple[int, SourceConfig, MySqlSourceOptions]]) -
     return problems
 
 
+def reference(url: str, table: str, key_columns: list[str],
+              keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """A join rule's reference rows (:mod:`.reference`, imported on first use)."""
+    from airflow_provider_cdc.connectors.mysql.reference import lookup
+
+    return lookup(url, table, key_columns, keys)
+
+
 FACTORY = ConnectorFactory(
     type="mysql",
     source_options=MySqlSourceOptions,
@@ -76,4 +84,5 @@ FACTORY = ConnectorFactory(
     probe=make_probe,
     normalize_uri=normalize_uri,
     check_sources=check_sources,
+    reference=reference,
 )

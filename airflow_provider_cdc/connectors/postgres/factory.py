@@ -116,6 +116,14 @@ def inspect(config: CdcConfig) -> list[str]:
     return find_leftover_slots(config).lines()
 
 
+def reference(url: str, table: str, key_columns: list[str],
+              keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """A join rule's reference rows (:mod:`.reference`, imported on first use)."""
+    from airflow_provider_cdc.connectors.postgres.reference import lookup
+
+    return lookup(url, table, key_columns, keys)
+
+
 FACTORY = ConnectorFactory(
     type="postgresql",
     source_options=PgSourceOptions,
@@ -127,4 +135,5 @@ FACTORY = ConnectorFactory(
     normalize_uri=normalize_uri,
     check_sources=check_sources,
     inspect=inspect,
+    reference=reference,
 )
