@@ -3,7 +3,9 @@
 - ``config check [DIR]``: validate a config directory (the same check as ``python -m airflow_provider_cdc.config``);
 - ``resnapshot <source_id> [--table T ...]``: the whole recovery after a lost position, in one step;
 - ``schema versions|accept|check``: the schema registry, and the way out for a table held after a schema change
-  (:mod:`airflow_provider_cdc.schema_commands`).
+  (:mod:`airflow_provider_cdc.schema_commands`);
+- ``quarantine list|replay <source_id>``: the changes a rule refused, and their replay, exactly once, after the rule
+  is fixed (:mod:`airflow_provider_cdc.quarantine_commands`).
 
 The config directory defaults to ``$CDC_CONFIG_DIR``, else ``include/config``.
 """
@@ -18,7 +20,7 @@ PROG = "python -m airflow_provider_cdc"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from airflow_provider_cdc import resnapshot, schema_commands
+    from airflow_provider_cdc import quarantine_commands, resnapshot, schema_commands
     from airflow_provider_cdc.config.__main__ import add_check_arguments
 
     parser = argparse.ArgumentParser(prog=PROG, description="Change data capture for Airflow: commands.")
@@ -47,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
         "schema against a subject. See the README, section Schema changes.",
     )
     schema_commands.add_arguments(schema)
+
+    quarantine = commands.add_parser(
+        "quarantine",
+        help="the quarantined changes of a source: list them, replay them after fixing a rule",
+        description="The changes a stage refused (a rule whose expression failed), kept in the sink's "
+        "_cdc_quarantine: list them, or replay them through the current rules once a rule is fixed (exactly once). "
+        "See the README, section Transformations.",
+    )
+    quarantine_commands.add_arguments(quarantine)
     return parser
 
 
@@ -60,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from airflow_provider_cdc import schema_commands
 
         return schema_commands.run(args)
+    if args.command == "quarantine":
+        from airflow_provider_cdc import quarantine_commands
+
+        return quarantine_commands.run(args)
     from airflow_provider_cdc import resnapshot
 
     return resnapshot.run(args)

@@ -14,9 +14,14 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+
+from airflow_provider_cdc.errors import SinkError
+
+if TYPE_CHECKING:
+    from airflow_provider_cdc.events import ChangeBatch
 
 QUARANTINE_TABLE = "_cdc_quarantine"
 
@@ -104,3 +109,47 @@ def sink_records(quarantine: pa.Table | None, *, source_id: str, batch_id: str, 
             "quarantined_at": now, "replayed_batch_id": None,
         })
     return out
+
+
+# -- replay (``python -m airflow_provider_cdc quarantine replay``) -----------------------------------------------
+
+REPLAY_MARK = "quarantine"
+
+
+def replay_batch_id(source_id: str, quarantine_ids: Iterable[str]) -> str:
+    """The ledger batch id of a replay of ``quarantine_ids``: ``<source_id>:quarantine:<12 hex>``, a SHA-1 of the
+    sorted ids. Deterministic, so that replaying the same rows again finds the ledger row and does nothing."""
+    digest = hashlib.sha1("\x00".join(sorted(set(quarantine_ids))).encode()).hexdigest()[:12]
+    return f"{source_id}:{REPLAY_MARK}:{digest}"
+
+
+def stored_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """One stored ``_cdc_quarantine`` row as :meth:`Sink.quarantined` returns it, whatever the sink: every column
+    of :data:`SINK_COLUMNS`, ``row`` a dict, ``seq`` an int, times in UTC (naive times are read as UTC)."""
+    out: dict[str, Any] = {name: record.get(name) for name, _ in SINK_COLUMNS}
+    if isinstance(out["row"], (str, bytes)):
+        out["row"] = json.loads(out["row"])
+    if out["seq"] is not None:
+        out["seq"] = int(out["seq"])
+    for name in ("event_time", "quarantined_at"):
+        value = out[name]
+        if isinstance(value, dt.datetime):
+            out[name] = value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(
+                dt.timezone.utc)
+    return out
+
+
+def sort_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stored rows in a stable order: by ``seq``, then stage and id."""
+    return sorted(rows, key=lambda row: (row["seq"], row["stage"], row["quarantine_id"]))
+
+
+def refuse_held(sink_id: str, batch: ChangeBatch, held: Mapping[str, str]) -> None:
+    """A replay never writes into a table held after a schema change (its changes wait in the sink; the command
+    leaves such rows waiting, this guards a direct call)."""
+    blocked = sorted(name for name in batch.tables if name in held)
+    if blocked:
+        raise SinkError(sink_id, f"cannot replay quarantined changes of {', '.join(blocked)}: the table is held after "
+                                 f"a schema change; accept it first (python -m airflow_provider_cdc schema accept "
+                                 f"{batch.source_id}.{blocked[0]}), then replay", table=blocked[0],
+                        batch_id=batch.batch_id, terminal=True)

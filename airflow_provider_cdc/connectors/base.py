@@ -209,6 +209,24 @@ class Sink(Protocol):
     def last_committed(self, source_id: str) -> dict[str, Any] | None:
         """``position_to`` of the ledger row with the highest ``seq_to`` for ``source_id`` (None when none)."""
 
+    # --- quarantine (``python -m airflow_provider_cdc quarantine list|replay``) ---
+
+    def quarantined(self, source_id: str, *, waiting_only: bool = True) -> list[dict[str, Any]]:
+        """The rows of ``_cdc_quarantine`` of ``source_id`` (:func:`airflow_provider_cdc.quarantine.stored_row`:
+        every column, ``row`` a dict), by ``seq``; ``waiting_only``: those not replayed yet. Empty when the sink has
+        no quarantine table yet."""
+
+    def replay_quarantined(
+        self, batch: ChangeBatch, quarantine_ids: list[str], *, run_id: str | None = None,
+        versions: dict[str, dict[str, Any] | None] | None = None,
+    ) -> ApplyResult:
+        """Load ``batch`` (quarantined changes run again through the current rules) exactly once: past the high
+        water (its changes lie below it), still guarded per row by ``_cdc_position`` (a newer change to the same key
+        wins), its ledger row (``batch.batch_id``,
+        :func:`~airflow_provider_cdc.quarantine.replay_batch_id`), and ``replayed_batch_id`` set on
+        ``quarantine_ids``, in one transaction (a sink without one: in an idempotent order it documents).
+        ``applied=False`` when the ledger already has the batch."""
+
     def held_tables(self, source_id: str) -> dict[str, str]:
         """Source tables whose changes the sink holds back (a schema change it cannot follow), with the reason."""
 

@@ -172,6 +172,16 @@ class ParquetChangeLogSink:
     def release_table(self, source_id: str, table: str) -> bool:
         return False
 
+    def quarantined(self, source_id: str, *, waiting_only: bool = True) -> list[dict[str, Any]]:
+        return []  # capabilities.quarantine is False: a change log keeps no quarantine
+
+    def replay_quarantined(
+        self, batch: ChangeBatch, quarantine_ids: list[str], *, run_id: str | None = None,
+        versions: dict[str, dict[str, Any] | None] | None = None,
+    ) -> ApplyResult:
+        raise SinkError(self.sink_id, "the Parquet change log keeps no quarantine, so there is nothing to replay",
+                        batch_id=batch.batch_id, terminal=True)
+
     def schema_versions(self, source_id: str) -> list[SchemaVersion]:
         """The versions folded by a whole re-snapshot, then those of each committed batch (in its manifest)."""
         found: dict[tuple[str, int], SchemaVersion] = {}

@@ -21,11 +21,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from airflow_provider_cdc.connectors.delta.ledger_table import COMPACT_EVERY
+from airflow_provider_cdc.connectors.delta.ledger_table import COMPACT_EVERY, sql_text
 from airflow_provider_cdc.connectors.delta.registry import SmallMergeTable
 from airflow_provider_cdc.connectors.delta.storage import join
 from airflow_provider_cdc.connectors.delta.types import UTC_MICROS
-from airflow_provider_cdc.quarantine import KEY_COLUMNS, QUARANTINE_TABLE, SINK_COLUMNS
+from airflow_provider_cdc.quarantine import KEY_COLUMNS, QUARANTINE_TABLE, SINK_COLUMNS, sort_rows, stored_row
 
 _ARROW_OF_KIND = {"text": pa.string(), "json": pa.string(), "integer": pa.int64(), "timestamptz": UTC_MICROS}
 QUARANTINE_SCHEMA = pa.schema([pa.field(name, _ARROW_OF_KIND[kind], nullable=name not in KEY_COLUMNS)
@@ -60,6 +60,24 @@ class QuarantineTable(SmallMergeTable):
         for record in records:
             record["row"] = json.loads(record["row"])
         return sorted(records, key=lambda record: (record["seq"], record["stage"]))
+
+    def stored(self, source_id: str, *, waiting_only: bool = True) -> list[dict[str, Any]]:
+        """The rows of ``source_id`` as :meth:`Sink.quarantined` gives them (``waiting_only``: not replayed)."""
+        where = ds.field("source_id") == source_id
+        if waiting_only:
+            where = where & ds.field("replayed_batch_id").is_null()
+        return sort_rows(stored_row(record) for record in self.read(where).to_pylist())
+
+    def mark_replayed(self, source_id: str, quarantine_ids: list[str], batch_id: str) -> None:
+        """Set ``replayed_batch_id`` of the waiting ``quarantine_ids`` (one ``UPDATE`` commit; idempotent: a row
+        already marked keeps its mark, and a second call changes nothing)."""
+        table = self.table()
+        if table is None or not quarantine_ids:
+            return
+        ids = ", ".join(sql_text(quarantine_id) for quarantine_id in sorted(set(quarantine_ids)))
+        table.update(updates={"replayed_batch_id": sql_text(batch_id)},
+                     predicate=f"source_id = {sql_text(source_id)} AND replayed_batch_id IS NULL"
+                               f" AND quarantine_id IN ({ids})")
 
     def _compact_now_and_then(self) -> None:
         """A batch with quarantined changes adds a file; merging them now and then keeps the ``MERGE`` of the next

@@ -103,7 +103,7 @@ from airflow_provider_cdc.connectors.delta.types import app_ids_of
 from airflow_provider_cdc.connectors.ledger import ledger_row
 from airflow_provider_cdc.errors import SinkError
 from airflow_provider_cdc.events import ChangeBatch
-from airflow_provider_cdc.quarantine import sink_records
+from airflow_provider_cdc.quarantine import refuse_held, sink_records
 from airflow_provider_cdc.schema import GateDecision, HeldChunk, SchemaPolicy, SchemaVersion, subject_of
 from airflow_provider_cdc.tables import RESERVED_PREFIX, SchemaChange, TableSchema
 
@@ -392,6 +392,74 @@ class DeltaSink:
                  "table emptied for the re-snapshot)", self.sink_id, table, source_id,
                  [version.version for version in accepted], discarded)
         return True
+
+    # --- quarantine ------------------------------------------------------------------------------------------------
+
+    def quarantined(self, source_id: str, *, waiting_only: bool = True) -> list[dict[str, Any]]:
+        """The rows of ``<root>/_cdc_quarantine`` of ``source_id`` by ``seq`` (``waiting_only``: not replayed)."""
+        with self._errors(f"cannot read the quarantine of source {source_id!r}"):
+            return self._quarantine.stored(source_id, waiting_only=waiting_only)
+
+    def replay_quarantined(
+        self, batch: ChangeBatch, quarantine_ids: list[str], *, run_id: str | None = None,
+        versions: dict[str, dict[str, Any] | None] | None = None,
+    ) -> ApplyResult:
+        """Load quarantined changes run again through the current rules, exactly once, without a transaction
+        across tables: in this order, each step idempotent, so that running the replay again after a crash anywhere
+        finishes it:
+
+        1. the replay's ledger row there: only step 4 is left (a crash between 3 and 4), done again, no load;
+        2. each table gains the columns it needs, then ONE ``MERGE`` of its changes, without the high-water floor
+           (they lie below it) but guarded by ``_cdc_position``, carrying the application transaction
+           ``<batch_id>:<schema.table>`` at ``seq_to``: a table that has it took this replay before a crash and is
+           skipped (a replay's own id, not the table's ``<source_id>:<table>``, whose version is past these changes);
+        3. the ledger row (no application transaction of the ledger: its range lies below the high water);
+        4. ``replayed_batch_id`` set on ``quarantine_ids`` (one ``UPDATE``), last: until then they are listed as
+           waiting, and the command, run again, rebuilds the same batch id, finds step 3 and finishes here."""
+        started = time.monotonic()
+        result = ApplyResult(batch_id=batch.batch_id, applied=False)
+        with self._errors("replay of quarantined changes failed; run it again: tables that took it are skipped by "
+                          "their Delta transaction, the rest and the ledger row follow", batch_id=batch.batch_id):
+            if self._ledger.has_batch(batch.batch_id):
+                self._quarantine.mark_replayed(batch.source_id, quarantine_ids, batch.batch_id)
+                log.info("sink %s: quarantine replay %s is in the ledger already; nothing loaded", self.sink_id,
+                         batch.batch_id)
+                result.seconds = time.monotonic() - started
+                return result
+            refuse_held(self.sink_id, batch, self._held.held(batch.source_id))
+            for name in sorted(batch.tables):
+                self._replay_table(batch, name, result)
+            self._ledger.append_row(ledger_row(batch, result, high_water=0, run_id=run_id, versions=versions),
+                                    app_transaction=False)
+            self._quarantine.mark_replayed(batch.source_id, quarantine_ids, batch.batch_id)
+            result.applied = True
+        result.seconds = time.monotonic() - started
+        log.info("sink %s: quarantine replay %s loaded (%d upserted, %d deleted) in %.3f s", self.sink_id,
+                 batch.batch_id, result.upserted, result.deleted, result.seconds)
+        return result
+
+    def _replay_table(self, batch: ChangeBatch, name: str, result: ApplyResult) -> None:
+        """Step 2 of :meth:`replay_quarantined` for one table."""
+        schema = batch.schemas[name]
+        label = self._label(schema)
+        self.ensure_tables([schema])
+        target = open_table(self.table_uri(schema.name), self.storage_options)
+        assert target is not None  # ensure_tables made it
+        app_id = f"{batch.batch_id}:{name}"
+        events = batch.tables[name]
+        stats = new_stats(events.num_rows)
+        committed = target.transaction_version(app_id)
+        if committed is not None and committed >= batch.seq_to:
+            stats["skipped_replayed"] = stats["events"]
+            stats_of_commit(target, batch.batch_id, stats)
+        elif events.num_rows:
+            prepared = prepare_table(name, events, schema, target=target, delete_mode=self.delete_mode,
+                                     sink_id=self.sink_id, label=label, batch=batch, stats=stats)
+            stats = merge_table(target, prepared, delete_mode=self.delete_mode, app_id=app_id, seq_to=batch.seq_to,
+                                batch_id=batch.batch_id)
+        result.tables[name] = stats
+        result.upserted += stats["upserted"]
+        result.deleted += stats["deleted"]
 
     # --- planning: every check before any commit ------------------------------------------------------------------
 

@@ -63,7 +63,7 @@ from airflow_provider_cdc.connectors.mongodb.sink_storage import (
 )
 from airflow_provider_cdc.errors import SinkError, TableHeld
 from airflow_provider_cdc.events import ChangeBatch
-from airflow_provider_cdc.quarantine import sink_records
+from airflow_provider_cdc.quarantine import refuse_held, sink_records
 from airflow_provider_cdc.schema.gate import AcceptPlan, GateDecision, HeldChunk, decide, log_held, plan_accept
 from airflow_provider_cdc.schema.policy import DEFAULT_POLICY, SchemaPolicy
 from airflow_provider_cdc.schema.registry import SchemaVersion, subject_of
@@ -484,6 +484,68 @@ class MongoSink(DocumentMerge):
                                   deleted=result.deleted)
             self._store.insert_ledger(session, ledger_row(batch, applied, high_water=0, run_id=run_id, versions={
                 "schema_versions": plan.ledger_versions(versions, policy, still_held)}))
+        return result
+
+    # --- quarantine ----------------------------------------------------------------------------------------------
+
+    def quarantined(self, source_id: str, *, waiting_only: bool = True) -> list[dict[str, Any]]:
+        """The documents of ``_cdc_quarantine`` of ``source_id`` by ``seq`` (``waiting_only``: not replayed yet)."""
+        return self._read(f"the quarantine of source {source_id!r}",
+                          lambda: self._store.read_quarantine(None, source_id, waiting_only))
+
+    def replay_quarantined(
+        self, batch: ChangeBatch, quarantine_ids: list[str], *, run_id: str | None = None,
+        versions: dict[str, dict[str, Any] | None] | None = None,
+    ) -> ApplyResult:
+        """Load quarantined changes run again through the current rules, exactly once, in one multi-document
+        transaction: the documents are merged without the high-water filter (they lie below it) but guarded by
+        ``_cdc_position``, ``replayed_batch_id`` is set on ``quarantine_ids`` and the replay's ledger row is
+        inserted. Found in the ledger, the batch is not loaded again."""
+        started = time.monotonic()
+        where: dict[str, str | None] = {"table": None}
+        truncated: dict[tuple[str, str], int] = {}
+
+        def work(session: ClientSession) -> ApplyResult:
+            truncated.clear()
+            result = ApplyResult(batch_id=batch.batch_id, applied=False)
+            self._store.lock(session, batch.source_id)
+            if self._store.ledger_has(session, batch.batch_id):
+                return result
+            refuse_held(self.sink_id, batch, self._store.held_tables(session, batch.source_id))
+            for name, changes in batch.tables.items():
+                schema = batch.schemas[name]
+                self._check(schema, batch.batch_id)
+                where["table"] = label = self._label(schema)
+                stats, lost = self._apply_table(self._target[schema.name], session, schema, changes, 0, batch,
+                                                label=label)
+                truncated.update({(label, column): count for column, count in lost.items()})
+                result.tables[name] = stats
+                result.upserted += stats["upserted"]
+                result.deleted += stats["deleted"]
+            where["table"] = None
+            self._store.mark_replayed(session, batch.source_id, quarantine_ids, batch.batch_id)
+            self._store.insert_ledger(session, ledger_row(batch, result, high_water=0, run_id=run_id,
+                                                          versions=versions))
+            result.applied = True
+            return result
+
+        try:
+            self._prepare(schema.name for name, schema in batch.schemas.items() if name in batch.tables)
+            result = self._transaction(work)
+        except DuplicateBatch:
+            result = ApplyResult(batch_id=batch.batch_id, applied=False)
+        except PyMongoError as exc:
+            raise SinkError(self.sink_id, f"replay of quarantined changes failed, nothing was written: "
+                                          f"{describe(exc)}", table=where["table"], batch_id=batch.batch_id,
+                            terminal=not is_transient(exc)) from exc
+        except pa.ArrowException as exc:
+            raise SinkError(self.sink_id, f"replay of quarantined changes failed, nothing was written: {exc}",
+                            table=where["table"], batch_id=batch.batch_id, terminal=True) from exc
+        result.seconds = time.monotonic() - started
+        self._warn_truncated(truncated, batch.batch_id)
+        log.info("sink %s: quarantine replay %s: %s (%d upserted, %d deleted) in %.3f s", self.sink_id,
+                 batch.batch_id, "loaded" if result.applied else "already in the ledger, nothing to do",
+                 result.upserted, result.deleted, result.seconds)
         return result
 
     # --- re-snapshot ---------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailur
 
 from airflow_provider_cdc.connectors.ledger import LEDGER_TABLE, LedgerRow
 from airflow_provider_cdc.connectors.mongodb.sink_values import exact_json, plain
-from airflow_provider_cdc.quarantine import KEY_COLUMNS, QUARANTINE_TABLE, SINK_COLUMNS
+from airflow_provider_cdc.quarantine import KEY_COLUMNS, QUARANTINE_TABLE, SINK_COLUMNS, sort_rows, stored_row
 from airflow_provider_cdc.schema.gate import HeldChunk
 from airflow_provider_cdc.schema.registry import SchemaVersion, subject_of
 
@@ -166,6 +166,23 @@ class Bookkeeping:
         if new:
             collection.insert_many(new, ordered=True, session=session)
         return len(new)
+
+    def read_quarantine(self, session: ClientSession | None, source_id: str,
+                        waiting_only: bool) -> list[dict[str, Any]]:
+        """The quarantined changes of ``source_id`` as plain values (``row`` a dict; dates UTC)."""
+        query: dict[str, Any] = {"source_id": source_id}
+        if waiting_only:
+            query["replayed_batch_id"] = None
+        found = self.database[QUARANTINE_TABLE].find(query, {"_id": 0}, session=session)
+        return sort_rows(stored_row(plain(document)) for document in found)
+
+    def mark_replayed(self, session: ClientSession, source_id: str, quarantine_ids: list[str], batch_id: str) -> int:
+        """Set ``replayed_batch_id`` of the waiting ``quarantine_ids``, in the replay's transaction."""
+        if not quarantine_ids:
+            return 0
+        return self.database[QUARANTINE_TABLE].update_many(
+            {"source_id": source_id, "quarantine_id": {"$in": list(quarantine_ids)}, "replayed_batch_id": None},
+            {"$set": {"replayed_batch_id": batch_id}}, session=session).modified_count
 
     # --- held tables ---------------------------------------------------------------------------------------------
 

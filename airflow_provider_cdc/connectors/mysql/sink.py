@@ -61,7 +61,7 @@ from airflow_provider_cdc.connectors.mysql.sink_storage import (
 from airflow_provider_cdc.connectors.mysql.sink_types import NOPAD_BINARY_COLLATIONS, identifier_problem
 from airflow_provider_cdc.errors import SinkError
 from airflow_provider_cdc.events import ChangeBatch
-from airflow_provider_cdc.quarantine import sink_records
+from airflow_provider_cdc.quarantine import refuse_held, sink_records
 from airflow_provider_cdc.schema.gate import (
     AcceptPlan,
     GateDecision,
@@ -467,6 +467,73 @@ class MySqlSink(SinkStorage, TableDdl, RowMerge):
                                deleted=result.deleted)
             self._insert_ledger(cur, ledger_row(batch, done, high_water=0, run_id=run_id,
                                                 versions={"schema_versions": schema_versions}))
+        return result
+
+    # --- quarantine ----------------------------------------------------------------------------------------------
+
+    def quarantined(self, source_id: str, *, waiting_only: bool = True) -> list[dict[str, Any]]:
+        """The rows of ``_cdc_quarantine`` of ``source_id`` by ``seq`` (``waiting_only``: not replayed yet)."""
+        return self._read(f"the quarantine of source {source_id!r}",
+                          lambda cur: self._read_quarantine(cur, source_id, waiting_only))
+
+    def replay_quarantined(
+        self, batch: ChangeBatch, quarantine_ids: list[str], *, run_id: str | None = None,
+        versions: dict[str, dict[str, Any] | None] | None = None,
+    ) -> ApplyResult:
+        """Load quarantined changes run again through the current rules, exactly once, under the source's lock: the
+        tables gain the columns they need first (DDL, each statement idempotent), then one InnoDB transaction merges
+        the changes without the high-water filter (they lie below it) but guarded per row by ``_cdc_position``, sets
+        ``replayed_batch_id`` on ``quarantine_ids`` and inserts the replay's ledger row. Found in the ledger, the
+        batch is not loaded again."""
+        started = time.monotonic()
+        result = ApplyResult(batch_id=batch.batch_id, applied=False)
+        where: dict[str, str | None] = {"table": None}
+        try:
+            with self._source_lock(batch.source_id), self._conn.cursor() as cur:
+                try:
+                    self._ensure_bookkeeping(cur)
+                    self._conn.begin()
+                    done = self._ledger_has(cur, batch.batch_id)
+                    held = self._held_tables(cur, batch.source_id)
+                    self._conn.rollback()
+                    if not done:
+                        refuse_held(self.sink_id, batch, held)
+                        if batch.tables:
+                            self._ensure_database(cur, self.target_schema)
+                        for name in batch.tables:
+                            where["table"] = self._table_label(batch.schemas[name])
+                            self._ensure_table(cur, batch.schemas[name], source_id=batch.source_id,
+                                               batch_id=batch.batch_id)
+                        self._conn.begin()
+                        for name, changes in batch.tables.items():
+                            schema = batch.schemas[name]
+                            where["table"] = self._table_label(schema)
+                            stats = self._apply_table(cur, schema, changes, 0, batch)
+                            result.tables[name] = stats
+                            result.upserted += stats["upserted"]
+                            result.deleted += stats["deleted"]
+                        where["table"] = None
+                        self._mark_replayed(cur, batch.source_id, quarantine_ids, batch.batch_id)
+                        self._insert_ledger(cur, ledger_row(batch, result, high_water=0, run_id=run_id,
+                                                            versions=versions))
+                        self._conn.commit()
+                        result.applied = True
+                except BaseException:
+                    self._rollback_quietly()
+                    raise
+        except DuplicateBatch:
+            result.applied = False
+        except pymysql.err.MySQLError as exc:
+            raise SinkError(self.sink_id, f"replay of quarantined changes failed, none of them was loaded (a column "
+                                          f"it needed may already be added): {describe(exc)}", table=where["table"],
+                            batch_id=batch.batch_id, terminal=not is_transient(exc)) from exc
+        except pa.ArrowException as exc:
+            raise SinkError(self.sink_id, f"replay of quarantined changes failed, nothing was written: {exc}",
+                            table=where["table"], batch_id=batch.batch_id, terminal=True) from exc
+        result.seconds = time.monotonic() - started
+        log.info("sink %s: quarantine replay %s: %s (%d upserted, %d deleted) in %.3f s", self.sink_id,
+                 batch.batch_id, "loaded" if result.applied else "already in the ledger, nothing to do",
+                 result.upserted, result.deleted, result.seconds)
         return result
 
     # --- re-snapshot ---------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from airflow_provider_cdc.connectors.ledger import (
 )
 from airflow_provider_cdc.connectors.mysql.connection import quote_name
 from airflow_provider_cdc.errors import SinkError
-from airflow_provider_cdc.quarantine import KEY_COLUMNS, QUARANTINE_TABLE, SINK_COLUMNS
+from airflow_provider_cdc.quarantine import KEY_COLUMNS, QUARANTINE_TABLE, SINK_COLUMNS, sort_rows, stored_row
 from airflow_provider_cdc.schema.gate import HeldChunk
 from airflow_provider_cdc.schema.registry import SchemaVersion, subject_of
 
@@ -351,6 +351,24 @@ class SinkStorage:
         cur.executemany(f"INSERT INTO {sql_table(self.ledger_schema, QUARANTINE_TABLE)}"
                         f" ({', '.join(map(sql_name, names))}) VALUES ({', '.join(['%s'] * len(names))})"
                         f" ON DUPLICATE KEY UPDATE {first} = {first}", values)
+
+    def _read_quarantine(self, cur: Cursor, source_id: str, waiting_only: bool) -> list[dict[str, Any]]:
+        """The rows of ``_cdc_quarantine`` of ``source_id`` (none when the table was never made); its DATETIMEs
+        hold UTC."""
+        if not self._bookkeeping_exists(cur, QUARANTINE_TABLE):
+            return []
+        names = [name for name, _ in SINK_COLUMNS]
+        run(cur, f"SELECT {', '.join(map(sql_name, names))} FROM {sql_table(self.ledger_schema, QUARANTINE_TABLE)}"
+                 f" WHERE source_id = %s{' AND replayed_batch_id IS NULL' if waiting_only else ''}", (source_id,))
+        return sort_rows(stored_row(dict(zip(names, row))) for row in cur.fetchall())
+
+    def _mark_replayed(self, cur: Cursor, source_id: str, quarantine_ids: list[str], batch_id: str) -> int:
+        """Set ``replayed_batch_id`` of the waiting rows ``quarantine_ids``, in the replay's transaction."""
+        if not quarantine_ids:
+            return 0
+        return run(cur, f"UPDATE {sql_table(self.ledger_schema, QUARANTINE_TABLE)} SET replayed_batch_id = %s"
+                        f" WHERE source_id = %s AND replayed_batch_id IS NULL AND quarantine_id IN"
+                        f" ({', '.join(['%s'] * len(quarantine_ids))})", (batch_id, source_id, *quarantine_ids))
 
     # --- held tables -------------------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from airflow_provider_cdc.connectors.ledger import (
     LedgerRow,
 )
 from airflow_provider_cdc.connectors.postgres.ddl import ensure_schema
-from airflow_provider_cdc.quarantine import KEY_COLUMNS, QUARANTINE_TABLE, SINK_COLUMNS
+from airflow_provider_cdc.quarantine import KEY_COLUMNS, QUARANTINE_TABLE, SINK_COLUMNS, sort_rows, stored_row
 
 log = logging.getLogger("airflow_provider_cdc.sink.postgres")
 
@@ -107,6 +107,28 @@ class LedgerStorage:
         cur.executemany(sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
             table, sql.SQL(", ").join(map(sql.Identifier, names)), sql.SQL(", ").join(sql.Placeholder() * len(names))),
             [[Jsonb(record[name]) if name == "row" else record[name] for name in names] for record in records])
+
+    def _read_quarantine(self, cur: psycopg.Cursor, source_id: str, waiting_only: bool) -> list[dict]:
+        """The rows of ``_cdc_quarantine`` of ``source_id`` (none when the table was never made)."""
+        cur.execute(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s"
+            " AND c.relname = %s", (self.ledger_schema, QUARANTINE_TABLE))
+        if cur.fetchone() is None:
+            return []
+        names = [name for name, _ in SINK_COLUMNS]
+        cur.execute(sql.SQL("SELECT {} FROM {} WHERE source_id = %s{}").format(
+            sql.SQL(", ").join(map(sql.Identifier, names)), sql.Identifier(self.ledger_schema, QUARANTINE_TABLE),
+            sql.SQL(" AND replayed_batch_id IS NULL" if waiting_only else "")), (source_id,))
+        return sort_rows(stored_row(dict(zip(names, row))) for row in cur.fetchall())
+
+    def _mark_replayed(self, cur: psycopg.Cursor, source_id: str, quarantine_ids: list[str], batch_id: str) -> int:
+        """Set ``replayed_batch_id`` of the waiting rows ``quarantine_ids``, in the replay's transaction."""
+        if not quarantine_ids:
+            return 0
+        cur.execute(sql.SQL("UPDATE {} SET replayed_batch_id = %s WHERE source_id = %s AND quarantine_id = ANY(%s)"
+                            " AND replayed_batch_id IS NULL").format(
+            sql.Identifier(self.ledger_schema, QUARANTINE_TABLE)), (batch_id, source_id, list(quarantine_ids)))
+        return max(cur.rowcount, 0)
 
     def _ensure_held(self, cur: psycopg.Cursor) -> None:
         cur.execute(sql.SQL(

@@ -43,7 +43,7 @@ from airflow_provider_cdc.connectors.postgres.registry import HELD_CHANGES_TABLE
 from airflow_provider_cdc.connectors.postgres.types import POSTGRES_DIALECT
 from airflow_provider_cdc.errors import SinkError
 from airflow_provider_cdc.events import ChangeBatch
-from airflow_provider_cdc.quarantine import sink_records
+from airflow_provider_cdc.quarantine import refuse_held, sink_records
 from airflow_provider_cdc.schema.gate import (
     AcceptPlan,
     GateDecision,
@@ -395,6 +395,65 @@ class PgSink(LedgerStorage, RegistryStorage, TableDdl, RowMerge):
                                   deleted=result.deleted)
             self._insert_ledger(cur, ledger_row(batch, applied, high_water=0, run_id=run_id,
                                                 versions={"schema_versions": schema_versions}))
+        return result
+
+    # --- quarantine ----------------------------------------------------------------------------------------------
+
+    def quarantined(self, source_id: str, *, waiting_only: bool = True) -> list[dict[str, Any]]:
+        """The rows of ``_cdc_quarantine`` of ``source_id`` by ``seq`` (``waiting_only``: not replayed yet)."""
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                return self._read_quarantine(cur, source_id, waiting_only)
+        except psycopg.Error as exc:
+            raise SinkError(self.sink_id, f"cannot read the quarantine of source {source_id!r}: "
+                                          f"{_describe(exc)}") from exc
+
+    def replay_quarantined(
+        self, batch: ChangeBatch, quarantine_ids: list[str], *, run_id: str | None = None,
+        versions: dict[str, dict[str, Any] | None] | None = None,
+    ) -> ApplyResult:
+        """Load quarantined changes run again through the current rules, exactly once, in one transaction: the
+        tables gain the columns they need, the changes are merged without the high-water filter (they lie below
+        it) but guarded per row by ``_cdc_position``, ``replayed_batch_id`` is set on ``quarantine_ids`` and the
+        replay's ledger row is inserted. Found in the ledger, the batch is not loaded again."""
+        started = time.monotonic()
+        result = ApplyResult(batch_id=batch.batch_id, applied=False)
+        where: dict[str, str | None] = {"table": None}
+        try:
+            with self._conn.transaction() as tx, self._conn.cursor() as cur:
+                self._lock_source(cur, batch.source_id)
+                self._ensure_ledger(cur)
+                if self._ledger_has(cur, batch.batch_id):
+                    raise psycopg.Rollback(tx)
+                self._force_durable_commit(cur)
+                refuse_held(self.sink_id, batch, self._held_tables(cur, batch.source_id))
+                if batch.tables:
+                    ensure_schema(cur, self.target_schema)
+                for name, changes in batch.tables.items():
+                    schema = batch.schemas[name]
+                    where["table"] = self._table_label(schema)
+                    self._ensure_table(cur, schema, source_id=batch.source_id, batch_id=batch.batch_id)
+                    stats = self._apply_table(cur, schema, changes, 0, batch)
+                    result.tables[name] = stats
+                    result.upserted += stats["upserted"]
+                    result.deleted += stats["deleted"]
+                where["table"] = None
+                self._mark_replayed(cur, batch.source_id, quarantine_ids, batch.batch_id)
+                self._insert_ledger(cur, ledger_row(batch, result, high_water=0, run_id=run_id, versions=versions))
+                result.applied = True
+        except DuplicateBatch:
+            result.applied = False
+        except psycopg.Error as exc:
+            raise SinkError(self.sink_id, f"replay of quarantined changes failed, nothing was written: "
+                                          f"{_describe(exc)}", table=where["table"], batch_id=batch.batch_id,
+                            terminal=_is_terminal(exc)) from exc
+        except pa.ArrowException as exc:
+            raise SinkError(self.sink_id, f"replay of quarantined changes failed, nothing was written: {exc}",
+                            table=where["table"], batch_id=batch.batch_id, terminal=True) from exc
+        result.seconds = time.monotonic() - started
+        log.info("sink %s: quarantine replay %s: %s (%d upserted, %d deleted) in %.3f s", self.sink_id,
+                 batch.batch_id, "loaded" if result.applied else "already in the ledger, nothing to do",
+                 result.upserted, result.deleted, result.seconds)
         return result
 
     # --- re-snapshot ---------------------------------------------------------------------------------------------

@@ -1,0 +1,20 @@
+"""``quarantine replay`` into MongoSink against a real mongod replica set
+(:func:`quarantine_replay_check.check_replay`)."""
+
+from __future__ import annotations
+
+from quarantine_replay_check import check_replay
+
+from airflow_provider_cdc.connectors.mongodb.connection import database_of
+from airflow_provider_cdc.connectors.mongodb.sink import MongoSink
+
+
+def test_quarantined_changes_are_replayed_once(mongo_server, mongo_database: str):
+    db = database_of(mongo_database)
+
+    def names() -> dict[int, str]:
+        with mongo_server.client() as client:
+            return {int(doc["id"]): doc["name"] for doc in client[db]["items"].find()}
+
+    with MongoSink(mongo_server.url(""), sink_id="warehouse", target_schema=db) as sink:
+        check_replay(sink, names)
