@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ import pyarrow as pa
 from airflow_provider_cdc.errors import SinkError
 
 if TYPE_CHECKING:
+    from airflow_provider_cdc.connectors.base import ApplyResult
     from airflow_provider_cdc.events import ChangeBatch
 
 QUARANTINE_TABLE = "_cdc_quarantine"
@@ -153,3 +155,10 @@ def refuse_held(sink_id: str, batch: ChangeBatch, held: Mapping[str, str]) -> No
                                  f"a schema change; accept it first (python -m airflow_provider_cdc schema accept "
                                  f"{batch.source_id}.{blocked[0]}), then replay", table=blocked[0],
                         batch_id=batch.batch_id, terminal=True)
+
+
+def log_replay(logger: logging.Logger, sink_id: str, result: ApplyResult) -> None:
+    """The line every sink logs for a quarantine replay (:meth:`Sink.replay_quarantined`)."""
+    logger.info("sink %s: quarantine replay %s: %s (%d upserted, %d deleted) in %.3f s", sink_id, result.batch_id,
+                "loaded" if result.applied else "already in the ledger, nothing to do", result.upserted,
+                result.deleted, result.seconds)

@@ -76,6 +76,17 @@ class ConnectorFactory:
         = None
 
 
+def lazy(module: str, name: str) -> Callable[..., Any]:
+    """``module.name``, imported on its first call: a factory is imported at every DAG parse, the drivers and readers
+    it names are needed only in tasks."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__qualname__ = call.__name__ = f"{module}.{name}"
+    return call
+
+
 def factory(connector_type: str) -> ConnectorFactory:
     """The factory of ``connector_type``; :class:`MissingExtraError` names the extra when its driver is missing."""
     try:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cdc.connectors.delta.options import DeltaSinkOptions
 from airflow_provider_cdc.connectors.delta.sink import DELTA_CAPABILITIES, DeltaSink
-from airflow_provider_cdc.connectors.registry import ConnectorFactory
+from airflow_provider_cdc.connectors.registry import ConnectorFactory, lazy
 
 if TYPE_CHECKING:
     from airflow_provider_cdc.config import ConnectorConfig, SourceConfig
@@ -29,18 +29,11 @@ def file_sink(connector: ConnectorConfig, connection: str, source: SourceConfig,
     return DeltaSink(connection, **kwargs)
 
 
-def reference(url: str, table: str, key_columns: list[str],
-              keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """A join rule's reference rows (:mod:`.reference`, imported on first use)."""
-    from airflow_provider_cdc.connectors.delta.reference import lookup
-
-    return lookup(url, table, key_columns, keys)
-
 
 FACTORY = ConnectorFactory(
     type="file",
     sink_options=DeltaSinkOptions,
     capabilities=DELTA_CAPABILITIES,
     sink=file_sink,
-    reference=reference,
+    reference=lazy("airflow_provider_cdc.connectors.delta.reference", "lookup"),
 )

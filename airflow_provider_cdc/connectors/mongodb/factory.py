@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_cdc.connectors.mongodb.connection import database_of, normalize_uri
 from airflow_provider_cdc.connectors.mongodb.options import MongoSourceOptions
 from airflow_provider_cdc.connectors.mongodb.sink import CAPABILITIES
-from airflow_provider_cdc.connectors.registry import AirflowHookRef, ConnectorFactory
+from airflow_provider_cdc.connectors.registry import AirflowHookRef, ConnectorFactory, lazy
 from airflow_provider_cdc.errors import TableRefusedError
 
 if TYPE_CHECKING:
@@ -50,13 +50,6 @@ def make_probe(config: SourceConfig, connection: str, options: MongoSourceOption
     return MongoChangeProbe(connection, source_id=config.id, tables=_tables(config, connection), options=options)
 
 
-def reference(url: str, table: str, key_columns: list[str],
-              keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """A join rule's reference rows (:mod:`.reference`, imported on first use)."""
-    from airflow_provider_cdc.connectors.mongodb.reference import lookup
-
-    return lookup(url, table, key_columns, keys)
-
 
 FACTORY = ConnectorFactory(
     type="mongodb",
@@ -67,5 +60,5 @@ FACTORY = ConnectorFactory(
     sink=make_sink,
     probe=make_probe,
     normalize_uri=normalize_uri,
-    reference=reference,
+    reference=lazy("airflow_provider_cdc.connectors.mongodb.reference", "lookup"),
 )

@@ -63,7 +63,7 @@ from airflow_provider_cdc.connectors.mongodb.sink_storage import (
 )
 from airflow_provider_cdc.errors import SinkError, TableHeld
 from airflow_provider_cdc.events import ChangeBatch
-from airflow_provider_cdc.quarantine import refuse_held, sink_records
+from airflow_provider_cdc.quarantine import log_replay, refuse_held, sink_records
 from airflow_provider_cdc.schema.gate import AcceptPlan, GateDecision, HeldChunk, decide, log_held, plan_accept
 from airflow_provider_cdc.schema.policy import DEFAULT_POLICY, SchemaPolicy
 from airflow_provider_cdc.schema.registry import SchemaVersion, subject_of
@@ -543,9 +543,7 @@ class MongoSink(DocumentMerge):
                             table=where["table"], batch_id=batch.batch_id, terminal=True) from exc
         result.seconds = time.monotonic() - started
         self._warn_truncated(truncated, batch.batch_id)
-        log.info("sink %s: quarantine replay %s: %s (%d upserted, %d deleted) in %.3f s", self.sink_id,
-                 batch.batch_id, "loaded" if result.applied else "already in the ledger, nothing to do",
-                 result.upserted, result.deleted, result.seconds)
+        log_replay(log, self.sink_id, result)
         return result
 
     # --- re-snapshot ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_cdc.connectors.mysql.connection import database_of, normalize_uri
 from airflow_provider_cdc.connectors.mysql.options import MySqlSourceOptions
 from airflow_provider_cdc.connectors.mysql.sink import CAPABILITIES
-from airflow_provider_cdc.connectors.registry import AirflowHookRef, ConnectorFactory
+from airflow_provider_cdc.connectors.registry import AirflowHookRef, ConnectorFactory, lazy
 from airflow_provider_cdc.errors import TableRefusedError
 
 if TYPE_CHECKING:
@@ -66,13 +66,6 @@ def check_sources(entries: list[tuple[int, SourceConfig, MySqlSourceOptions]]) -
     return problems
 
 
-def reference(url: str, table: str, key_columns: list[str],
-              keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """A join rule's reference rows (:mod:`.reference`, imported on first use)."""
-    from airflow_provider_cdc.connectors.mysql.reference import lookup
-
-    return lookup(url, table, key_columns, keys)
-
 
 FACTORY = ConnectorFactory(
     type="mysql",
@@ -84,5 +77,5 @@ FACTORY = ConnectorFactory(
     probe=make_probe,
     normalize_uri=normalize_uri,
     check_sources=check_sources,
-    reference=reference,
+    reference=lazy("airflow_provider_cdc.connectors.mysql.reference", "lookup"),
 )

@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 from airflow_provider_cdc.connectors.postgres.options import MAX_NAME_LENGTH, PgSourceOptions
 from airflow_provider_cdc.connectors.postgres.sink import CAPABILITIES
-from airflow_provider_cdc.connectors.registry import AirflowHookRef, ConnectorFactory
+from airflow_provider_cdc.connectors.registry import AirflowHookRef, ConnectorFactory, lazy
 
 if TYPE_CHECKING:
     from airflow_provider_cdc.config import CdcConfig, ConnectorConfig, SourceConfig
@@ -116,13 +116,6 @@ def inspect(config: CdcConfig) -> list[str]:
     return find_leftover_slots(config).lines()
 
 
-def reference(url: str, table: str, key_columns: list[str],
-              keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """A join rule's reference rows (:mod:`.reference`, imported on first use)."""
-    from airflow_provider_cdc.connectors.postgres.reference import lookup
-
-    return lookup(url, table, key_columns, keys)
-
 
 FACTORY = ConnectorFactory(
     type="postgresql",
@@ -135,5 +128,5 @@ FACTORY = ConnectorFactory(
     normalize_uri=normalize_uri,
     check_sources=check_sources,
     inspect=inspect,
-    reference=reference,
+    reference=lazy("airflow_provider_cdc.connectors.postgres.reference", "lookup"),
 )

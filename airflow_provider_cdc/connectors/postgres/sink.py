@@ -43,7 +43,7 @@ from airflow_provider_cdc.connectors.postgres.registry import HELD_CHANGES_TABLE
 from airflow_provider_cdc.connectors.postgres.types import POSTGRES_DIALECT
 from airflow_provider_cdc.errors import SinkError
 from airflow_provider_cdc.events import ChangeBatch
-from airflow_provider_cdc.quarantine import refuse_held, sink_records
+from airflow_provider_cdc.quarantine import log_replay, refuse_held, sink_records
 from airflow_provider_cdc.schema.gate import (
     AcceptPlan,
     GateDecision,
@@ -451,9 +451,7 @@ class PgSink(LedgerStorage, RegistryStorage, TableDdl, RowMerge):
             raise SinkError(self.sink_id, f"replay of quarantined changes failed, nothing was written: {exc}",
                             table=where["table"], batch_id=batch.batch_id, terminal=True) from exc
         result.seconds = time.monotonic() - started
-        log.info("sink %s: quarantine replay %s: %s (%d upserted, %d deleted) in %.3f s", self.sink_id,
-                 batch.batch_id, "loaded" if result.applied else "already in the ledger, nothing to do",
-                 result.upserted, result.deleted, result.seconds)
+        log_replay(log, self.sink_id, result)
         return result
 
     # --- re-snapshot ---------------------------------------------------------------------------------------------
