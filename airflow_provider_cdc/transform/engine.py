@@ -44,11 +44,11 @@ from airflow_provider_cdc.config.models import RuleConfig
 from airflow_provider_cdc.tables import Column, TableSchema
 from airflow_provider_cdc.transform.aggregate import aggregate_type, apply_aggregate
 from airflow_provider_cdc.transform.errors import RuleConfigError, problem
-from airflow_provider_cdc.transform.functions import FunctionRegistry, RuleRuntime
+from airflow_provider_cdc.transform.functions import RUNTIME_VAR, FunctionRegistry, RuleRuntime
 from airflow_provider_cdc.transform.join import Clock, Lookup, LookupCache, apply_join
 from airflow_provider_cdc.transform.rowpath import run_rows, truth
 from airflow_provider_cdc.transform.rules import ColumnLineage, CompiledRule
-from airflow_provider_cdc.transform.sandbox import Program, Sandbox, sandbox_for
+from airflow_provider_cdc.transform.sandbox import ROW_VAR, Program, Sandbox, sandbox_for
 from airflow_provider_cdc.transform.state import RowFailure, TableResult, TableState, scatter
 from airflow_provider_cdc.transform.types import (
     DECIMAL_CONTEXT,
@@ -60,7 +60,7 @@ from airflow_provider_cdc.transform.types import (
     unify,
 )
 from airflow_provider_cdc.transform.vector import NotVectorisable, VectorPlan, compatible, plan, to_portable
-from airflow_provider_cdc.values import UntypedValueError, typed_column
+from airflow_provider_cdc.values import UntypedValueError, parse_value, typed_column
 
 __all__ = ["RowFailure", "RuleSet", "TableResult"]
 
@@ -320,7 +320,8 @@ def _map(rule: CompiledRule, state: TableState, sandbox: Sandbox, runtime: RuleR
     results, errors = run_rows(rule, rule.program, state, evaluate[row_positions], runtime)
     failed.update({int(row_positions[k]): v for k, v in errors.items()})
     if out_type is None:
-        out_type = _infer(rule, state, [v for k, v in enumerate(results) if k not in errors], inferred)
+        out_type = _infer(rule, state, [v for k, v in enumerate(results) if k not in errors], inferred,
+                          lambda: _sample_type(rule, state, runtime))
     for k, value in enumerate(results):
         if k in errors:
             continue
@@ -350,9 +351,10 @@ def _map(rule: CompiledRule, state: TableState, sandbox: Sandbox, runtime: RuleR
 
 
 def _infer(rule: CompiledRule, state: TableState, results: list[Any],
-           inferred: dict[tuple[str, str], OutType]) -> OutType:
+           inferred: dict[tuple[str, str], OutType], sample: Callable[[], OutType | None]) -> OutType:
     """The target's type from the results; when no row gives one (all NULL, or only deletes), the type this rule
-    gave this table before, else the target's current type, else text. ``target_type`` avoids the guess."""
+    gave this table before, else the target's current type, else the type of the expression on a sample row (see
+    :func:`_sample_type`), else text. ``target_type`` avoids the guess."""
     assert rule.target_field is not None
     memory = (rule.rule_id, state.table_name)
     found = [t for t in (type_of_value(v) for v in results) if t is not None]
@@ -362,7 +364,41 @@ def _infer(rule: CompiledRule, state: TableState, results: list[Any],
     if memory in inferred:
         return inferred[memory]
     current = state.columns.get(rule.target_field)
-    return OutType.of_column(current) if current is not None else OutType("text")
+    if current is not None:
+        return OutType.of_column(current)
+    return sample() or OutType("text")
+
+
+# One portable value per logical type, for :func:`_sample_type` (text-like types get a short word).
+_SAMPLE_TEXTS = {
+    "integer": "1", "decimal": "1.5", "float": "1.5", "boolean": "true", "date": "2000-01-01",
+    "timestamptz": "2000-01-01T00:00:00Z", "timestamp": "2000-01-01T00:00:00", "time": "00:00:00",
+    "json": "{}", "binary": "00", "uuid": "00000000-0000-0000-0000-000000000001",
+}
+
+
+def _sample_type(rule: CompiledRule, state: TableState, runtime: RuleRuntime) -> OutType | None:
+    """The type of the rule's result on a made-up row of typed sample values, for a batch in which no row gave one.
+
+    Without it, such a batch (only deletes, or a schema change and no rows, which is common in staged mode where
+    each task starts afresh) would make the target text, and the first real value would then change its type: a
+    change the schema gate holds. None when the expression fails or gives NULL on the sample."""
+    program = rule.program
+    if program is None:
+        return None
+    names = list(state.columns)
+    variables: dict[str, Any] = {}
+    for name in names:
+        kind = state.columns[name].logical_type
+        variables[name] = parse_value(_SAMPLE_TEXTS[kind], kind) if kind in _SAMPLE_TEXTS else "text"
+    if ROW_VAR in program.analysis.names and ROW_VAR not in state.columns:
+        variables[ROW_VAR] = dict(variables)
+    runtime.ts_ms = 946684800000
+    variables[RUNTIME_VAR] = runtime
+    try:
+        return type_of_value(program.run(variables))
+    except Exception:  # user code on made-up values: any failure just means no guess
+        return None
 
 
 def _filter(rule: CompiledRule, state: TableState, sandbox: Sandbox, runtime: RuleRuntime) -> None:
