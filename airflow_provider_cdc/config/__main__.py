@@ -6,7 +6,9 @@ it does not, so it can gate a CI job or a deploy.
 
 When the config loads, the check also asks each connector factory in use to look at its databases for what
 removed sources left behind (a replication slot that retains WAL forever, say) and prints its warnings; the exit
-status stays 0. A database that cannot be reached is reported and skipped; ``--offline`` skips the look.
+status stays 0. Then it checks the fields that rules read against the table schemas each sink's registry knows
+(:mod:`.fields`): a rule reading a column its table lacks is a problem, exit status 1. A database that cannot be
+reached is reported and skipped; ``--offline`` skips both looks.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from airflow_provider_cdc.config.fields import check_fields
 from airflow_provider_cdc.config.loader import CONFIG_DIR_ENV, ConfigError, default_config_dir, load_config
 from airflow_provider_cdc.config.models import CdcConfig, describe_policy, mask_url
 from airflow_provider_cdc.connectors import registry
@@ -37,7 +40,8 @@ def add_check_arguments(check: argparse.ArgumentParser) -> None:
     )
     check.add_argument(
         "--offline", action="store_true",
-        help="do not connect to the databases (skips the look for what removed sources left behind there)",
+        help="do not connect to the databases (skips the look for what removed sources left behind there, and the "
+             "check of rule fields against the table schemas the sinks know)",
     )
 
 
@@ -55,9 +59,19 @@ def run_check(directory: str | None, *, online: bool = True) -> int:
         print(f"{count} problem{'s' if count != 1 else ''} in {where}", file=sys.stderr)
         return 1
     print(summarize(config))
-    if online:
-        for line in inspect(config):
-            print(line)
+    if not online:
+        return 0
+    for line in inspect(config):
+        print(line)
+    found, notes = check_fields(config)
+    for line in notes:
+        print(line)
+    for line in found:
+        print(line, file=sys.stderr)
+    if found:
+        count = len(found)
+        print(f"{count} problem{'s' if count != 1 else ''} with the table schemas the sinks know", file=sys.stderr)
+        return 1
     return 0
 
 
