@@ -10,6 +10,7 @@ twice. The transform stage (issue 10) and the quality stage (issue 11) share the
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -67,6 +68,35 @@ KEY_COLUMNS = ("quarantine_id",)
 def quarantine_id(source_id: str, batch_id: str, seq: int, stage: str) -> str:
     """A short, fixed-length key (40 hex digits) for one quarantined change of one batch at one stage."""
     return hashlib.sha1(f"{source_id}\x00{batch_id}\x00{seq}\x00{stage}".encode()).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """Why a stage refused one change: ``row`` is its index in the batch table the stage was given."""
+
+    row: int
+    rule_id: str | None
+    reason: str
+    field: str | None = None
+    suite: str | None = None
+
+
+def refused_changes(table: pa.Table, source_table: str, stage: str,
+                    refusals: Iterable[Refusal]) -> list[dict[str, Any]]:
+    """The quarantine records (keys of :data:`BATCH_SCHEMA`) of ``refusals`` over ``table``: each refused change's
+    row image (its source columns, bookkeeping and before-images left out), op, ``seq`` and time."""
+    from airflow_provider_cdc.events import BEFORE_PREFIX, META_COLUMNS
+
+    rows = table.select([c for c in table.column_names if c not in META_COLUMNS and not c.startswith(BEFORE_PREFIX)])
+    meta = table.select(["_cdc_op", "_cdc_seq", "_cdc_ts_ms"])
+    out = []
+    for refusal in refusals:
+        image = rows.slice(refusal.row, 1).to_pylist()[0]
+        op, seq, ts_ms = (meta.column(i)[refusal.row].as_py() for i in range(3))
+        out.append({"source_table": source_table, "stage": stage, "rule_id": refusal.rule_id, "suite": refusal.suite,
+                    "field": refusal.field, "reason": refusal.reason, "row": image, "op": op, "seq": seq,
+                    "ts_ms": ts_ms})
+    return out
 
 
 def quarantine_rows(rows: Iterable[Mapping[str, Any]]) -> pa.Table:

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from airflow_provider_cdc.errors import CdcError, ConnectorUnavailableError
-from airflow_provider_cdc.events import BEFORE_PREFIX, META_COLUMNS, ChangeBatch, batch_schema
-from airflow_provider_cdc.quarantine import merge, quarantine_rows
+from airflow_provider_cdc.events import ChangeBatch, batch_schema
+from airflow_provider_cdc.quarantine import Refusal, merge, quarantine_rows, refused_changes
 from airflow_provider_cdc.tables import SchemaChange, TableSchema
 
 if TYPE_CHECKING:
@@ -129,17 +129,8 @@ class TransformStage:
     # -- failures ---------------------------------------------------------------------------------------------
 
     def _failures(self, name: str, table: pa.Table, result: TableResult) -> list[dict[str, Any]]:
-        rows = table.select([c for c in table.column_names
-                             if c not in META_COLUMNS and not c.startswith(BEFORE_PREFIX)])
-        meta = table.select(["_cdc_op", "_cdc_seq", "_cdc_ts_ms"])
-        out = []
-        for failure in result.failures:
-            image = rows.slice(failure.row, 1).to_pylist()[0]
-            op, seq, ts_ms = (meta.column(i)[failure.row].as_py() for i in range(3))
-            out.append({"source_table": name, "stage": STAGE_NAME, "rule_id": failure.rule_id, "suite": None,
-                        "field": failure.field, "reason": failure.reason, "row": image, "op": op, "seq": seq,
-                        "ts_ms": ts_ms})
-        return out
+        return refused_changes(table, name, STAGE_NAME, (Refusal(f.row, f.rule_id, f.reason, f.field)
+                                                         for f in result.failures))
 
     def _raise_for_fail_policy(self, batch: ChangeBatch, failed: list[dict[str, Any]]) -> None:
         fatal = [f for f in failed if self.policies.get(f["rule_id"]) == "fail"]
