@@ -4,18 +4,18 @@ fixed, exactly once").
 
 - ``quarantine list <source_id> [--all] [--json]``: the rows of the sink's ``_cdc_quarantine`` still waiting (with
   ``--all`` the replayed ones too): id, table, stage, rule, field, reason, seq;
-- ``quarantine replay <source_id> [--table T] [--rule R] [--yes]``: the waiting rows of stage ``transform`` become a
-  batch again (their row images as captured, in the table's registered column order), go through the source's
-  CURRENT stage list (:func:`airflow_provider_cdc.stages.build_stages`: the fixed rules), and what passes is loaded by
+- ``quarantine replay <source_id> [--table T] [--rule R] [--yes]``: the waiting rows become a batch again (their row
+  images, in the table's registered column order), go through the source's CURRENT stage list
+  (:func:`airflow_provider_cdc.stages.build_stages`: the fixed rules and suites) from the stage that refused them on
+  (a row of ``transform`` as captured, through transform and validate; a row of ``validate`` as transformed, through
+  validate only), and what passes is loaded by
   :meth:`Sink.replay_quarantined`: past the high water but guarded per row by ``_cdc_position`` (a newer change to the
   same key, loaded meanwhile, wins), with its ledger row ``<source_id>:quarantine:<hash of the ids>`` and the rows'
   ``replayed_batch_id``, in one transaction. A second replay of the same rows finds the ledger row and does nothing;
   rows that fail again stay waiting, as they are, and are reported.
 
 Not replayed (they stay waiting and the command says so): rows whose key the source no longer has (a hard delete
-since leaves no trace in the sink; :func:`leave_rows_gone_at_source` asks the source), rows of stage ``validate``
-(issue 11 replays those), rows
-of a table the sink holds after a schema change (``schema accept`` it first), and an older row of a change whose
+since leaves no trace in the sink; :func:`leave_rows_gone_at_source` asks the source), rows of a table the sink holds after a schema change (``schema accept`` it first), and an older row of a change whose
 ``seq`` a later row of the same table has too (a whole re-snapshot started ``seq`` again: the row is stale).
 
 Like ``schema accept``, ``replay`` changes the sink, so it refuses while a run of ``cdc_<source_id>`` is running
@@ -45,7 +45,9 @@ if TYPE_CHECKING:
     from airflow_provider_cdc.hooks.cdc import CdcHook
     from airflow_provider_cdc.stages import Stage
 
-REPLAYABLE_STAGE = "transform"
+# The stages that quarantine, in the order they run: a row goes back through the stage that refused it and those
+# after it (rows of ``validate`` were transformed already).
+REPLAYABLE_STAGES = ("transform", "validate")
 # Columns of ``quarantine list`` (text) in order.
 LIST_COLUMNS = ("quarantine_id", "source_table", "stage", "rule_id", "field", "seq", "reason")
 
@@ -76,11 +78,7 @@ def list_lines(rows: Sequence[Mapping[str, Any]], source_id: str, *, all_rows: b
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     lines = [f"source {source_id}: {len(rows)} {what}"]
     lines += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table]
-    validate = sum(1 for row in rows if row["stage"] != REPLAYABLE_STAGE and not row["replayed_batch_id"])
-    if validate:
-        lines.append(f"{validate} row{'s' if validate != 1 else ''} of other stages (validate) cannot be replayed yet "
-                     "(issue 11)")
-    lines.append(f"after fixing the rule: python -m airflow_provider_cdc quarantine replay {source_id}")
+    lines.append(f"after fixing the rule (or the data): python -m airflow_provider_cdc quarantine replay {source_id}")
     return lines
 
 
@@ -128,24 +126,25 @@ class ReplayOutcome:
 
 
 def plan_replay(sink: Sink, source_id: str, *, table: str | None = None, rule: str | None = None) -> ReplayPlan:
-    """The waiting rows of stage ``transform`` of ``source_id`` (only ``table``'s, ``schema.table`` or a bare
+    """The waiting rows of ``source_id`` (only ``table``'s, ``schema.table`` or a bare
     table name, and only ``rule``'s, when given) that a replay takes; see the module docstring for those left."""
     plan = ReplayPlan(source_id, [])
     held = sink.held_tables(source_id)
-    latest: dict[tuple[str, int], dict[str, Any]] = {}
+    latest: dict[tuple[str, int, str], dict[str, Any]] = {}
     for row in sink.quarantined(source_id, waiting_only=True):
         if table is not None and table not in (row["source_table"], row["source_table"].partition(".")[2]):
             continue
         if rule is not None and row["rule_id"] != rule:
             continue
-        if row["stage"] != REPLAYABLE_STAGE:
-            plan.left.setdefault(f"stage {row['stage']} cannot be replayed yet (issue 11)", []).append(row)
+        if row["stage"] not in REPLAYABLE_STAGES:
+            plan.left.setdefault(f"stage {row['stage']} is not one that quarantines ({', '.join(REPLAYABLE_STAGES)})",
+                                 []).append(row)
         elif row["source_table"] in held:
             plan.left.setdefault(f"{row['source_table']} is held after a schema change: accept it first "
                                  f"(python -m airflow_provider_cdc schema accept {source_id}.{row['source_table']})",
                                  []).append(row)
         else:
-            key = (row["source_table"], row["seq"])
+            key = (row["source_table"], row["seq"], row["stage"])
             older = latest.get(key)
             if older is not None:
                 stale, latest[key] = sorted((older, row), key=_quarantined_at)
@@ -176,7 +175,8 @@ def leave_rows_gone_at_source(hook: CdcHook, sink: Sink, plan: ReplayPlan) -> No
         by_table.setdefault(row["source_table"], []).append(row)
     kept: list[dict[str, Any]] = []
     for table, rows in by_table.items():
-        schema = input_schema(sink, plan.source_id, table, rows)
+        schema = input_schema(sink, plan.source_id, table, rows,
+                              keep_derived=any(row["stage"] != REPLAYABLE_STAGES[0] for row in rows))
         key = [column for column in schema.columns if column.primary_key]
         if not key:
             kept += rows
@@ -213,16 +213,18 @@ def _quarantined_at(row: Mapping[str, Any]) -> dt.datetime:
     return row["quarantined_at"] or dt.datetime.min.replace(tzinfo=dt.timezone.utc)
 
 
-def input_schema(sink: Sink, source_id: str, table: str, rows: Sequence[Mapping[str, Any]]) -> TableSchema:
+def input_schema(sink: Sink, source_id: str, table: str, rows: Sequence[Mapping[str, Any]], *,
+                 keep_derived: bool = False) -> TableSchema:
     """The columns the replayed rows are read with: the table's latest registered version, without the columns the
-    rules derived (the rules make them again), plus any field of the row images it lacks (a field a rule dropped)
-    as text; with no registered version, the row images' fields as text, the first one the key."""
+    rules derived (the rules make them again; with ``keep_derived``, for rows refused after the rules ran, with
+    them), plus any field of the row images it lacks (a field a rule dropped) as text; with no registered version,
+    the row images' fields as text, the first one the key."""
     subject = f"{source_id}.{table}"
     versions = [version for version in sink.schema_versions(source_id) if version.subject == subject]
     schema_name, _, name = table.partition(".")
     if versions:
         registered = max(versions, key=lambda version: version.version).table
-        columns = [column for column in registered.columns if not column.derived]
+        columns = [column for column in registered.columns if keep_derived or not column.derived]
         dialect = registered.dialect
     else:
         columns, dialect = [], ""
@@ -246,30 +248,37 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
-def build_batch(sink: Sink, plan: ReplayPlan) -> ChangeBatch:
-    """The plan's rows as one batch, tables by ``source_table``, changes in ``seq`` order. Its position is the
+def build_batch(sink: Sink, source_id: str, rows: Sequence[Mapping[str, Any]], *,
+                keep_derived: bool = False) -> ChangeBatch:
+    """Quarantined ``rows`` as one batch, tables by ``source_table``, changes in ``seq`` order. Its position is the
     sink's last committed one (the replay moves no position: its ledger row's ``seq_to`` lies below the high
     water, and where it ties, the position it names is the same)."""
     from airflow_provider_cdc.events import ChangeBatch
 
-    by_table: dict[str, list[dict[str, Any]]] = {}
-    for row in plan.rows:
+    by_table: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
         by_table.setdefault(row["source_table"], []).append(row)
     tables, schemas = {}, {}
-    for name, rows in by_table.items():
-        schema = input_schema(sink, plan.source_id, name, rows)
+    for name, table_rows in by_table.items():
+        schema = input_schema(sink, source_id, name, table_rows, keep_derived=keep_derived)
         builder = TableChangesBuilder(schema)
-        for row in rows:
+        for row in table_rows:
             event_time = row["event_time"]
             ts_ms = int(event_time.timestamp() * 1000) if event_time is not None else None
             builder.append(row["op"], row["seq"], ts_ms, None, None,  # type: ignore[arg-type]
                            [_text(row["row"].get(column)) for column in schema.column_names])
         tables[name], schemas[name] = builder.finish(), schema
-    seqs = [row["seq"] for row in plan.rows]
-    position = sink.last_committed(plan.source_id) or {}
-    return ChangeBatch(source_id=plan.source_id, batch_id=replay_batch_id(plan.source_id, _ids(plan.rows)),
+    seqs = [row["seq"] for row in rows]
+    position = sink.last_committed(source_id) or {}
+    return ChangeBatch(source_id=source_id, batch_id=replay_batch_id(source_id, _ids(rows)),
                        position_from=position, position_to=position, seq_from=min(seqs, default=0),
                        seq_to=max(seqs, default=0), tables=tables, schemas=schemas)
+
+
+def stages_from(stages: Sequence[Stage], stage: str) -> list[Stage]:
+    """The stages a row refused by ``stage`` goes through again: that stage and those after it."""
+    later = REPLAYABLE_STAGES[REPLAYABLE_STAGES.index(stage):]
+    return [each for each in stages if each.name in later or each.name not in REPLAYABLE_STAGES]
 
 
 def _ids(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -277,33 +286,50 @@ def _ids(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def replay(sink: Sink, plan: ReplayPlan, stages: Sequence[Stage], *, run_id: str | None = None) -> ReplayOutcome:
-    """Run the plan's rows through ``stages`` (the source's current stage list) and load what passes with
-    :meth:`Sink.replay_quarantined` (module docstring)."""
-    from airflow_provider_cdc.stages import apply_stages
-
+    """Run the plan's rows through ``stages`` (the source's current stage list, from the stage that refused each
+    row on) and load what passes with :meth:`Sink.replay_quarantined` (module docstring): one replay batch per
+    stage that refused rows, so each goes through exactly the stages it had not passed."""
     outcome = ReplayOutcome(plan.source_id, len(plan.rows), left={reason: len(rows) for reason, rows in
                                                                   plan.left.items()})
-    if not plan.rows:
-        return outcome
-    batch = build_batch(sink, plan)
+    run_id = run_id or replay_run_id()
+    batch_ids: list[str] = []
+    for stage in REPLAYABLE_STAGES:
+        rows = [row for row in plan.rows if row["stage"] == stage]
+        if rows:
+            batch_id = _replay_rows(sink, plan.source_id, rows, stages_from(stages, stage), outcome, run_id,
+                                    keep_derived=stage != REPLAYABLE_STAGES[0])
+            if batch_id is not None:
+                batch_ids.append(batch_id)
+    outcome.batch_id = ", ".join(batch_ids) or None
+    return outcome
+
+
+def _replay_rows(sink: Sink, source_id: str, rows: list[dict[str, Any]], stages: Sequence[Stage],
+                 outcome: ReplayOutcome, run_id: str, *, keep_derived: bool) -> str | None:
+    """Replay ``rows`` (all refused by one stage) through ``stages``; adds to ``outcome``; the batch id loaded."""
+    from airflow_provider_cdc.stages import apply_stages
+
+    batch = build_batch(sink, source_id, rows, keep_derived=keep_derived)
     made, stage_versions = apply_stages(stages, batch)
     failed = {(row["source_table"], row["seq"]): row for row in
               (made.quarantine.to_pylist() if made.quarantine is not None else [])}
-    passed = [row for row in plan.rows if (row["source_table"], row["seq"]) not in failed]
-    outcome.still_failing = [
+    passed = [row for row in rows if (row["source_table"], row["seq"]) not in failed]
+    outcome.still_failing += [
         {**failed[(row["source_table"], row["seq"])], "quarantine_id": row["quarantine_id"]}
-        for row in plan.rows if (row["source_table"], row["seq"]) in failed]
+        for row in rows if (row["source_table"], row["seq"]) in failed]
     if not passed:
-        return outcome
+        return None
     seqs = [row["seq"] for row in passed]
-    made = dataclasses.replace(made, batch_id=replay_batch_id(plan.source_id, _ids(passed)), seq_from=min(seqs),
-                      seq_to=max(seqs), quarantine=None)
-    result: ApplyResult = sink.replay_quarantined(made, _ids(passed), run_id=run_id or replay_run_id(),
+    made = dataclasses.replace(made, batch_id=replay_batch_id(source_id, _ids(passed)), seq_from=min(seqs),
+                               seq_to=max(seqs), quarantine=None)
+    result: ApplyResult = sink.replay_quarantined(made, _ids(passed), run_id=run_id,
                                                   versions={"stage_versions": stage_versions})
-    outcome.batch_id, outcome.applied = made.batch_id, result.applied
-    outcome.replayed = len(passed) if result.applied else 0
-    outcome.upserted, outcome.deleted = result.upserted, result.deleted
-    return outcome
+    outcome.applied = outcome.applied or result.applied
+    if result.applied:
+        outcome.replayed += len(passed)
+    outcome.upserted += result.upserted
+    outcome.deleted += result.deleted
+    return made.batch_id
 
 
 def replay_run_id() -> str:
