@@ -15,8 +15,9 @@ fixed, exactly once").
   rows that fail again stay waiting, as they are, and are reported.
 
 Not replayed (they stay waiting and the command says so): rows whose key the source no longer has (a hard delete
-since leaves no trace in the sink; :func:`leave_rows_gone_at_source` asks the source), rows of a table the sink holds after a schema change (``schema accept`` it first), and an older row of a change whose
-``seq`` a later row of the same table has too (a whole re-snapshot started ``seq`` again: the row is stale).
+since leaves no trace in the sink; :func:`leave_rows_gone_at_source` asks the source), rows of a table the sink
+holds after a schema change (``schema accept`` it first), and an older row of a change whose ``seq`` a later row
+of the same table has too (a whole re-snapshot started ``seq`` again: the row is stale).
 
 Like ``schema accept``, ``replay`` changes the sink, so it refuses while a run of ``cdc_<source_id>`` is running
 unless ``--yes``, and asks on a terminal. The logic is in plain functions that return data (:func:`list_rows`,
