@@ -99,6 +99,14 @@ def refused_changes(table: pa.Table, source_table: str, stage: str,
     return out
 
 
+def count_by_rule(records: Iterable[Mapping[str, Any]]) -> str:
+    """``rule_a: 3, rule_b: 1``: how many quarantine records each rule refused (for the stages' log lines)."""
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record["rule_id"]] = counts.get(record["rule_id"], 0) + 1
+    return ", ".join(f"{rule}: {n}" for rule, n in counts.items())
+
+
 def quarantine_rows(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     """A batch's quarantine from dicts with the keys of :data:`BATCH_SCHEMA` (``row`` a dict or JSON text)."""
     records = []

@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from airflow_provider_cdc.errors import CdcError, ConnectorUnavailableError
 from airflow_provider_cdc.events import ChangeBatch, batch_schema
-from airflow_provider_cdc.quarantine import Refusal, merge, quarantine_rows, refused_changes
+from airflow_provider_cdc.quarantine import Refusal, count_by_rule, merge, quarantine_rows, refused_changes
 from airflow_provider_cdc.tables import SchemaChange, TableSchema
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ class TransformStage:
                      ", ".join(f"{rule_id}: {path}" for rule_id, path in result.paths.items()))
         for name, schema in batch.schemas.items():  # tables with schema changes but no rows here
             if name not in batch.tables and rules.for_table(name):
-                schemas[name] = self._output_schema(schema, None)
+                schemas[name] = self.output_schema(schema, None)
         changes = [self._change(change, derived.get(change.table)) if rules.for_table(change.table) else change
                    for change in batch.schema_changes]
         self._raise_for_fail_policy(batch, failed)
@@ -122,7 +122,7 @@ class TransformStage:
         if failed:
             log.warning("transform: %d changes of batch %s failed a rule and were quarantined (%s); the sink keeps "
                         "them in _cdc_quarantine with their reason", len(failed), batch.batch_id,
-                        _by_rule(failed))
+                        count_by_rule(failed))
         return dataclasses.replace(batch, tables=tables, schemas=schemas, schema_changes=changes,
                                    quarantine=quarantine)
 
@@ -147,7 +147,7 @@ class TransformStage:
 
     # -- schemas ----------------------------------------------------------------------------------------------
 
-    def _output_schema(self, schema: TableSchema, result: TableResult | None) -> TableSchema:
+    def output_schema(self, schema: TableSchema, result: TableResult | None) -> TableSchema:
         """``schema`` as the rules leave it: target columns added (typed as in ``result`` where this batch's rows
         typed them), dropped fields gone."""
         empty = batch_schema(schema, False).empty_table()
@@ -160,15 +160,8 @@ class TransformStage:
         return dataclasses.replace(made, columns=columns)
 
     def _change(self, change: SchemaChange, result: TableResult | None) -> SchemaChange:
-        before = self._output_schema(change.before, result) if change.before is not None else None
-        return dataclasses.replace(change, after=self._output_schema(change.after, result), before=before)
-
-
-def _by_rule(failed: list[dict[str, Any]]) -> str:
-    counts: dict[str, int] = {}
-    for failure in failed:
-        counts[failure["rule_id"]] = counts.get(failure["rule_id"], 0) + 1
-    return ", ".join(f"{rule}: {n}" for rule, n in counts.items())
+        before = self.output_schema(change.before, result) if change.before is not None else None
+        return dataclasses.replace(change, after=self.output_schema(change.after, result), before=before)
 
 
 def transform_stage(source: SourceConfig, config: CdcConfig) -> TransformStage | None:
