@@ -65,8 +65,15 @@ def _transform_stage(source: SourceConfig, config: CdcConfig) -> Stage | None:
     return transform_stage(source, config)
 
 
+def _validate_stage(source: SourceConfig, config: CdcConfig) -> Stage | None:
+    from airflow_provider_cdc.quality.stage import validate_stage
+
+    return validate_stage(source, config)
+
+
 STAGE_FACTORIES: tuple[tuple[str, StageFactory], ...] = (
     ("transform", _transform_stage),
+    ("validate", _validate_stage),
 )
 
 # Task ids the DAG already uses; a stage cannot take one of them.

@@ -196,7 +196,7 @@ def _first_unconvertible(values: pa.Array, column: Column) -> str | None:
         try:
             pc.cast(pa.array([v]), target) if column.logical_type not in ("boolean", "binary") else parse_value(
                 v, column.logical_type)
-        except (pa.ArrowInvalid, ValueError):
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):  # a bad time: "not implemented"
             return v
     return None
 

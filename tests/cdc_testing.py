@@ -137,11 +137,15 @@ def assert_ledger_consistent(sink_url: str, source_id: str) -> list[tuple]:
     """No batch twice and no two stream batches covering the same seq range.
 
     A ``schema accept`` replays held changes as a batch ``<source>:accept:<table>:<from>-<to>``: its range lies inside
-    ranges stream batches covered (they held those changes), and accepts of one table never overlap each other."""
+    ranges stream batches covered (they held those changes), and accepts of one table never overlap each other. A
+    ``quarantine replay`` batch (``<source>:quarantine:<hash>``) likewise replays changes stream batches covered."""
     rows = ledger_rows(sink_url, source_id)
     ids = [r[0] for r in rows]
     assert len(ids) == len(set(ids)), f"duplicate ledger batch ids: {ids}"
-    stream = [r for r in rows if ":accept:" not in r[0]]
+    stream = [r for r in rows if ":accept:" not in r[0] and ":quarantine:" not in r[0]]
+    for bid, _, seq_to in rows:
+        if ":quarantine:" in bid:
+            assert stream and seq_to <= max(r[2] for r in stream), f"{bid} replays changes no stream batch covered"
     for (_, _, prev_to), (bid, seq_from, _) in zip(stream, stream[1:]):
         assert seq_from > prev_to or seq_from is None, (
             f"batch {bid} overlaps the previous one (from {seq_from} <= {prev_to})"
@@ -204,17 +208,21 @@ def random_changes(url: str, rng, transactions: int = 20, *, allow_truncate: boo
 
 
 def staged_run(hook, run_id: str, *, load: bool = True, commit: bool = True) -> dict:
-    """One staged run in this process, as the DAG's tasks would do it: capture, then load, then commit."""
+    """One staged run in this process, as the DAG's tasks would do it: capture, the source's stages (transform,
+    validate), then load, then commit."""
     from airflow_provider_cdc import pipeline
+    from airflow_provider_cdc.stages import build_stages
 
     source, sink = hook.get_source(), hook.get_sink()
     try:
         summary = pipeline.capture_stage(source, sink, hook.positions, hook.store,
                                          max_changes=hook.source_config.batch_size, run_id=run_id)
-        loaded = pipeline.load_stage(summary["manifest_uri"], sink, run_id=run_id,
-                                     policy=hook.schema_policy) if load else None
+        uri = summary["manifest_uri"]
+        for stage in build_stages(hook.source_config, hook.config):
+            uri = pipeline.run_stage(uri, stage, hook.store)["manifest_uri"]
+        loaded = pipeline.load_stage(uri, sink, run_id=run_id, policy=hook.schema_policy) if load else None
         if commit:
-            pipeline.commit_stage(summary["manifest_uri"], source, sink, hook.positions, hook.store,
+            pipeline.commit_stage(uri, source, sink, hook.positions, hook.store,
                                   newly_held=loaded["newly_held"] if loaded else None)
         return summary
     finally:

@@ -99,8 +99,8 @@ def make_batch() -> ChangeBatch:
 # --- build_stages: the registration point --------------------------------------------------------------------
 
 
-def test_the_transform_stage_is_registered_and_skipped_without_rules():
-    assert [name for name, _ in stages.STAGE_FACTORIES] == ["transform"]
+def test_transform_and_validate_are_registered_and_skipped_without_rules_or_suites():
+    assert [name for name, _ in stages.STAGE_FACTORIES] == ["transform", "validate"]
     assert isinstance(stages.STAGE_FACTORIES, tuple)  # declared in order, not appended to by importers
     source = SourceConfig(id="s", type="postgresql", connection_string="postgresql://h/db", tables=["t"], sink="w")
     assert build_stages(source, CdcConfig(directory=Path("."), sources=[source])) == []

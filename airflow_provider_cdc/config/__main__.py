@@ -58,6 +58,13 @@ def run_check(directory: str | None, *, online: bool = True) -> int:
         where = exc.directory if exc.directory is not None else default_config_dir()
         print(f"{count} problem{'s' if count != 1 else ''} in {where}", file=sys.stderr)
         return 1
+    expectations = expectation_problems(config)
+    if expectations:
+        for line in expectations:
+            print(line, file=sys.stderr)
+        count = len(expectations)
+        print(f"{count} problem{'s' if count != 1 else ''} in {config.directory}", file=sys.stderr)
+        return 1
     print(summarize(config))
     if not online:
         return 0
@@ -73,6 +80,15 @@ def run_check(directory: str | None, *, online: bool = True) -> int:
         print(f"{count} problem{'s' if count != 1 else ''} with the table schemas the sinks know", file=sys.stderr)
         return 1
     return 0
+
+
+def expectation_problems(config: CdcConfig) -> list[str]:
+    """What only GX can tell about quality.yaml (``expectation:`` names and kwargs): checked here, not at DAG parse,
+    because importing GX takes seconds."""
+    from airflow_provider_cdc.quality.rules import check_expectations
+
+    return [f"quality.yaml: suites[{i}]: {line}" for i, suite in enumerate(config.suites)
+            for line in check_expectations(suite)]
 
 
 def used_types(config: CdcConfig) -> list[str]:

@@ -1,4 +1,5 @@
-"""``config check`` online: the fields that rules read, checked against the table schemas the sinks know.
+"""``config check`` online: the fields that rules and quality suites read, checked against the table schemas the
+sinks know.
 
 Offline, the loader can only compile the rules: whether ``source_fields`` (and the names an expression reads) are
 columns of their tables needs the tables. The schema registry knows them: every table a source has captured has its
@@ -61,7 +62,32 @@ def rule_field_problems(config: CdcConfig, source: SourceConfig, schemas: dict[s
     return list(dict.fromkeys(problems))
 
 
-CHECKS: tuple[FieldCheck, ...] = (rule_field_problems,)
+def suite_field_problems(config: CdcConfig, source: SourceConfig, schemas: dict[str, TableSchema]) -> list[str]:
+    """Every problem of ``source``'s quality suites on the tables whose schemas are known, at its suite in
+    quality.yaml: columns the table lacks (after the rules: a suite may check a rule's target) and bounds the column
+    types refuse."""
+    from airflow_provider_cdc.quality.stage import suites_of
+    from airflow_provider_cdc.quality.suites import QualitySuites
+    from airflow_provider_cdc.transform.stage import transform_stage
+
+    suites = suites_of(source, config)
+    if not suites:
+        return []
+    compiled = QualitySuites.from_config(suites)
+    stage = transform_stage(source, config)
+    index = {suite.id: i for i, suite in enumerate(config.suites)}
+    problems: list[str] = []
+    for table, schema in sorted(schemas.items()):
+        judged = stage.output_schema(schema, None) if stage is not None else schema
+        for line in compiled.check(judged):
+            suite_id = next((s.id for s in suites if line.startswith(f"suite {s.id!r}")), None)
+            where = f"suites[{index[suite_id]}]" if suite_id is not None else "suites"
+            problems.append(f"quality.yaml: {where}: {line} (source {source.id!r}, as its sink's schema registry "
+                            f"knows {table})")
+    return list(dict.fromkeys(problems))
+
+
+CHECKS: tuple[FieldCheck, ...] = (rule_field_problems, suite_field_problems)
 
 
 def check_fields(config: CdcConfig, checks: tuple[FieldCheck, ...] = CHECKS) -> tuple[list[str], list[str]]:
@@ -97,6 +123,7 @@ def _registered(name: str, schemas: dict[str, TableSchema]) -> bool:
 
 
 def _has_work(config: CdcConfig, source: SourceConfig) -> bool:
+    from airflow_provider_cdc.quality.stage import suites_of
     from airflow_provider_cdc.transform.stage import rules_of
 
-    return bool(rules_of(source, config))
+    return bool(rules_of(source, config)) or bool(suites_of(source, config))

@@ -181,6 +181,7 @@ def load_config(directory: str | os.PathLike[str] | None = None) -> CdcConfig:
     _check_references(loaded, problems)
     _check_connector_roles(loaded, problems)
     _check_rules(loaded["rules"], [str(i) for i in loaded["connectors"].raw_ids if i], problems)
+    _check_suites(loaded["suites"], problems)
     if problems.items:
         raise ConfigError(sorted(problems.items, key=_reading_order), root)
     lists: dict[str, Any] = {key: list(result.entries.values()) for key, result in loaded.items()}
@@ -437,6 +438,17 @@ def _check_rules(rules: _Loaded, connector_ids: list[str], problems: _Problems) 
                                     connectors=connector_ids).problems():
         rule_id = next((r for r in index if line.startswith(f"rule {r!r}")), None)
         problems.add(_RULES.name, f"rules[{index[rule_id]}]" if rule_id is not None else "rules", line)
+
+
+def _check_suites(suites: _Loaded, problems: _Problems) -> None:
+    """Compile the valid suites of quality.yaml without GX: rule kinds, keys, values, regexes, bounds and policies,
+    each reported at its suite (expectation names and kwargs need GX: ``config check`` asks it; columns need the
+    tables: at run time, and ``config check`` online)."""
+    from airflow_provider_cdc.quality.rules import check_rules
+
+    for i, suite in suites.entries.items():
+        for line in check_rules(suite):
+            problems.add(_SUITES.name, f"suites[{i}]", line)
 
 
 def _check_references(loaded: dict[str, _Loaded], problems: _Problems) -> None:

@@ -14,6 +14,7 @@ position is stored (:class:`~airflow_provider_cdc.pipeline.TablesHeldError`).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -93,7 +94,9 @@ class CdcStageOperator(_CdcOperator):
                                  self.source_id, self.stage)
                 batch = hook.store.read(self.manifest_uri)
                 return pipeline.summarize(batch, self.manifest_uri)
-            return pipeline.run_stage(self.manifest_uri, found[0], hook.store)
+            summary = pipeline.run_stage(self.manifest_uri, found[0], hook.store)
+            emit_quality_stats(self.source_id, summary.get("stage_versions"))
+            return summary
 
 
 class CdcLoadOperator(_CdcOperator):
@@ -164,10 +167,32 @@ class CdcFusedOperator(_CdcOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         with fail_terminal_errors(), self.connected() as (hook, source, sink):
-            return pipeline.run_fused(
+            summary = pipeline.run_fused(
                 source, sink, hook.positions,
                 max_changes=self.max_changes or hook.source_config.batch_size,
                 run_id=context["run_id"],
                 stages=build_stages(hook.source_config, hook.config),
                 policy=hook.schema_policy,
             )
+            emit_quality_stats(self.source_id, summary.get("stage_versions"))
+            return summary
+
+
+def emit_quality_stats(source_id: str, stage_versions: Mapping[str, Any] | None) -> None:
+    """The validate stage's metrics of one batch as Airflow metrics: counters ``cdc.quality.evaluated``,
+    ``.passed``, ``.failed`` and ``.warned``, and the gauge ``cdc.quality.score``, each per table (tags ``source``
+    and ``table``, and the same names suffixed ``.<source_id>.<schema.table>`` for StatsD without tags)."""
+    metrics = ((stage_versions or {}).get("validate") or {}).get("metrics") or {}
+    if not metrics:
+        return
+    from airflow.sdk.observability.stats import Stats
+
+    for table, counts in metrics.items():
+        tags = {"source": source_id, "table": table}
+        suffix = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{source_id}.{table}")[:200]  # StatsD name rules
+        for name in ("evaluated", "passed", "failed", "warned"):
+            count = int(counts.get(name) or 0)
+            Stats.incr(f"cdc.quality.{name}", count, tags=tags)
+            Stats.incr(f"cdc.quality.{name}.{suffix}", count)
+        Stats.gauge("cdc.quality.score", float(counts.get("score", 1.0)), tags=tags)
+        Stats.gauge(f"cdc.quality.score.{suffix}", float(counts.get("score", 1.0)))

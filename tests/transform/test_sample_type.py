@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 
 from airflow_provider_cdc.transform import TableResult
-
 from transform.util import USERS, rules, table_of
 
 ROW = {"id": "1", "email": "ab@example.com", "price": "2.00", "tax": "1.00", "status": "a"}
