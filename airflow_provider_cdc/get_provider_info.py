@@ -25,7 +25,10 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "Change Data Capture", "python-modules": ["airflow_provider_cdc.sensors.changes"]}
         ],
         "operators": [
-            {"integration-name": "Change Data Capture", "python-modules": ["airflow_provider_cdc.operators.cdc"]}
+            {
+                "integration-name": "Change Data Capture",
+                "python-modules": ["airflow_provider_cdc.operators.cdc", "airflow_provider_cdc.operators.quarantine"],
+            }
         ],
         "hooks": [{"integration-name": "Change Data Capture", "python-modules": ["airflow_provider_cdc.hooks.cdc"]}],
         "triggers": [

@@ -405,6 +405,16 @@ def run(args: argparse.Namespace, *, stdin: Any = None, out: Any = None, err: An
         return 1
 
 
+def plan_for(hook: CdcHook, sink: Sink, *, table: str | None = None, rule: str | None = None) -> ReplayPlan:
+    """The replay plan of ``hook``'s source: its waiting rows (``table``'s, ``rule``'s), those gone at the source
+    left waiting. Refused when the sink keeps no quarantine."""
+    if not sink.capabilities.quarantine:
+        raise QuarantineCommandError(f"the sink of source {hook.source_id} keeps no quarantine")
+    plan = plan_replay(sink, hook.source_id, table=table, rule=rule)
+    leave_rows_gone_at_source(hook, sink, plan)
+    return plan
+
+
 def _hook(config_dir: str | None, source_id: str) -> CdcHook:
     from airflow_provider_cdc.hooks.cdc import CdcHook
 
@@ -436,10 +446,7 @@ def _replay(args: argparse.Namespace, stdin: Any, out: Any, err: Any) -> int:
     stages = build_stages(hook.source_config, hook.config)
     sink = hook.get_sink()
     try:
-        if not sink.capabilities.quarantine:
-            raise QuarantineCommandError(f"the sink of source {args.source_id} keeps no quarantine")
-        plan = plan_replay(sink, args.source_id, table=args.table, rule=args.rule)
-        leave_rows_gone_at_source(hook, sink, plan)
+        plan = plan_for(hook, sink, table=args.table, rule=args.rule)
         if not plan.rows:
             print("\n".join(outcome_lines(ReplayOutcome(args.source_id, 0, left={
                 reason: len(rows) for reason, rows in plan.left.items()}))), file=out)

@@ -91,6 +91,28 @@ def cli(config_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=300)
 
 
+REPLAY_DAG = """\
+from airflow.sdk import DAG
+
+from airflow_provider_cdc.operators.quarantine import CdcQuarantineReplayOperator
+
+with DAG("replay_{source_id}", schedule=None):
+    CdcQuarantineReplayOperator(task_id="replay", source_id="{source_id}", config_dir="{config_dir}")
+"""
+
+
+def replay_task(source_id: str, config_dir: Path, dags: Path) -> str:
+    """The operator in a DAG file of the user's, run by ``airflow dags test``; its log."""
+    dags.mkdir()
+    (dags / "replay.py").write_text(REPLAY_DAG.format(source_id=source_id, config_dir=config_dir))
+    env = {**os.environ, "CDC_CONFIG_DIR": str(config_dir), "AIRFLOW__CORE__DAGS_FOLDER": str(dags)}
+    proc = subprocess.run([sys.executable, "-m", "airflow", "dags", "test", f"replay_{source_id}"],
+                          env=env, capture_output=True, text=True, timeout=400)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "state=success" in out, out[-4000:]
+    return out
+
+
 def sink_ids(sink_url: str) -> dict[int, tuple]:
     with psycopg.connect(sink_url) as conn:
         return {r[0]: r[1:] for r in conn.execute("SELECT id, email, price, status, masked_email FROM public.users")}
@@ -156,8 +178,12 @@ def test_violations_are_quarantined_the_rest_loads_and_replay_loads_them_once(mo
                 column: status
                 values: [active, inactive, deleted, zombie]
         """))
-    replayed = cli(config_dir, "quarantine", "replay", source_id, "--yes")
-    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    if mode == "staged":  # the command ...
+        replayed = cli(config_dir, "quarantine", "replay", source_id, "--yes")
+        assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    else:  # ... and the operator, in a DAG of the user's, through dag.test()
+        log = replay_task(source_id, config_dir, tmp_path / "dags")
+        assert f"source {source_id}: 7 quarantined changes replayed as batch {source_id}:quarantine:" in log
     got = sink_ids(sink_url)
     assert sorted(got) == [1, 2, 3, 4, 5, 6, 7, 8]
     assert got[2] == ("fixed@example.com", decimal.Decimal("21.00"), "active", "fi***")  # newer change kept
