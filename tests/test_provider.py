@@ -19,6 +19,7 @@ EXPECTED_CLASSES = {
     "airflow_provider_cdc.sensors.changes": ["CdcChangesSensor"],
     "airflow_provider_cdc.operators.cdc": ["CdcCaptureOperator", "CdcStageOperator", "CdcLoadOperator",
                                            "CdcCommitOperator", "CdcFusedOperator"],
+    "airflow_provider_cdc.operators.quarantine": ["CdcQuarantineReplayOperator"],
     "airflow_provider_cdc.hooks.cdc": ["CdcHook"],
     "airflow_provider_cdc.triggers.changes": ["ChangesAvailableTrigger"],
 }
