@@ -70,10 +70,10 @@ class ConnectorFactory:
     # Online look for leftovers (``config check`` without --offline): warning lines.
     inspect: Callable[[CdcConfig], list[str]] | None = None
     # A join rule's reference reader: (connection, table, key columns, keys as tuples of the value contract's Python
-    # values) -> {key tuple: {column: typed Python value}}, the matching rows in one round trip. None: this type
-    # cannot be a join's reference.
-    reference: Callable[[str, str, list[str], list[tuple[Any, ...]]], dict[tuple[Any, ...], dict[str, Any]]] | None \
-        = None
+    # values) -> {key tuple: {column: typed Python value}}, the matching rows in one round trip; with the keyword
+    # ``missing_ok=True`` a table that does not exist holds nothing (the quality stage asks a sink table that may
+    # not be created yet). None: this type cannot be a join's reference.
+    reference: Callable[..., dict[tuple[Any, ...], dict[str, Any]]] | None = None
 
 
 def lazy(module: str, name: str) -> Callable[..., Any]:

@@ -35,6 +35,7 @@ from airflow_provider_cdc.quarantine import Refusal, count_by_rule, merge, quara
 
 if TYPE_CHECKING:
     from airflow_provider_cdc.config import CdcConfig, SourceConfig, SuiteConfig
+    from airflow_provider_cdc.quality.sink_unique import SinkRows
     from airflow_provider_cdc.quality.suites import QualitySuites
     from airflow_provider_cdc.quality.validate import TableValidation, Violation
 
@@ -62,8 +63,9 @@ class ValidateStage:
 
     name = STAGE_NAME
 
-    def __init__(self, suites: Sequence[SuiteConfig]) -> None:
+    def __init__(self, suites: Sequence[SuiteConfig], *, sink_rows: SinkRows | None = None) -> None:
         self.configs = list(suites)
+        self.sink_rows = sink_rows
         self._suites: QualitySuites | None = None
         self._metrics: dict[str, Any] = {}
 
@@ -90,7 +92,7 @@ class ValidateStage:
             if not suites.for_table(name):
                 tables[name] = table
                 continue
-            result = suites.validate(table, batch.schemas[name])
+            result = suites.validate(table, batch.schemas[name], self.sink_rows)
             self._metrics[name] = result.metrics
             fatal += _fatal_lines(name, result)
             _log_warnings(name, result)
@@ -173,4 +175,20 @@ def _log_warnings(table: str, result: TableValidation) -> None:
 def validate_stage(source: SourceConfig, config: CdcConfig) -> ValidateStage | None:
     """The stage factory (:data:`airflow_provider_cdc.stages.STAGE_FACTORIES`): None when no suite applies."""
     suites = suites_of(source, config)
-    return ValidateStage(suites) if suites else None
+    return ValidateStage(suites, sink_rows=SinkTableRows(source, config)) if suites else None
+
+
+class SinkTableRows:
+    """:data:`~.sink_unique.SinkRows` of one source: its sink table of a source table (the table's name in the
+    source's ``target_schema``), read through the sink connector's reference reader (opened on first use)."""
+
+    def __init__(self, source: SourceConfig, config: CdcConfig) -> None:
+        from airflow_provider_cdc.transform.stage import ReferenceLookup
+
+        self.source = source
+        self.lookup = ReferenceLookup(source, config)
+
+    def __call__(self, table: str, columns: list[str], values: list[tuple[Any, ...]]) -> dict[tuple[Any, ...],
+                                                                                          dict[str, Any]]:
+        name = table.partition(".")[2]
+        return self.lookup(self.source.sink, f"{self.source.target_schema}.{name}", columns, values, missing_ok=True)

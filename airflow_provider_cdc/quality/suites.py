@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from airflow_provider_cdc.config.models import SuiteConfig
+    from airflow_provider_cdc.quality.sink_unique import SinkRows
     from airflow_provider_cdc.quality.validate import TableValidation
     from airflow_provider_cdc.tables import TableSchema
 
@@ -132,11 +133,11 @@ class QualitySuites:
             out += check_columns(suite.checks, schema)
         return out
 
-    def validate(self, table: pa.Table, schema: TableSchema) -> TableValidation:
+    def validate(self, table: pa.Table, schema: TableSchema, sink_rows: SinkRows | None = None) -> TableValidation:
         """Judge one table of a batch with every suite scoped to it (:func:`.validate.validate_table`)."""
         from airflow_provider_cdc.quality.validate import validate_table
 
-        return validate_table(self, table, schema)
+        return validate_table(self, table, schema, sink_rows)
 
     # --- GX, built on first use ---
 

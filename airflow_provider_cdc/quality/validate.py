@@ -32,6 +32,7 @@ from airflow_provider_cdc.quality.rules import plain, range_text, show_values
 
 if TYPE_CHECKING:
     from airflow_provider_cdc.quality.rules import QualityCheck
+    from airflow_provider_cdc.quality.sink_unique import SinkRows
     from airflow_provider_cdc.quality.suites import BuiltSuite, CompiledSuite, QualitySuites
     from airflow_provider_cdc.tables import TableSchema
 
@@ -110,8 +111,10 @@ class TableValidation:
 # --- running -----------------------------------------------------------------------------------------------------
 
 
-def validate_table(suites: QualitySuites, table: pa.Table, schema: TableSchema) -> TableValidation:
-    """Run every suite of ``suites`` scoped to ``schema``'s table over ``table`` (a batch table)."""
+def validate_table(suites: QualitySuites, table: pa.Table, schema: TableSchema,
+                   sink_rows: SinkRows | None = None) -> TableValidation:
+    """Run every suite of ``suites`` scoped to ``schema``'s table over ``table`` (a batch table); with
+    ``sink_rows``, ``unique`` checks with ``against_sink`` also ask the sink (:mod:`.sink_unique`)."""
     name = schema.qualified_name
     applicable = suites.for_table(name)
     problems = suites.check(schema)
@@ -134,8 +137,27 @@ def validate_table(suites: QualitySuites, table: pa.Table, schema: TableSchema) 
         result = batch.validate(gx_suite.gx_suite, result_format=RESULT_FORMAT)
         results[suite.suite_id] = result.to_json_dict()
         counts[suite.suite_id] = _read_results(result, gx_suite, table, violations, failures)
+    if sink_rows is not None:
+        _check_against_sink(applicable, table, schema, rows, sink_rows, violations, counts)
     return TableValidation(name, violations, failures, _metrics(applicable, len(rows), violations, failures, counts),
                            results)
+
+
+def _check_against_sink(suites: Sequence[CompiledSuite], table: pa.Table, schema: TableSchema, rows: np.ndarray,
+                        sink_rows: SinkRows, violations: list[Violation],
+                        counts: dict[str, dict[str, dict[str, Any]]]) -> None:
+    from airflow_provider_cdc.quality.sink_unique import sink_duplicates
+
+    for suite in suites:
+        for check in suite.checks:
+            if not (check.against_sink and check.kind == "unique" and len(check.columns) == 1):
+                continue
+            found = sink_duplicates(check, table, schema, rows, sink_rows)
+            violations += found
+            rule = counts.setdefault(suite.suite_id, {}).setdefault(
+                check.rule_id, {"unexpected": 0, "success": True, "policy": check.policy})
+            rule["unexpected"] += len(found)
+            rule["success"] = rule["success"] and not found
 
 
 def _read_results(result: Any, built: BuiltSuite, table: pa.Table, violations: list[Violation],

@@ -184,8 +184,8 @@ class ReferenceLookup:
         self.config = config
         self._urls: dict[str | None, str] = {}
 
-    def __call__(self, connector_id: str | None, table: str, key_columns: list[str],
-                 keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    def __call__(self, connector_id: str | None, table: str, key_columns: list[str], keys: list[tuple[Any, ...]],
+                 *, missing_ok: bool = False) -> dict[tuple[Any, ...], dict[str, Any]]:
         from airflow_provider_cdc.connectors import registry
 
         entry: SourceConfig | ConnectorConfig = self.source if connector_id is None \
@@ -199,5 +199,7 @@ class ReferenceLookup:
             from airflow_provider_cdc.hooks.cdc import entry_dsn
 
             self._urls[connector_id] = entry_dsn(self.config, entry)
+        if missing_ok:
+            return read(self._urls[connector_id], table, key_columns, keys, missing_ok=True)
         return read(self._urls[connector_id], table, key_columns, keys)
 

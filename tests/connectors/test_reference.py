@@ -155,3 +155,21 @@ def test_delta_reads_rows_by_key_typed(tmp_path):
     # keys that do not cast to the column's type are not filtered in Arrow (the engine matches them exactly)
     loose = delta_lookup(str(root), "public.countries", ["region"], [("2",)])
     assert {k[0] for k in loose} <= {2, 3}
+
+
+# --- a table that does not exist (the quality stage's against-sink check asks a sink table not created yet) ------
+
+
+@pytest.mark.parametrize("pg_server", ["pg15"], indirect=True)
+def test_a_missing_table_holds_nothing_only_when_asked(pg_database, mariadb_database, mongo_database, tmp_path):
+    import pymysql
+    from deltalake.exceptions import TableNotFoundError
+
+    readers = [(pg_lookup, pg_database, "public.nowhere", psycopg.errors.UndefinedTable),
+               (mysql_lookup, mariadb_database, "nowhere", pymysql.err.ProgrammingError),
+               (delta_lookup, str(tmp_path / "lake"), "public.nowhere", TableNotFoundError)]
+    for read, url, table, error in readers:
+        assert read(url, table, ["id"], [(1,)], missing_ok=True) == {}
+        with pytest.raises(error):  # a join naming a missing table must still fail
+            read(url, table, ["id"], [(1,)])
+    assert mongo_lookup(mongo_database, "nowhere", ["_id"], [(1,)], missing_ok=True) == {}

@@ -72,6 +72,12 @@ def quality(pattern: str = r"^[^@\s]+@[^@\s]+\.[a-z]+$") -> str:
               - type: not_null
                 column: masked_email
                 policy: warn
+              - type: unique
+                column: email
+                against_sink: true
+              - type: type
+                column: code
+                expected: text
         """)
 
 
@@ -164,9 +170,13 @@ def test_violations_are_quarantined_the_rest_loads_and_replay_loads_them_once(mo
     with psycopg.connect(source_url, autocommit=True) as conn:
         conn.execute("UPDATE users SET email = 'fixed@example.com', price = 21.00 WHERE id = 2")
         conn.execute("UPDATE users SET price = 31.00 WHERE id = 4")
+        conn.execute("INSERT INTO users VALUES (9, 'ann@example.com', 1.00, 'active', 'OP56', '2024-02-01')")
     dags_test(source_id, config_dir)
     assert sink_ids(sink_url)[2] == ("fixed@example.com", decimal.Decimal("21.00"), "active", "fi***")
-    assert 4 not in sink_ids(sink_url)
+    assert 4 not in sink_ids(sink_url) and 9 not in sink_ids(sink_url)
+    nine = [row for row in waiting(sink_url) if row[0] == 9]
+    assert [row[3:5] for row in nine] == [("unique_email", "email")]
+    assert "'ann@example.com' is in the sink already, at id=1" in nine[0][5]
 
     # The rules are relaxed; the replay loads what passes now, once, and never over the newer change of 2.
     (config_dir / "quality.yaml").write_text(textwrap.dedent("""\
@@ -183,9 +193,9 @@ def test_violations_are_quarantined_the_rest_loads_and_replay_loads_them_once(mo
         assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     else:  # ... and the operator, in a DAG of the user's, through dag.test()
         log = replay_task(source_id, config_dir, tmp_path / "dags")
-        assert f"source {source_id}: 7 quarantined changes replayed as batch {source_id}:quarantine:" in log
+        assert f"source {source_id}: 8 quarantined changes replayed as batch {source_id}:quarantine:" in log
     got = sink_ids(sink_url)
-    assert sorted(got) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert sorted(got) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert got[2] == ("fixed@example.com", decimal.Decimal("21.00"), "active", "fi***")  # newer change kept
     assert got[4][1] == decimal.Decimal("31.00")  # the newer quarantined row of 4 wins over its older one
     assert got[8] == ("bad", decimal.Decimal("70.00"), "zombie", "ba***")

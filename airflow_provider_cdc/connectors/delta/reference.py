@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
 
 from airflow_provider_cdc.connectors.delta.storage import join
 from airflow_provider_cdc.transform.join import contract_value
@@ -22,13 +23,18 @@ def table_uri(root: str, table: str) -> str:
     return join(root, *[part for part in table.split(".") if part])
 
 
-def lookup(url: str, table: str, key_columns: list[str],
-           keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+def lookup(url: str, table: str, key_columns: list[str], keys: list[tuple[Any, ...]], *,
+           missing_ok: bool = False) -> dict[tuple[Any, ...], dict[str, Any]]:
     """The rows of ``table`` whose ``key_columns`` equal one of ``keys``: ``{key: {column: value}}``."""
     out: dict[tuple[Any, ...], dict[str, Any]] = {}
     if not keys:
         return out
-    dataset = DeltaTable(table_uri(url, table)).to_pyarrow_dataset()
+    try:
+        dataset = DeltaTable(table_uri(url, table)).to_pyarrow_dataset()
+    except TableNotFoundError:
+        if missing_ok:  # a sink table not created yet holds nothing
+            return out
+        raise
     condition: ds.Expression | None = None
     for i, column in enumerate(key_columns):
         field = dataset.schema.field(column)  # KeyError: no such column

@@ -46,9 +46,10 @@ def _value(value: Any) -> Any:
     return parse_value(portable(value, alias), logical_type(alias))
 
 
-def lookup(url: str, table: str, key_columns: list[str],
-           keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """The documents of ``table`` whose ``key_columns`` equal one of ``keys``: ``{key: {field: value}}``."""
+def lookup(url: str, table: str, key_columns: list[str], keys: list[tuple[Any, ...]], *,
+           missing_ok: bool = False) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The documents of ``table`` whose ``key_columns`` equal one of ``keys``: ``{key: {field: value}}``. A
+    collection that does not exist holds nothing, with or without ``missing_ok``."""
     out: dict[tuple[Any, ...], dict[str, Any]] = {}
     if not keys:
         return out

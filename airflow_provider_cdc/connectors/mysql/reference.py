@@ -29,8 +29,8 @@ def _param(value: Any) -> Any:
     return value
 
 
-def lookup(url: str, table: str, key_columns: list[str],
-           keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+def lookup(url: str, table: str, key_columns: list[str], keys: list[tuple[Any, ...]], *,
+           missing_ok: bool = False) -> dict[tuple[Any, ...], dict[str, Any]]:
     """The rows of ``table`` whose ``key_columns`` equal one of ``keys``: ``{key: {column: value}}``."""
     out: dict[tuple[Any, ...], dict[str, Any]] = {}
     if not keys:
@@ -43,6 +43,8 @@ def lookup(url: str, table: str, key_columns: list[str],
     try:
         where = database or database_of(url)
         schema = read_tables(conn, [(where, name)]).get(f"{where}.{name}")
+        if schema is None and missing_ok:  # a sink table not created yet holds nothing
+            return out
         logical = {c.name: c.logical_type for c in schema.columns} if schema is not None else {}
         with conn.cursor() as cursor:
             for chunk in chunks(keys):

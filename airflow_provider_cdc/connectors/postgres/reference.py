@@ -24,9 +24,10 @@ def table_identifier(table: str) -> sql.Identifier:
     return sql.Identifier(schema, name) if schema else sql.Identifier(name)
 
 
-def lookup(url: str, table: str, key_columns: list[str],
-           keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """The rows of ``table`` whose ``key_columns`` equal one of ``keys``: ``{key: {column: value}}``."""
+def lookup(url: str, table: str, key_columns: list[str], keys: list[tuple[Any, ...]], *,
+           missing_ok: bool = False) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The rows of ``table`` whose ``key_columns`` equal one of ``keys``: ``{key: {column: value}}``. With
+    ``missing_ok`` a table that does not exist holds nothing (a sink table not created yet)."""
     out: dict[tuple[Any, ...], dict[str, Any]] = {}
     if not keys:
         return out
@@ -35,6 +36,11 @@ def lookup(url: str, table: str, key_columns: list[str],
     with psycopg.connect(url, autocommit=True, client_encoding="utf8", connect_timeout=CONNECT_TIMEOUT,
                          row_factory=dict_row) as conn:
         conn.read_only = True
+        if missing_ok:
+            found = conn.execute("SELECT to_regclass(%s) AS relation",
+                                 [table_identifier(table).as_string(conn)]).fetchone()
+            if found is None or found["relation"] is None:
+                return out
         for chunk in chunks(keys):
             query = sql.SQL("SELECT * FROM {} WHERE ({}) IN ({})").format(
                 table_identifier(table), columns, sql.SQL(", ").join(one for _ in chunk))
