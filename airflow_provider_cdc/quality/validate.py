@@ -139,8 +139,41 @@ def validate_table(suites: QualitySuites, table: pa.Table, schema: TableSchema,
         counts[suite.suite_id] = _read_results(result, gx_suite, table, violations, failures)
     if sink_rows is not None:
         _check_against_sink(applicable, table, schema, rows, sink_rows, violations, counts)
-    return TableValidation(name, violations, failures, _metrics(applicable, len(rows), violations, failures, counts),
-                           results)
+    metrics = _metrics(applicable, len(rows), violations, failures, counts)
+    metrics["columns"] = column_metrics(table, schema, rows, [c for check in checks for c in check.columns])
+    return TableValidation(name, violations, failures, metrics, results)
+
+
+def rule_entry(check: QualityCheck) -> dict[str, Any]:
+    """What the metrics say of a check besides its counts (what lineage's assertions facet needs)."""
+    return {"policy": check.policy, "assertion": check.kind if check.kind != "expectation" else check.expectation,
+            "expectation": check.expectation, "columns": list(check.columns), "description": check.description}
+
+
+def column_metrics(table: pa.Table, schema: TableSchema, rows: np.ndarray, columns: Sequence[str]) -> dict[str, Any]:
+    """Per checked column, over the judged rows: count, nullCount, distinctCount, and min, max and sum for numbers
+    (OpenLineage's data-quality metrics facet)."""
+    import pyarrow.compute as pc
+
+    taken = pa.array(rows)
+    out: dict[str, Any] = {}
+    for name in dict.fromkeys(columns):
+        if name not in table.column_names:
+            continue
+        values = table.column(name).take(taken)
+        nulls = values.null_count
+        entry: dict[str, Any] = {"count": len(values) - nulls, "nullCount": nulls,
+                                 "distinctCount": pc.count_distinct(values).as_py()}
+        if schema.column(name).logical_type in ("integer", "float", "decimal") and len(values) > nulls:
+            try:
+                numbers = pc.cast(values, pa.float64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                numbers = None
+            if numbers is not None:
+                low_high = pc.min_max(numbers).as_py()
+                entry.update(min=low_high["min"], max=low_high["max"], sum=pc.sum(numbers).as_py())
+        out[name] = entry
+    return out
 
 
 def _check_against_sink(suites: Sequence[CompiledSuite], table: pa.Table, schema: TableSchema, rows: np.ndarray,
@@ -155,7 +188,7 @@ def _check_against_sink(suites: Sequence[CompiledSuite], table: pa.Table, schema
             found = sink_duplicates(check, table, schema, rows, sink_rows)
             violations += found
             rule = counts.setdefault(suite.suite_id, {}).setdefault(
-                check.rule_id, {"unexpected": 0, "success": True, "policy": check.policy})
+                check.rule_id, {**rule_entry(check), "unexpected": 0, "success": True})
             rule["unexpected"] += len(found)
             rule["success"] = rule["success"] and not found
 
@@ -167,8 +200,8 @@ def _read_results(result: Any, built: BuiltSuite, table: pa.Table, violations: l
     for outcome in result.results:
         check = built.checks[outcome.expectation_config.meta["cdc_rule"]]
         found = outcome.result or {}
-        counts[check.rule_id] = {"unexpected": int(found.get("unexpected_count") or 0),
-                                 "success": bool(outcome.success), "policy": check.policy}
+        counts[check.rule_id] = {**rule_entry(check), "unexpected": int(found.get("unexpected_count") or 0),
+                                 "success": bool(outcome.success)}
         error = _exception_message(outcome.exception_info)
         if error is not None:
             failures.append(_error_failure(check, error))
