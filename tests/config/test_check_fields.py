@@ -98,3 +98,28 @@ def test_a_sink_that_cannot_be_read_is_a_warning(tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"warning: source {source_id!r}: its sink 'warehouse' could not be read" in result.stdout
     assert ":pw@" not in result.stdout
+
+
+def test_suite_columns_are_checked_against_the_registered_schemas_after_the_rules(tmp_path, pg_database_factory):
+    source_url, sink_url = pg_database_factory("fields_src"), pg_database_factory("fields_sink")
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE users (id int PRIMARY KEY, email text); INSERT INTO users VALUES (1, 'ab@x.io');"
+                     "CREATE TABLE orders (id int PRIMARY KEY, total numeric)")
+    directory, source_id = _config(tmp_path, source_url, sink_url, GOOD_RULE)
+    _capture_once(directory, source_id)
+    (directory / "quality.yaml").write_text(
+        "suites:\n"
+        "  - id: users_checks\n"
+        "    tables: [users]\n"
+        "    rules:\n"
+        "      - {type: not_null, column: masked}\n"  # the rule's target: there after the rules
+        "      - {type: pattern, column: phone, pattern: '^[0-9]+$'}\n"
+        "      - {type: range, column: id, min: 'ten'}\n")
+    bad = run("check", str(directory), cwd=tmp_path)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    lines = bad.stderr.splitlines()
+    assert any(line.startswith("quality.yaml: suites[0]: suite 'users_checks' rules[1].column") and "'phone'" in line
+               and "public.users" in line for line in lines), bad.stderr
+    assert any("rules[2].min" in line for line in lines), bad.stderr
+    assert not any("rules[0]" in line for line in lines), bad.stderr
+    assert lines[-1] == "2 problems with the table schemas the sinks know"
