@@ -43,3 +43,33 @@ def check_replay(sink: Any, names: Callable[[], dict[int, str]]) -> None:
     twice = replay(sink, ReplayPlan("shop", replayed), [])
     assert twice.batch_id == outcome.batch_id and not twice.applied
     assert names() == {1: "n1", 2: "n2 ü", 3: "n3", 4: "newer", 5: "n5"}
+
+
+def check_validate_replay(sink: Any, names: Callable[[], dict[int, str]]) -> None:
+    """The same through the real validate stage (GX): a quality rule refuses changes 2 and 4, a newer change to 4
+    loads, the rule is relaxed, and the replay loads 2 once while 4 keeps its newer value."""
+    from airflow_provider_cdc.config.models import SuiteConfig
+    from airflow_provider_cdc.quality.stage import ValidateStage
+    from airflow_provider_cdc.stages import apply_stages
+
+    strict = ValidateStage([SuiteConfig(id="names", rules=[{"type": "pattern", "column": "name", "pattern": "^ok"}])])
+    batch = batch_of([("c", s, item(s, name="ok" if s % 2 else f"bad {s} ü")) for s in range(1, 6)], ITEMS)
+    made, versions = apply_stages([strict], batch)
+    assert made.quarantined_count == 2
+    assert pipeline.load_batch(made, sink, stage_versions=versions)["applied"]
+    assert pipeline.load_batch(batch_of([("u", 6, item(4, name="newer"))], ITEMS), sink)["applied"]
+    assert names() == {1: "ok", 3: "ok", 4: "newer", 5: "ok"}
+    waiting = sink.quarantined("shop")
+    assert [(row["seq"], row["stage"], row["suite"], row["rule_id"], row["field"]) for row in waiting] == [
+        (2, "validate", "names", "pattern_name", "name"), (4, "validate", "names", "pattern_name", "name")]
+    assert "'bad 2 ü' does not match pattern '^ok'" in waiting[0]["reason"]
+
+    still = replay(sink, plan_replay(sink, "shop"), [strict])  # the rule not fixed yet: nothing loads
+    assert not still.applied and [row["seq"] for row in still.still_failing] == [2, 4]
+    relaxed = ValidateStage([SuiteConfig(id="names", rules=[{"type": "not_null", "column": "name"}])])
+    outcome = replay(sink, plan_replay(sink, "shop"), [relaxed])
+    assert outcome.applied and outcome.replayed == 2 and not outcome.still_failing
+    assert names() == {1: "ok", 2: "bad 2 ü", 3: "ok", 4: "newer", 5: "ok"}
+    assert sink.quarantined("shop") == []
+    again = replay(sink, plan_replay(sink, "shop"), [relaxed])
+    assert again.selected == 0 and not again.applied

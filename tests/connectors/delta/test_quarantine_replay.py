@@ -3,7 +3,7 @@ replay that stopped after its ledger row, before the rows were marked, is finish
 
 from __future__ import annotations
 
-from quarantine_replay_check import check_replay
+from quarantine_replay_check import check_replay, check_validate_replay
 
 from airflow_provider_cdc.connectors.delta.sink import DeltaSink
 from airflow_provider_cdc.quarantine_commands import plan_replay, replay
@@ -14,6 +14,11 @@ from .helpers import rows
 def test_quarantined_changes_are_replayed_once(tmp_path):
     sink = DeltaSink(str(tmp_path / "lake"), sink_id="lake")
     check_replay(sink, lambda: dict(rows(sink.table_uri("items"), ("id", "name"))))
+
+
+def test_changes_a_quality_rule_refused_are_replayed_once(tmp_path):
+    sink = DeltaSink(str(tmp_path / "lake"), sink_id="lake")
+    check_validate_replay(sink, lambda: dict(rows(sink.table_uri("items"), ("id", "name"))))
 
 
 def test_a_replay_stopped_before_marking_its_rows_is_finished_by_the_next(tmp_path, monkeypatch):
