@@ -169,9 +169,11 @@ def column_metrics(table: pa.Table, schema: TableSchema, rows: np.ndarray, colum
                 numbers = pc.cast(values, pa.float64())
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 numbers = None
-            if numbers is not None:
-                low_high = pc.min_max(numbers).as_py()
-                entry.update(min=low_high["min"], max=low_high["max"], sum=pc.sum(numbers).as_py())
+            if numbers is not None:  # NaN and infinities left out: JSON has no such numbers
+                finite = numbers.filter(pc.is_finite(numbers))
+                if len(finite):
+                    low_high = pc.min_max(finite).as_py()
+                    entry.update(min=low_high["min"], max=low_high["max"], sum=pc.sum(finite).as_py())
         out[name] = entry
     return out
 
