@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 # after it (rows of ``validate`` were transformed already).
 REPLAYABLE_STAGES = ("transform", "validate")
 # Columns of ``quarantine list`` (text) in order.
-LIST_COLUMNS = ("quarantine_id", "source_table", "stage", "rule_id", "field", "seq", "reason")
+LIST_COLUMNS = ("quarantine_id", "source_table", "stage", "suite", "rule_id", "field", "seq", "reason")
 
 
 class QuarantineCommandError(CommandError):
@@ -70,9 +70,11 @@ def list_lines(rows: Sequence[Mapping[str, Any]], source_id: str, *, all_rows: b
     what = "quarantined rows" if all_rows else "quarantined rows waiting"
     if not rows:
         return [f"source {source_id}: no {what}"]
-    header = ("id", "table", "stage", "rule", "field", "seq", "reason") + (("replayed in",) if all_rows else ())
+    header = ("id", "table", "stage", "suite", "rule", "field", "seq", "reason") + (
+        ("replayed in",) if all_rows else ())
     table = [header] + [
-        (str(row["quarantine_id"])[:12], str(row["source_table"]), str(row["stage"]), str(row["rule_id"] or "-"),
+        (str(row["quarantine_id"])[:12], str(row["source_table"]), str(row["stage"]), str(row["suite"] or "-"),
+         str(row["rule_id"] or "-"),
          str(row["field"] or "-"), str(row["seq"]), _one_line(str(row["reason"])))
         + ((row["replayed_batch_id"] or "waiting",) if all_rows else ())
         for row in rows]
