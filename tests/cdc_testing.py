@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 import uuid
 from collections.abc import Sequence
@@ -15,6 +16,22 @@ from airflow_provider_cdc.events import ChangeBatch, TableChangesBuilder
 from airflow_provider_cdc.tables import SchemaChange, TableSchema
 
 BOOKKEEPING = ("_cdc_op", "_cdc_position", "_cdc_ts", "_cdc_deleted_at")
+
+
+def dags_test(source_id: str, config_dir: Path, *, ok: bool = True, dag_id: str | None = None,
+              env: dict[str, str] | None = None, timeout: int = 400) -> str:
+    """What a user types: ``airflow dags test cdc_<id>`` (or ``dag_id``) in a subprocess, with ``CDC_CONFIG_DIR``;
+    its output. With ``ok`` the run must succeed."""
+    import subprocess
+    import sys
+
+    environ = {**os.environ, "CDC_CONFIG_DIR": str(config_dir), **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "airflow", "dags", "test", dag_id or f"cdc_{source_id}"],
+                          env=environ, capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    if ok:
+        assert proc.returncode == 0 and "state=success" in out, out[-4000:]
+    return out
 
 
 def unique_id(prefix: str = "src") -> str:
@@ -301,3 +318,50 @@ def quarantined(batch: ChangeBatch, *seqs: int, stage: str = "transform", table:
     keep = [s not in seqs for s in changes.column("_cdc_seq").to_pylist()]
     return dataclasses.replace(batch, tables={**batch.tables, table: changes.filter(keep)},
                                quarantine=quarantine_rows(rows))
+
+
+# --- one PostgreSQL table through a stage list, fused, for the stages' edge-case tests ---------------------------
+
+
+class StageRun:
+    """A PostgreSQL source table, a PostgreSQL sink, and ``self.stages`` between them (fused runs, positions in
+    memory): the stages' edge-case tests give it their transform or validate stage."""
+
+    def __init__(self, pg_database_factory, ddl: str, table: str, prefix: str) -> None:
+        from contract.test_contract import MemoryPositions
+
+        from airflow_provider_cdc.config import SourceConfig
+        from airflow_provider_cdc.connectors.postgres.sink import PgSink
+        from airflow_provider_cdc.connectors.registry import make_source
+
+        self.source_url, self.sink_url = pg_database_factory(f"{prefix}_src"), pg_database_factory(f"{prefix}_sink")
+        self.sql(ddl)
+        self.source_id = unique_id(prefix)
+        config = SourceConfig(id=self.source_id, type="postgresql", connection_string=self.source_url,
+                              tables=[table], sink="warehouse")
+        self.source = make_source(config, self.source_url)
+        self.sink = PgSink(self.sink_url, sink_id="warehouse")
+        self.positions = MemoryPositions()
+        self.stages: list[Any] = []
+
+    def sql(self, statement: str) -> None:
+        with psycopg.connect(self.source_url, autocommit=True) as conn:
+            conn.execute(statement)
+
+    def run(self) -> None:
+        from airflow_provider_cdc import pipeline
+
+        for _ in range(10):
+            summary = pipeline.run_fused(self.source, self.sink, self.positions, max_changes=10_000,
+                                         stages=self.stages)
+            if summary["change_count"] == 0 and "snapshot" not in (self.positions.get(self.source_id) or {}):
+                return
+        raise AssertionError("did not drain")
+
+    def rows(self, query: str) -> list[tuple]:
+        with psycopg.connect(self.sink_url) as conn:
+            return conn.execute(query).fetchall()
+
+    def close(self) -> None:
+        self.source.close()
+        self.sink.close()

@@ -5,14 +5,9 @@ change of an order's country is enriched with the new country's name."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import psycopg
 import pytest
-from cdc_testing import assert_ledger_consistent, unique_id, write_config
+from cdc_testing import assert_ledger_consistent, dags_test, unique_id, write_config
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.parametrize("pg_server", ["pg15"], indirect=True)]
 
@@ -35,14 +30,6 @@ rules:
       ttl_seconds: 300
 """
 
-
-def dags_test(source_id: str, config_dir: Path) -> str:
-    env = {**os.environ, "CDC_CONFIG_DIR": str(config_dir)}
-    proc = subprocess.run([sys.executable, "-m", "airflow", "dags", "test", f"cdc_{source_id}"],
-                          env=env, capture_output=True, text=True, timeout=300)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and "state=success" in out, out[-4000:]
-    return out
 
 
 def sink_orders(sink_url: str) -> dict[int, str | None]:

@@ -9,7 +9,6 @@ values (:func:`contract.pairs.mysql_columns` says what each MariaDB type becomes
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pymysql
 import pytest
-from cdc_testing import assert_ledger_consistent, drain, ledger_rows, unique_id
+from cdc_testing import assert_ledger_consistent, dags_test, drain, ledger_rows, unique_id
 from contract.pairs import mysql_columns, mysql_rows, pg_rows
 from pymysql.constants import CLIENT
 
@@ -116,15 +115,6 @@ def position(source_id: str) -> dict:
     assert stored is not None, f"no position stored for {source_id}"
     return stored
 
-
-def dags_test(source_id: str, config_dir: Path) -> str:
-    """What a user types: ``airflow dags test cdc_<id>``."""
-    env = {**os.environ, "CDC_CONFIG_DIR": str(config_dir)}
-    proc = subprocess.run([sys.executable, "-m", "airflow", "dags", "test", f"cdc_{source_id}"],
-                          env=env, capture_output=True, text=True, timeout=300)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and "state=success" in out, out[-4000:]
-    return out
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import random
 import signal
 import subprocess
@@ -28,7 +27,7 @@ from typing import Any
 import psycopg
 import pytest
 from bson import Decimal128
-from cdc_testing import assert_ledger_consistent, drain, staged_run, unique_id
+from cdc_testing import assert_ledger_consistent, dags_test, drain, staged_run, unique_id
 from contract.pairs import normalise, pg_rows
 from pymongo.client_session import ClientSession
 from pymongo.database import Database
@@ -171,15 +170,6 @@ def assert_same(source_id: str, source_url: str, sink_url: str, table: str) -> d
                              f"extra in sink {extra[:3]}, different (source, sink) {differ[:3]}")
     return sink
 
-
-def dags_test(source_id: str, config_dir: Path) -> str:
-    """What a user types: ``airflow dags test cdc_<id>``."""
-    env = {**os.environ, "CDC_CONFIG_DIR": str(config_dir)}
-    proc = subprocess.run([sys.executable, "-m", "airflow", "dags", "test", f"cdc_{source_id}"],
-                          env=env, capture_output=True, text=True, timeout=300)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and "state=success" in out, out[-4000:]
-    return out
 
 
 @pytest.fixture

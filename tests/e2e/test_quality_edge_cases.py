@@ -7,63 +7,31 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg
 import pytest
-from cdc_testing import unique_id
-from contract.test_contract import MemoryPositions
+from cdc_testing import StageRun
 
-from airflow_provider_cdc import pipeline
-from airflow_provider_cdc.config import SourceConfig, SuiteConfig
-from airflow_provider_cdc.connectors.postgres.sink import PgSink
-from airflow_provider_cdc.connectors.registry import make_source
+from airflow_provider_cdc.config import SuiteConfig
 from airflow_provider_cdc.quality.errors import QualityConfigError
 from airflow_provider_cdc.quality.stage import ValidateStage
 
 pytestmark = pytest.mark.timeout(300)
 
 
-class Run:
+class Run(StageRun):
     """A PostgreSQL source table, a PostgreSQL sink, and the validate stage of ``rules`` (one suite) between them."""
 
     def __init__(self, pg_database_factory, ddl: str, table: str, rules: list[dict[str, Any]]) -> None:
-        self.source_url, self.sink_url = pg_database_factory("q_src"), pg_database_factory("q_sink")
-        self.sql(ddl)
-        self.source_id = unique_id("qedge")
-        config = SourceConfig(id=self.source_id, type="postgresql", connection_string=self.source_url,
-                              tables=[table], sink="warehouse")
-        self.source = make_source(config, self.source_url)
-        self.sink = PgSink(self.sink_url, sink_id="warehouse")
-        self.positions = MemoryPositions()
+        super().__init__(pg_database_factory, ddl, table, "qedge")
         self.suite(rules)
 
     def suite(self, rules: list[dict[str, Any]]) -> None:
-        self.stage = ValidateStage([SuiteConfig(id="checks", rules=rules)])
-
-    def sql(self, statement: str) -> None:
-        with psycopg.connect(self.source_url, autocommit=True) as conn:
-            conn.execute(statement)
-
-    def run(self) -> None:
-        for _ in range(10):
-            summary = pipeline.run_fused(self.source, self.sink, self.positions, max_changes=10_000,
-                                         stages=[self.stage])
-            if summary["change_count"] == 0 and "snapshot" not in (self.positions.get(self.source_id) or {}):
-                return
-        raise AssertionError("did not drain")
-
-    def rows(self, query: str) -> list[tuple]:
-        with psycopg.connect(self.sink_url) as conn:
-            return conn.execute(query).fetchall()
+        self.stages = [ValidateStage([SuiteConfig(id="checks", rules=rules)])]
 
     def waiting(self) -> list[tuple]:
         if self.rows("SELECT to_regclass('public._cdc_quarantine')") == [(None,)]:
             return []
         return self.rows("SELECT row->>'id', rule_id, field, reason FROM public._cdc_quarantine "
                          "WHERE replayed_batch_id IS NULL ORDER BY seq")
-
-    def close(self) -> None:
-        self.source.close()
-        self.sink.close()
 
 
 @pytest.fixture

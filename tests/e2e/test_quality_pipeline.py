@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from cdc_testing import assert_ledger_consistent, unique_id, write_config
+from cdc_testing import assert_ledger_consistent, dags_test, unique_id, write_config
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.parametrize("pg_server", ["pg15"], indirect=True)]
 
@@ -81,15 +81,6 @@ def quality(pattern: str = r"^[^@\s]+@[^@\s]+\.[a-z]+$") -> str:
         """)
 
 
-def dags_test(source_id: str, config_dir: Path, *, ok: bool = True) -> str:
-    env = {**os.environ, "CDC_CONFIG_DIR": str(config_dir)}
-    proc = subprocess.run([sys.executable, "-m", "airflow", "dags", "test", f"cdc_{source_id}"],
-                          env=env, capture_output=True, text=True, timeout=400)
-    out = proc.stdout + proc.stderr
-    if ok:
-        assert proc.returncode == 0 and "state=success" in out, out[-4000:]
-    return out
-
 
 def cli(config_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CDC_CONFIG_DIR": str(config_dir)}
@@ -111,12 +102,7 @@ def replay_task(source_id: str, config_dir: Path, dags: Path) -> str:
     """The operator in a DAG file of the user's, run by ``airflow dags test``; its log."""
     dags.mkdir()
     (dags / "replay.py").write_text(REPLAY_DAG.format(source_id=source_id, config_dir=config_dir))
-    env = {**os.environ, "CDC_CONFIG_DIR": str(config_dir), "AIRFLOW__CORE__DAGS_FOLDER": str(dags)}
-    proc = subprocess.run([sys.executable, "-m", "airflow", "dags", "test", f"replay_{source_id}"],
-                          env=env, capture_output=True, text=True, timeout=400)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and "state=success" in out, out[-4000:]
-    return out
+    return dags_test(source_id, config_dir, dag_id=f"replay_{source_id}", env={"AIRFLOW__CORE__DAGS_FOLDER": str(dags)})
 
 
 def sink_ids(sink_url: str) -> dict[int, tuple]:

@@ -8,54 +8,22 @@ from __future__ import annotations
 import decimal
 from typing import Any
 
-import psycopg
 import pytest
-from cdc_testing import unique_id
-from contract.test_contract import MemoryPositions
+from cdc_testing import StageRun
 
-from airflow_provider_cdc import pipeline
-from airflow_provider_cdc.config import RuleConfig, SourceConfig
-from airflow_provider_cdc.connectors.postgres.sink import PgSink
-from airflow_provider_cdc.connectors.registry import make_source
+from airflow_provider_cdc.config import RuleConfig
 from airflow_provider_cdc.pipeline import TablesHeldError
 from airflow_provider_cdc.transform.stage import TransformStage
 
 pytestmark = pytest.mark.timeout(300)
 
 
-class Run:
+class Run(StageRun):
     """A PostgreSQL source table, a PostgreSQL sink, and the transform stage of ``rules`` between them."""
 
     def __init__(self, pg_database_factory, ddl: str, table: str, rules: list[dict[str, Any]]) -> None:
-        self.source_url, self.sink_url = pg_database_factory("tr_src"), pg_database_factory("tr_sink")
-        self.sql(ddl)
-        self.source_id = unique_id("tredge")
-        config = SourceConfig(id=self.source_id, type="postgresql", connection_string=self.source_url,
-                              tables=[table], sink="warehouse")
-        self.source = make_source(config, self.source_url)
-        self.sink = PgSink(self.sink_url, sink_id="warehouse")
-        self.positions = MemoryPositions()
-        self.stage = TransformStage([RuleConfig.model_validate(rule) for rule in rules])
-
-    def sql(self, statement: str) -> None:
-        with psycopg.connect(self.source_url, autocommit=True) as conn:
-            conn.execute(statement)
-
-    def run(self) -> None:
-        for _ in range(10):
-            summary = pipeline.run_fused(self.source, self.sink, self.positions, max_changes=10_000,
-                                         stages=[self.stage])
-            if summary["change_count"] == 0 and "snapshot" not in (self.positions.get(self.source_id) or {}):
-                return
-        raise AssertionError("did not drain")
-
-    def rows(self, query: str) -> list[tuple]:
-        with psycopg.connect(self.sink_url) as conn:
-            return conn.execute(query).fetchall()
-
-    def close(self) -> None:
-        self.source.close()
-        self.sink.close()
+        super().__init__(pg_database_factory, ddl, table, "tredge")
+        self.stages = [TransformStage([RuleConfig.model_validate(rule) for rule in rules])]
 
 
 @pytest.fixture

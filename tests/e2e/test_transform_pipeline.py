@@ -7,15 +7,11 @@ versions in the ledger row."""
 from __future__ import annotations
 
 import decimal
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import psycopg
 import pytest
-from cdc_testing import assert_ledger_consistent, ledger_rows, unique_id, write_config
+from cdc_testing import assert_ledger_consistent, dags_test, ledger_rows, unique_id, write_config
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.parametrize("pg_server", ["pg15"], indirect=True)]
 
@@ -61,14 +57,6 @@ rules:
       type: sum
 """
 
-
-def dags_test(source_id: str, config_dir: Path) -> str:
-    env = {**os.environ, "CDC_CONFIG_DIR": str(config_dir)}
-    proc = subprocess.run([sys.executable, "-m", "airflow", "dags", "test", f"cdc_{source_id}"],
-                          env=env, capture_output=True, text=True, timeout=300)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and "state=success" in out, out[-4000:]
-    return out
 
 
 def expected(rows: list[tuple]) -> dict[int, dict]:
@@ -166,11 +154,8 @@ def test_a_rule_with_policy_fail_stops_the_run_and_loads_nothing(pg_database_fac
             expression: "{{ price + tax }}"
             policy: fail
         """))
-    env = {**os.environ, "CDC_CONFIG_DIR": str(config_dir)}
-    proc = subprocess.run([sys.executable, "-m", "airflow", "dags", "test", f"cdc_{source_id}"],
-                          env=env, capture_output=True, text=True, timeout=300)
-    out = proc.stdout + proc.stderr
-    assert out.rstrip().endswith("Run failed") or proc.returncode != 0, out[-2000:]
+    out = dags_test(source_id, config_dir, ok=False)
+    assert out.rstrip().endswith("Run failed"), out[-2000:]
     assert "failed rules whose policy is fail" in out and "rule total" in out
     with psycopg.connect(sink_url) as conn:  # nothing was loaded: no sink table, no ledger
         assert conn.execute("SELECT to_regclass('public.customers'), to_regclass('public._cdc_ledger')"
