@@ -365,3 +365,17 @@ class StageRun:
     def close(self) -> None:
         self.source.close()
         self.sink.close()
+
+
+def stage_runs(build):
+    """The body of a ``make_run`` fixture: yields a maker that builds runs with ``build(*args)``, closes them after."""
+    made: list[StageRun] = []
+
+    def make(*args: Any) -> Any:
+        run = build(*args)
+        made.append(run)
+        return run
+
+    yield make
+    for run in made:
+        run.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from cdc_testing import StageRun
+from cdc_testing import StageRun, stage_runs
 
 from airflow_provider_cdc.config import SuiteConfig
 from airflow_provider_cdc.quality.errors import QualityConfigError
@@ -36,16 +36,7 @@ class Run(StageRun):
 
 @pytest.fixture
 def make_run(pg_database_factory):
-    made: list[Run] = []
-
-    def make(ddl: str, table: str, rules: list[dict[str, Any]]) -> Run:
-        run = Run(pg_database_factory, ddl, table, rules)
-        made.append(run)
-        return run
-
-    yield make
-    for run in made:
-        run.close()
+    yield from stage_runs(lambda ddl, table, rules: Run(pg_database_factory, ddl, table, rules))
 
 
 def test_a_checked_column_dropped_at_the_source_stops_the_run_clearly_until_the_suite_is_fixed(make_run):

@@ -9,7 +9,7 @@ import decimal
 from typing import Any
 
 import pytest
-from cdc_testing import StageRun
+from cdc_testing import StageRun, stage_runs
 
 from airflow_provider_cdc.config import RuleConfig
 from airflow_provider_cdc.pipeline import TablesHeldError
@@ -28,16 +28,7 @@ class Run(StageRun):
 
 @pytest.fixture
 def make_run(pg_database_factory):
-    made: list[Run] = []
-
-    def make(ddl: str, table: str, rules: list[dict[str, Any]]) -> Run:
-        run = Run(pg_database_factory, ddl, table, rules)
-        made.append(run)
-        return run
-
-    yield make
-    for run in made:
-        run.close()
+    yield from stage_runs(lambda ddl, table, rules: Run(pg_database_factory, ddl, table, rules))
 
 
 def test_unchanged_toast_values_under_a_rule_keep_their_sink_values(make_run):
