@@ -67,7 +67,8 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-# The MariaDB tests start a private mariadbd (scripts/private_mariadb.py) from Debian's mariadb-server.
+# The MariaDB tests start a private mariadbd (scripts/private_mariadb.py) from Debian's mariadb-server; the lineage
+# tests render SVG with Graphviz's dot. Both are installed here when missing and we are root.
 test-servers:
 	@if ! command -v mariadbd >/dev/null && [ ! -x /usr/sbin/mariadbd ]; then \
 	    if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
@@ -77,6 +78,16 @@ test-servers:
 	    else \
 	        echo "warning: mariadbd is missing; the MariaDB tests will skip (fail with CI=true)." \
 	             "Install it: sudo apt-get install -y mariadb-server"; \
+	    fi; \
+	fi
+	@if ! command -v dot >/dev/null; then \
+	    if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+	        echo "installing graphviz (the lineage flow diagram renders SVG with dot)"; \
+	        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	            graphviz; \
+	    else \
+	        echo "warning: Graphviz (dot) is missing; the SVG test will skip (fail with CI=true)." \
+	             "Install it: sudo apt-get install -y graphviz"; \
 	    fi; \
 	fi
 
