@@ -25,10 +25,11 @@ from airflow_provider_cdc import pipeline
 from airflow_provider_cdc.connectors.base import Sink, Source
 from airflow_provider_cdc.hooks.cdc import CdcHook
 from airflow_provider_cdc.operators.intent import fail_terminal_errors
+from airflow_provider_cdc.operators.lineage import CdcLineageMixin
 from airflow_provider_cdc.stages import build_stages
 
 
-class _CdcOperator(BaseOperator):
+class _CdcOperator(CdcLineageMixin, BaseOperator):
     template_fields: Sequence[str] = ("source_id", "config_dir")
     ui_color = "#e8f6f3"
 
