@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import DAG
 
+from airflow_provider_cdc.assets import assets_or_none
 from airflow_provider_cdc.config import load_config
 from airflow_provider_cdc.config.models import describe_policy
 from airflow_provider_cdc.operators.cdc import (
@@ -85,6 +86,10 @@ def build_dag(source: SourceConfig, config: CdcConfig, config_dir: str) -> DAG:
         doc_md=_doc(source, stage_names, describe_policy(config.schema_policy(source.id))),
     ) as dag:
         common: dict[str, Any] = {"source_id": source.id, "config_dir": config_dir}
+        # Sink tables are outlets of the task that loads them, source tables inlets of the one that reads them.
+        assets = assets_or_none(config, source)
+        inlets: dict[str, Any] = {"inlets": assets.inlets} if assets else {}
+        outlets: dict[str, Any] = {"outlets": assets.outlets} if assets else {}
         wait = CdcChangesSensor(
             task_id="wait_for_changes",
             poke_interval=source.poll_interval,
@@ -97,16 +102,16 @@ def build_dag(source: SourceConfig, config: CdcConfig, config_dir: str) -> DAG:
             **common,
         )
         if source.mode == "fused":
-            wait >> CdcFusedOperator(task_id="fused", **common)
+            wait >> CdcFusedOperator(task_id="fused", **inlets, **outlets, **common)
             return dag
-        capture = CdcCaptureOperator(task_id="capture", **common)
+        capture = CdcCaptureOperator(task_id="capture", **inlets, **common)
         wait >> capture
         upstream: CdcCaptureOperator | CdcStageOperator = capture
         for name in stage_names:
             stage = CdcStageOperator(task_id=name, stage=name, manifest_uri=manifest_of(upstream.task_id), **common)
             upstream >> stage
             upstream = stage
-        load = CdcLoadOperator(task_id="load", manifest_uri=manifest_of(upstream.task_id), **common)
+        load = CdcLoadOperator(task_id="load", manifest_uri=manifest_of(upstream.task_id), **outlets, **common)
         commit = CdcCommitOperator(task_id="commit", manifest_uri=manifest_of(upstream.task_id),
                                    newly_held=newly_held_of(load.task_id), **common)
         upstream >> load >> commit

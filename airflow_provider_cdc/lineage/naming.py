@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from airflow_provider_cdc.errors import CdcError
 
@@ -174,6 +174,31 @@ def quarantine_dataset(connector_type: str, url: str, ledger_schema: str) -> Dat
         namespace, root = _file_location(url)
         return DatasetName(namespace, _join(root, QUARANTINE_TABLE))
     return table_dataset(connector_type, url, f"{ledger_schema}.{QUARANTINE_TABLE}")
+
+
+def asset_uri(connector_type: str, url: str, table: str) -> str:
+    """The Airflow asset URI of the table :func:`table_dataset` names, in the scheme its provider registers
+    (``postgres://host:port/database/schema/table``, ``mysql://host:port/database/table``,
+    ``mongodb://host:port/database/collection``; a Delta table by its location, ``file:///...`` or ``s3://...``), so
+    that the asset is the same one a provider's own operators and OpenLineage converters name. Each path part is
+    percent-encoded (asset URIs are ASCII, and a table name may hold a ``/`` or a space); ``mongodb+srv`` becomes
+    ``mongodb`` with its first host, as the mongo provider has no ``+srv`` scheme."""
+    dataset = table_dataset(connector_type, url, table)  # validates: a database is named
+    if connector_type == "file":
+        return dataset.uri
+    endpoint = parse_endpoint(url)
+    parts = qualified_table(connector_type, url, table).split(".", 1)
+    if endpoint.scheme == "postgres":
+        parts = [endpoint.database, *parts]
+    scheme = "mongodb" if endpoint.scheme == "mongodb+srv" else endpoint.scheme
+    authority = endpoint.host + (f":{endpoint.port}" if endpoint.port is not None else "")
+    return f"{scheme}://{authority}/" + "/".join(quote(part, safe="") for part in parts)
+
+
+def sink_asset_uri(connector_type: str, url: str, target_schema: str, table: str) -> str:
+    """The asset URI of the sink table a source table goes to (see :func:`sink_dataset`)."""
+    name = table.partition(".")[2] if "." in table else table
+    return asset_uri(connector_type, url, f"{target_schema}.{name}")
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------------

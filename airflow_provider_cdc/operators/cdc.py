@@ -22,6 +22,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_cdc import pipeline
+from airflow_provider_cdc.assets import assets_or_none, record_asset_events
 from airflow_provider_cdc.connectors.base import Sink, Source
 from airflow_provider_cdc.hooks.cdc import CdcHook
 from airflow_provider_cdc.operators.intent import fail_terminal_errors
@@ -114,10 +115,12 @@ class CdcLoadOperator(_CdcOperator):
             hook = self.hook
             sink = hook.get_sink()
             try:
-                return pipeline.load_stage(self.manifest_uri, sink, run_id=context["run_id"],
-                                           policy=hook.schema_policy)
+                summary = pipeline.load_stage(self.manifest_uri, sink, run_id=context["run_id"],
+                                              policy=hook.schema_policy)
             finally:
                 sink.close()
+            emit_asset_events(self, hook, context, summary)
+            return summary
 
 
 class CdcCommitOperator(_CdcOperator):
@@ -176,7 +179,21 @@ class CdcFusedOperator(_CdcOperator):
                 policy=hook.schema_policy,
             )
             emit_quality_stats(self.source_id, summary.get("stage_versions"))
+            emit_asset_events(self, hook, context, summary)
             return summary
+
+
+def emit_asset_events(operator: BaseOperator, hook: CdcHook, context: Any, summary: Mapping[str, Any]) -> None:
+    """Each sink table's counts on its asset event (:mod:`airflow_provider_cdc.assets`). The batch is loaded by
+    now: a failure here is logged, never raised (a retry would only replay a no-op load)."""
+    if not operator.outlets:
+        return
+    try:
+        record_asset_events(context, assets_or_none(hook.config, hook.source_config), operator.source_id,  # type: ignore[attr-defined]
+                            summary, list(operator.outlets))
+    except Exception as exc:
+        operator.log.warning("source %s: the asset events carry no counts (%s: %s)",
+                             operator.source_id, type(exc).__name__, exc)  # type: ignore[attr-defined]
 
 
 def emit_quality_stats(source_id: str, stage_versions: Mapping[str, Any] | None) -> None:
