@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from airflow_provider_cdc.config import CdcConfig, ConnectorConfig, SourceConfig
     from airflow_provider_cdc.connectors.base import ChangeProbe, Sink, Source
     from airflow_provider_cdc.schema.policy import SchemaPolicy
+    from airflow_provider_cdc.tables import TableSchema
 
 
 def provider_hook(connector_type: str, conn_id: str) -> BaseHook | None:
@@ -134,6 +135,26 @@ class CdcHook(BaseHook):
 
     def sink_dsn(self) -> str:
         return entry_dsn(self.config, self.sink_config)
+
+    def lineage_urls(self) -> dict[str, str]:
+        """Driver URLs of every source and connector of the config that resolves (for the lineage graph, which
+        never shows their credentials); one that does not resolve is left out (its tables are then unnamed)."""
+        urls: dict[str, str] = {}
+        entries: list[SourceConfig | ConnectorConfig] = [*self.config.sources, *self.config.connectors]
+        for entry in entries:
+            try:
+                urls[entry.id] = entry_dsn(self.config, entry)
+            except Exception as exc:
+                self.log.info("lineage: %s %r has no resolvable connection (%s)", type(entry).__name__, entry.id,
+                              type(exc).__name__)
+        return urls
+
+    def registered_schemas(self) -> dict[tuple[str, str], TableSchema]:
+        """``(source_id, schema.table)`` -> the latest schema of each table of this source in the sink's registry."""
+        from airflow_provider_cdc.config.fields import registered_schemas
+
+        return {(self.source_id, table): schema
+                for table, schema in registered_schemas(self.config, self.source_config).items()}
 
     def get_source(self) -> Source:
         return registry.make_source(self.source_config, self.source_dsn())

@@ -25,6 +25,7 @@ from airflow_provider_cdc import pipeline
 from airflow_provider_cdc.assets import assets_or_none, record_asset_events
 from airflow_provider_cdc.connectors.base import Sink, Source
 from airflow_provider_cdc.hooks.cdc import CdcHook
+from airflow_provider_cdc.lineage.gate_impact import impact_in_hold_messages
 from airflow_provider_cdc.operators.intent import fail_terminal_errors
 from airflow_provider_cdc.operators.lineage import CdcLineageMixin
 from airflow_provider_cdc.stages import build_stages
@@ -115,8 +116,9 @@ class CdcLoadOperator(_CdcOperator):
             hook = self.hook
             sink = hook.get_sink()
             try:
-                summary = pipeline.load_stage(self.manifest_uri, sink, run_id=context["run_id"],
-                                              policy=hook.schema_policy)
+                with impact_in_hold_messages(hook.config, hook.lineage_urls, hook.registered_schemas):
+                    summary = pipeline.load_stage(self.manifest_uri, sink, run_id=context["run_id"],
+                                                  policy=hook.schema_policy)
             finally:
                 sink.close()
             emit_asset_events(self, hook, context, summary)
@@ -170,7 +172,8 @@ class CdcFusedOperator(_CdcOperator):
         self.max_changes = max_changes
 
     def execute(self, context: Any) -> dict[str, Any]:
-        with fail_terminal_errors(), self.connected() as (hook, source, sink):
+        with fail_terminal_errors(), self.connected() as (hook, source, sink), \
+                impact_in_hold_messages(hook.config, hook.lineage_urls, hook.registered_schemas):
             summary = pipeline.run_fused(
                 source, sink, hook.positions,
                 max_changes=self.max_changes or hook.source_config.batch_size,

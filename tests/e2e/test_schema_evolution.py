@@ -63,7 +63,10 @@ def test_incompatible_change_holds_one_table_the_other_flows_and_accept_brings_t
             "INSERT INTO t VALUES (6, 60, 'n6')", "INSERT INTO o VALUES (2, 'two')")
     out = dags_test_cli(env.source_id, env.config_dir, expect_success=False)
     assert "state=failed" in out, out[-3000:]
-    for word in (f"{env.source_id}.public.t", "code", "text -> integer", "evolve", "BACKWARD", "schema accept"):
+    for word in (f"{env.source_id}.public.t", "code", "text -> integer", "evolve", "BACKWARD", "schema accept",
+                 # the lineage's impact of the held table (a key column: severity high)
+                 "impact: severity high (key columns affected: ", f"DAGs: cdc_{env.source_id}",
+                 f"tables downstream: {env.sink_url.rpartition('/')[2]}.public.t"):
         assert word in out, f"{word!r} not in the run's output: {out[-3000:]}"
     env.same("o")
     assert table_rows(env.sink_url, "t") == before, "the held table changed"
