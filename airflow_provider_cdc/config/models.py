@@ -276,6 +276,8 @@ class SourceConfig(_ConfigModel):
     quality: list[NonEmptyStr] | None = None
     schedule: str = "@continuous"
     mode: Literal["staged", "fused"] = "staged"
+    # Fused mode: seconds one run keeps capturing and loading batches (0: one batch per run). See fused_loop.py.
+    loop_seconds: float = Field(0.0, ge=0, le=24 * 3600)
     heartbeat_interval: float = Field(60.0, ge=0)  # seconds; 0 disables
     staging_format: Literal["parquet", "arrow"] = "parquet"
     staging_retention_hours: float = Field(24.0, gt=0)
@@ -299,6 +301,14 @@ class SourceConfig(_ConfigModel):
         if schedule in SCHEDULE_PRESETS or (len(fields) == 5 and all(_CRON_FIELD.fullmatch(f) for f in fields)):
             return schedule
         raise ValueError(f"{schedule!r} is neither a preset like @continuous or @hourly nor a 5-field cron expression")
+
+    @field_validator("loop_seconds")
+    @classmethod
+    def _loop_is_fused(cls, loop_seconds: float, info: ValidationInfo) -> float:
+        if loop_seconds and info.data.get("mode") != "fused":
+            raise ValueError("applies to mode: fused only (a staged run is one batch through its tasks); set mode: "
+                             "fused or remove loop_seconds")
+        return loop_seconds
 
     @field_validator("max_active_runs")
     @classmethod

@@ -21,7 +21,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_cdc import pipeline
+from airflow_provider_cdc import fused_loop, pipeline
 from airflow_provider_cdc.assets import assets_or_none, record_asset_events
 from airflow_provider_cdc.connectors.base import Sink, Source
 from airflow_provider_cdc.hooks.cdc import CdcHook
@@ -165,23 +165,35 @@ def held_tables_of(value: Mapping[str, str] | str | None) -> dict[str, str]:
 
 
 class CdcFusedOperator(_CdcOperator):
-    """Fused mode: capture, the stage list, load and commit in one task, without staging (lowest latency)."""
+    """Fused mode: capture, the stage list, load and commit in one task, without staging (lowest latency).
 
-    def __init__(self, *, max_changes: int | None = None, **kwargs: Any) -> None:
+    With ``loop_seconds`` (cdc.yaml, or this argument) the task goes on batch after batch, polling the source
+    between them, until that many seconds have passed (:mod:`airflow_provider_cdc.fused_loop`); each batch commits
+    on its own."""
+
+    def __init__(self, *, max_changes: int | None = None, loop_seconds: float | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.max_changes = max_changes
+        self.loop_seconds = loop_seconds
 
     def execute(self, context: Any) -> dict[str, Any]:
         with fail_terminal_errors(), self.connected() as (hook, source, sink), \
                 impact_in_hold_messages(hook.config, hook.lineage_urls, hook.registered_schemas):
-            summary = pipeline.run_fused(
-                source, sink, hook.positions,
-                max_changes=self.max_changes or hook.source_config.batch_size,
-                run_id=context["run_id"],
-                stages=build_stages(hook.source_config, hook.config),
-                policy=hook.schema_policy,
-            )
-            emit_quality_stats(self.source_id, summary.get("stage_versions"))
+            config = hook.source_config
+            stages = build_stages(config, hook.config)
+
+            def run_once() -> dict[str, Any]:
+                return pipeline.run_fused(source, sink, hook.positions, max_changes=self.max_changes or
+                                          config.batch_size, run_id=context["run_id"], stages=stages,
+                                          policy=hook.schema_policy)
+
+            def has_changes() -> bool:
+                return source.has_changes(pipeline.start_position(source, sink, hook.positions))
+
+            budget = config.loop_seconds if self.loop_seconds is None else self.loop_seconds
+            summary = fused_loop.run_for(
+                budget, run_once, has_changes, poll_interval=config.poll_interval,
+                on_batch=lambda batch: emit_quality_stats(self.source_id, batch.get("stage_versions")))
             emit_asset_events(self, hook, context, summary)
             return summary
 
