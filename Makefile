@@ -90,6 +90,8 @@ test-servers:
 	             "Install it: sudo apt-get install -y graphviz"; \
 	    fi; \
 	fi
+	@# Debian's chromium for the asset graph screenshot test (installed when root; else the script says how).
+	@bash scripts/ensure_chromium.sh || true
 
 test: venv lint test-servers
 	@bash scripts/ensure_pg15_logical.sh || echo "warning: the machine's PostgreSQL is not ready for logical decoding; its tests will skip (fail with CI=true)"

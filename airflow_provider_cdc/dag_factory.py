@@ -111,7 +111,9 @@ def build_dag(source: SourceConfig, config: CdcConfig, config_dir: str) -> DAG:
             stage = CdcStageOperator(task_id=name, stage=name, manifest_uri=manifest_of(upstream.task_id), **common)
             upstream >> stage
             upstream = stage
-        load = CdcLoadOperator(task_id="load", manifest_uri=manifest_of(upstream.task_id), **outlets, **common)
+        # load also names the source tables as inlets: the UI's task-dependency view then draws source -> load -> sink.
+        load = CdcLoadOperator(task_id="load", manifest_uri=manifest_of(upstream.task_id), **inlets, **outlets,
+                               **common)
         commit = CdcCommitOperator(task_id="commit", manifest_uri=manifest_of(upstream.task_id),
                                    newly_held=newly_held_of(load.task_id), **common)
         upstream >> load >> commit

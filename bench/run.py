@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import pstats
+import re
 import shutil
 import signal
 import sys
@@ -546,6 +547,30 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
+# Targets whose figures come from other scripts (bench/end_to_end.py, bench/continuous_lag.py): a run of 1-3 keeps
+# the row the previous report had for them.
+MEASURED_ELSEWHERE = ("end to end (", "continuous mode at ")
+
+
+def _sections(markdown: str) -> list[tuple[str, str]]:
+    """``(heading, text)`` of each ``## `` section (the text before the first is under heading '')."""
+    parts = re.split(r"(?m)^(?=## )", markdown)
+    return [(part.splitlines()[0] if part.startswith("## ") else "", part) for part in parts]
+
+
+def keep_other_reports(previous: str, report: str) -> str:
+    """``report`` (benchmarks 1-3, and 4 spliced in) plus what ``previous`` held that this script does not write:
+    the sections of the other benchmark scripts (5 and up, in their order, after this report's own), and the rows
+    of "Against the targets" for the targets those scripts measure. A full run must never drop them."""
+    ours = {heading for heading, _ in _sections(report)}
+    kept = [text.rstrip("\n") for heading, text in _sections(previous) if heading and heading not in ours]
+    for line in previous.splitlines():
+        if line.startswith("| ") and line[2:].startswith(MEASURED_ELSEWHERE):
+            first = line.split(" | ")[0]
+            report = "\n".join(line if row.split(" | ")[0] == first else row for row in report.splitlines()) + "\n"
+    return report.rstrip("\n") + ("\n\n" + "\n\n".join(kept) + "\n" if kept else "\n")
+
+
 def render_markdown(results: dict[str, Any], scale: Scale, info: dict[str, Any], started: dt.datetime,
                     elapsed: float, argv: list[str]) -> str:
     b1, b2, b3 = results.get("capture"), results.get("watermark"), results.get("rss")
@@ -864,6 +889,8 @@ def main() -> int:
             report = Path(output).read_text() if Path(output).exists() else "# Benchmarks\n"
         if big_section:
             report = big_transaction.splice_section(report, big_section)
+        if only & {1, 2, 3} and Path(output).exists():
+            report = keep_other_reports(Path(output).read_text(), report)
         Path(output).write_text(report)
         log(f"wrote {output}")
     log(f"done in {elapsed:.0f}s")

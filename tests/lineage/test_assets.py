@@ -97,6 +97,7 @@ def test_capture_reads_the_source_tables_and_load_writes_the_sink_tables(tmp_pat
     sinks = ["postgres://dwh.example.com:6432/dwh/mirror/users", "postgres://dwh.example.com:6432/dwh/mirror/orders"]
     assert [a.uri for a in dag.get_task("capture").inlets] == sources
     assert [a.uri for a in dag.get_task("load").outlets] == sinks
+    assert [a.uri for a in dag.get_task("load").inlets] == sources  # the UI draws source -> load -> sink
     assert not dag.get_task("commit").outlets and not dag.get_task("capture").outlets
     fused = build_dags(_config(tmp_path / "f", "connection_string: postgresql://dwh/dwh", "fused"))["cdc_shop"]
     assert [a.uri for a in fused.get_task("fused").outlets] == [
