@@ -135,17 +135,13 @@ class RowMerge:
             self._fill_moved_from_sink(cur, stage, target, key, columns, folded, from_columns)
         if has_unchanged:
             self._refuse_unresolved(cur, stage, target, schema, key, on, batch, has_moved)
+        # Deletes first, in a statement of their own: its row count is the number deleted (a MERGE's count mixes
+        # them with upserts, and counting them apart cost a join of its own). The MERGE then upserts.
         if pc.any(pc.equal(staged["_cdc_s_op"], OP_DELETE)).as_py():
-            cur.execute(sql.SQL("SELECT count(*) FROM {} AS s JOIN {} AS t ON {} WHERE s._cdc_s_op = %s AND {}").format(
-                stage, target, on, guard), (OP_DELETE,))
-            row = cur.fetchone()
-            assert row is not None  # an aggregate returns one row
-            deleted = int(row[0])
-        else:
-            deleted = 0
+            cur.execute(self._delete_statement(target, stage, on, guard))
+            stats["deleted"] += max(cur.rowcount, 0)
         cur.execute(self._merge_statement(target, stage, key, columns, gone, on, guard, has_unchanged))
-        stats["deleted"] += deleted
-        stats["upserted"] += max(cur.rowcount, 0) - deleted
+        stats["upserted"] += max(cur.rowcount, 0)
         cur.execute(sql.SQL("DROP TABLE {}").format(stage))
 
     def _fill_moved_from_sink(
@@ -220,6 +216,19 @@ class RowMerge:
             table=self._table_label(schema), batch_id=batch.batch_id, terminal=True,
         )
 
+    def _delete_statement(self, target: sql.Identifier, stage: sql.Identifier, on: sql.Composable,
+                          guard: sql.Composable) -> sql.Composed:
+        """The batch's deletes of rows the sink holds (hard: removed; soft: marked), under the position guard."""
+        ts = sql.SQL("to_timestamp(s._cdc_s_ts_ms / 1000.0)")
+        where = sql.SQL("{on} AND s._cdc_s_op = {d} AND {guard}").format(on=on, d=sql.Literal(OP_DELETE), guard=guard)
+        if self.delete_mode == "hard":
+            return sql.SQL("DELETE FROM {target} AS t USING {stage} AS s WHERE {where}").format(
+                target=target, stage=stage, where=where)
+        return sql.SQL(
+            "UPDATE {target} AS t SET _cdc_deleted_at = {ts}, _cdc_op = s._cdc_s_op, _cdc_position = s._cdc_s_seq,"
+            " _cdc_ts = {ts} FROM {stage} AS s WHERE {where}"
+        ).format(target=target, ts=ts, stage=stage, where=where)
+
     def _merge_statement(
         self,
         target: sql.Identifier,
@@ -250,22 +259,16 @@ class RowMerge:
                     sql.SQL("_cdc_ts = {}").format(ts)]
         if self.delete_mode == "soft":
             updates.append(sql.SQL("_cdc_deleted_at = NULL"))
-            on_delete: sql.Composable = sql.SQL(
-                "UPDATE SET _cdc_deleted_at = {0}, _cdc_op = s._cdc_s_op, _cdc_position = s._cdc_s_seq, _cdc_ts = {0}"
-            ).format(ts)
-        else:
-            on_delete = sql.SQL("DELETE")
         insert_columns = [sql.Identifier(name) for name in columns] + [
             sql.Identifier("_cdc_op"), sql.Identifier("_cdc_position"), sql.Identifier("_cdc_ts")]
         insert_values = [sql.SQL("s.{}").format(sql.Identifier(name)) for name in columns] + [
             sql.SQL("s._cdc_s_op"), sql.SQL("s._cdc_s_seq"), ts]
         return sql.SQL(
             "MERGE INTO {target} AS t USING {stage} AS s ON {on}"
-            " WHEN MATCHED AND s._cdc_s_op = {d} AND {guard} THEN {on_delete}"
             " WHEN MATCHED AND s._cdc_s_op <> {d} AND {guard} THEN UPDATE SET {updates}"
             " WHEN NOT MATCHED AND s._cdc_s_op <> {d} THEN INSERT ({insert_columns}) VALUES ({insert_values})"
         ).format(
-            target=target, stage=stage, on=on, d=sql.Literal(OP_DELETE), guard=guard, on_delete=on_delete,
+            target=target, stage=stage, on=on, d=sql.Literal(OP_DELETE), guard=guard,
             updates=sql.SQL(", ").join(updates), insert_columns=sql.SQL(", ").join(insert_columns),
             insert_values=sql.SQL(", ").join(insert_values),
         )
