@@ -34,4 +34,5 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {"integration-name": "Change Data Capture", "python-modules": ["airflow_provider_cdc.triggers.changes"]}
         ],
+        "plugins": [{"name": "cdc", "plugin-class": "airflow_provider_cdc.plugins.cdc_plugin.CdcPlugin"}],
     }

@@ -1,0 +1,1 @@
+"""The routers of the CDC REST API, one per area of the original spec."""
