@@ -11,6 +11,11 @@ transaction; commit stores the position only once the ledger has the batch, then
 between any two steps leaves a state that the next run recognises: a re-captured range has the same batch id and
 ``seq`` numbers, so the ledger and the per-row ``_cdc_position`` guard absorb it.
 
+Audit trail (:mod:`airflow_provider_cdc.connectors.audit`): capture and each stage note when they ran and what they
+made (:func:`~airflow_provider_cdc.connectors.audit.stage_facts`, in the manifest under ``audit`` when staged); load
+hands these facts to the sink, which writes the batch's audit rows with its ledger row; commit records
+``batch_committed`` once the position is stored (once per batch, however often the commit is retried).
+
 Schema changes: load hands the source's :class:`~airflow_provider_cdc.schema.SchemaPolicy` to the sink, whose schema
 gate may hold a table (its changes wait in the sink). Commit then reports it, after the position is stored and the
 source acknowledged: the run in which a table *becomes* held fails once (:class:`TablesHeldError`, naming how to
@@ -26,6 +31,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_cdc.connectors.audit import CAPTURE, FACTS_KEY, committed_entry, stage_facts
 from airflow_provider_cdc.connectors.base import Position, PositionStore, Sink, Source
 from airflow_provider_cdc.errors import CdcError, PositionLostError, SinkError
 from airflow_provider_cdc.events import ChangeBatch
@@ -117,7 +123,7 @@ def capture_stage(
             log.info("run %s already captured batch %s (%s); replaying that batch", run_id, batch.batch_id, previous)
             return summarize(batch, previous)
     batch = capture_batch(source, sink, positions, max_changes)
-    uri = store.write(batch)
+    uri = store.write(batch, extra={FACTS_KEY: {CAPTURE: captured_facts(batch, run_id)}})
     if run_id is not None:
         store.remember_run(source.source_id, run_id, uri)
     summary = summarize(batch, uri)
@@ -126,13 +132,28 @@ def capture_stage(
     return summary
 
 
+def captured_facts(batch: ChangeBatch, run_id: str | None) -> dict[str, Any]:
+    """What the audit trail notes of a capture: when, what, and by which run (read back by commit)."""
+    return {**stage_facts(batch.change_count, batch.counts(), quarantined=batch.quarantined_count), "run_id": run_id}
+
+
+def _apply_stage(stage: Stage, batch: ChangeBatch, versions: dict[str, Any] | None,
+                 facts: Mapping[str, Any] | None) -> tuple[ChangeBatch, dict[str, Any], dict[str, Any]]:
+    """``stage`` over ``batch`` (:func:`apply_stages`), with the audit facts of what it made added to ``facts``."""
+    made, versions_now = apply_stages([stage], batch, versions)
+    facts_now = {**(facts or {}), stage.name: stage_facts(
+        made.change_count, made.counts(), quarantined=made.quarantined_count - batch.quarantined_count)}
+    return made, versions_now, facts_now
+
+
 def run_stage(manifest_uri: str, stage: Stage, store: BatchStore) -> dict[str, Any]:
     """Staged mode's task for one stage of the list: read the upstream batch, apply ``stage``, stage the result
-    beside it with the stage versions accumulated so far. Re-running it (a cleared task) rewrites the same batch."""
+    beside it with the stage versions (and audit facts) accumulated so far. Re-running it (a cleared task) rewrites
+    the same batch."""
     batch, manifest = store.read_staged(manifest_uri)
-    made, versions = apply_stages([stage], batch, manifest.get("stage_versions"))
+    made, versions, facts = _apply_stage(stage, batch, manifest.get("stage_versions"), manifest.get(FACTS_KEY))
     del batch
-    uri = store.write(made, stage=stage.name, extra={"stage_versions": versions})
+    uri = store.write(made, stage=stage.name, extra={"stage_versions": versions, FACTS_KEY: facts})
     summary = {**summarize(made, uri), "stage": stage.name, "stage_versions": versions}
     del made
     release_memory()
@@ -146,10 +167,11 @@ def load_batch(
     run_id: str | None = None,
     stage_versions: dict[str, Any] | None = None,
     policy: SchemaPolicy | None = None,
+    facts: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Apply ``batch`` with its ledger row (which records ``stage_versions``) under the source's schema ``policy``;
-    a batch already in the ledger is a no-op. A batch left without changes (nothing captured, or every row dropped
-    by a stage) writes nothing.
+    """Apply ``batch`` with its ledger row (which records ``stage_versions``) and its audit rows (from ``facts``,
+    what capture and the stages noted) under the source's schema ``policy``; a batch already in the ledger is a
+    no-op. A batch left without changes (nothing captured, or every row dropped by a stage) writes nothing.
 
     The summary carries ``newly_held`` (tables the sink's schema gate held from this batch on, with the reason)
     to the commit step, which fails the run for them once the position is stored."""
@@ -161,7 +183,10 @@ def load_batch(
                         f"and a {sink.capabilities.dialect or 'this'} sink cannot keep quarantined changes yet; "
                         "nothing was loaded. Fix the rows or rules, or set their policy to fail",
                         batch_id=batch.batch_id, terminal=True)
-    result = sink.apply(batch, run_id=run_id, versions={"stage_versions": stage_versions or {}}, policy=policy)
+    versions: dict[str, dict[str, Any] | None] = {"stage_versions": stage_versions or {}}
+    if facts:
+        versions[FACTS_KEY] = dict(facts)
+    result = sink.apply(batch, run_id=run_id, versions=versions, policy=policy)
     if not result.applied:
         log.info("batch %s is already in the sink ledger; load is a no-op", batch.batch_id)
     return {**result.to_dict(), "empty": False}
@@ -171,7 +196,8 @@ def load_stage(
     manifest_uri: str, sink: Sink, *, run_id: str | None = None, policy: SchemaPolicy | None = None
 ) -> dict[str, Any]:
     batch, manifest = BatchStore.read_staged(manifest_uri)
-    result = load_batch(batch, sink, run_id=run_id, stage_versions=manifest.get("stage_versions"), policy=policy)
+    result = load_batch(batch, sink, run_id=run_id, stage_versions=manifest.get("stage_versions"), policy=policy,
+                        facts=manifest.get(FACTS_KEY))
     del batch
     release_memory()
     return result
@@ -241,9 +267,11 @@ def commit_position(
     position_to: Position,
     needs_ledger: bool,
     newly_held: Mapping[str, str] | None = None,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Store the batch's end position (never moving backwards), then acknowledge the source; then report held
-    tables: :class:`TablesHeldError` for those in ``newly_held`` (held by this batch's load, still held now), a
+    """Store the batch's end position (never moving backwards), record ``batch_committed`` in the sink's audit
+    trail (a batch that was loaded; once, however often this is retried), then acknowledge the source; then report
+    held tables: :class:`TablesHeldError` for those in ``newly_held`` (held by this batch's load, still held now), a
     warning for each one held before. The summary lists ``held_tables``."""
     if needs_ledger and not sink.has_batch(batch_id):
         raise LoadNotCommittedError(source.source_id, batch_id)
@@ -257,6 +285,9 @@ def commit_position(
         newest = stored
         stored_now = False
         log.info("cdc.position.%s already holds a later position; left as is", source.source_id)
+    if needs_ledger:
+        sink.record_audit([committed_entry(source.source_id, batch_id, run_id=run_id, position=position_to,
+                                           position_stored=stored_now)])
     source.acknowledge(newest)
     # Committed first: the other tables keep flowing whatever follows.
     held = sink.held_tables(source.source_id)
@@ -285,8 +316,9 @@ def commit_stage(
         source, sink, positions,
         batch_id=manifest["batch_id"],
         position_to=manifest["position_to"],
-        needs_ledger=bool(manifest["change_count"] or manifest["schema_changes"]),
+        needs_ledger=bool(manifest["change_count"] or manifest["schema_changes"] or manifest.get("quarantined")),
         newly_held=newly_held,
+        run_id=((manifest.get(FACTS_KEY) or {}).get(CAPTURE) or {}).get("run_id"),
     )
     if retention_hours is not None:  # skipped by a run that fails for a held table: the next run purges
         store.purge(source.source_id, retention_hours)
@@ -309,14 +341,18 @@ def run_fused(
     started = time.monotonic()
     batch = capture_batch(source, sink, positions, max_changes)
     captured = batch.change_count
-    batch, stage_versions = apply_stages(stages, batch)
-    loaded = load_batch(batch, sink, run_id=run_id, stage_versions=stage_versions, policy=policy)
+    facts: dict[str, Any] = {CAPTURE: captured_facts(batch, run_id)}
+    stage_versions: dict[str, Any] = {}
+    for stage in stages:  # one at a time, as staged mode runs them, so that each stage's facts are noted
+        batch, stage_versions, facts = _apply_stage(stage, batch, stage_versions, facts)
+    loaded = load_batch(batch, sink, run_id=run_id, stage_versions=stage_versions, policy=policy, facts=facts)
     committed = commit_position(
         source, sink, positions,
         batch_id=batch.batch_id,
         position_to=batch.position_to,
         needs_ledger=not batch.is_empty,
         newly_held=loaded.get("newly_held"),
+        run_id=run_id,
     )
     summary = {**summarize(batch, None), "captured": captured, "stage_versions": stage_versions, "load": loaded,
                "commit": committed, "held_tables": committed["held_tables"]}

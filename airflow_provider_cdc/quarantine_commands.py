@@ -288,28 +288,47 @@ def _ids(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return [row["quarantine_id"] for row in rows]
 
 
-def replay(sink: Sink, plan: ReplayPlan, stages: Sequence[Stage], *, run_id: str | None = None) -> ReplayOutcome:
+def replay(sink: Sink, plan: ReplayPlan, stages: Sequence[Stage], *, run_id: str | None = None,
+           actor: str | None = None) -> ReplayOutcome:
     """Run the plan's rows through ``stages`` (the source's current stage list, from the stage that refused each
     row on) and load what passes with :meth:`Sink.replay_quarantined` (module docstring): one replay batch per
-    stage that refused rows, so each goes through exactly the stages it had not passed."""
+    stage that refused rows, so each goes through exactly the stages it had not passed.
+
+    Both ways in (the command and :class:`~airflow_provider_cdc.operators.quarantine.CdcQuarantineReplayOperator`)
+    come here, so ``quarantine_replayed`` is recorded here, by ``actor`` (default ``$CDC_ACTOR``, else the OS
+    user): one entry per replay batch, its id derived from the batch's, so that a replay run again after a crash
+    records what the first run could not, and nothing twice."""
+    from airflow_provider_cdc.connectors.audit import QUARANTINE_REPLAYED, audit_entry
+
     outcome = ReplayOutcome(plan.source_id, len(plan.rows), left={reason: len(rows) for reason, rows in
                                                                   plan.left.items()})
+    if not plan.rows:
+        return outcome
     run_id = run_id or replay_run_id()
     batch_ids: list[str] = []
+    entries = []
     for stage in REPLAYABLE_STAGES:
         rows = [row for row in plan.rows if row["stage"] == stage]
         if rows:
-            batch_id = _replay_rows(sink, plan.source_id, rows, stages_from(stages, stage), outcome, run_id,
-                                    keep_derived=stage != REPLAYABLE_STAGES[0])
-            if batch_id is not None:
-                batch_ids.append(batch_id)
+            failing = len(outcome.still_failing)
+            result = _replay_rows(sink, plan.source_id, rows, stages_from(stages, stage), outcome, run_id,
+                                  keep_derived=stage != REPLAYABLE_STAGES[0])
+            details = {"stage": stage, "selected": len(rows), "still_failing": len(outcome.still_failing) - failing,
+                       "left": outcome.left}
+            if result is not None:
+                batch_ids.append(result.batch_id)
+                details.update(applied=result.applied, upserted=result.upserted, deleted=result.deleted)
+            entries.append(audit_entry(QUARANTINE_REPLAYED, plan.source_id, actor=actor, run_id=run_id,
+                                       batch_id=result.batch_id if result is not None else None, details=details))
     outcome.batch_id = ", ".join(batch_ids) or None
+    sink.record_audit(entries)
     return outcome
 
 
 def _replay_rows(sink: Sink, source_id: str, rows: list[dict[str, Any]], stages: Sequence[Stage],
-                 outcome: ReplayOutcome, run_id: str, *, keep_derived: bool) -> str | None:
-    """Replay ``rows`` (all refused by one stage) through ``stages``; adds to ``outcome``; the batch id loaded."""
+                 outcome: ReplayOutcome, run_id: str, *, keep_derived: bool) -> ApplyResult | None:
+    """Replay ``rows`` (all refused by one stage) through ``stages``; adds to ``outcome``; what the sink did with
+    the replay batch (None: no row passed)."""
     from airflow_provider_cdc.stages import apply_stages
 
     batch = build_batch(sink, source_id, rows, keep_derived=keep_derived)
@@ -332,7 +351,7 @@ def _replay_rows(sink: Sink, source_id: str, rows: list[dict[str, Any]], stages:
         outcome.replayed += len(passed)
     outcome.upserted += result.upserted
     outcome.deleted += result.deleted
-    return made.batch_id
+    return result
 
 
 def replay_run_id() -> str:

@@ -196,8 +196,12 @@ def _sink_name(qualified: str) -> str:
     return qualified.partition(".")[2]
 
 
-def resnapshot(hook: CdcHook, tables: list[str] | None = None) -> ResnapshotSummary:
-    """Run the re-snapshot of ``hook``'s source (the whole source, or only ``tables``); see the module docstring."""
+def resnapshot(hook: CdcHook, tables: list[str] | None = None, *, actor: str | None = None) -> ResnapshotSummary:
+    """Run the re-snapshot of ``hook``'s source (the whole source, or only ``tables``); see the module docstring.
+    Done, it is recorded as ``resnapshot_started`` by ``actor`` (default ``$CDC_ACTOR``, else the OS user) in the
+    sink's audit trail, which the re-snapshot leaves as it is."""
+    from airflow_provider_cdc.connectors.audit import RESNAPSHOT_STARTED, audit_entry
+
     chosen, _ = plan(hook, tables)
     summary = ResnapshotSummary(hook.source_id, chosen, whole_source=not tables)
     source = hook.get_source()
@@ -208,6 +212,8 @@ def resnapshot(hook: CdcHook, tables: list[str] | None = None) -> ResnapshotSumm
                 _resnapshot_tables(hook, source, sink, chosen, summary)
             else:
                 _resnapshot_source(hook, source, sink, chosen, summary)
+            sink.record_audit([audit_entry(RESNAPSHOT_STARTED, hook.source_id, actor=actor, details={
+                "tables": summary.tables, "whole_source": summary.whole_source, "steps": summary.steps})])
         finally:
             sink.close()
     finally:

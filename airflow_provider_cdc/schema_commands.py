@@ -154,10 +154,19 @@ def accept_plan(sink: Sink, ref: SubjectRef) -> dict[str, Any]:
     }
 
 
-def accept_subject(sink: Sink, ref: SubjectRef, policy: SchemaPolicy, *, run_id: str | None = None) -> AcceptResult:
-    """Accept the held versions of ``ref``'s table and replay its held changes (:meth:`Sink.accept_table`)."""
+def accept_subject(sink: Sink, ref: SubjectRef, policy: SchemaPolicy, *, run_id: str | None = None,
+                   actor: str | None = None) -> AcceptResult:
+    """Accept the held versions of ``ref``'s table and replay its held changes (:meth:`Sink.accept_table`), then
+    record ``schema_accepted`` by ``actor`` (the REST API's Airflow user; default ``$CDC_ACTOR``, else the OS user)
+    in the sink's audit trail."""
+    from airflow_provider_cdc.connectors.audit import SCHEMA_ACCEPTED, audit_entry
+
     accept_plan(sink, ref)  # refuses a table that is not held, with the held ones named
-    return sink.accept_table(ref.source_id, ref.table, policy=policy, run_id=run_id or accept_run_id())
+    run_id = run_id or accept_run_id()
+    result = sink.accept_table(ref.source_id, ref.table, policy=policy, run_id=run_id)
+    sink.record_audit([audit_entry(SCHEMA_ACCEPTED, ref.source_id, actor=actor, batch_id=result.batch_id,
+                                   run_id=run_id, details={**result.to_dict(), "mode": policy.mode})])
+    return result
 
 
 def accept_run_id() -> str:

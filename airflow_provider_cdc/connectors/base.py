@@ -14,6 +14,9 @@ from airflow_provider_cdc.events import ChangeBatch
 from airflow_provider_cdc.tables import TableSchema
 
 if TYPE_CHECKING:
+    import datetime as dt
+
+    from airflow_provider_cdc.connectors.audit import AuditEntry
     from airflow_provider_cdc.schema import HeldChunk, SchemaPolicy, SchemaVersion
 
 Position = dict[str, Any]
@@ -190,6 +193,10 @@ class Sink(Protocol):
         with the ``rule_versions`` and ``stage_versions`` it was made with, and ``schema_versions`` from the gate) in
         one transaction; ``applied=False`` when the ledger already has the batch id.
 
+        The batch's audit entries (:func:`~airflow_provider_cdc.connectors.audit.batch_audit_entries`, from the
+        ledger row, the gate's registrations and ``versions["audit"]``, what the pipeline noted at capture and after
+        each stage) go into ``_cdc_audit`` with the ledger row: in its transaction, or exactly once beside it.
+
         The schema gate (:func:`airflow_provider_cdc.schema.gate.decide`, under ``policy``) runs inside that
         transaction: new schema versions, held tables and their held changes are stored with the batch."""
 
@@ -239,5 +246,19 @@ class Sink(Protocol):
 
     def reset_table(self, table: TableSchema | str) -> bool:
         """Empty one sink table before its re-snapshot; True when it existed."""
+
+    # --- audit trail (:mod:`airflow_provider_cdc.connectors.audit`) ---
+
+    def record_audit(self, entries: list[AuditEntry]) -> int:
+        """Store ``entries`` in ``_cdc_audit`` (made when absent), each once: an entry whose ``audit_id`` is there
+        already is left as it is (a retried commit, a command run again). Returns how many were new."""
+
+    def audit_entries(
+        self, source_id: str | None = None, *, batch_id: str | None = None, action: str | None = None,
+        since: dt.datetime | None = None, limit: int = 100,
+    ) -> list[AuditEntry]:
+        """Entries of ``_cdc_audit``, newest first (:func:`~airflow_provider_cdc.connectors.audit.newest_first`),
+        at most ``limit``, of ``source_id``, ``batch_id`` and ``action`` and from ``since`` on when given. Empty
+        when the sink has no audit table yet. Survives ``forget_source``: the trail is history."""
 
     def close(self) -> None: ...

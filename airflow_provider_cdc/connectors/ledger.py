@@ -1,8 +1,9 @@
 """The ledger row: one record per applied batch, the same in every sink.
 
 Each sink writes it **in the same transaction as the batch's data** (or, for a sink without multi-table
-transactions, after the data with the data's own idempotence key): it is the exactly-once guard and the audit trail
-that the REST API and lineage read. Sinks store it in their own way (a ``_cdc_ledger`` table, a Delta table) but
+transactions, after the data with the data's own idempotence key): it is the exactly-once guard, and what the REST API
+and lineage read of a batch. The audit trail beside it (``_cdc_audit``, :mod:`.audit`) is built from these rows and
+written with them. Sinks store it in their own way (a ``_cdc_ledger`` table, a Delta table) but
 build and read it only through :func:`ledger_row` and :meth:`LedgerRow.from_record`, so the columns and their
 meaning cannot drift apart between sinks.
 """

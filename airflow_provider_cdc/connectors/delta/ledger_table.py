@@ -1,5 +1,5 @@
-"""The file sink's own Delta tables: the ledger (``<root>/_cdc_ledger``) and the held tables (``<root>/_cdc_held``).
-(The schema registry and the held changes live beside them: :mod:`.registry`.)
+"""The file sink's own Delta tables: the ledger (``<root>/_cdc_ledger``), the audit trail (``<root>/_cdc_audit``) and
+the held tables (``<root>/_cdc_held``). (The schema registry and the held changes live beside them: :mod:`.registry`.)
 
 A Delta sink has no transaction across tables, so the ledger row cannot commit with the data. It is appended
 **after** every table's commit, and each of those commits carries the batch as a Delta application transaction
@@ -8,6 +8,11 @@ ledger that does not: the replay skips those tables by their transaction version
 the ledger here is the audit trail and the batch-level guard, and Delta's log the table-level one.
 
 Rows are built and read only through :mod:`airflow_provider_cdc.connectors.ledger` (JSON columns as text).
+
+A batch's audit rows (:func:`airflow_provider_cdc.connectors.audit.batch_audit_entries`) are appended the same way,
+just before its ledger row, with the application transaction ``<source_id>:_cdc_audit`` at ``seq_to``: the replay
+after a crash between the two finds that version and appends none again. Other entries (``batch_committed``, the
+commands') are appended unless their ``audit_id`` is there.
 """
 
 from __future__ import annotations
@@ -20,6 +25,14 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from deltalake import DeltaTable, write_deltalake
 
+from airflow_provider_cdc.connectors.audit import (
+    AUDIT_COLUMNS,
+    AUDIT_TABLE,
+    AuditEntry,
+    missing,
+    newest_first,
+    since_utc,
+)
 from airflow_provider_cdc.connectors.delta.storage import (
     commit_properties,
     join,
@@ -34,6 +47,7 @@ COMPACT_EVERY = 100  # ledger commits between two compactions of its files
 
 _ARROW_OF_LOGICAL = {"text": pa.string(), "json": pa.string(), "integer": pa.int64(), "timestamptz": UTC_MICROS}
 LEDGER_SCHEMA = pa.schema([pa.field(name, _ARROW_OF_LOGICAL[kind]) for name, kind in LEDGER_COLUMNS])
+AUDIT_SCHEMA = pa.schema([pa.field(name, _ARROW_OF_LOGICAL[kind]) for name, kind in AUDIT_COLUMNS])
 HELD_SCHEMA = pa.schema([
     pa.field("source_id", pa.string()),
     pa.field("source_table", pa.string()),
@@ -45,6 +59,10 @@ HELD_SCHEMA = pa.schema([
 
 def ledger_app_id(source_id: str) -> str:
     return f"{source_id}:{LEDGER_TABLE}"
+
+
+def audit_app_id(source_id: str) -> str:
+    return f"{source_id}:{AUDIT_TABLE}"
 
 
 def sql_text(value: str) -> str:
@@ -72,6 +90,14 @@ class SmallTable:
     def append(self, rows: pa.Table, app_transactions: dict[str, int] | None = None) -> None:
         write_deltalake(self.uri, rows, mode="append", storage_options=self.storage_options or None,
                         commit_properties=commit_properties(app_transactions or {}))
+
+    def _compact_now_and_then(self) -> None:
+        """Every append adds a file; merging them now and then keeps a read (the ledger's :meth:`has_batch`)
+        reading a few files, not one per batch ever applied (a continuous pipeline applies thousands a day). Old
+        files stay until a VACUUM."""
+        table = self.table()
+        if table is not None and table.version() % COMPACT_EVERY == 0:
+            table.optimize.compact()
 
 
 class DeltaLedger(SmallTable):
@@ -107,6 +133,13 @@ class DeltaLedger(SmallTable):
         newest = latest(self.rows(source_id))
         return None if newest is None else newest.position_to
 
+    def latest_row(self, source_id: str) -> LedgerRow | None:
+        """The source's latest row (:func:`~airflow_provider_cdc.connectors.ledger.latest`), read with the columns
+        the audit trail compares only (the positions and counts of every batch ever applied are not needed)."""
+        columns = ["batch_id", "source_id", "seq_to", "stage_versions", "committed_at"]
+        records = self.read(ds.field("source_id") == source_id, columns).to_pylist()
+        return latest([LedgerRow.from_record(record) for record in records])
+
     def append_row(self, row: LedgerRow, *, app_transaction: bool = True) -> None:
         """Append ``row`` with the batch as the ledger's own application transaction (``<source>:_cdc_ledger``).
 
@@ -117,12 +150,6 @@ class DeltaLedger(SmallTable):
         self.append(table, {ledger_app_id(row.source_id): row.seq_to} if app_transaction else None)
         self._compact_now_and_then()
 
-    def _compact_now_and_then(self) -> None:
-        """Every append adds a file; merging them now and then keeps :meth:`has_batch` reading a few files, not
-        one per batch ever applied (a continuous pipeline applies thousands a day). Old files stay until a VACUUM."""
-        table = self.table()
-        if table is not None and table.version() % COMPACT_EVERY == 0:
-            table.optimize.compact()
 
     def forget(self, source_id: str) -> int:
         """Delete the rows of ``source_id`` and set its ledger transaction back (its ``seq`` starts again)."""
@@ -133,6 +160,56 @@ class DeltaLedger(SmallTable):
                                commit_properties=commit_properties({ledger_app_id(source_id): 0}))
         reset_app_transactions(table, [ledger_app_id(source_id)])
         return int(metrics.get("num_deleted_rows", 0))
+
+
+class DeltaAudit(SmallTable):
+    """``<root>/_cdc_audit``: the audit trail (:mod:`airflow_provider_cdc.connectors.audit`), ``details`` as JSON
+    text."""
+
+    schema = AUDIT_SCHEMA
+
+    def __init__(self, root: str, storage_options: dict[str, str]) -> None:
+        super().__init__(join(root, AUDIT_TABLE), storage_options)
+
+    def append_batch(self, source_id: str, seq_to: int, entries: list[AuditEntry]) -> bool:
+        """Append a batch's entries exactly once (module docstring); False when an earlier attempt did."""
+        table = self.table()
+        if table is not None and (table.transaction_version(audit_app_id(source_id)) or 0) >= seq_to:
+            return False
+        self.append(self._rows(entries), {audit_app_id(source_id): seq_to})
+        self._compact_now_and_then()
+        return True
+
+    def record(self, entries: list[AuditEntry]) -> int:
+        """Append those of ``entries`` whose ``audit_id`` is not there yet; how many."""
+        ids = [entry.audit_id for entry in entries]
+        present = self.read(ds.field("audit_id").isin(ids), ["audit_id"])["audit_id"].to_pylist() if ids else []
+        new = missing(entries, present)
+        if new:
+            self.append(self._rows(new))
+            self._compact_now_and_then()
+        return len(new)
+
+    def entries(self, source_id: str | None, batch_id: str | None, action: str | None, since: Any,
+                limit: int) -> list[AuditEntry]:
+        where = ds.field("audit_id").is_valid()
+        for name, value in (("source_id", source_id), ("batch_id", batch_id), ("action", action)):
+            if value is not None:
+                where = where & (ds.field(name) == value)
+        if since is not None:
+            where = where & (ds.field("at") >= pa.scalar(since_utc(since), UTC_MICROS))
+        rows = self.read(where)
+        return newest_first((AuditEntry.from_record(record) for record in rows.to_pylist()), limit)
+
+    def forget(self, source_id: str) -> None:
+        """Set the source's audit transaction back (its ``seq`` starts again); the entries stay: they are history."""
+        table = self.table()
+        if table is not None:
+            reset_app_transactions(table, [audit_app_id(source_id)])
+
+    @staticmethod
+    def _rows(entries: list[AuditEntry]) -> pa.Table:
+        return pa.Table.from_pylist([entry.to_record(json_as_text=True) for entry in entries], schema=AUDIT_SCHEMA)
 
 
 class HeldTables(SmallTable):

@@ -17,6 +17,11 @@ in ``evolve`` mode with compatibility ``NONE``: the log follows everything, and 
 only mislead). A batch's new versions go into its manifest (``schema_versions``), so they commit with the batch and
 a crash before the manifest leaves none (the replay registers the same ones). A whole re-snapshot, which deletes the
 manifests, first folds the registry into ``<root>/_cdc_schemas/<source_id>.json``.
+
+The audit trail: a batch's entries (:func:`airflow_provider_cdc.connectors.audit.batch_audit_entries`) go into its
+manifest (``audit``), so they commit with it; other entries are one file each, ``<root>/_cdc_audit/<audit_id>.json``
+(written once: a second write of the same id is skipped). A whole re-snapshot moves the manifests' entries into such
+files before deleting the manifests: the trail is history.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from airflow_provider_cdc.connectors.audit import AUDIT_TABLE, AuditEntry, batch_audit_entries, matches, newest_first
 from airflow_provider_cdc.connectors.base import AcceptResult, ApplyResult, SinkCapabilities
 from airflow_provider_cdc.connectors.delta.options import DeltaSinkOptions
 from airflow_provider_cdc.connectors.delta.storage import normalise_root
@@ -226,9 +232,14 @@ class ParquetChangeLogSink:
                              versions={**(versions or {}), "schema_versions": decision.ledger_versions()})
             record = row.to_record()
             record["committed_at"] = (row.committed_at or dt.datetime.now(dt.timezone.utc)).isoformat()
+            names = self._manifest_names(batch.source_id)
+            previous = self._read_manifest(self._path(MANIFESTS, batch.source_id, names[-1])) if names else None
+            audit = batch_audit_entries(row, decision, versions=versions, quarantined=batch.quarantined_count,
+                                        previous=LedgerRow.from_record(previous["ledger"]) if previous else None)
             document = {"ledger": record, "files": written,
                         "schema_changes": [c.to_dict() for c in batch.schema_changes if c.seq > high_water],
-                        "schema_versions": [version.to_dict() for version in decision.registrations]}
+                        "schema_versions": [version.to_dict() for version in decision.registrations],
+                        "audit": [entry.to_dict() for entry in audit]}
             path = self.manifest_path(batch.source_id, batch.seq_to)
             payload = json.dumps(document, sort_keys=True).encode()
             self._write_atomically(path, lambda handle: handle.write(payload))
@@ -292,13 +303,63 @@ class ParquetChangeLogSink:
             write(handle)
         self.fs.mv(temporary, path)
 
+    # --- audit trail -------------------------------------------------------------------------------------------
+
+    def record_audit(self, entries: list[AuditEntry]) -> int:
+        """Write each of ``entries`` as ``_cdc_audit/<audit_id>.json`` unless that file is there (a manifest's
+        entries, the batch rows, are never given here; reading merges by ``audit_id`` anyway)."""
+        written = 0
+        try:
+            for entry in {entry.audit_id: entry for entry in entries}.values():
+                path = self._path(AUDIT_TABLE, f"{entry.audit_id}.json")
+                if self.fs.exists(path):
+                    continue
+                payload = json.dumps(entry.to_dict(), sort_keys=True).encode()
+                self._write_atomically(path, lambda handle, payload=payload: handle.write(payload))
+                written += 1
+        except OSError as exc:
+            raise SinkError(self.sink_id, f"cannot write the audit trail ({type(exc).__name__}: {exc})") from exc
+        return written
+
+    def audit_entries(
+        self, source_id: str | None = None, *, batch_id: str | None = None, action: str | None = None,
+        since: dt.datetime | None = None, limit: int = 100,
+    ) -> list[AuditEntry]:
+        """The entries of the manifests and of ``_cdc_audit/``, newest first."""
+        try:
+            folder = self._path(MANIFESTS)
+            sources = [source_id] if source_id is not None else (
+                [posixpath.basename(path) for path in self.fs.ls(folder, detail=False)]
+                if self.fs.exists(folder) else [])
+            found = [entry for source in sources for entry in self._manifest_entries(source)]
+            audit_dir = self._path(AUDIT_TABLE)
+            if self.fs.exists(audit_dir):
+                for path in self.fs.ls(audit_dir, detail=False):
+                    if path.endswith(".json"):
+                        with self.fs.open(path, "rb") as handle:
+                            found.append(AuditEntry.from_record(json.loads(handle.read())))
+        except (OSError, ValueError) as exc:
+            raise SinkError(self.sink_id, f"cannot read the audit trail ({type(exc).__name__}: {exc})") from exc
+        return newest_first((entry for entry in found if matches(entry, source_id=source_id, batch_id=batch_id,
+                                                                  action=action, since=since)), limit)
+
+    def _manifest_entries(self, source_id: str) -> list[AuditEntry]:
+        return [AuditEntry.from_record(record) for manifest in self.manifests(source_id)
+                for record in manifest.get("audit", [])]
+
     # --- re-snapshot ---------------------------------------------------------------------------------------------
 
     def forget_source(self, source_id: str) -> int:
         """Delete the manifests of ``source_id`` (its ``seq`` starts again); returns how many.
 
         Their schema versions are folded into ``_cdc_schemas/<source_id>.json`` first, so the registry outlives
-        them (a crash part-way leaves every version in one place or the other; forgetting again finishes)."""
+        them (a crash part-way leaves every version in one place or the other; forgetting again finishes), and
+        their audit entries into ``_cdc_audit/`` the same way."""
+        entries = self._manifest_entries(source_id)
+        for entry in entries:
+            path = self._path(AUDIT_TABLE, f"{entry.audit_id}.json")
+            payload = json.dumps(entry.to_dict(), sort_keys=True).encode()
+            self._write_atomically(path, lambda handle, payload=payload: handle.write(payload))
         versions = self.schema_versions(source_id)
         if versions:
             path = self._path(SCHEMAS, f"{source_id}.json")

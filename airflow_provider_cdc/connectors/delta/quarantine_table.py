@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from airflow_provider_cdc.connectors.delta.ledger_table import COMPACT_EVERY, sql_text
+from airflow_provider_cdc.connectors.delta.ledger_table import sql_text
 from airflow_provider_cdc.connectors.delta.registry import SmallMergeTable
 from airflow_provider_cdc.connectors.delta.storage import join
 from airflow_provider_cdc.connectors.delta.types import UTC_MICROS
@@ -78,10 +78,3 @@ class QuarantineTable(SmallMergeTable):
         table.update(updates={"replayed_batch_id": sql_text(batch_id)},
                      predicate=f"source_id = {sql_text(source_id)} AND replayed_batch_id IS NULL"
                                f" AND quarantine_id IN ({ids})")
-
-    def _compact_now_and_then(self) -> None:
-        """A batch with quarantined changes adds a file; merging them now and then keeps the ``MERGE`` of the next
-        batch reading a few files (as the ledger does)."""
-        table = self.table()
-        if table is not None and table.version() % COMPACT_EVERY == 0:
-            table.optimize.compact()

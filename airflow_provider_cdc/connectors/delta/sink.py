@@ -33,17 +33,20 @@ c. the columns the gate drops (``evolve`` follows a ``DROP COLUMN``), each table
 d. the schema versions (one ``MERGE``: new versions, status changes);
 e. the batch's quarantined changes (:mod:`airflow_provider_cdc.quarantine`) in ``<root>/_cdc_quarantine``, inserted
    if absent by ``quarantine_id`` (one ``MERGE``, :mod:`.quarantine_table`);
-f. the ledger row, last, with ``schema_versions`` from the gate.
+f. the batch's audit rows (:func:`~airflow_provider_cdc.connectors.audit.batch_audit_entries`) in
+   ``<root>/_cdc_audit``, with the application transaction ``<source_id>:_cdc_audit`` at ``seq_to``: a replay after
+   a crash between (f) and (g) finds that version and appends none again;
+g. the ledger row, last, with ``schema_versions`` from the gate.
 
 The quarantine (e) comes before the ledger row for the same reason as the data: the position moves past the
 quarantined changes only once they are kept. A crash before (e) commits replays the batch, which stores them; a
-crash between (e) and (f) replays it too, and its ``MERGE`` finds every key there and adds nothing (the rows keep
+crash between (e) and (g) replays it too, and its ``MERGE`` finds every key there and adds nothing (the rows keep
 their first ``quarantined_at``). So a quarantined change is neither lost nor stored twice.
 
 Why this order keeps the registry neither ahead of nor behind the sink after recovery: a version is stored only
 after every table it describes followed it (b, c), and a ``held`` version only after its table's mark and changes
 are stored (a); so the registry never claims what the sink has not done. It can get ahead of the *ledger* (a crash
-between d and f), and a held mark or a chunk can be stored with nothing else (a crash after a); the replay of that
+between d and g), and a held mark or a chunk can be stored with nothing else (a crash after a); the replay of that
 batch, which must come since the position moves only after the ledger row, then leaves out the versions and marks
 that the batch itself stored (their ``batch_id`` is the batch's), decides exactly as the crashed attempt did, and
 writes the same rows again: versions under the same numbers (keeping their first ``registered_at``), chunks and
@@ -57,6 +60,7 @@ registry fall behind: the ledger row, which lets the position move on, is writte
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import functools
 import logging
 import time
@@ -69,8 +73,9 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import DeltaError
 
+from airflow_provider_cdc.connectors.audit import AuditEntry, batch_audit_entries
 from airflow_provider_cdc.connectors.base import AcceptResult, ApplyResult, SinkCapabilities
-from airflow_provider_cdc.connectors.delta.ledger_table import DeltaLedger, HeldTables
+from airflow_provider_cdc.connectors.delta.ledger_table import DeltaAudit, DeltaLedger, HeldTables
 from airflow_provider_cdc.connectors.delta.merge import (
     PreparedTable,
     merge_table,
@@ -171,6 +176,7 @@ class DeltaSink:
         self.configuration = ({"delta.targetFileSize": str(options.target_file_size)}
                               if options.target_file_size else None)
         self._ledger = DeltaLedger(self.root, self.storage_options)
+        self._audit = DeltaAudit(self.root, self.storage_options)
         self._held = HeldTables(self.root, self.storage_options)
         self._versions = SchemaVersionTable(self.root, self.storage_options)
         self._held_changes = HeldChangeTable(self.root, self.storage_options)
@@ -294,6 +300,9 @@ class DeltaSink:
             schema_versions = decision.ledger_versions()
             row = ledger_row(decision.batch, result, high_water=high_water, run_id=run_id,
                              versions={**(versions or {}), "schema_versions": schema_versions})
+            self._audit.append_batch(batch.source_id, row.seq_to, batch_audit_entries(
+                row, decision, versions=versions, previous=self._ledger.latest_row(batch.source_id),
+                quarantined=batch.quarantined_count))
             self._ledger.append_row(row)
             result.applied = True
             result.held_tables = decision.all_held
@@ -348,8 +357,26 @@ class DeltaSink:
                 if table is not None:
                     reset_app_transactions(table, [self.app_id(source_id, qualified)])
             deleted = self._ledger.forget(source_id)
+            self._audit.forget(source_id)
         log.info("sink %s: forgot source %s (%d ledger rows deleted)", self.sink_id, source_id, deleted)
         return deleted
+
+    # --- audit trail -------------------------------------------------------------------------------------------
+
+    def record_audit(self, entries: list[AuditEntry]) -> int:
+        """Append ``entries`` to ``<root>/_cdc_audit`` (made when absent), each once by ``audit_id``."""
+        if not entries:
+            return 0
+        with self._errors("cannot write the audit trail"):
+            return self._audit.record(list(entries))
+
+    def audit_entries(
+        self, source_id: str | None = None, *, batch_id: str | None = None, action: str | None = None,
+        since: dt.datetime | None = None, limit: int = 100,
+    ) -> list[AuditEntry]:
+        """Entries of ``<root>/_cdc_audit``, newest first (none when it was never made)."""
+        with self._errors("cannot read the audit trail"):
+            return self._audit.entries(source_id, batch_id, action, since, limit)
 
     def reset_table(self, table: TableSchema | str) -> bool:
         """Empty one Delta table before its re-snapshot (one commit; its transaction versions go back to 0)."""

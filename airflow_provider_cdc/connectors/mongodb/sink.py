@@ -32,6 +32,7 @@ databases ``target_schema`` and ``ledger_schema``), asynchronous commit (every w
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -44,6 +45,7 @@ from pymongo.errors import ConfigurationError, ConnectionFailure, OperationFailu
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
+from airflow_provider_cdc.connectors.audit import AuditEntry, batch_audit_entries
 from airflow_provider_cdc.connectors.base import AcceptResult, ApplyResult, SinkCapabilities
 from airflow_provider_cdc.connectors.ledger import ledger_row
 from airflow_provider_cdc.connectors.mongodb.connection import MONGODB_DIALECT, BadMongoUrl, connect
@@ -293,9 +295,13 @@ class MongoSink(DocumentMerge):
         result.held_tables = decision.all_held
         result.newly_held = dict(decision.held)
         result.schema_versions = decision.registry.in_effect()
-        self._store.insert_ledger(session, ledger_row(
-            batch, result, high_water=high_water, run_id=run_id,
-            versions={**(versions or {}), "schema_versions": decision.ledger_versions()}))
+        previous = self._store.last_committed(session, batch.source_id)
+        row = ledger_row(batch, result, high_water=high_water, run_id=run_id,
+                         versions={**(versions or {}), "schema_versions": decision.ledger_versions()})
+        self._store.insert_ledger(session, row)
+        # After the ledger row, which tells a commit of the same batch apart: they commit together.
+        self._store.insert_audit(session, batch_audit_entries(row, decision, versions=versions, previous=previous,
+                                                              quarantined=batch.quarantined_count))
         result.applied = True
         return result, decision, truncated
 
@@ -547,6 +553,26 @@ class MongoSink(DocumentMerge):
         return result
 
     # --- re-snapshot ---------------------------------------------------------------------------------------------
+
+    # --- audit trail -------------------------------------------------------------------------------------------
+
+    def record_audit(self, entries: list[AuditEntry]) -> int:
+        """Store ``entries`` in ``_cdc_audit`` (made when absent), each once by ``audit_id``."""
+        if not entries:
+            return 0
+        try:
+            self._store.ensure()
+            return self._store.insert_audit(None, list(entries))
+        except PyMongoError as exc:
+            raise SinkError(self.sink_id, f"cannot write the audit trail: {describe(exc)}",
+                            terminal=not is_transient(exc)) from exc
+
+    def audit_entries(
+        self, source_id: str | None = None, *, batch_id: str | None = None, action: str | None = None,
+        since: dt.datetime | None = None, limit: int = 100,
+    ) -> list[AuditEntry]:
+        """Entries of ``_cdc_audit``, newest first (none when it was never made)."""
+        return self._read("the audit trail", lambda: self._store.read_audit(source_id, batch_id, action, since, limit))
 
     def forget_source(self, source_id: str) -> int:
         """Delete the ledger rows of ``source_id`` (its high water drops to 0): a re-snapshot starts it anew."""

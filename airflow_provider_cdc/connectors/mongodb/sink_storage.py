@@ -11,6 +11,9 @@
                             document holds at most 16 MB)
 ``_cdc_locks``              one document per source, written first by every apply and accept: two transactions of
                             one source write the same document, so the second waits for (or retries after) the first
+``_cdc_audit``              the audit trail (:mod:`airflow_provider_cdc.connectors.audit`): one document per entry,
+                            ``_id`` = its ``audit_id``, ``details`` an embedded document; a batch's entries inserted
+                            in its transaction
 ``_cdc_quarantine``         the changes a stage took out, with their reason (:mod:`airflow_provider_cdc.quarantine`):
                             one document per ``quarantine_id`` (source, batch, seq and stage), its ``_id``; the
                             row image an embedded
@@ -33,8 +36,9 @@ from typing import Any
 from bson import Binary, Int64
 from pymongo.client_session import ClientSession
 from pymongo.database import Database
-from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, CollectionInvalid, DuplicateKeyError, OperationFailure
 
+from airflow_provider_cdc.connectors.audit import AUDIT_TABLE, AuditEntry, missing, newest_first, since_utc
 from airflow_provider_cdc.connectors.ledger import LEDGER_TABLE, LedgerRow
 from airflow_provider_cdc.connectors.mongodb.sink_values import exact_json, plain
 from airflow_provider_cdc.quarantine import KEY_COLUMNS, QUARANTINE_TABLE, SINK_COLUMNS, sort_rows, stored_row
@@ -45,7 +49,8 @@ HELD_TABLE = "_cdc_held"
 VERSIONS_TABLE = "_cdc_schemas"
 HELD_CHANGES_TABLE = "_cdc_held_changes"
 LOCKS_TABLE = "_cdc_locks"
-BOOKKEEPING_TABLES = (LEDGER_TABLE, HELD_TABLE, VERSIONS_TABLE, HELD_CHANGES_TABLE, LOCKS_TABLE, QUARANTINE_TABLE)
+BOOKKEEPING_TABLES = (LEDGER_TABLE, HELD_TABLE, VERSIONS_TABLE, HELD_CHANGES_TABLE, LOCKS_TABLE, QUARANTINE_TABLE,
+                      AUDIT_TABLE)
 _NAMESPACE_EXISTS = 48  # a concurrent creation of the same collection won
 PART_BYTES = 8 * 1024 * 1024  # held changes are stored in parts of this size (a document holds at most 16 MB)
 
@@ -54,7 +59,9 @@ _INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     HELD_TABLE: [[("source_id", 1)]],
     VERSIONS_TABLE: [[("source_id", 1), ("subject", 1), ("version", 1)]],
     HELD_CHANGES_TABLE: [[("source_id", 1), ("source_table", 1), ("seq_from", 1)]],
+    AUDIT_TABLE: [[("source_id", 1), ("at", -1)], [("batch_id", 1)], [("at", -1)]],
 }
+_DUPLICATE_KEY = 11000
 
 
 class DuplicateBatch(Exception):
@@ -141,6 +148,43 @@ class Bookkeeping:
 
     def forget(self, session: ClientSession, source_id: str) -> int:
         return self.database[LEDGER_TABLE].delete_many({"source_id": source_id}, session=session).deleted_count
+
+    # --- audit trail -------------------------------------------------------------------------------------------
+
+    def insert_audit(self, session: ClientSession | None, entries: list[AuditEntry]) -> int:
+        """Insert those of ``entries`` whose ``audit_id`` is not there yet (in the batch's transaction, or on their
+        own with no session); how many. Looked up, then inserted, as the quarantine: a duplicate key would abort a
+        transaction. Outside one, a concurrent insert of the same id keeps the first."""
+        if not entries:
+            return 0
+        collection = self.database[AUDIT_TABLE]
+        found = collection.find({"_id": {"$in": [entry.audit_id for entry in entries]}}, {"_id": 1}, session=session)
+        new = missing(entries, (row["_id"] for row in found))
+        if not new:
+            return 0
+        documents = [{"_id": entry.audit_id, **entry.to_record()} for entry in new]
+        if session is not None:
+            collection.insert_many(documents, ordered=True, session=session)
+            return len(documents)
+        try:
+            collection.insert_many(documents, ordered=False)
+        except BulkWriteError as exc:
+            if any(error.get("code") != _DUPLICATE_KEY for error in exc.details.get("writeErrors", [])):
+                raise
+            return int(exc.details.get("nInserted", 0))
+        return len(documents)
+
+    def read_audit(self, source_id: str | None, batch_id: str | None, action: str | None,
+                   since: Any, limit: int) -> list[AuditEntry]:
+        query: dict[str, Any] = {name: value for name, value in
+                                 (("source_id", source_id), ("batch_id", batch_id), ("action", action))
+                                 if value is not None}
+        if since is not None:
+            query["at"] = {"$gte": since_utc(since)}
+        if limit <= 0:
+            return []
+        found = self.database[AUDIT_TABLE].find(query, {"_id": 0}).sort("at", -1).limit(limit)
+        return newest_first(AuditEntry.from_record(plain(document)) for document in found)
 
     # --- quarantine ----------------------------------------------------------------------------------------------
 

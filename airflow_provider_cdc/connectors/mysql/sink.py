@@ -32,6 +32,7 @@ data. ``schema accept`` and ``release_table`` are two-phased the same way (their
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -41,6 +42,7 @@ import pyarrow as pa
 import pymysql
 from pymysql.cursors import Cursor
 
+from airflow_provider_cdc.connectors.audit import AuditEntry, batch_audit_entries
 from airflow_provider_cdc.connectors.base import AcceptResult, ApplyResult, SinkCapabilities
 from airflow_provider_cdc.connectors.ledger import ledger_row
 from airflow_provider_cdc.connectors.mysql.connection import MYSQL_DIALECT, connect
@@ -326,9 +328,13 @@ class MySqlSink(SinkStorage, TableDdl, RowMerge):
         result.held_tables = decision.all_held
         result.newly_held = dict(decision.held)
         result.schema_versions = decision.registry.in_effect()
-        self._insert_ledger(cur, ledger_row(
-            batch, result, high_water=high_water, run_id=run_id,
-            versions={**(versions or {}), "schema_versions": decision.ledger_versions()}))
+        previous = self._last_committed(cur, batch.source_id)
+        row = ledger_row(batch, result, high_water=high_water, run_id=run_id,
+                         versions={**(versions or {}), "schema_versions": decision.ledger_versions()})
+        self._insert_ledger(cur, row)
+        # After the ledger row, which tells a concurrent commit of the batch apart: they commit together.
+        self._insert_audit(cur, batch_audit_entries(row, decision, versions=versions, previous=previous,
+                                                    quarantined=batch.quarantined_count))
         where["step"] = "commit"
         self._conn.commit()
         result.applied = True
@@ -535,6 +541,32 @@ class MySqlSink(SinkStorage, TableDdl, RowMerge):
         return result
 
     # --- re-snapshot ---------------------------------------------------------------------------------------------
+
+    # --- audit trail -------------------------------------------------------------------------------------------
+
+    def record_audit(self, entries: list[AuditEntry]) -> int:
+        """Store ``entries`` in ``_cdc_audit`` (made when absent), each once by ``audit_id``, in one transaction."""
+        if not entries:
+            return 0
+        try:
+            with self._conn.cursor() as cur:
+                self._ensure_bookkeeping(cur)
+                self._conn.begin()
+                inserted = self._insert_audit(cur, list(entries))
+                self._conn.commit()
+                return inserted
+        except pymysql.err.MySQLError as exc:
+            self._rollback_quietly()
+            raise SinkError(self.sink_id, f"cannot write the audit trail: {describe(exc)}",
+                            terminal=not is_transient(exc)) from exc
+
+    def audit_entries(
+        self, source_id: str | None = None, *, batch_id: str | None = None, action: str | None = None,
+        since: dt.datetime | None = None, limit: int = 100,
+    ) -> list[AuditEntry]:
+        """Entries of ``_cdc_audit``, newest first (none when it was never made)."""
+        return self._read("the audit trail",
+                          lambda cur: self._read_audit(cur, source_id, batch_id, action, since, limit))
 
     def forget_source(self, source_id: str) -> int:
         """Delete the ledger rows of ``source_id`` (its high water drops to 0): a re-snapshot starts it anew.

@@ -1,17 +1,20 @@
 """Where a MySQL sink keeps its bookkeeping, and how it talks to the server.
 
-Four tables in the ledger database, all InnoDB, created together the first time a sink writes (reading before that
+Five tables in the ledger database, all InnoDB, created together the first time a sink writes (reading before that
 finds nothing), so that no DDL is ever needed inside a batch's transaction (MySQL commits on DDL):
 
 ``_cdc_ledger``            one row per applied batch (:func:`~airflow_provider_cdc.connectors.ledger.ledger_row`,
                            its columns in :data:`LEDGER_COLUMNS` order), inserted in the batch's transaction
+``_cdc_audit``             the audit trail (:mod:`airflow_provider_cdc.connectors.audit`): a batch's entries inserted
+                           with its ledger row, in its transaction; other entries by ``record_audit``, each once by
+                           ``audit_id`` (made beside a ledger of an older version the first time a sink writes)
 ``_cdc_held``              source tables whose changes wait (a schema change the sink cannot follow)
 ``_cdc_schema_versions``   the schema registry (:mod:`airflow_provider_cdc.schema.registry`); the Avro document is
                            kept as its exact JSON text (a version is identified by its hash)
 ``_cdc_held_changes``      the held changes, as Arrow IPC in parts of at most 4 MB (a row must fit in the
                            server's ``max_allowed_packet``, 16 MB by default on MariaDB)
 
-and a fifth, ``_cdc_quarantine`` (:mod:`airflow_provider_cdc.quarantine`: the changes a stage took out, with their
+and a sixth, ``_cdc_quarantine`` (:mod:`airflow_provider_cdc.quarantine`: the changes a stage took out, with their
 reason), created by the first batch that has some, in the apply's DDL phase (:meth:`SinkStorage._ensure_quarantine`),
 before its data transaction; its rows are inserted in that transaction, if absent by ``quarantine_id`` (source,
 batch, seq and stage).
@@ -38,6 +41,14 @@ from typing import Any
 import pymysql
 from pymysql.cursors import Cursor
 
+from airflow_provider_cdc.connectors.audit import (
+    AUDIT_COLUMN_NAMES,
+    AUDIT_TABLE,
+    AuditEntry,
+    missing,
+    newest_first,
+    since_utc,
+)
 from airflow_provider_cdc.connectors.ledger import (
     JSON_COLUMNS,
     LEDGER_COLUMN_NAMES,
@@ -225,8 +236,8 @@ class SinkStorage:
             log.info("sink %s: created database %s", self.sink_id, name)
 
     def _ensure_bookkeeping(self, cur: Cursor) -> None:
-        """Create the ledger database and the four bookkeeping tables where absent (DDL: each commits on its own,
-        so this runs before a batch's transaction, never inside it)."""
+        """Create the ledger database and the bookkeeping tables where absent (DDL: each commits on its own, so
+        this runs before a batch's transaction, never inside it)."""
         if self._bookkeeping_ready:
             return
         self._ensure_database(cur, self.ledger_schema)
@@ -248,6 +259,12 @@ class SinkStorage:
                                 f" seq_from BIGINT NOT NULL, seq_to BIGINT NOT NULL, meta JSON, data LONGBLOB,"
                                 f" held_at DATETIME(6) DEFAULT CURRENT_TIMESTAMP(6), PRIMARY KEY (chunk_key, part),"
                                 f" KEY {sql_name('_cdc_held_changes_table')} (source_id, source_table))",
+            AUDIT_TABLE: f"(audit_id VARCHAR(64) {key} NOT NULL, `at` DATETIME(6) NOT NULL, source_id VARCHAR(255)"
+                         f" {key}, action VARCHAR(64) {key} NOT NULL, actor TEXT,"
+                         f" batch_id VARCHAR({MAX_BATCH_ID_LENGTH}) {key}, run_id TEXT, details JSON,"
+                         f" PRIMARY KEY (audit_id),"
+                         f" KEY {sql_name('_cdc_audit_source_at')} (source_id, `at`),"
+                         f" KEY {sql_name('_cdc_audit_batch')} (batch_id))",
         }
         for table, definition in statements.items():
             if not self._bookkeeping_exists(cur, table):
@@ -329,6 +346,46 @@ class SinkStorage:
                          row.batch_id)
                 raise DuplicateBatch() from exc
             raise
+
+    # --- audit trail -------------------------------------------------------------------------------------------
+
+    @property
+    def _audit(self) -> str:
+        return sql_table(self.ledger_schema, AUDIT_TABLE)
+
+    def _insert_audit(self, cur: Cursor, entries: list[AuditEntry]) -> int:
+        """Insert those of ``entries`` whose ``audit_id`` is not there yet (in the caller's transaction); how many.
+        A concurrent insert of the same id keeps the first (``ON DUPLICATE KEY``: ``INSERT IGNORE`` would also turn
+        a value the column refuses into a warning)."""
+        if not entries:
+            return 0
+        ids = [entry.audit_id for entry in entries]
+        run(cur, f"SELECT audit_id FROM {self._audit} WHERE audit_id IN ({', '.join(['%s'] * len(ids))})", ids)
+        new = missing(entries, (found for (found,) in cur.fetchall()))
+        if new:
+            records = [entry.to_record(json_as_text=True) for entry in new]
+            for record in records:
+                record["at"] = to_utc_naive(record["at"])
+            cur.executemany(f"INSERT INTO {self._audit} ({', '.join(map(sql_name, AUDIT_COLUMN_NAMES))})"
+                            f" VALUES ({', '.join(['%s'] * len(AUDIT_COLUMN_NAMES))})"
+                            f" ON DUPLICATE KEY UPDATE audit_id = audit_id",
+                            [[record[name] for name in AUDIT_COLUMN_NAMES] for record in records])
+        return len(new)
+
+    def _read_audit(self, cur: Cursor, source_id: str | None, batch_id: str | None, action: str | None,
+                    since: dt.datetime | None, limit: int) -> list[AuditEntry]:
+        if not self._bookkeeping_exists(cur, AUDIT_TABLE):
+            return []
+        filters = {"source_id": source_id, "batch_id": batch_id, "action": action}
+        where = [f"{sql_name(name)} = %s" for name, value in filters.items() if value is not None]
+        args: list[Any] = [value for value in filters.values() if value is not None]
+        if since is not None:
+            where.append("`at` >= %s")
+            args.append(to_utc_naive(since_utc(since)))
+        run(cur, f"SELECT {', '.join(map(sql_name, AUDIT_COLUMN_NAMES))} FROM {self._audit}"
+                 f"{' WHERE ' + ' AND '.join(where) if where else ''} ORDER BY `at` DESC LIMIT %s",
+            [*args, max(limit, 0)])
+        return newest_first(AuditEntry.from_record(dict(zip(AUDIT_COLUMN_NAMES, row))) for row in cur.fetchall())
 
     # --- quarantine ----------------------------------------------------------------------------------------------
 

@@ -1,19 +1,30 @@
-"""Where a PostgreSQL sink keeps its ledger (``_cdc_ledger``) and the tables it holds back (``_cdc_held``).
+"""Where a PostgreSQL sink keeps its ledger (``_cdc_ledger``), its audit trail (``_cdc_audit``) and the tables it
+holds back (``_cdc_held``).
 
 The ledger row itself is the shared one (:mod:`airflow_provider_cdc.connectors.ledger`): built by
 :func:`~airflow_provider_cdc.connectors.ledger.ledger_row`, read by :meth:`LedgerRow.from_record`, its columns in
 :data:`LEDGER_COLUMNS` order. Each row is inserted in the batch's own transaction. A ledger made by an older
-version gains the columns it lacks (``stage_versions``) the first time a sink writes to it.
+version gains the columns it lacks (``stage_versions``) the first time a sink writes to it. The audit rows
+(:mod:`airflow_provider_cdc.connectors.audit`) are made beside the ledger, and a batch's go in with its ledger row.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from airflow_provider_cdc.connectors.audit import (
+    AUDIT_COLUMN_NAMES,
+    AUDIT_COLUMNS,
+    AUDIT_TABLE,
+    AuditEntry,
+    newest_first,
+    since_utc,
+)
 from airflow_provider_cdc.connectors.ledger import (
     JSON_COLUMNS,
     LEDGER_COLUMN_NAMES,
@@ -63,6 +74,7 @@ class LedgerStorage:
         if self._ledger_exists(cur):
             if not self._ledger_current:
                 self._migrate_ledger(cur)
+            self._ensure_audit(cur)
             return
         ensure_schema(cur, self.ledger_schema)
         definitions = [sql.SQL("{} {}{}").format(sql.Identifier(name), sql.SQL(_LEDGER_TYPES[kind]),
@@ -73,6 +85,64 @@ class LedgerStorage:
         cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (source_id, seq_to)").format(
             sql.Identifier(f"{LEDGER_TABLE}_source_seq_idx"), self._ledger))
         self._ledger_current = True
+        self._ensure_audit(cur)
+
+    # --- audit trail -----------------------------------------------------------------------------------------
+
+    @property
+    def _audit(self) -> sql.Identifier:
+        return sql.Identifier(self.ledger_schema, AUDIT_TABLE)
+
+    def _ensure_audit(self, cur: psycopg.Cursor) -> None:
+        """Create ``_cdc_audit`` beside the ledger (also beside a ledger made before the audit trail existed).
+        Looked for every time, as the ledger is: its creation rolls back with a batch that fails."""
+        if self._audit_exists(cur):
+            return
+        definitions = [sql.SQL("{} {}{}").format(sql.Identifier(name), sql.SQL(_LEDGER_TYPES[kind].split(" ")[0]),
+                                                 sql.SQL(" NOT NULL" if name in ("audit_id", "at", "action") else ""))
+                       for name, kind in AUDIT_COLUMNS]
+        cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY (audit_id))").format(
+            self._audit, sql.SQL(", ").join(definitions)))
+        cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (source_id, at)").format(
+            sql.Identifier(f"{AUDIT_TABLE}_source_at_idx"), self._audit))
+        cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (batch_id)").format(
+            sql.Identifier(f"{AUDIT_TABLE}_batch_idx"), self._audit))
+
+    def _audit_exists(self, cur: psycopg.Cursor) -> bool:
+        cur.execute(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s"
+            " AND c.relname = %s", (self.ledger_schema, AUDIT_TABLE))
+        return cur.fetchone() is not None
+
+    def _insert_audit(self, cur: psycopg.Cursor, entries: list[AuditEntry]) -> int:
+        """Insert ``entries``, each unless its ``audit_id`` is there (in the caller's transaction); how many were
+        new."""
+        statement = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (audit_id) DO NOTHING").format(
+            self._audit, sql.SQL(", ").join(map(sql.Identifier, AUDIT_COLUMN_NAMES)),
+            sql.SQL(", ").join(sql.Placeholder() * len(AUDIT_COLUMN_NAMES)))
+        inserted = 0
+        for entry in entries:  # a handful per batch: one statement each keeps the count of those new exact
+            record = entry.to_record()
+            cur.execute(statement, [Jsonb(record[name]) if name == "details" else record[name]
+                                    for name in AUDIT_COLUMN_NAMES])
+            inserted += max(cur.rowcount, 0)
+        return inserted
+
+    def _read_audit(self, cur: psycopg.Cursor, source_id: str | None, batch_id: str | None, action: str | None,
+                    since: dt.datetime | None, limit: int) -> list[AuditEntry]:
+        if not self._audit_exists(cur):
+            return []
+        filters = {"source_id": source_id, "batch_id": batch_id, "action": action}
+        where: list[sql.Composable] = [sql.SQL("{} = %s").format(sql.Identifier(name))
+                                       for name, value in filters.items() if value is not None]
+        args: list = [value for value in filters.values() if value is not None]
+        if since is not None:
+            where.append(sql.SQL("at >= %s"))
+            args.append(since_utc(since))
+        cur.execute(sql.SQL("SELECT {} FROM {}{} ORDER BY at DESC LIMIT %s").format(
+            sql.SQL(", ").join(map(sql.Identifier, AUDIT_COLUMN_NAMES)), self._audit,
+            sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")), [*args, max(limit, 0)])
+        return newest_first(AuditEntry.from_record(dict(zip(AUDIT_COLUMN_NAMES, row))) for row in cur.fetchall())
 
     def _migrate_ledger(self, cur: psycopg.Cursor) -> None:
         """Add the columns a ledger of an older version lacks (``stage_versions``); looked at once per sink."""

@@ -25,6 +25,7 @@ ledger and held tables kept in :mod:`.ledger` (the row itself is the shared
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Iterable
@@ -34,6 +35,7 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
+from airflow_provider_cdc.connectors.audit import AuditEntry, batch_audit_entries
 from airflow_provider_cdc.connectors.base import AcceptResult, ApplyResult, SinkCapabilities
 from airflow_provider_cdc.connectors.ledger import LEDGER_TABLE, ledger_row
 from airflow_provider_cdc.connectors.postgres.ddl import TableDdl, TableHeld, ensure_schema
@@ -208,9 +210,14 @@ class PgSink(LedgerStorage, RegistryStorage, TableDdl, RowMerge):
                 result.held_tables = decision.all_held
                 result.newly_held = dict(decision.held)
                 result.schema_versions = decision.registry.in_effect()
-                self._insert_ledger(cur, ledger_row(
-                    batch, result, high_water=high_water, run_id=run_id,
-                    versions={**(versions or {}), "schema_versions": decision.ledger_versions()}))
+                previous = self._last_committed(cur, batch.source_id)
+                row = ledger_row(batch, result, high_water=high_water, run_id=run_id,
+                                 versions={**(versions or {}), "schema_versions": decision.ledger_versions()})
+                self._insert_ledger(cur, row)
+                # After the ledger row, which tells a concurrent commit of the batch apart: the audit rows commit
+                # with the batch or not at all.
+                self._insert_audit(cur, batch_audit_entries(row, decision, versions=versions, previous=previous,
+                                                            quarantined=batch.quarantined_count))
                 result.applied = True
                 where["step"] = "commit"
         except DuplicateBatch:
@@ -453,6 +460,31 @@ class PgSink(LedgerStorage, RegistryStorage, TableDdl, RowMerge):
         result.seconds = time.monotonic() - started
         log_replay(log, self.sink_id, result)
         return result
+
+    # --- audit trail ---------------------------------------------------------------------------------------------
+
+    def record_audit(self, entries: list[AuditEntry]) -> int:
+        """Store ``entries`` in ``_cdc_audit`` (made when absent), each once by ``audit_id``, in one transaction."""
+        if not entries:
+            return 0
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                self._ensure_ledger(cur)
+                self._force_durable_commit(cur)
+                return self._insert_audit(cur, list(entries))
+        except psycopg.Error as exc:
+            raise SinkError(self.sink_id, f"cannot write the audit trail: {_describe(exc)}") from exc
+
+    def audit_entries(
+        self, source_id: str | None = None, *, batch_id: str | None = None, action: str | None = None,
+        since: dt.datetime | None = None, limit: int = 100,
+    ) -> list[AuditEntry]:
+        """Entries of ``_cdc_audit``, newest first (none when it was never made)."""
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                return self._read_audit(cur, source_id, batch_id, action, since, limit)
+        except psycopg.Error as exc:
+            raise SinkError(self.sink_id, f"cannot read the audit trail: {_describe(exc)}") from exc
 
     # --- re-snapshot ---------------------------------------------------------------------------------------------
 
