@@ -50,7 +50,7 @@ class CdcQuarantineReplayOperator(BaseOperator):
                 plan = plan_for(hook, sink, table=self.table or None, rule=self.rule or None)
                 for line in plan.describe():
                     self.log.info("replay: %s", line)
-                outcome = replay(sink, plan, stages, run_id=context["run_id"])
+                outcome = replay(sink, plan, stages, run_id=context["run_id"], actor=replay_actor(context))
             finally:
                 sink.close()
         for line in outcome_lines(outcome):
@@ -58,3 +58,10 @@ class CdcQuarantineReplayOperator(BaseOperator):
         return {"source_id": outcome.source_id, "selected": outcome.selected, "replayed": outcome.replayed,
                 "still_failing": len(outcome.still_failing), "left": outcome.left, "batch_id": outcome.batch_id,
                 "upserted": outcome.upserted, "deleted": outcome.deleted}
+
+
+def replay_actor(context: Any) -> str:
+    """Who replays, for the audit trail: the user who triggered the run (UI, REST API), else the DAG."""
+    dag_run = context.get("dag_run")
+    user = getattr(dag_run, "triggering_user_name", None)
+    return str(user) if user else f"airflow:{getattr(dag_run, 'dag_id', None) or context.get('dag').dag_id}"

@@ -180,6 +180,9 @@ def test_violations_are_quarantined_the_rest_loads_and_replay_loads_them_once(mo
     else:  # ... and the operator, in a DAG of the user's, through dag.test()
         log = replay_task(source_id, config_dir, tmp_path / "dags")
         assert f"source {source_id}: 8 quarantined changes replayed as batch {source_id}:quarantine:" in log
+        with psycopg.connect(sink_url) as conn:  # the audit trail names who replayed: the run's triggering user
+            actors = conn.execute("SELECT actor FROM public._cdc_audit WHERE action = 'quarantine_replayed'").fetchall()
+        assert actors and {a for (a,) in actors} == {"dag_test"}  # what `airflow dags test` names its user
     got = sink_ids(sink_url)
     assert sorted(got) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert got[2] == ("fixed@example.com", decimal.Decimal("21.00"), "active", "fi***")  # newer change kept
