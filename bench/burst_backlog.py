@@ -18,6 +18,7 @@ Run: ``.venv/bin/python bench/burst_backlog.py [--sizes 1000000,5000000] [--batc
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -42,7 +43,7 @@ def slot_lag(conn: Any, position_lsn: str) -> int:
     return int(row[0]) if row and row[0] is not None else 0
 
 
-def one_size(admin_dsn: str, size: int, batch_size: int, staging: str) -> dict[str, Any]:
+def one_size(admin_dsn: str, size: int, batch_size: int, staging: str, rss: bool = False) -> dict[str, Any]:
     benchlib.drop_bench_databases(admin_dsn, (SRC_DB, SINK_DB))
     with benchlib.admin_connect(admin_dsn) as conn:
         for name in (SRC_DB, SINK_DB):
@@ -60,6 +61,9 @@ def one_size(admin_dsn: str, size: int, batch_size: int, staging: str) -> dict[s
         burst_seconds = time.perf_counter() - t0
         wal = benchlib.wal_bytes(conn, start, benchlib.wal_lsn(conn))
     benchlib.checkpoint(admin_dsn)
+    if rss:
+        return {"size": size, "counts": counts, "burst_seconds": burst_seconds, "wal_bytes": wal,
+                **drain_in_fresh_process(admin_dsn, src, sink_dsn, size, batch_size, staging)}
     source = benchlib.TimedPgSource(src, source_id="bench_burst", tables=[("public", TABLE)], slot_name=SLOT,
                                     publication_name=PUB, snapshot="never")
     sink = benchlib.TimedPgSink(sink_dsn, sink_id="bench_burst_sink", target_schema="public",
@@ -89,6 +93,29 @@ def one_size(admin_dsn: str, size: int, batch_size: int, staging: str) -> dict[s
             "batches": batches, "stage_seconds": totals["stage_seconds"], "source_seconds": dict(source.seconds)}
 
 
+def drain_in_fresh_process(admin_dsn: str, src: str, sink_dsn: str, size: int, batch_size: int,
+                           staging: str) -> dict[str, Any]:
+    """Benchmark 3's child (bench/rss_child.py) drains the slot in a process of its own: its peak RSS is the drain's
+    alone."""
+    command = [sys.executable, str(Path(__file__).resolve().parent / "rss_child.py"), "--src-dsn", src,
+               "--sink-dsn", sink_dsn, "--table", TABLE, "--slot", SLOT, "--publication", PUB, "--target-schema",
+               "public", "--staging-root", f"file://{staging}/rss_{size}", "--batch-size", str(batch_size),
+               "--details"]
+    benchlib.log(f"draining {size:,} changes in a fresh process, batch size {batch_size:,}")
+    stdout, stderr, returncode = benchlib.run_fresh(command)
+    benchlib.drop_slot(admin_dsn, SLOT)
+    benchlib.drop_bench_databases(admin_dsn, (SRC_DB, SINK_DB))
+    if returncode != 0:
+        raise RuntimeError(f"the drain of {size:,} changes failed ({returncode}):\n{stderr[-4000:]}")
+    child = json.loads(stdout.strip().splitlines()[-1])
+    assert child["changes"] == size, f"drained {child['changes']:,} of {size:,} changes"
+    batches = [{"changes": b["changes"], "seconds": b["seconds"], "restart_behind": 0}
+               for b in child["batch_details"]]
+    return {"totals": {"seconds": child["seconds"], "batches": child["batches"], "changes": child["changes"]},
+            "batches": batches, "stage_seconds": child["stage_seconds"], "peak_rss_kb": child["peak_rss_kb"],
+            "baseline_rss_kb": child["baseline_rss_kb"], "peak_after_batch_kb": child["peak_after_batch_kb"]}
+
+
 def fifth(values: list[float], last: bool) -> float:
     n = max(1, len(values) // 5)
     return statistics.mean(values[-n:] if last else values[:n])
@@ -116,6 +143,18 @@ def render(results: list[dict[str, Any]], info: dict[str, Any], batch_size: int,
             f"{statistics.median(behind) / 2**20:,.0f} / {max(behind) / 2**20:,.0f} MiB | "
             f"{stage.get('capture_stage', 0):.1f} | {stage.get('load_stage', 0):.1f} | "
             f"{stage.get('commit_stage', 0):.1f} |")
+    if all("peak_rss_kb" in r for r in results):
+        lines += ["", "Peak RSS of the drain (its own process, `ru_maxrss`; the restart_lsn column is not measured "
+                      "in this mode):", "",
+                  "| burst | RSS after start-up | peak RSS | peak after each fifth of the batches |",
+                  "| ---: | ---: | ---: | --- |"]
+        for r in results:
+            peaks = r["peak_after_batch_kb"]
+            step = max(1, len(peaks) // 5)
+            lines.append(f"| {r['size']:,} | {r['baseline_rss_kb'] / 1024:.0f} MiB | {r['peak_rss_kb'] / 1024:.0f} MiB"
+                         f" | {', '.join(f'{k / 1024:.0f}' for k in peaks[step - 1::step])} MiB |")
+        lines += ["", f"Peak RSS, {results[-1]['size']:,} vs {results[0]['size']:,}: "
+                      f"**{results[-1]['peak_rss_kb'] / results[0]['peak_rss_kb']:.2f}×** (target ≤ 1.10×)."]
     if len(results) >= 2:
         small, large = results[0], results[-1]
         ratio = (large["totals"]["seconds"] / large["size"]) / (small["totals"]["seconds"] / small["size"])
@@ -129,6 +168,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000000,5000000", help="burst sizes, comma-separated")
     parser.add_argument("--batch-size", type=int, default=200_000)
+    parser.add_argument("--rss", action="store_true",
+                        help="drain each burst in a fresh process (bench/rss_child.py) and compare peak RSS "
+                             "(issue 12, item 6: 1M vs 10M)")
     parser.add_argument("--dsn", default=benchlib.DEFAULT_DSN, help="an administrative connection to the server")
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
@@ -136,7 +178,7 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="cdc-bench-burst-") as staging:
         for size in sizes:
-            results.append(one_size(args.dsn, size, args.batch_size, staging))
+            results.append(one_size(args.dsn, size, args.batch_size, staging, args.rss))
             r = results[-1]
             benchlib.log(f"{size:,}: {r['totals']['seconds']:.1f}s, {r['totals']['batches']} batches, per batch "
                          f"{[round(b['seconds'], 2) for b in r['batches']]}")
