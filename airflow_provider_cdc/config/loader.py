@@ -12,6 +12,12 @@ whether the type can be a source or a sink, the ``options`` model of each source
 capabilities (``delete_mode: soft`` needs a sink that keeps deleted rows) and checks across the sources of one type
 (two sources sharing one replication slot, say). A factory whose driver is not installed is a problem naming the
 ``pip install`` that fixes it.
+
+Rules and quality rules registered through the REST API (Airflow Variables ``cdc.api.rules`` and ``cdc.api.quality``,
+:mod:`airflow_provider_cdc.api.registered`) are merged in after the YAML is read, and checked with it. The YAML stays
+primary: a rule id that both define with different content is a problem at the YAML's key, never resolved silently;
+the same content is kept once. A suite of quality.yaml that the API added rules to gets them after its own. Outside
+Airflow (no metadata database) nothing is registered, quietly.
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from airflow_provider_cdc.config.api_sources import merge_api_sources
 from airflow_provider_cdc.config.models import (
     DEFAULT_TABLE_SCHEMA,
     CdcConfig,
@@ -41,6 +48,9 @@ from airflow_provider_cdc.config.models import (
 )
 from airflow_provider_cdc.connectors import registry
 from airflow_provider_cdc.errors import CdcError, ConnectorUnavailableError, MissingExtraError
+
+if TYPE_CHECKING:
+    from airflow_provider_cdc.api.registered import Registered
 
 CONFIG_DIR_ENV = "CDC_CONFIG_DIR"
 DEFAULT_CONFIG_DIR = Path("include") / "config"
@@ -123,6 +133,14 @@ class _Loaded:
     entries: dict[int, Any] = field(default_factory=dict)
     raw: list[Any] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)  # the valid top-level settings, as models
+    registered: dict[int, str] = field(default_factory=dict)  # entry index -> its key in the API's Variable
+
+    def where(self, index: int) -> tuple[str, str]:
+        """(file, key) of entry ``index``: ``transformations.yaml``/``rules[2]``, or the API's Variable and key."""
+        if index in self.registered:
+            variable = _REGISTERED_VARIABLES[self.spec.list_key]
+            return f"Airflow Variable {variable}", self.registered[index]
+        return self.spec.name, _format_key((self.spec.list_key, index))
 
     @property
     def raw_ids(self) -> list[Any]:
@@ -164,10 +182,13 @@ def default_config_dir() -> Path:
     return Path(os.environ.get(CONFIG_DIR_ENV) or DEFAULT_CONFIG_DIR)
 
 
-def load_config(directory: str | os.PathLike[str] | None = None) -> CdcConfig:
-    """Read and check every config file of ``directory``; raise ``ConfigError`` listing all problems.
+def load_config(directory: str | os.PathLike[str] | None = None, *,
+                registered: Registered | None = None) -> CdcConfig:
+    """Read and check every config file of ``directory``, with what the REST API registered merged in; raise
+    ``ConfigError`` listing all problems.
 
-    Only ``cdc.yaml`` is required; a missing optional file means an empty list.
+    Only ``cdc.yaml`` is required; a missing optional file means an empty list. ``registered``: the API's rules and
+    suites to merge (default: read from the Airflow Variables, once per call; ``Registered.empty()``: the YAML alone).
     """
     root = Path(directory) if directory is not None else default_config_dir()
     problems = _Problems()
@@ -176,12 +197,19 @@ def load_config(directory: str | os.PathLike[str] | None = None) -> CdcConfig:
         problems.add(_SOURCES.name, "", f"config directory {root} {state} (pass another one or set {CONFIG_DIR_ENV})")
         raise ConfigError(problems.items, root)
     loaded = {spec.list_key: _load_file(root, spec, problems) for spec in FILES}
+    api_sources = merge_api_sources(loaded["sources"], problems)  # sources registered through the REST API
+    if registered is None:
+        from airflow_provider_cdc.api.registered import read_registered
+
+        registered = read_registered()
+    _merge_registered(loaded, registered, problems)
     for result in loaded.values():
         _check_duplicate_ids(result, problems)
     _check_references(loaded, problems)
     _check_connector_roles(loaded, problems)
     _check_rules(loaded["rules"], [str(i) for i in loaded["connectors"].raw_ids if i], problems)
     _check_suites(loaded["suites"], problems)
+    api_sources.relabel(problems)
     if problems.items:
         raise ConfigError(sorted(problems.items, key=_reading_order), root)
     lists: dict[str, Any] = {key: list(result.entries.values()) for key, result in loaded.items()}
@@ -437,7 +465,7 @@ def _check_rules(rules: _Loaded, connector_ids: list[str], problems: _Problems) 
     for line in RuleSet.from_config(list(rules.entries.values()), functions=functions,
                                     connectors=connector_ids).problems():
         rule_id = next((r for r in index if line.startswith(f"rule {r!r}")), None)
-        problems.add(_RULES.name, f"rules[{index[rule_id]}]" if rule_id is not None else "rules", line)
+        problems.add(*(rules.where(index[rule_id]) if rule_id is not None else (_RULES.name, "rules")), line)
 
 
 def _check_suites(suites: _Loaded, problems: _Problems) -> None:
@@ -448,7 +476,7 @@ def _check_suites(suites: _Loaded, problems: _Problems) -> None:
 
     for i, suite in suites.entries.items():
         for line in check_rules(suite):
-            problems.add(_SUITES.name, f"suites[{i}]", line)
+            problems.add(*suites.where(i), line)
 
 
 def _check_references(loaded: dict[str, _Loaded], problems: _Problems) -> None:
@@ -515,6 +543,67 @@ def _check_sink_tables(sources: _Loaded, problems: _Problems) -> None:
             f"{names} into schema {source.target_schema!r} of sink {source.sink!r}; give one of them another "
             f"target_schema",
         )
+
+
+# ------------------------------------------------------------------------------------ registered by the API
+
+_REGISTERED_VARIABLES = {"rules": "cdc.api.rules", "suites": "cdc.api.quality"}
+
+
+def _merge_registered(loaded: dict[str, _Loaded], registered: Registered, problems: _Problems) -> None:
+    """Add the API's rules and suites to what the YAML gave (see the module docstring)."""
+    rules, suites = loaded["rules"], loaded["suites"]
+    variable = f"Airflow Variable {_REGISTERED_VARIABLES['rules']}"
+    for item in registered.rules:
+        key = f"rules.{item.rule_id}"
+        try:
+            model = RuleConfig.model_validate({**item.rule, "rule_id": item.rule_id})
+        except ValidationError as exc:
+            for error in exc.errors(include_url=False):
+                problems.add(variable, (key, *error["loc"]), _reason(error, RuleConfig))
+            continue
+        if item.rule_id in rules.raw_ids:
+            index = rules.raw_ids.index(item.rule_id)
+            own = rules.entries.get(index)
+            if own is not None and _same(own, model):
+                continue  # the YAML holds the very same rule: keep it once
+            problems.add(_RULES.name, (rules.spec.list_key, index, "rule_id"),
+                         f"rule {item.rule_id!r} is also registered through the REST API (version {item.version}, "
+                         f"{variable}) with different content; keep one: make the two the same, or remove the rule "
+                         f"from this file or from the Variable")
+            continue
+        _append(rules, model.model_dump(exclude_unset=True), model, key)
+    variable = f"Airflow Variable {_REGISTERED_VARIABLES['suites']}"
+    for suite in registered.suites:
+        key = f"suites.{suite.suite_id}"
+        if suite.suite_id in suites.raw_ids:
+            index = suites.raw_ids.index(suite.suite_id)
+            own = suites.entries.get(index)
+            if own is None:
+                continue  # the YAML's suite is invalid: reported as such
+            added = [rule for rule in suite.rules if rule not in own.rules]
+            if added:
+                suites.entries[index] = own.model_copy(update={"rules": [*own.rules, *added]})
+            continue
+        try:
+            built = SuiteConfig.model_validate({"id": suite.suite_id, "tables": suite.tables, "rules": suite.rules})
+        except ValidationError as exc:
+            for error in exc.errors(include_url=False):
+                problems.add(variable, (key, *error["loc"]), _reason(error, SuiteConfig))
+            continue
+        _append(suites, {"id": suite.suite_id}, built, key)
+
+
+def _append(result: _Loaded, raw: dict[str, Any], model: BaseModel, key: str) -> None:
+    index = len(result.raw)
+    result.raw.append(raw)
+    result.entries[index] = model
+    result.registered[index] = key
+
+
+def _same(one: BaseModel, other: BaseModel) -> bool:
+    """The same entry, whatever keys were left to their defaults."""
+    return one.model_dump(mode="json") == other.model_dump(mode="json")
 
 
 # ---------------------------------------------------------------------------------------------- connectors

@@ -14,7 +14,6 @@ position is stored (:class:`~airflow_provider_cdc.pipeline.TablesHeldError`).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -26,6 +25,7 @@ from airflow_provider_cdc.assets import assets_or_none, record_asset_events
 from airflow_provider_cdc.connectors.base import Sink, Source
 from airflow_provider_cdc.hooks.cdc import CdcHook
 from airflow_provider_cdc.lineage.gate_impact import impact_in_hold_messages
+from airflow_provider_cdc.metrics import emit_batch_metrics, emit_quality_stats
 from airflow_provider_cdc.operators.intent import fail_terminal_errors
 from airflow_provider_cdc.operators.lineage import CdcLineageMixin
 from airflow_provider_cdc.stages import build_stages
@@ -122,6 +122,7 @@ class CdcLoadOperator(_CdcOperator):
             finally:
                 sink.close()
             emit_asset_events(self, hook, context, summary)
+            emit_batch_metrics(self.source_id, summary, self.manifest_uri)
             return summary
 
 
@@ -193,7 +194,7 @@ class CdcFusedOperator(_CdcOperator):
             budget = config.loop_seconds if self.loop_seconds is None else self.loop_seconds
             summary = fused_loop.run_for(
                 budget, run_once, has_changes, poll_interval=config.poll_interval,
-                on_batch=lambda batch: emit_quality_stats(self.source_id, batch.get("stage_versions")))
+                on_batch=lambda batch: emit_batch_metrics(self.source_id, batch))
             emit_asset_events(self, hook, context, summary)
             return summary
 
@@ -209,23 +210,3 @@ def emit_asset_events(operator: BaseOperator, hook: CdcHook, context: Any, summa
     except Exception as exc:
         operator.log.warning("source %s: the asset events carry no counts (%s: %s)",
                              operator.source_id, type(exc).__name__, exc)  # type: ignore[attr-defined]
-
-
-def emit_quality_stats(source_id: str, stage_versions: Mapping[str, Any] | None) -> None:
-    """The validate stage's metrics of one batch as Airflow metrics: counters ``cdc.quality.evaluated``,
-    ``.passed``, ``.failed`` and ``.warned``, and the gauge ``cdc.quality.score``, each per table (tags ``source``
-    and ``table``, and the same names suffixed ``.<source_id>.<schema.table>`` for StatsD without tags)."""
-    metrics = ((stage_versions or {}).get("validate") or {}).get("metrics") or {}
-    if not metrics:
-        return
-    from airflow.sdk.observability.stats import Stats
-
-    for table, counts in metrics.items():
-        tags = {"source": source_id, "table": table}
-        suffix = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{source_id}.{table}")[:200]  # StatsD name rules
-        for name in ("evaluated", "passed", "failed", "warned"):
-            count = int(counts.get(name) or 0)
-            Stats.incr(f"cdc.quality.{name}", count, tags=tags)
-            Stats.incr(f"cdc.quality.{name}.{suffix}", count)
-        Stats.gauge("cdc.quality.score", float(counts.get("score", 1.0)), tags=tags)
-        Stats.gauge(f"cdc.quality.score.{suffix}", float(counts.get("score", 1.0)))

@@ -171,6 +171,18 @@ def api_server(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> 
     finally:
         _stop_group(proc)
         log.close()
+        _forget_api_entries()
+
+
+def _forget_api_entries() -> None:
+    """Rules and quality rules the module registered through the API (the Variables are per test session, and
+    would merge into the next module's config)."""
+    from airflow.models import Variable
+
+    from airflow_provider_cdc.api.registered import QUALITY_VARIABLE, RULES_VARIABLE
+
+    for key in (RULES_VARIABLE, QUALITY_VARIABLE):
+        Variable.delete(key)
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
