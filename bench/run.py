@@ -549,7 +549,7 @@ def verdict(ok: bool) -> str:
 
 # Targets whose figures come from other scripts (bench/end_to_end.py, bench/continuous_lag.py): a run of 1-3 keeps
 # the row the previous report had for them.
-MEASURED_ELSEWHERE = ("end to end (", "continuous mode at ")
+MEASURED_ELSEWHERE = ("end to end (", "continuous mode at ", "peak RSS, burst backlog", "burst backlog drains")
 
 
 def _sections(markdown: str) -> list[tuple[str, str]]:
@@ -564,10 +564,22 @@ def keep_other_reports(previous: str, report: str) -> str:
     of "Against the targets" for the targets those scripts measure. A full run must never drop them."""
     ours = {heading for heading, _ in _sections(report)}
     kept = [text.rstrip("\n") for heading, text in _sections(previous) if heading and heading not in ours]
+    lines = report.splitlines()
     for line in previous.splitlines():
-        if line.startswith("| ") and line[2:].startswith(MEASURED_ELSEWHERE):
-            first = line.split(" | ")[0]
-            report = "\n".join(line if row.split(" | ")[0] == first else row for row in report.splitlines()) + "\n"
+        if not (line.startswith("| ") and line[2:].startswith(MEASURED_ELSEWHERE)):
+            continue
+        first = line.split(" | ")[0]
+        at = [i for i, row in enumerate(lines) if row.split(" | ")[0] == first]
+        if at:
+            lines[at[0]] = line
+        else:  # a row this script does not write at all: after the last row of the targets table
+            end = lines.index("## Against the targets")
+            while end + 1 < len(lines) and not lines[end + 1].startswith("| "):
+                end += 1  # to the table's first row
+            while end + 1 < len(lines) and lines[end + 1].startswith("| "):
+                end += 1  # to its last
+            lines.insert(end + 1, line)
+    report = "\n".join(lines)
     return report.rstrip("\n") + ("\n\n" + "\n\n".join(kept) + "\n" if kept else "\n")
 
 
