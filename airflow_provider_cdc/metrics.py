@@ -9,8 +9,10 @@ StatsD without tags.
 ``cdc.events_processed``       counter  changes the sink applied, per table (the load's per-table counts)
 ``cdc.events_per_second``      gauge    the batch's changes over the seconds from its capture to the end of its
                                         load (staged: the capture time the manifest noted; fused: the load)
-``cdc.transform.failures``     counter  changes the transform stage quarantined or failed in the batch
-``cdc.lag_seconds``            gauge    now minus the newest source commit time of the batch (``_cdc_ts_ms``)
+``cdc.transform.failures``     counter  changes the transform stage quarantined or failed in the batch (staged:
+                                        the manifest's facts; fused: the summary's ``quarantined``)
+``cdc.lag_seconds``            gauge    now minus the newest source commit time of the batch (``_cdc_ts_ms``;
+                                        fused: the summary's ``newest_ts_ms``)
 ``cdc.quality.*``              both     the validate stage's counts and ``cdc.quality.score`` per table
 =============================  =======  ===================================================================
 
@@ -67,8 +69,9 @@ def batch_metrics(summary: Mapping[str, Any], manifest: Mapping[str, Any] | None
                   newest_ts_ms: int | None = None, now: float | None = None) -> dict[str, Any]:
     """What :func:`emit_batch_metrics` sends for one batch, as plain values (None: not known for this batch).
 
-    ``summary``: the load's (staged) or a fused batch's summary; ``manifest``: the staged batch's manifest (its
-    audit facts: capture time, the transform stage's quarantined changes)."""
+    ``summary``: the load's (staged) or a fused batch's summary (:func:`~airflow_provider_cdc.pipeline.run_fused`'s:
+    ``newest_ts_ms`` and the per-stage ``quarantined`` counts); ``manifest``: the staged batch's manifest (its audit
+    facts: capture time, the transform stage's quarantined changes)."""
     now = time.time() if now is None else now
     nested = summary.get("load")
     load: Mapping[str, Any] = nested if isinstance(nested, Mapping) else summary
@@ -80,6 +83,12 @@ def batch_metrics(summary: Mapping[str, Any], manifest: Mapping[str, Any] | None
     captured_at = _epoch((facts.get(CAPTURE) or {}).get("at"))
     seconds = now - captured_at if captured_at is not None else float(load.get("seconds") or 0.0)
     transform = facts.get("transform") if isinstance(facts.get("transform"), Mapping) else None
+    # A fused batch has no manifest: its summary carries what each stage quarantined and its newest commit time.
+    by_stage = summary.get("quarantined")
+    if transform is None and isinstance(by_stage, Mapping) and "transform" in by_stage:
+        transform = {"quarantined": by_stage["transform"]}
+    if newest_ts_ms is None and isinstance(summary.get("newest_ts_ms"), int):
+        newest_ts_ms = summary["newest_ts_ms"]
     return {
         "events_processed": tables,
         "events_per_second": events / seconds if applied and seconds > 0 else None,

@@ -341,6 +341,7 @@ def run_fused(
     started = time.monotonic()
     batch = capture_batch(source, sink, positions, max_changes)
     captured = batch.change_count
+    newest_ts_ms = _newest_ts_ms(batch)
     facts: dict[str, Any] = {CAPTURE: captured_facts(batch, run_id)}
     stage_versions: dict[str, Any] = {}
     for stage in stages:  # one at a time, as staged mode runs them, so that each stage's facts are noted
@@ -355,9 +356,24 @@ def run_fused(
         run_id=run_id,
     )
     summary = {**summarize(batch, None), "captured": captured, "stage_versions": stage_versions, "load": loaded,
-               "commit": committed, "held_tables": committed["held_tables"]}
+               "commit": committed, "held_tables": committed["held_tables"],
+               # the newest source commit time captured (ms since epoch; None: no change) and what each stage
+               # quarantined: what staged mode's metrics read from the staged files and the manifest's facts
+               "newest_ts_ms": newest_ts_ms,
+               "quarantined": {stage.name: int(facts[stage.name]["quarantined"]) for stage in stages}}
     log.info("fused run of %s: %d changes captured, %d after %d stages, in %.2fs", source.source_id, captured,
              batch.change_count, len(stages), time.monotonic() - started)
     del batch
     release_memory()
     return summary
+
+
+def _newest_ts_ms(batch: ChangeBatch) -> int | None:
+    """The newest source commit time (``_cdc_ts_ms``) of the batch's changes and schema changes (None: none)."""
+    import pyarrow.compute as pc
+
+    found = [pc.max(table.column("_cdc_ts_ms")).as_py() for table in batch.tables.values()
+             if table.num_rows and "_cdc_ts_ms" in table.column_names]
+    found += [change.ts_ms for change in batch.schema_changes if change.ts_ms]
+    values = [int(value) for value in found if value is not None]
+    return max(values) if values else None

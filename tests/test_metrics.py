@@ -48,6 +48,11 @@ def test_batch_metrics_from_a_load_summary_and_its_manifest():
     fused = batch_metrics({"load": summary}, None, now=now)
     assert fused["events_per_second"] == 10.0 and fused["transform_failures"] is None
     assert fused["lag_seconds"] is None
+    # a fused batch's summary (pipeline.run_fused) carries its newest commit time and each stage's quarantined count
+    fused = batch_metrics({"load": summary, "newest_ts_ms": int((now - 2.5) * 1000),
+                           "quarantined": {"transform": 2, "validate": 1}}, None, now=now)
+    assert fused["transform_failures"] == 2 and fused["lag_seconds"] == pytest.approx(2.5)
+    assert batch_metrics({"load": summary, "quarantined": {"validate": 1}}, None, now=now)["transform_failures"] is None
     # a replayed batch (already in the ledger) counts nothing
     assert batch_metrics({**summary, "applied": False})["events_processed"] == {}
 
@@ -109,10 +114,10 @@ def test_a_dag_run_sends_the_cdc_metrics_to_statsd(pg_database_factory, tmp_path
     assert _value(ours, f"cdc.events_processed.{source_id}.public.orders") == [2.0], ours
     (rate,) = _value(ours, f"cdc.events_per_second.{source_id}")
     assert rate > 0
-    if mode == "staged":
-        assert _value(ours, f"cdc.transform.failures.{source_id}") == [1.0], ours
-        (lag,) = _value(ours, f"cdc.lag_seconds.{source_id}")
-        # the rows were committed at the source just before the run: the lag is the run's own time, about
-        assert 0 <= lag <= elapsed + 60
+    # both modes: the staged one from the manifest and its files, the fused one from run_fused's summary
+    assert _value(ours, f"cdc.transform.failures.{source_id}") == [1.0], ours
+    (lag,) = _value(ours, f"cdc.lag_seconds.{source_id}")
+    # the rows were committed at the source just before the run: the lag is the run's own time, about
+    assert 0 <= lag <= elapsed + 60
     # tagged names too (StatsD drops the tags; the bare name is sent once per table or source)
     assert len(_value(ours, "cdc.events_processed")) == 2 and len(_value(ours, "cdc.events_per_second")) == 1

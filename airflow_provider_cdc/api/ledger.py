@@ -1,22 +1,27 @@
-"""Recent batches of a source, read from its sink's ``_cdc_ledger``.
+"""Recent batches of a source, read from its sink's ledger through the ``Sink`` protocol.
 
-The ``Sink`` protocol has no "recent ledger rows" call yet (it asks the ledger for one batch, the high water and the
-last position only). Until it has one, this module reads a PostgreSQL sink's ledger itself, with one short
-read-only query; for other sink types it raises :class:`LedgerUnreadable`, which the answer reports as a problem
-instead of failing.
+Every sink answers :meth:`~airflow_provider_cdc.connectors.base.Sink.ledger_rows` (its ``_cdc_ledger`` table,
+collection, Delta table or batch manifests), so the recent batches and the status work the same for a PostgreSQL,
+MySQL/MariaDB, MongoDB or file sink. A sink that cannot be reached or read raises :class:`LedgerUnreadable`, which
+the answer reports as a problem instead of failing.
+
+:func:`sink_rows` reads an open sink: the one the config describes (``CdcHook.get_sink()``), so a file sink's
+format and storage options apply as in the tasks.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import psycopg
-from psycopg import sql
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cdc.config.models import mask_url
-from airflow_provider_cdc.connectors.ledger import LEDGER_TABLE, LedgerRow
+from airflow_provider_cdc.errors import SinkError
 
-CONNECT_TIMEOUT = 5  # seconds: an answer must not hang on a sink that does not answer
+if TYPE_CHECKING:
+    from airflow_provider_cdc.connectors.base import Sink
+    from airflow_provider_cdc.connectors.ledger import LedgerRow
+
+# Driver errors of a sink that cannot be reached (psycopg and PyMySQL, PyMongo): their messages name the host.
+UNREACHABLE = frozenset({"OperationalError", "ConnectionFailure"})
 
 
 class LedgerUnreadable(Exception):
@@ -27,36 +32,35 @@ class LedgerUnreadable(Exception):
         super().__init__(f"sink {sink_id!r}: the ledger cannot be read: {reason}")
 
 
-def recent_rows(connector_type: str, dsn: str, *, sink_id: str, ledger_schema: str, source_id: str,
-                limit: int) -> list[LedgerRow]:
-    """The ``limit`` latest ledger rows of ``source_id`` (highest ``seq_to`` first, the later commit on a tie, as
-    :func:`~airflow_provider_cdc.connectors.ledger.latest` orders them); empty when the ledger does not exist yet."""
-    if connector_type == "postgresql":
-        return _postgres_rows(dsn, sink_id=sink_id, ledger_schema=ledger_schema, source_id=source_id, limit=limit)
-    raise LedgerUnreadable(sink_id, f"reading recent batches of a {connector_type} sink is not supported yet")
-
-
-def _postgres_rows(dsn: str, *, sink_id: str, ledger_schema: str, source_id: str, limit: int) -> list[LedgerRow]:
+def sink_rows(sink: Sink, *, source_id: str, limit: int) -> list[LedgerRow]:
+    """The ``limit`` latest ledger rows of ``source_id`` in ``sink`` (highest ``seq_to`` first, the later commit on a
+    tie, as :func:`~airflow_provider_cdc.connectors.ledger.latest` orders them); empty when the ledger does not exist
+    yet."""
     try:
-        with psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT, autocommit=True) as conn:
-            conn.read_only = True
-            found = conn.execute("SELECT to_regclass(%s)",
-                                 (sql.Identifier(ledger_schema, LEDGER_TABLE).as_string(conn),)).fetchone()
-            if found is None or found[0] is None:
-                return []
-            cur = conn.execute(sql.SQL(
-                "SELECT * FROM {} WHERE source_id = %s ORDER BY seq_to DESC, committed_at DESC LIMIT %s"
-            ).format(sql.Identifier(ledger_schema, LEDGER_TABLE)), (source_id, limit))
-            names = [column.name for column in cur.description or ()]
-            return [LedgerRow.from_record(dict(zip(names, row))) for row in cur.fetchall()]
-    except psycopg.Error as exc:
-        raise LedgerUnreadable(sink_id, _reason(exc)) from exc
+        return sink.ledger_rows(source_id, limit)
+    except SinkError as exc:
+        raise LedgerUnreadable(sink.sink_id, _reason(exc)) from exc
+
+
+def hook_rows(hook: Any, *, source_id: str, limit: int) -> list[LedgerRow]:
+    """:func:`sink_rows` of the sink ``hook`` (a :class:`~airflow_provider_cdc.hooks.cdc.CdcHook`) opens, closed
+    after it; a sink that cannot be opened is :class:`LedgerUnreadable` too (without its host)."""
+    try:
+        sink = hook.get_sink()
+    except SinkError as exc:
+        raise LedgerUnreadable(hook.sink_config.id, _reason(exc)) from exc
+    try:
+        return sink_rows(sink, source_id=source_id, limit=limit)
+    finally:
+        sink.close()
 
 
 def _reason(exc: BaseException) -> str:
-    """The error's class and its first line, with anything URL-shaped masked (a server name stays out too: libpq
-    names the host it failed to reach, so a connection failure is reported by class only)."""
-    if isinstance(exc, psycopg.OperationalError):
-        return f"{type(exc).__name__} (the sink database did not answer)"
-    first: Any = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    """The error's class and its first line, with anything URL-shaped masked (a server name stays out too: drivers
+    name the host they failed to reach, so a connection failure is reported without its message)."""
+    text = str(exc).strip()
+    cause = exc.__cause__ or exc
+    if "cannot connect" in text or any(kind.__name__ in UNREACHABLE for kind in type(cause).__mro__):
+        return f"{type(cause).__name__} (the sink database did not answer)"
+    first: Any = text.splitlines()[0] if text else ""
     return f"{type(exc).__name__}: {mask_url(first)}" if first else type(exc).__name__

@@ -18,9 +18,9 @@ flow and the position moves on. Nothing is lost. Starting it replays them throug
 for a schema change is not started here (that is the schema accept's decision), nor one that had a schema change
 while stopped.
 
-Holding a table on request needs one write the :class:`~airflow_provider_cdc.connectors.base.Sink` protocol does not
-have yet (a ``hold_table`` beside ``release_table``); :func:`hold_table` does it for the PostgreSQL sink through
-its storage and refuses other sinks with a clear message.
+Every sink holds a table on request through the :class:`~airflow_provider_cdc.connectors.base.Sink` protocol's
+``hold_table`` (the gate's own mark, written outside a batch), so single tables stop and start alike in PostgreSQL,
+MySQL/MariaDB, MongoDB and Delta sinks. A Parquet change log never holds a table: stopping one there is refused (409).
 """
 
 from __future__ import annotations
@@ -241,48 +241,39 @@ def start_tables(sink: Sink, source: SourceConfig, tables: list[str], config: Cd
         if table not in held:
             actions.append(TableAction(table=table, held=False, changed=False))
             continue
-        if not sink.held_changes(source.id, table):
-            unhold_table(sink, source.id, table)
+        if not sink.held_changes(source.id, table) and not registered(sink, source.id, table):
+            # Stopped before any batch loaded it: no sink table, no version to accept, nothing to replay.
+            sink.release_table(source.id, table)
             actions.append(TableAction(table=table, held=False, changed=True))
             continue
+        # With nothing held, the accept only clears the mark (no replay batch, no migration: the version it
+        # follows is the one already in effect).
         result = sink.accept_table(source.id, table, policy=config.schema_policy(source.id))
         actions.append(TableAction(table=table, held=False, changed=True, replayed_events=result.replayed_events,
                                    batch_id=result.batch_id))
     return actions
 
 
-def _pg_storage(sink: Sink, what: str) -> Any:
-    from airflow_provider_cdc.connectors.postgres.sink import PgSink
+def registered(sink: Sink, source_id: str, table: str) -> bool:
+    """Whether the sink's schema registry has a version of ``table`` (a batch of it was loaded, or held)."""
+    from airflow_provider_cdc.schema.registry import subject_of
 
-    if not isinstance(sink, PgSink):
-        raise InvalidQuestionError(f"{what} single tables is supported for PostgreSQL sinks in this version (sink "
-                                   f"{sink.sink_id!r} is not one); stop or start the whole source instead (no body)")
-    return sink
+    subject = subject_of(source_id, table)
+    return any(version.subject == subject for version in sink.schema_versions(source_id))
 
 
 def hold_table(sink: Sink, source_id: str, table: str, reason: str) -> bool:
-    """Hold ``table`` of ``source_id`` in ``sink`` from the next batch on; True when it was not held."""
-    from psycopg import sql
+    """Hold ``table`` of ``source_id`` in ``sink`` from the next batch on; True when it was not held. A sink that
+    cannot hold a table (a Parquet change log) is a :class:`ConflictError`."""
+    from airflow_provider_cdc.errors import SinkError
 
-    pg = _pg_storage(sink, "stopping")
-    with pg._conn.transaction(), pg._conn.cursor() as cur:
-        pg._lock_source(cur, source_id)
-        pg._ensure_held(cur)
-        cur.execute(sql.SQL("INSERT INTO {} (source_id, source_table, reason) VALUES (%s, %s, %s) "
-                            "ON CONFLICT DO NOTHING").format(pg._held), (source_id, table, reason))
-        return bool(cur.rowcount)
-
-
-def unhold_table(sink: Sink, source_id: str, table: str) -> bool:
-    """Stop holding ``table`` that has no held changes (nothing to replay); True when it was held."""
-    from psycopg import sql
-
-    pg = _pg_storage(sink, "starting")
-    with pg._conn.transaction(), pg._conn.cursor() as cur:
-        pg._lock_source(cur, source_id)
-        cur.execute(sql.SQL("DELETE FROM {} WHERE source_id = %s AND source_table = %s").format(pg._held),
-                    (source_id, table))
-        return bool(cur.rowcount)
+    try:
+        return sink.hold_table(source_id, table, reason)
+    except SinkError as exc:
+        if not exc.terminal:
+            raise
+        raise ConflictError(f"table {table} of source {source_id!r} cannot be stopped in sink {sink.sink_id!r}: "
+                            f"{exc}; stop the whole source instead (no body)") from exc
 
 
 def validation_problems(exc: ValidationError, prefix: tuple[str | int, ...]) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cdc.api.errors import NotFoundError
-from airflow_provider_cdc.api.ledger import LedgerUnreadable, recent_rows
+from airflow_provider_cdc.api.ledger import LedgerUnreadable, hook_rows
 from airflow_provider_cdc.api.models import BatchInfo, BatchList, HeldTable, PipelineStatus, RunInfo, SourceStatus
 from airflow_provider_cdc.config.models import mask_url
 
@@ -204,11 +204,7 @@ class StatusReader:
         return PositionStore().get_document(source_id)
 
     def ledger_rows(self, source: SourceConfig, limit: int) -> list[LedgerRow]:
-        hook = self.hook(source.id)
-        sink = self.config.connector(source.sink)
-        return recent_rows(sink.type, hook.sink_dsn(), sink_id=sink.id,
-                           ledger_schema=source.ledger_schema or source.target_schema, source_id=source.id,
-                           limit=limit)
+        return hook_rows(self.hook(source.id), source_id=source.id, limit=limit)
 
     def held_tables(self, source: SourceConfig) -> dict[str, str]:
         sink = self.hook(source.id).get_sink()

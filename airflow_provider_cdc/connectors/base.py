@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import datetime as dt
 
     from airflow_provider_cdc.connectors.audit import AuditEntry
+    from airflow_provider_cdc.connectors.ledger import LedgerRow
     from airflow_provider_cdc.schema import HeldChunk, SchemaPolicy, SchemaVersion
 
 Position = dict[str, Any]
@@ -216,6 +217,11 @@ class Sink(Protocol):
     def last_committed(self, source_id: str) -> dict[str, Any] | None:
         """``position_to`` of the ledger row with the highest ``seq_to`` for ``source_id`` (None when none)."""
 
+    def ledger_rows(self, source_id: str, limit: int = 100) -> list[LedgerRow]:
+        """The ``limit`` latest ledger rows of ``source_id``, newest first: highest ``seq_to``, the later commit on
+        a tie (:func:`~airflow_provider_cdc.connectors.ledger.latest`'s order). Empty when the sink has no ledger
+        yet. What the REST API shows as recent batches and reads the status from."""
+
     # --- quarantine (``python -m airflow_provider_cdc quarantine list|replay``) ---
 
     def quarantined(self, source_id: str, *, waiting_only: bool = True) -> list[dict[str, Any]]:
@@ -236,6 +242,13 @@ class Sink(Protocol):
 
     def held_tables(self, source_id: str) -> dict[str, str]:
         """Source tables whose changes the sink holds back (a schema change it cannot follow), with the reason."""
+
+    def hold_table(self, source_id: str, table: str, reason: str) -> bool:
+        """Hold ``table`` (``schema.table``) back from the next batch on, with ``reason`` (e.g. stopped through the
+        REST API): the same mark the schema gate writes, outside a batch, so :meth:`held_tables` lists it, its
+        changes wait among :meth:`held_changes`, and :meth:`accept_table` replays them exactly once (or
+        :meth:`release_table` discards them before a re-snapshot). True when it was not held already; a table held
+        already keeps its first reason. A sink that cannot hold a table raises a terminal ``SinkError``."""
 
     def release_table(self, source_id: str, table: str) -> bool:
         """Stop holding ``table`` back before its re-snapshot (its held changes are discarded: the snapshot reads

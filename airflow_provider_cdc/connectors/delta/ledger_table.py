@@ -100,6 +100,13 @@ class SmallTable:
             table.optimize.compact()
 
 
+def newest_rows(rows: list[LedgerRow], limit: int) -> list[LedgerRow]:
+    """``rows`` newest first (highest ``seq_to``, the later commit on a tie), at most ``limit``."""
+    oldest = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+    ordered = sorted(rows, key=lambda row: (row.seq_to, row.committed_at or oldest), reverse=True)
+    return ordered[:max(limit, 0)]
+
+
 class DeltaLedger(SmallTable):
     """``<root>/_cdc_ledger``: one :class:`LedgerRow` per applied batch."""
 
@@ -132,6 +139,11 @@ class DeltaLedger(SmallTable):
     def last_committed(self, source_id: str) -> dict[str, Any] | None:
         newest = latest(self.rows(source_id))
         return None if newest is None else newest.position_to
+
+    def recent_rows(self, source_id: str, limit: int) -> list[LedgerRow]:
+        """The ``limit`` latest rows of ``source_id``, in :func:`~airflow_provider_cdc.connectors.ledger.latest`'s
+        order (newest first)."""
+        return newest_rows(self.rows(source_id), limit)
 
     def latest_row(self, source_id: str) -> LedgerRow | None:
         """The source's latest row (:func:`~airflow_provider_cdc.connectors.ledger.latest`), read with the columns

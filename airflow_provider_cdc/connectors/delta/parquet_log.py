@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 
 from airflow_provider_cdc.connectors.audit import AUDIT_TABLE, AuditEntry, batch_audit_entries, matches, newest_first
 from airflow_provider_cdc.connectors.base import AcceptResult, ApplyResult, SinkCapabilities
+from airflow_provider_cdc.connectors.delta.ledger_table import newest_rows
 from airflow_provider_cdc.connectors.delta.options import DeltaSinkOptions
 from airflow_provider_cdc.connectors.delta.storage import normalise_root
 from airflow_provider_cdc.connectors.delta.types import OP, POSITION, TS, UTC_MICROS, typed_columns
@@ -164,8 +165,15 @@ class ParquetChangeLogSink:
         manifests = self.manifests(source_id)
         return manifests[-1]["ledger"]["position_to"] if manifests else None
 
-    def ledger_rows(self, source_id: str) -> list[LedgerRow]:
-        return [LedgerRow.from_record(m["ledger"]) for m in self.manifests(source_id)]
+    def ledger_rows(self, source_id: str, limit: int = 100) -> list[LedgerRow]:
+        """The ``limit`` latest ledger rows of ``source_id`` (one per manifest), newest first."""
+        rows = []
+        for manifest in self.manifests(source_id):
+            record = dict(manifest["ledger"])
+            if isinstance(record.get("committed_at"), str):  # JSON keeps the time as ISO text
+                record["committed_at"] = dt.datetime.fromisoformat(record["committed_at"])
+            rows.append(LedgerRow.from_record(record))
+        return newest_rows(rows, limit)
 
     # --- Sink protocol -----------------------------------------------------------------------------------------
 
@@ -177,6 +185,11 @@ class ParquetChangeLogSink:
 
     def release_table(self, source_id: str, table: str) -> bool:
         return False
+
+    def hold_table(self, source_id: str, table: str, reason: str) -> bool:
+        raise SinkError(self.sink_id, f"table {table} of source {source_id!r} cannot be held: a Parquet change log "
+                                      f"records every change as it came and keeps no held changes to replay",
+                        table=table, terminal=True)
 
     def quarantined(self, source_id: str, *, waiting_only: bool = True) -> list[dict[str, Any]]:
         return []  # capabilities.quarantine is False: a change log keeps no quarantine

@@ -105,7 +105,7 @@ from airflow_provider_cdc.connectors.delta.storage import (
     reset_app_transactions,
 )
 from airflow_provider_cdc.connectors.delta.types import app_ids_of
-from airflow_provider_cdc.connectors.ledger import ledger_row
+from airflow_provider_cdc.connectors.ledger import LedgerRow, ledger_row
 from airflow_provider_cdc.errors import SinkError
 from airflow_provider_cdc.events import ChangeBatch
 from airflow_provider_cdc.quarantine import refuse_held, sink_records
@@ -223,6 +223,11 @@ class DeltaSink:
     def last_committed(self, source_id: str) -> dict[str, Any] | None:
         with self._errors(f"cannot read the ledger for source {source_id!r}"):
             return self._ledger.last_committed(source_id)
+
+    def ledger_rows(self, source_id: str, limit: int = 100) -> list[LedgerRow]:
+        """The ``limit`` latest ledger rows of ``source_id``, newest first (empty without a ledger)."""
+        with self._errors(f"cannot read the ledger for source {source_id!r}"):
+            return self._ledger.recent_rows(source_id, limit)
 
     def held_tables(self, source_id: str) -> dict[str, str]:
         with self._errors(f"cannot read the held tables of source {source_id!r}"):
@@ -390,6 +395,18 @@ class DeltaSink:
             write_deltalake(target, schema.empty_table(), mode="overwrite",
                             commit_properties=commit_properties({app_id: 0 for app_id in app_ids_of(schema)}))
         log.info("sink %s: emptied table %s for a re-snapshot", self.sink_id, label)
+        return True
+
+    def hold_table(self, source_id: str, table: str, reason: str) -> bool:
+        """Hold ``table`` (``schema.table`` of the source) from the next batch on, as the schema gate holds one, with
+        ``reason``: its changes wait among the held changes, the other tables flow, and :meth:`accept_table` replays
+        them. One commit of ``_cdc_held``, outside a batch. True when it was not held already (a table held
+        already keeps its first mark)."""
+        with self._errors(f"cannot hold table {table}"):
+            if table in self._held.held(source_id):
+                return False
+            self._held.hold(source_id, table, reason, None)
+        log.info("sink %s: holding table %s of source %s: %s", self.sink_id, table, source_id, reason)
         return True
 
     def release_table(self, source_id: str, table: str) -> bool:

@@ -47,7 +47,7 @@ from pymongo.write_concern import WriteConcern
 
 from airflow_provider_cdc.connectors.audit import AuditEntry, batch_audit_entries
 from airflow_provider_cdc.connectors.base import AcceptResult, ApplyResult, SinkCapabilities
-from airflow_provider_cdc.connectors.ledger import ledger_row
+from airflow_provider_cdc.connectors.ledger import LedgerRow, ledger_row
 from airflow_provider_cdc.connectors.mongodb.connection import MONGODB_DIALECT, BadMongoUrl, connect
 from airflow_provider_cdc.connectors.mongodb.sink_merge import DocumentMerge
 from airflow_provider_cdc.connectors.mongodb.sink_schema import (
@@ -210,6 +210,11 @@ class MongoSink(DocumentMerge):
         """``position_to`` of the ledger row with the highest ``seq_to`` for ``source_id`` (None when none)."""
         row = self._read(f"the ledger for source {source_id!r}", lambda: self._store.last_committed(None, source_id))
         return None if row is None else row.position_to
+
+    def ledger_rows(self, source_id: str, limit: int = 100) -> list[LedgerRow]:
+        """The ``limit`` latest ledger rows of ``source_id``, newest first (empty without a ledger)."""
+        return self._read(f"the ledger for source {source_id!r}",
+                          lambda: self._store.recent_rows(None, source_id, limit))
 
     def apply(
         self,
@@ -604,6 +609,29 @@ class MongoSink(DocumentMerge):
                             terminal=not is_transient(exc)) from exc
         log.info("sink %s: emptied collection %s for a re-snapshot (%d documents)", self.sink_id, label, deleted)
         return True
+
+    def hold_table(self, source_id: str, table: str, reason: str) -> bool:
+        """Hold ``table`` (``schema.table`` of the source) from the next batch on, as the schema gate holds one, with
+        ``reason``: its changes wait among the held changes, the other tables flow, and :meth:`accept_table` replays
+        them. Written outside a batch, under the source's lock. True when it was not held already (a table held
+        already keeps its first mark)."""
+
+        def work(session: ClientSession) -> bool:
+            self._store.lock(session, source_id)
+            if table in self._store.held_tables(session, source_id):
+                return False
+            self._store.store_held(session, source_id, {table: reason}, None)
+            return True
+
+        try:
+            self._store.ensure()
+            held = self._transaction(work)
+        except PyMongoError as exc:
+            raise SinkError(self.sink_id, f"cannot hold table {table}: {describe(exc)}",
+                            terminal=not is_transient(exc)) from exc
+        if held:
+            log.info("sink %s: holding table %s of source %s: %s", self.sink_id, table, source_id, reason)
+        return held
 
     def release_table(self, source_id: str, table: str) -> bool:
         """Stop holding ``table`` (``schema.table`` of the source) back before its re-snapshot: its collection is

@@ -137,6 +137,14 @@ class Bookkeeping:
         # Plain values: a position is JSON, and BSON reads its large integers back as Int64.
         return None if row is None else LedgerRow.from_record(plain(row))
 
+    def recent_rows(self, session: ClientSession | None, source_id: str, limit: int) -> list[LedgerRow]:
+        """The ``limit`` latest rows of ``source_id``, in :meth:`last_committed`'s order (newest first)."""
+        if limit <= 0:
+            return []
+        found = self.database[LEDGER_TABLE].find({"source_id": source_id}, sort=[("seq_to", -1), ("committed_at", -1)],
+                                                 limit=limit, session=session)
+        return [LedgerRow.from_record(plain(row)) for row in found]
+
     def insert_ledger(self, session: ClientSession, row: LedgerRow) -> None:
         record = row.to_record()
         document = {"_id": row.batch_id, **{name: Int64(value) if name in ("seq_from", "seq_to") else value
@@ -234,7 +242,7 @@ class Bookkeeping:
         return {row["source_table"]: row.get("reason") or ""
                 for row in self.database[HELD_TABLE].find({"source_id": source_id}, session=session)}
 
-    def store_held(self, session: ClientSession, source_id: str, held: dict[str, str], batch_id: str) -> None:
+    def store_held(self, session: ClientSession, source_id: str, held: dict[str, str], batch_id: str | None) -> None:
         """Mark tables held; a table held already keeps its first mark."""
         now = dt.datetime.now(dt.timezone.utc)
         for table, reason in held.items():

@@ -44,7 +44,7 @@ from pymysql.cursors import Cursor
 
 from airflow_provider_cdc.connectors.audit import AuditEntry, batch_audit_entries
 from airflow_provider_cdc.connectors.base import AcceptResult, ApplyResult, SinkCapabilities
-from airflow_provider_cdc.connectors.ledger import ledger_row
+from airflow_provider_cdc.connectors.ledger import LedgerRow, ledger_row
 from airflow_provider_cdc.connectors.mysql.connection import MYSQL_DIALECT, connect
 from airflow_provider_cdc.connectors.mysql.sink_ddl import TableDdl, TableHeld
 from airflow_provider_cdc.connectors.mysql.sink_merge import RowMerge
@@ -236,6 +236,11 @@ class MySqlSink(SinkStorage, TableDdl, RowMerge):
             return None if row is None else row.position_to
 
         return self._read(f"the ledger for source {source_id!r}", read)
+
+    def ledger_rows(self, source_id: str, limit: int = 100) -> list[LedgerRow]:
+        """The ``limit`` latest ledger rows of ``source_id``, newest first (empty without a ledger)."""
+        return self._read(f"the ledger for source {source_id!r}",
+                          lambda cur: self._recent_rows(cur, source_id, limit) if self._ledger_exists(cur) else [])
 
     def apply(
         self,
@@ -608,6 +613,29 @@ class MySqlSink(SinkStorage, TableDdl, RowMerge):
             self._rollback_quietly()
         log.info("sink %s: emptied table %s for a re-snapshot", self.sink_id, label)
         return True
+
+    def hold_table(self, source_id: str, table: str, reason: str) -> bool:
+        """Hold ``table`` (``schema.table`` of the source) from the next batch on, as the schema gate holds one, with
+        ``reason``: its changes wait among the held changes, the other tables flow, and :meth:`accept_table` replays
+        them. Written outside a batch, under the source's lock. True when it was not held already (a table held
+        already keeps its first mark)."""
+        try:
+            with self._source_lock(source_id), self._conn.cursor() as cur:
+                try:
+                    self._ensure_bookkeeping(cur)  # DDL commits on its own: before the transaction
+                    self._conn.begin()
+                    held = table not in self._held_tables(cur, source_id)
+                    if held:
+                        self._store_held(cur, source_id, {table: reason}, None)
+                    self._conn.commit()
+                finally:
+                    self._rollback_quietly()
+        except pymysql.err.MySQLError as exc:
+            raise SinkError(self.sink_id, f"cannot hold table {table}: {describe(exc)}",
+                            terminal=not is_transient(exc)) from exc
+        if held:
+            log.info("sink %s: holding table %s of source %s: %s", self.sink_id, table, source_id, reason)
+        return held
 
     def release_table(self, source_id: str, table: str) -> bool:
         """Stop holding ``table`` (``schema.table`` of the source) back before its re-snapshot: its sink table is

@@ -332,6 +332,18 @@ class SinkStorage:
         record["committed_at"] = as_utc(record.get("committed_at"))
         return LedgerRow.from_record(record)
 
+    def _recent_rows(self, cur: Cursor, source_id: str, limit: int) -> list[LedgerRow]:
+        """The ``limit`` latest rows of ``source_id``, in :meth:`_last_committed`'s order (newest first)."""
+        run(cur, f"SELECT * FROM {self._ledger} WHERE source_id = %s ORDER BY seq_to DESC, committed_at DESC "
+                 "LIMIT %s", (source_id, max(limit, 0)))
+        names = [column[0] for column in cur.description or ()]
+        rows = []
+        for row in cur.fetchall():
+            record = dict(zip(names, row))
+            record["committed_at"] = as_utc(record.get("committed_at"))
+            rows.append(LedgerRow.from_record(record))
+        return rows
+
     def _insert_ledger(self, cur: Cursor, row: LedgerRow) -> None:
         """Insert the batch's ledger row (:func:`~airflow_provider_cdc.connectors.ledger.ledger_row`)."""
         record = row.to_record()
@@ -439,7 +451,7 @@ class SinkStorage:
         run(cur, f"SELECT source_table, reason FROM {self._held} WHERE source_id = %s", (source_id,))
         return {table: reason for table, reason in cur.fetchall()}
 
-    def _store_held(self, cur: Cursor, source_id: str, held: dict[str, str], batch_id: str) -> None:
+    def _store_held(self, cur: Cursor, source_id: str, held: dict[str, str], batch_id: str | None) -> None:
         """Mark tables held (one already marked keeps its first reason)."""
         for table, reason in held.items():
             run(cur, f"INSERT INTO {self._held} (source_id, source_table, reason, batch_id) VALUES (%s, %s, %s, %s)"

@@ -237,6 +237,14 @@ class LedgerStorage:
             return None
         return LedgerRow.from_record(dict(zip([column.name for column in cur.description or ()], row)))
 
+    def _recent_rows(self, cur: psycopg.Cursor, source_id: str, limit: int) -> list[LedgerRow]:
+        """The ``limit`` latest rows of ``source_id``, in :meth:`_last_committed`'s order (newest first)."""
+        cur.execute(sql.SQL(
+            "SELECT * FROM {} WHERE source_id = %s ORDER BY seq_to DESC, committed_at DESC LIMIT %s"
+        ).format(self._ledger), (source_id, max(limit, 0)))
+        names = [column.name for column in cur.description or ()]
+        return [LedgerRow.from_record(dict(zip(names, row))) for row in cur.fetchall()]
+
     def _insert_ledger(self, cur: psycopg.Cursor, row: LedgerRow) -> None:
         """Insert the batch's ledger row (:func:`~airflow_provider_cdc.connectors.ledger.ledger_row`)."""
         record = row.to_record()

@@ -37,7 +37,7 @@ from psycopg import sql
 
 from airflow_provider_cdc.connectors.audit import AuditEntry, batch_audit_entries
 from airflow_provider_cdc.connectors.base import AcceptResult, ApplyResult, SinkCapabilities
-from airflow_provider_cdc.connectors.ledger import LEDGER_TABLE, ledger_row
+from airflow_provider_cdc.connectors.ledger import LEDGER_TABLE, LedgerRow, ledger_row
 from airflow_provider_cdc.connectors.postgres.ddl import TableDdl, TableHeld, ensure_schema
 from airflow_provider_cdc.connectors.postgres.ledger import HELD_TABLE, DuplicateBatch, LedgerStorage
 from airflow_provider_cdc.connectors.postgres.merge import RowMerge
@@ -164,6 +164,14 @@ class PgSink(LedgerStorage, RegistryStorage, TableDdl, RowMerge):
                     return None
                 row = self._last_committed(cur, source_id)
                 return None if row is None else row.position_to
+        except psycopg.Error as exc:
+            raise SinkError(self.sink_id, f"cannot read the ledger for source {source_id!r}: {exc}") from exc
+
+    def ledger_rows(self, source_id: str, limit: int = 100) -> list[LedgerRow]:
+        """The ``limit`` latest ledger rows of ``source_id``, newest first (empty without a ledger)."""
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                return self._recent_rows(cur, source_id, limit) if self._ledger_exists(cur) else []
         except psycopg.Error as exc:
             raise SinkError(self.sink_id, f"cannot read the ledger for source {source_id!r}: {exc}") from exc
 
@@ -536,6 +544,24 @@ class PgSink(LedgerStorage, RegistryStorage, TableDdl, RowMerge):
                 return self._held_tables(cur, source_id)
         except psycopg.Error as exc:
             raise SinkError(self.sink_id, f"cannot read the held tables of source {source_id!r}: {exc}") from exc
+
+    def hold_table(self, source_id: str, table: str, reason: str) -> bool:
+        """Hold ``table`` (``schema.table`` of the source) from the next batch on, as the schema gate holds one, with
+        ``reason``: its changes wait among the held changes, the other tables flow, and :meth:`accept_table` replays
+        them. Written outside a batch, under the source's lock. True when it was not held already (a table held
+        already keeps its first mark)."""
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                self._lock_source(cur, source_id)
+                self._ensure_held(cur)
+                cur.execute(sql.SQL("INSERT INTO {} (source_id, source_table, reason) VALUES (%s, %s, %s) "
+                                    "ON CONFLICT DO NOTHING").format(self._held), (source_id, table, reason))
+                held = bool(cur.rowcount)
+        except psycopg.Error as exc:
+            raise SinkError(self.sink_id, f"cannot hold table {table}: {_describe(exc)}") from exc
+        if held:
+            log.info("sink %s: holding table %s of source %s: %s", self.sink_id, table, source_id, reason)
+        return held
 
     def release_table(self, source_id: str, table: str) -> bool:
         """Stop holding ``table`` (``schema.table`` of the source) back before its re-snapshot: its held changes
