@@ -198,7 +198,9 @@ def read_registered() -> Registered:
     Only inside an Airflow process (one that imported Airflow already: a DAG parse, a task, the API server, the
     ``airflow`` CLI): the config package must load in plain Python without importing Airflow (``config check``, unit
     tests), and there the YAML alone is the config."""
-    if "airflow" not in sys.modules:
+    from airflow_provider_cdc.config.api_sources import registrations_off
+
+    if "airflow" not in sys.modules or registrations_off():
         return Registered.empty()
     docs: list[Mapping[str, Any]] = []
     for key in (RULES_VARIABLE, QUALITY_VARIABLE):

@@ -47,6 +47,26 @@ _OVERRIDE: ContextVar[Mapping[str, Mapping[str, Any]] | None] = ContextVar("cdc_
                                                                           default=None)
 
 
+_READS_OFF: ContextVar[bool] = ContextVar("cdc_api_registrations_off", default=False)
+
+
+@contextlib.contextmanager
+def without_registrations() -> Iterator[None]:
+    """Within the block, configs load from the YAML alone: no Airflow Variable is read (neither the API's sources
+    nor its rules and suites). For processes that must not talk to Airflow's supervisor: the OpenLineage provider
+    runs the lineage methods in a process it forks from the task, where a Variable read hangs until the provider
+    kills it (and the event is lost)."""
+    token = _READS_OFF.set(True)
+    try:
+        yield
+    finally:
+        _READS_OFF.reset(token)
+
+
+def registrations_off() -> bool:
+    return _READS_OFF.get()
+
+
 @contextlib.contextmanager
 def registered_as(records: Mapping[str, Mapping[str, Any]]) -> Iterator[None]:
     """Within the block (this thread or task only), load configs as if the Variable held ``records``: how the API
@@ -61,7 +81,7 @@ def registered_as(records: Mapping[str, Mapping[str, Any]]) -> Iterator[None]:
 def read_registered() -> dict[str, dict[str, Any]]:
     """The Variable's mapping (source id -> record), or ``{}`` when Airflow is not imported, the metadata database
     cannot be reached, or the Variable is absent or not a JSON mapping."""
-    if "airflow" not in sys.modules:
+    if "airflow" not in sys.modules or registrations_off():
         return {}
     try:
         with warnings.catch_warnings():

@@ -62,11 +62,26 @@ def remember_results(cls: type) -> type:
     def execute_remembering(self: Any, *args: Any, **kwargs: Any) -> Any:
         result = execute(self, *args, **kwargs)
         setattr(self, _RESULT, result)
+        _remember_config(self)
         return result
 
     setattr(execute_remembering, _WRAPPED, True)
     cls.execute = execute_remembering  # type: ignore[attr-defined]
     return cls
+
+
+_CONFIG = "_cdc_lineage_config"
+
+
+def _remember_config(operator: Any) -> None:
+    """The config as the task saw it (the REST API's registrations included, read from Airflow Variables, which the
+    forked lineage process cannot read), for the COMPLETE and FAIL events."""
+    try:
+        from airflow_provider_cdc.config import load_config
+
+        setattr(operator, _CONFIG, load_config(operator.config_dir))
+    except Exception as exc:  # lineage never fails a task
+        log.info("OpenLineage: the config is not kept for the lineage events (%s)", type(exc).__name__)
 
 
 def _masked(exc: BaseException) -> str:
@@ -104,18 +119,23 @@ class CdcLineageMixin:
         except ImportError:
             return None
         try:
+            from airflow_provider_cdc.config.api_sources import without_registrations
             from airflow_provider_cdc.hooks.cdc import CdcHook
             from airflow_provider_cdc.lineage.openlineage import task_datasets, to_openlineage
 
             role = lineage_role(self)
             hook = CdcHook(self.source_id, self.config_dir)
-            hook.source_config  # noqa: B018 -- a config that does not load fails here, once
-            summary = self._cdc_summary(task_instance) if phase == "complete" else None
-            manifest = self._cdc_manifest() if summary is not None and role == "load" else None
-            schemas = self._cdc_schemas(hook)
-            graph = self._cdc_graph(hook, schemas)
-            inputs, outputs = task_datasets(graph, self.source_id, role, schemas=schemas, summary=summary,
-                                            manifest=manifest)
+            kept = getattr(self, _CONFIG, None)
+            if kept is not None:
+                hook.__dict__["config"] = kept  # CdcHook.config is a cached property: the task's own config
+            with without_registrations():  # this process must not read Airflow Variables (see _remember_config)
+                hook.source_config  # noqa: B018 -- a config that does not load fails here, once
+                summary = self._cdc_summary(task_instance) if phase == "complete" else None
+                manifest = self._cdc_manifest() if summary is not None and role == "load" else None
+                schemas = self._cdc_schemas(hook)
+                graph = self._cdc_graph(hook, schemas)
+                inputs, outputs = task_datasets(graph, self.source_id, role, schemas=schemas, summary=summary,
+                                                manifest=manifest)
             ol_inputs, ol_outputs = to_openlineage(inputs, outputs)
             return OperatorLineage(inputs=ol_inputs, outputs=ol_outputs)
         except Exception as exc:  # lineage never fails a task
