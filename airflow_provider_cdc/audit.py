@@ -20,6 +20,8 @@ from airflow_provider_cdc.connectors.audit import (
     ACTIONS,
     PIPELINE_STARTED,
     PIPELINE_STOPPED,
+    SCHEMA_APPROVED,
+    SOURCE_CONNECTED,
     AuditEntry,
     audit_entry,
     newest_first,
@@ -29,7 +31,8 @@ if TYPE_CHECKING:
     from airflow_provider_cdc.config import CdcConfig
     from airflow_provider_cdc.connectors.base import Sink
 
-__all__ = ["ACTIONS", "PIPELINE_STARTED", "PIPELINE_STOPPED", "AuditEntry", "read_audit", "record"]
+__all__ = ["ACTIONS", "PIPELINE_STARTED", "PIPELINE_STOPPED", "SCHEMA_APPROVED", "SOURCE_CONNECTED", "AuditEntry",
+           "read_audit", "record"]
 
 def _config(config: CdcConfig | str | os.PathLike[str] | None) -> CdcConfig:
     """``config`` itself, or the config loaded from that directory (None: ``$CDC_CONFIG_DIR``, else include/config)."""

@@ -1,7 +1,8 @@
-"""Schemas through the API: a compatibility check of a candidate Avro schema against a subject's registered versions
-(it writes nothing), and the schema gate's accept action. Both are the ``schema check`` and ``schema accept``
-commands' own logic (:mod:`airflow_provider_cdc.schema_commands`), called with the source's sink opened as a task
-opens it (:class:`~airflow_provider_cdc.hooks.cdc.CdcHook`).
+"""Schemas through the API: a subject's versions, a compatibility check of a candidate Avro schema against them (it
+writes nothing), a schema registered ahead of its change (an approval the gate honours:
+:mod:`airflow_provider_cdc.schema.policy`), and the schema gate's accept action. The check and the accept are the
+``schema check`` and ``schema accept`` commands' own logic (:mod:`airflow_provider_cdc.schema_commands`), called
+with the source's sink opened as a task opens it (:class:`~airflow_provider_cdc.hooks.cdc.CdcHook`).
 
 An accept changes the sink, so like the command it is refused while a run of ``cdc_<source_id>`` is running (a load
 at the same time could hold changes the accept does not replay), unless ``force``.
@@ -21,6 +22,9 @@ from airflow_provider_cdc.api.write_models import (
     AcceptRequest,
     CompatibilityAnswer,
     CompatibilityRequest,
+    RegisterAnswer,
+    RegisterRequest,
+    SchemaVersionsAnswer,
 )
 from airflow_provider_cdc.api.writes import ConflictError, RejectedError, describe_error
 from airflow_provider_cdc.errors import CdcError
@@ -96,6 +100,66 @@ def check_compatibility(config: CdcConfig, request: CompatibilityRequest) -> Com
     return CompatibilityAnswer(subject=found.subject, level=found.level, compatible=found.compatible,
                                against_versions=found.against, problems=result["problems"],
                                reasons=[problem.describe() for problem in found.result.problems])
+
+
+def versions(config: CdcConfig, subject: str) -> SchemaVersionsAnswer:
+    """The sink registry's versions of ``subject`` (``schema versions``) and the schemas the API registered ahead."""
+    from airflow_provider_cdc.api.registered import read_registered
+    from airflow_provider_cdc.schema_commands import versions_report
+
+    ref = subject_ref(config, subject)
+    hook = _hook(config, ref.source_id)
+    try:
+        with _sink(hook) as sink:
+            report = versions_report(sink, ref.source_id, ref.table)
+    except UnavailableError:
+        raise
+    except Exception as exc:
+        raise UnavailableError(f"the schema registry of source {ref.source_id!r} cannot be read "
+                               f"({describe_error(exc)})") from None
+    found = list(report["subjects"].get(ref.subject, []))
+    ahead = [{"version": item.version, "shape": item.shape, "schema": item.schema, "registered_at":
+              item.registered_at, "actor": item.actor} for item in read_registered().schema_versions(ref.subject)]
+    return SchemaVersionsAnswer(subject=ref.subject, level=hook.schema_policy.level(ref.table), versions=found,
+                                registered=ahead)
+
+
+def register(config: CdcConfig, request: RegisterRequest, *, actor: str) -> RegisterAnswer:
+    """Register ``request.schema`` for its subject ahead of the change it describes: from the next batch on, a change
+    of the table to a schema of that shape is applied (the sink migrated as under ``evolve``), not held. One that is
+    not compatible at the subject's level is a 409 unless ``force``. Audited as ``schema_approved``."""
+    from airflow_provider_cdc.api import registered as api_registered
+    from airflow_provider_cdc.api.writes import record_write
+    from airflow_provider_cdc.connectors.audit import SCHEMA_APPROVED
+    from airflow_provider_cdc.schema.avro import shape_key
+
+    ref = subject_ref(config, request.subject)
+    schema = _avro(request.schema_)
+    found = check_compatibility(config, CompatibilityRequest(subject=ref.subject, schema=schema, level=None))
+    if not found.compatible and not request.force:
+        raise ConflictError(f"the schema is not {found.level} compatible with {ref.subject}'s versions "
+                            f"{found.against_versions}: {'; '.join(found.reasons)}. Send \"force\": true to register "
+                            "it anyway: the change it describes will then be applied to the sink, not held")
+    shape = shape_key(schema)
+    base = api_registered.read_registered()
+    candidate, version, changed = base.with_schema(ref.subject, schema, shape, actor=actor)
+    if changed:
+        api_registered.store(candidate, base=base, schemas=True)
+    problems: list[str] = []
+    if changed:
+        _, notes = record_write(config, [ref.source_id], SCHEMA_APPROVED, actor=actor, details={
+            "via": "rest", "subject": ref.subject, "version": version, "shape": shape, "level": found.level,
+            "compatible": found.compatible, "forced": bool(request.force and not found.compatible)})
+        problems += notes
+    what = "registered" if changed else "was registered already"
+    message = (f"{ref.subject}: schema {shape} {what} as version {version}; a change of {ref.table} to this schema is "
+               "applied to the sink, not held" + ("" if found.compatible else
+                                                   f" (it is not {found.level} compatible: registered with force)")
+               + ". A type the sink cannot widen to without loss still holds the table until schema accept converts "
+                 "the sink's values")
+    return RegisterAnswer(subject=ref.subject, version=version, shape=shape, registered=changed, level=found.level,
+                          compatible=found.compatible, against_versions=found.against_versions, reasons=found.reasons,
+                          message=message, problems=problems)
 
 
 def accept(config: CdcConfig, request: AcceptRequest, *, actor: str) -> AcceptAnswer:

@@ -105,6 +105,8 @@ class ConnectResult(BaseModel):
     source: dict[str, Any] = Field(description="the registered cdc.yaml entry (no secret: a conn_id)")
     registered_by: str
     registered_at: str
+    problems: list[str] = Field(default_factory=list, description="what could not be done beside the registration "
+                                                                  "(e.g. its audit entry)")
 
 
 class TableAction(BaseModel):

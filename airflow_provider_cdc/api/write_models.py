@@ -147,6 +147,35 @@ class CompatibilityAnswer(_Answer):
     reasons: list[str] = Field(default_factory=list)
 
 
+class RegisterRequest(_Request):
+    subject: str = Field(min_length=1, max_length=500, description="<source_id>.<schema>.<table>")
+    schema_: dict[str, Any] = Field(alias="schema", description="an Avro record schema: the table as it will be after "
+                                                                "the change (edit the current version's document)")
+    force: bool = Field(False, description="register it although it is not compatible at the subject's level: the "
+                                           "change it describes will then be applied, not held")
+
+
+class RegisterAnswer(_Answer):
+    subject: str
+    version: int = Field(description="the API's version number of this schema for the subject")
+    shape: str = Field(description="what a change is matched on: names, order and types of the fields")
+    registered: bool = Field(description="false when a schema of this shape was registered already")
+    level: str
+    compatible: bool = Field(description="whether it is compatible at the level with the registry's versions")
+    against_versions: list[int]
+    reasons: list[str] = Field(default_factory=list)
+    message: str
+    problems: list[str] = Field(default_factory=list, description="what could not be done beside the registration")
+
+
+class SchemaVersionsAnswer(_Answer):
+    subject: str
+    level: str
+    versions: list[dict[str, Any]] = Field(description="the sink registry's versions, oldest first (the Avro document "
+                                                       "in schema), with the gate's outcome")
+    registered: list[dict[str, Any]] = Field(description="schemas registered ahead through the API")
+
+
 class AcceptRequest(_Request):
     subject: str = Field(min_length=1, max_length=500, description="<source_id>.<schema>.<table> of a held table")
     force: bool = Field(False, description="go ahead even while a run of the source's DAG is running")

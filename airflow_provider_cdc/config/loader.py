@@ -213,7 +213,8 @@ def load_config(directory: str | os.PathLike[str] | None = None, *,
     if problems.items:
         raise ConfigError(sorted(problems.items, key=_reading_order), root)
     lists: dict[str, Any] = {key: list(result.entries.values()) for key, result in loaded.items()}
-    return CdcConfig(directory=root, **lists, **loaded["sources"].settings, **loaded["rules"].settings)
+    return CdcConfig(directory=root, **lists, **loaded["sources"].settings, **loaded["rules"].settings,
+                     registered_schemas=registered.schema_shapes)
 
 
 def _reading_order(problem: ConfigProblem) -> tuple[int, int]:

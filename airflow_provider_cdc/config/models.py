@@ -21,7 +21,7 @@ leak a secret.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
@@ -346,10 +346,12 @@ class SourceConfig(_ConfigModel):
         """``schema.table`` of every entry of ``tables``, in config order."""
         return [f"{schema}.{table}" for schema, table in self.qualified_tables(default_schema)]
 
-    def schema_policy(self, defaults: SchemaChangesDefaults | None = None) -> SchemaPolicy:
+    def schema_policy(self, defaults: SchemaChangesDefaults | None = None,
+                      registered: Mapping[str, Mapping[str, int]] | None = None) -> SchemaPolicy:
         """The schema policy the sink's gate applies to this source: its own ``schema_changes`` keys, else those of
         ``defaults`` (the top-level ``schema_changes`` of cdc.yaml), else the gate's defaults; table levels keyed by
-        ``schema.table`` (the registry's subjects are ``<source_id>.<schema>.<table>``)."""
+        ``schema.table`` (the registry's subjects are ``<source_id>.<schema>.<table>``). ``registered``: the schemas
+        the REST API registered ahead, by subject (this source's are kept)."""
         from airflow_provider_cdc.schema.policy import SchemaPolicy
 
         shared = defaults or SchemaChangesDefaults()
@@ -362,6 +364,9 @@ class SourceConfig(_ConfigModel):
             value = getattr(own, key) or getattr(shared, key)
             if value is not None:
                 settings[key] = value
+        prefix = f"{self.id}."
+        settings["registered"] = {subject: shapes for subject, shapes in (registered or {}).items()
+                                  if subject.startswith(prefix)}
         return SchemaPolicy.from_dict(settings)
 
     def qualified_tables(self, default_schema: str) -> list[tuple[str, str]]:
@@ -424,10 +429,13 @@ class CdcConfig(_ConfigModel):
     suites: list[SuiteConfig] = []
     schema_changes: SchemaChangesDefaults = SchemaChangesDefaults()
     functions: FunctionsSettings = FunctionsSettings()
+    # Schemas registered ahead through the REST API: subject → {shape key → version} (Airflow Variable
+    # ``cdc.api.schemas``, :mod:`airflow_provider_cdc.api.registered`); not a YAML key.
+    registered_schemas: dict[str, dict[str, int]] = {}
 
     def schema_policy(self, source_id: str) -> SchemaPolicy:
         """The effective schema policy of source ``source_id`` (:meth:`SourceConfig.schema_policy`)."""
-        return self.source(source_id).schema_policy(self.schema_changes)
+        return self.source(source_id).schema_policy(self.schema_changes, self.registered_schemas)
 
     def connector(self, connector_id: str) -> ConnectorConfig:
         for connector in self.connectors:

@@ -2,7 +2,8 @@
 
 The ledger (:mod:`.ledger`) says *what* a sink holds; the audit trail says *what happened, when and by whom*: a batch
 captured, transformed, validated, loaded and committed, the schema versions the gate registered, rule changes, schema
-accepts, quarantine replays, re-snapshots, pipeline starts and stops. Each sink keeps it beside its ledger, in
+accepts, quarantine replays, re-snapshots, pipeline starts and stops, sources connected and schemas approved
+ahead through the REST API. Each sink keeps it beside its ledger, in
 ``_cdc_audit`` (a table, a collection, a Delta table), and builds and reads it only through this module, so that the
 columns and their meaning cannot drift apart between sinks.
 
@@ -70,11 +71,13 @@ QUARANTINE_REPLAYED = "quarantine_replayed"
 RESNAPSHOT_STARTED = "resnapshot_started"
 PIPELINE_STARTED = "pipeline_started"
 PIPELINE_STOPPED = "pipeline_stopped"
+SOURCE_CONNECTED = "source_connected"  # POST /cdc/api/v1/sources/connect registered (or replaced) the source
+SCHEMA_APPROVED = "schema_approved"  # POST /cdc/api/v1/schema/register approved a schema ahead of its change
 
 BATCH_ACTIONS = (BATCH_CAPTURED, BATCH_TRANSFORMED, BATCH_VALIDATED, BATCH_STAGED, RULES_CHANGED,
                  SCHEMA_REGISTERED, BATCH_LOADED, BATCH_COMMITTED)
 ACTIONS = frozenset(BATCH_ACTIONS + (SCHEMA_ACCEPTED, QUARANTINE_REPLAYED, RESNAPSHOT_STARTED, PIPELINE_STARTED,
-                                     PIPELINE_STOPPED))
+                                     PIPELINE_STOPPED, SOURCE_CONNECTED, SCHEMA_APPROVED))
 # The action of each stage of the stage list (others: BATCH_STAGED), and the key of its versions whose change is a
 # ``rules_changed`` row: transform rules, validate suites.
 STAGE_ACTIONS = {"transform": BATCH_TRANSFORMED, "validate": BATCH_VALIDATED}

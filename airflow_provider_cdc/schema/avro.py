@@ -191,6 +191,8 @@ def avro_field(column: Column, name: str, aliases: Sequence[str] = ()) -> AvroDo
     field["cdc.source_type"] = column.source_type
     if column.primary_key:
         field["cdc.key"] = True
+    if column.derived:
+        field["cdc.derived"] = True  # made by a transformation rule: not part of the source table's shape
     return field
 
 
@@ -250,6 +252,35 @@ def fingerprint(doc: Mapping[str, Any]) -> str:
 
 def canonical_form(doc: Mapping[str, Any]) -> str:
     return str(parse(doc).canonical_form)
+
+
+# What the shape of a schema is made of (:func:`shape_key`): Avro's own attributes that change what a reader decodes.
+_SHAPE_KEYS = frozenset({"type", "name", "namespace", "fields", "items", "values", "symbols", "size", "logicalType",
+                         "precision", "scale"})
+
+
+def _shape(node: Any) -> Any:
+    if isinstance(node, Mapping):
+        shaped = {key: _shape(value) for key, value in node.items() if key in _SHAPE_KEYS}
+        if isinstance(node.get("fields"), list):
+            shaped["fields"] = [_shape(field) for field in node["fields"]
+                                if not (isinstance(field, Mapping) and field.get("cdc.derived"))]
+        return shaped
+    if isinstance(node, list):
+        return [_shape(item) for item in node]
+    return node
+
+
+def shape_key(doc: Mapping[str, Any]) -> str:
+    """What a schema registered ahead of a change (``POST /cdc/api/v1/schema/register``) is matched on: the record's
+    names, field names, order and types with their logical types, precision and scale, as 16 hex digits.
+
+    Defaults, aliases, docs, the ``cdc.*`` attributes and the fields transformation rules add (``cdc.derived``) do
+    not count, so a user who edits the current version's document (one field's type) matches the document the gate
+    makes from the source's change, stale ``cdc.*`` attributes and all; unlike :func:`fingerprint`,
+    ``numeric(12,2)`` and ``numeric(10,2)`` differ."""
+    text = json.dumps(_shape(doc), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def column_of(field: Mapping[str, Any]) -> str:

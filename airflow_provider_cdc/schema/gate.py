@@ -264,9 +264,15 @@ def _evaluate(policy: SchemaPolicy, registry: Registry, subject: str, table: str
     followed = registry.latest_followed(subject) or latest
     previous_sink = followed.sink_table
     history = [(version.version, version.schema) for version in registry.versions(subject)]
+    again = recreated_columns(previous_sink, change.after)
+    approved = policy.registration(subject, doc)
+    if approved is not None and not again:
+        # Registered ahead through the REST API: the user approved this very schema, so the sink follows it as
+        # under evolve; what the level would have said is kept for the record.
+        result = check(doc, history, level)
+        return None, "applied", change.after, level, {**result.to_dict(), "registered_version": approved}
     if policy.mode == "stop":
         return "mode stop refuses every change of an existing table", "held", change.after, level, {}
-    again = recreated_columns(previous_sink, change.after)
     if again and policy.mode != "ignore":
         return (f"column{'s' if len(again) > 1 else ''} {', '.join(again)} {'were' if len(again) > 1 else 'was'} "
                 "dropped and added again at the source: its rows now hold the new column's default, which the "
@@ -361,11 +367,16 @@ def decide(
                 continue
             previous_sink = (registry.latest_followed(subject) or latest).sink_table
             version = _register(decision, subject, change, status, sink_table, compat, doc=doc)
-            decision.notes.append({"subject": subject, "version": version.version, "seq": change.seq,
-                                   "change": what, "mode": policy.mode, "level": level, "outcome": status})
-            log.info("source %s: %s version %d (%s): %s under mode %s, %s", batch.source_id, subject,
-                     version.version, what, status, policy.mode, level)
-            if policy.mode == "evolve":
+            approved = compat.get("registered_version")
+            note = {"subject": subject, "version": version.version, "seq": change.seq, "change": what,
+                    "mode": policy.mode, "level": level, "outcome": status}
+            if approved is not None:
+                note["registered_version"] = approved
+            decision.notes.append(note)
+            log.info("source %s: %s version %d (%s): %s under mode %s, %s%s", batch.source_id, subject,
+                     version.version, what, status, policy.mode, level,
+                     f" (registered ahead through the REST API as version {approved})" if approved else "")
+            if policy.mode == "evolve" or approved is not None:
                 dropped = _dropped(previous_sink, change.after)
                 if dropped:
                     decision.drops.setdefault(table, []).extend(dropped)

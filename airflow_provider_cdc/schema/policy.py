@@ -14,6 +14,13 @@ ignore     the sink table keeps its columns: added columns are not loaded, dropp
 stop       any change of an existing table's columns holds that table.
 =========  ======================================================================================================
 
+A schema registered ahead through the REST API (``POST /cdc/api/v1/schema/register``) is an approval given in
+advance: a change whose new schema has that shape (:func:`~airflow_provider_cdc.schema.avro.shape_key`) is applied as
+under ``evolve`` whatever the mode and level, instead of holding the table. Two things still hold it, because the
+sink could not follow exactly: a column dropped and added again (its rows' old values are lost at the source; a
+re-snapshot is the only exact path), and a type the sink cannot widen to without loss (``schema accept`` converts
+the sink's values, with a person's say-so over the values themselves).
+
 Compatibility levels are per subject: ``compatibility`` of the source, overridden per table by
 ``table_compatibility``; the global default is the top-level ``schema_changes.compatibility`` of cdc.yaml, else
 BACKWARD.
@@ -37,6 +44,8 @@ class SchemaPolicy:
     compatibility: str = DEFAULT_LEVEL
     # ``schema.table`` → level, for subjects that differ from the source's default.
     tables: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # subject → {shape key → the version number the REST API registered it as}: changes approved in advance.
+    registered: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -49,15 +58,29 @@ class SchemaPolicy:
         """The compatibility level of source table ``table`` (``schema.table``)."""
         return self.tables.get(table, self.compatibility)
 
+    def registration(self, subject: str, doc: Mapping[str, Any]) -> int | None:
+        """The API's version number of a schema registered for ``subject`` with the shape of ``doc`` (None: none)."""
+        shapes = self.registered.get(subject)
+        if not shapes:
+            return None
+        from airflow_provider_cdc.schema.avro import shape_key
+
+        return shapes.get(shape_key(doc))
+
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "compatibility": self.compatibility, "tables": dict(self.tables)}
+        out: dict[str, Any] = {"mode": self.mode, "compatibility": self.compatibility, "tables": dict(self.tables)}
+        if self.registered:
+            out["registered"] = {subject: dict(shapes) for subject, shapes in self.registered.items()}
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> SchemaPolicy:
         if not data:
             return cls()
         return cls(mode=data.get("mode", "evolve"), compatibility=data.get("compatibility", DEFAULT_LEVEL),
-                   tables=dict(data.get("tables") or {}))
+                   tables=dict(data.get("tables") or {}),
+                   registered={str(subject): {str(k): int(v) for k, v in shapes.items()}
+                               for subject, shapes in (data.get("registered") or {}).items()})
 
 
 DEFAULT_POLICY = SchemaPolicy()

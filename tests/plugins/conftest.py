@@ -175,13 +175,13 @@ def api_server(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def _forget_api_entries() -> None:
-    """Rules and quality rules the module registered through the API (the Variables are per test session, and
+    """Rules, quality rules and schemas the module registered through the API (the Variables are per test session, and
     would merge into the next module's config)."""
     from airflow.models import Variable
 
-    from airflow_provider_cdc.api.registered import QUALITY_VARIABLE, RULES_VARIABLE
+    from airflow_provider_cdc.api.registered import QUALITY_VARIABLE, RULES_VARIABLE, SCHEMAS_VARIABLE
 
-    for key in (RULES_VARIABLE, QUALITY_VARIABLE):
+    for key in (RULES_VARIABLE, QUALITY_VARIABLE, SCHEMAS_VARIABLE):
         Variable.delete(key)
 
 

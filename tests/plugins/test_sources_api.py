@@ -86,6 +86,41 @@ def test_connect_registers_a_source_whose_dag_runs(api_server, second_source):
     again = api_server.post("/cdc/api/v1/sources/connect", json=connect_body(source_id, second_source))
     assert again.status_code == 201 and again.json()["replaced"] is True
     assert again.json()["connection_created"] is False
+    # both connects are in the source's audit trail, by the Airflow user, without the secret
+    entries = read_audit(pipeline.config_dir, source_id, action="source_connected")
+    assert [(e.actor, e.details["replaced"]) for e in entries] == [("admin", True), ("admin", False)]
+    assert entries[0].details["conn_id"] == f"cdc_source_{source_id}" and entries[0].details["sink"] == "warehouse"
+    assert not again.json()["problems"]
+    assert pipeline.password not in json.dumps([e.details for e in entries])
+
+
+def test_concurrent_connects_lose_no_registration(api_server, second_source):
+    """Connects at the same moment: each is stored, or refused with a 409 that says to send it again; none
+    overwrites another's source (the Variable is compared and set in one transaction)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = [f"race_{uuid.uuid4().hex[:6]}" for _ in range(4)]
+
+    def connect(source_id: str):
+        return source_id, api_server.post("/cdc/api/v1/sources/connect", json=connect_body(source_id, second_source))
+
+    pending = list(ids)
+    for _attempt in range(6):
+        with ThreadPoolExecutor(len(pending)) as pool:
+            answers = list(pool.map(connect, pending))
+        for source_id, answer in answers:
+            assert answer.status_code in (201, 409), answer.text
+            if answer.status_code == 409:
+                assert "send yours again" in answer.json()["detail"], answer.text
+        stored = json.loads(Variable.get(VARIABLE))
+        for source_id, answer in answers:
+            if answer.status_code == 201:
+                assert source_id in stored, f"{source_id} was answered 201 but is not registered"
+        pending = [source_id for source_id, answer in answers if answer.status_code == 409]
+        if not pending:
+            break
+    assert not pending
+    assert set(ids) <= set(json.loads(Variable.get(VARIABLE)))
 
 
 def test_connect_refuses_a_yaml_id_and_a_config_it_would_break(api_server, second_source):

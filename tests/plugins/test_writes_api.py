@@ -11,7 +11,7 @@ import pytest
 from airflow.models import Variable
 from cdc_testing import dags_test
 
-from airflow_provider_cdc.api.registered import QUALITY_VARIABLE, RULES_VARIABLE
+from airflow_provider_cdc.api.registered import QUALITY_VARIABLE, RULES_VARIABLE, SCHEMAS_VARIABLE
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.parametrize("pg_server", ["pg15"], indirect=True)]
 
@@ -27,7 +27,7 @@ DOMAIN_RULE = {
 
 
 def _clear_variables() -> None:
-    for key in (RULES_VARIABLE, QUALITY_VARIABLE):
+    for key in (RULES_VARIABLE, QUALITY_VARIABLE, SCHEMAS_VARIABLE):
         Variable.delete(key)
 
 
@@ -271,3 +271,61 @@ def test_accept_of_a_held_table_replays_its_changes_and_is_audited(api_server):
     assert api_server.get("/cdc/api/v1/pipeline/status").json()["sources"][0]["held_tables"] == []
     (entry, *_) = _audit(api_server, "schema_accepted")
     assert entry.actor == "admin" and entry.batch_id == body["batch_id"]
+
+
+def test_a_schema_registered_ahead_lets_its_change_through_where_the_policy_would_hold_it(api_server):
+    """Under ``schema_changes: {mode: stop}`` every column change holds its table. A user reads users' current
+    version, adds the column they are about to add, and registers it: the next run applies that change to the sink,
+    while orders, changed without a registration, is held (only what the policy refuses pauses)."""
+    import yaml
+
+    pipeline = api_server.pipeline
+    subject = f"{pipeline.source_id}.public.users"
+    cdc_yaml = pipeline.config_dir / "cdc.yaml"
+    original = cdc_yaml.read_text()
+    config = yaml.safe_load(original)
+    config["sources"][0]["schema_changes"] = {"mode": "stop"}
+    cdc_yaml.write_text(yaml.safe_dump(config, sort_keys=False))
+    try:
+        listed = api_server.get(f"/cdc/api/v1/schema/subjects/{subject}/versions", user="viewer")
+        assert listed.status_code == 200, listed.text
+        assert listed.json()["level"] == "BACKWARD" and listed.json()["registered"] == []
+        current = listed.json()["versions"][-1]["schema"]
+        with_tier = {**current, "fields": [*current["fields"], {"name": "tier", "type": ["null", "long"],
+                                                                 "default": None}]}
+        viewer = api_server.post("/cdc/api/v1/schema/register", user="viewer",
+                                 json={"subject": subject, "schema": with_tier})
+        assert viewer.status_code == 403, viewer.text
+        retyped = {**current, "fields": [{**field, "type": ["null", "int"]} if field["name"] == "bio" else field
+                                         for field in current["fields"]]}
+        refused = api_server.post("/cdc/api/v1/schema/register", json={"subject": subject, "schema": retyped})
+        assert refused.status_code == 409 and "not BACKWARD compatible" in refused.json()["detail"], refused.text
+        assert "'bio'" in refused.json()["detail"] and '"force": true' in refused.json()["detail"]
+        done = api_server.post("/cdc/api/v1/schema/register", json={"subject": subject, "schema": with_tier})
+        assert done.status_code == 201, done.text
+        body = done.json()
+        assert (body["version"], body["registered"], body["compatible"]) == (1, True, True)
+        again = api_server.post("/cdc/api/v1/schema/register", json={"subject": subject, "schema": with_tier})
+        assert (again.json()["version"], again.json()["registered"]) == (1, False)
+        assert [item["shape"] for item in api_server.get(
+            f"/cdc/api/v1/schema/subjects/{subject}/versions").json()["registered"]] == [body["shape"]]
+
+        with psycopg.connect(pipeline.source_url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE users ADD COLUMN tier bigint")
+            conn.execute("UPDATE users SET tier = 7 WHERE id = 2")
+            conn.execute("ALTER TABLE orders ADD COLUMN note text")
+            conn.execute("UPDATE orders SET note = 'n' WHERE id = 2")
+        out = dags_test(pipeline.source_id, pipeline.config_dir, ok=False)
+        assert "public.orders" in out and "mode stop" in out
+        with psycopg.connect(pipeline.sink_url) as conn:
+            assert conn.execute("SELECT tier FROM users WHERE id = 2").fetchone() == (7,)
+        status = api_server.get("/cdc/api/v1/pipeline/status").json()["sources"][0]
+        assert [held["table"] for held in status["held_tables"]] == ["public.orders"], status
+        latest = api_server.get(f"/cdc/api/v1/schema/subjects/{subject}/versions").json()["versions"][-1]
+        assert latest["status"] == "applied" and latest["compatibility"]["registered_version"] == 1
+        (entry, *_) = _audit(api_server, "schema_approved")
+        assert entry.actor == "admin" and entry.details["subject"] == subject and entry.details["forced"] is False
+        unknown = api_server.get(f"/cdc/api/v1/schema/subjects/{pipeline.source_id}.public.nope/versions")
+        assert unknown.status_code == 404
+    finally:
+        cdc_yaml.write_text(original)

@@ -523,3 +523,58 @@ def test_ignore_does_not_hold_a_column_dropped_and_added_again():
                                schema_changes=[SchemaChange(T, 2, again, before=ITEMS)]),
                       first.registrations, {}, SchemaPolicy(mode="ignore"))
     assert decision.held == {}
+
+
+# --- schemas registered ahead through the REST API --------------------------------------------------------------
+
+
+def edited_v1(field: str, avro_type: Any) -> dict[str, Any]:
+    """Version 1's document with one field's type changed, as a user edits it before ``POST schema/register``
+    (its ``cdc.*`` attributes left as they were)."""
+    doc = json.loads(json.dumps(first_versions()[0].schema))
+    for entry in doc["fields"]:
+        if entry["name"] == field:
+            entry["type"] = avro_type
+    return doc
+
+
+def approving(mode: str, doc: dict[str, Any], version: int = 3) -> SchemaPolicy:
+    from airflow_provider_cdc.schema.avro import shape_key
+
+    return SchemaPolicy(mode=mode, registered={SUBJECT: {shape_key(doc): version}})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["evolve", "lenient", "ignore", "stop"])
+def test_a_change_registered_ahead_is_applied_as_under_evolve_in_every_mode(mode: str) -> None:
+    new = CHANGES["string to int"]  # held under BACKWARD in every mode
+    decision = decide(change_batch(new), first_versions(), {}, approving(mode, edited_v1("name", ["null", "int"])))
+    [note] = decision.ledger_versions()["changes"]
+    assert status_of(decision) == {2: "applied"}
+    assert (note["outcome"], note["registered_version"]) == ("applied", 3) and "reason" not in note
+    assert decision.held == {} and decision.chunks == []
+    assert decision.batch.tables[T].num_rows == 1 and decision.batch.schemas[T] == new
+    [version] = [v for v in decision.registrations if v.version == 2]
+    assert version.sink_table == new and version.compatibility["registered_version"] == 3
+    assert version.compatibility["compatible"] is False  # what the level said is kept for the record
+
+
+def test_a_registered_schema_of_another_shape_approves_nothing() -> None:
+    new = CHANGES["string to int"]
+    decision = decide(change_batch(new), first_versions(), {}, approving("evolve", edited_v1("name", ["null", "long"])))
+    assert status_of(decision) == {2: "held"} and list(decision.held) == [T]
+    lost_logical_type = edited_v1("name", ["null", "int"])
+    for entry in lost_logical_type["fields"]:
+        if entry["name"] == "total":
+            entry["type"] = {"type": "long", "logicalType": "timestamp-micros"}
+    decision = decide(change_batch(new), first_versions(), {}, approving("evolve", lost_logical_type))
+    assert status_of(decision) == {2: "held"}
+
+
+def test_a_column_dropped_and_added_again_stays_held_although_registered() -> None:
+    from airflow_provider_cdc.schema.avro import avro_schema
+
+    again = with_columns(QTY, TOTAL, SCORE, dataclasses.replace(NAME, ordinal=6))
+    doc = avro_schema(again, source_id="shop", previous=ITEMS)
+    decision = decide(change_batch(again), first_versions(), {}, approving("evolve", doc))
+    assert status_of(decision) == {2: "held"}
+    assert "re-snapshot" in decision.held[T]

@@ -7,7 +7,6 @@ records the audit entry of a start or stop with the Airflow user.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Annotated, Any, Literal
 
@@ -57,12 +56,36 @@ def connect(request: api.ConnectRequest, config: ConfigDep, user: CdcEditor) -> 
     if request.connection_string is not None:
         created = _store_connection(entry["conn_id"], request.type, request.connection_string, request.id)
     record = api.record(entry, actor)
-    _store_registered({**registered, request.id: record})
+    records = {**registered, request.id: record}
+    _store_registered(records, base=registered)
     log.info("source %s registered through the REST API by %s (Connection %s); DAG cdc_%s follows at the next "
              "parse", request.id, actor, entry["conn_id"], request.id)
-    return api.ConnectResult(source_id=request.id, dag_id=f"cdc_{request.id}", conn_id=entry["conn_id"],
-                             connection_created=created, replaced=request.id in registered, source=entry,
-                             registered_by=actor, registered_at=record["registered_at"])
+    result = api.ConnectResult(source_id=request.id, dag_id=f"cdc_{request.id}", conn_id=entry["conn_id"],
+                               connection_created=created, replaced=request.id in registered, source=entry,
+                               registered_by=actor, registered_at=record["registered_at"])
+    problem = _audit_connect(config, records, request.id, actor, entry, result)
+    if problem:
+        result.problems.append(problem)
+    return result
+
+
+def _audit_connect(config: CdcConfig, records: dict[str, dict[str, Any]], source_id: str, actor: str,
+                   entry: dict[str, Any], result: api.ConnectResult) -> str | None:
+    """Record ``source_connected`` in the new source's audit trail (its sink's ``_cdc_audit``), with the config as
+    it now is; a trail that cannot be written is a problem in the answer (the source is registered by then)."""
+    from airflow_provider_cdc.api.writes import describe_error, record_write
+    from airflow_provider_cdc.config import load_config
+    from airflow_provider_cdc.connectors.audit import SOURCE_CONNECTED
+
+    try:
+        with stored.registered_as(records):
+            now = load_config(str(config.directory))
+    except Exception as exc:
+        return f"the audit entry was not recorded (the config: {describe_error(exc)}); the source is registered"
+    _, notes = record_write(now, [source_id], SOURCE_CONNECTED, actor=actor, details={
+        "via": "rest", "conn_id": entry["conn_id"], "type": entry["type"], "sink": entry["sink"],
+        "tables": entry["tables"], "replaced": result.replaced, "connection_created": result.connection_created})
+    return notes[0] if notes else None
 
 
 @router.post("/api/v1/sources/{source_id}/start", response_model=api.SourceActionResult,
@@ -117,18 +140,14 @@ def _act(config: CdcConfig, source: SourceConfig, tables: list[str] | None, acto
 
 
 def audit(config: CdcConfig, source_id: str, *, start: bool, actor: str, details: dict[str, Any]) -> str | None:
-    """Record the start or stop in the source's audit trail (:func:`airflow_provider_cdc.audit.record`); a trail
-    that cannot be written is a problem in the answer, not a failed action (the action is done)."""
-    try:
-        from airflow_provider_cdc import audit as trail
+    """Record the start or stop in the source's audit trail; a trail that cannot be written is a problem in the
+    answer, not a failed action (the action is done)."""
+    from airflow_provider_cdc.api.writes import record_write
+    from airflow_provider_cdc.connectors.audit import PIPELINE_STARTED, PIPELINE_STOPPED
 
-        trail.record(config, source_id, trail.PIPELINE_STARTED if start else trail.PIPELINE_STOPPED, actor=actor,
-                     details=details)
-    except Exception as exc:
-        log.warning("source %s: the audit entry of a %s by %s was not recorded: %s", source_id,
-                    "start" if start else "stop", actor, type(exc).__name__)
-        return f"the audit entry was not recorded ({type(exc).__name__})"
-    return None
+    _, notes = record_write(config, [source_id], PIPELINE_STARTED if start else PIPELINE_STOPPED, actor=actor,
+                            details=details)
+    return notes[0] if notes else None
 
 
 def _sink(config: CdcConfig, source_id: str) -> Any:
@@ -146,12 +165,14 @@ def _registered() -> dict[str, dict[str, Any]]:
     return stored.read_registered()
 
 
-def _store_registered(records: dict[str, dict[str, Any]]) -> None:
-    from airflow.models import Variable
+def _store_registered(records: dict[str, dict[str, Any]], *, base: dict[str, dict[str, Any]]) -> None:
+    """Store ``records`` if the Variable still holds ``base``: of two connects at the same time, the second is a 409
+    (send it again) instead of overwriting the first one's source."""
+    from airflow_provider_cdc.api.registered import store_documents
 
-    Variable.set(stored.VARIABLE, json.dumps(records, sort_keys=True, indent=1),
-                 description="CDC sources registered through the REST API (POST /cdc/api/v1/sources/connect); merged "
-                             "with cdc.yaml, which stays primary. No secrets: connections are Airflow Connections.")
+    store_documents([(stored.VARIABLE, records, base,
+                      "CDC sources registered through the REST API (POST /cdc/api/v1/sources/connect); merged with "
+                      "cdc.yaml, which stays primary. No secrets: connections are Airflow Connections.")])
 
 
 def _connection_exists(conn_id: str) -> bool:
