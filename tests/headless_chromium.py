@@ -8,7 +8,7 @@ import shutil
 import signal
 import subprocess
 import zlib
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from pathlib import Path
 
 from conftest import require_server
@@ -92,3 +92,83 @@ def png_colours(data: bytes, limit: int = 10_000) -> tuple[int, int, int]:
             colours.update(bytes(row[i:i + bpp]) for i in range(0, stride, bpp))
         previous = row
     return width, height, min(len(colours), limit)
+
+
+class DevToolsPage:
+    """A page in headless Chromium driven through the DevTools protocol (``--remote-debugging-port``): what a user
+    does with the mouse, as JavaScript evaluated in the page (``evaluate``), and waits for what the page shows
+    (``wait_for``). Debian's ``chromium`` is enough: no driver, no browser download."""
+
+    def __init__(self, binary: str, profile: Path, url: str, *, timeout: float = 60) -> None:
+        import json
+        import re
+        import time
+        import urllib.request
+
+        from websockets.sync.client import connect
+
+        self._json = json
+        self.timeout = timeout
+        cmd = [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+               "--no-first-run", "--disable-extensions", "--disable-background-networking",
+               f"--user-data-dir={profile}", "--window-size=1600,1000", "--remote-debugging-port=0", url]
+        self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        port = None
+        deadline = time.monotonic() + timeout
+        assert self._proc.stderr is not None
+        while port is None and time.monotonic() < deadline:
+            line = self._proc.stderr.readline().decode(errors="replace")
+            if not line and self._proc.poll() is not None:
+                raise AssertionError(f"chromium exited with {self._proc.returncode} before DevTools listened")
+            found = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
+            port = int(found.group(1)) if found else None
+        assert port, "chromium did not open its DevTools port"
+        page = None
+        while page is None and time.monotonic() < deadline:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json") as answer:
+                page = next((t for t in json.load(answer) if t.get("type") == "page"), None)
+            if page is None:
+                time.sleep(0.2)
+        assert page, "chromium has no page target"
+        self._stack = ExitStack()
+        self._ws = self._stack.enter_context(connect(page["webSocketDebuggerUrl"], max_size=None,
+                                                     open_timeout=timeout))
+        self._id = 0
+
+    def evaluate(self, expression: str) -> object:
+        """The value of ``expression`` in the page (awaited when it is a promise)."""
+        self._id += 1
+        self._ws.send(self._json.dumps({"id": self._id, "method": "Runtime.evaluate", "params": {
+            "expression": expression, "returnByValue": True, "awaitPromise": True}}))
+        while True:
+            message = self._json.loads(self._ws.recv(timeout=self.timeout))
+            if message.get("id") == self._id:
+                break
+        result = message.get("result", {})
+        assert "exceptionDetails" not in result, result["exceptionDetails"]
+        return result.get("result", {}).get("value")
+
+    def wait_for(self, expression: str, what: str) -> None:
+        """Until ``expression`` is true in the page, or fail saying ``what`` was awaited."""
+        import time
+
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.evaluate(f"Boolean({expression})"):
+                return
+            time.sleep(0.25)
+        raise AssertionError(f"the page did not show {what} within {self.timeout:.0f}s; its text: "
+                             f"{str(self.evaluate('document.body.innerText'))[-2000:]}")
+
+    def close(self) -> None:
+        with suppress(Exception):
+            self._stack.close()
+        with suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        self._proc.wait()
+
+    def __enter__(self) -> DevToolsPage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,6 +1,7 @@
 """The CDC page of the Airflow UI (``/cdc/ui/``) in Debian's headless Chromium, against a real API server after a
 real ``airflow dags test`` run (see conftest.py): it shows the pipeline with its last batch, a held table with its
-button, and the lineage diagram. The screenshot stays in the test's tmp dir; its path is printed (``pytest -s``)."""
+button, and the lineage diagram; a click on a held table's accept button accepts its schema change. The screenshot
+stays in the test's tmp dir; its path is printed (``pytest -s``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from headless_chromium import chromium_binary, png_colours, run_chromium
+from cdc_testing import dags_test
+from headless_chromium import DevToolsPage, chromium_binary, png_colours, run_chromium
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.parametrize("pg_server", ["pg15"], indirect=True)]
 
@@ -61,3 +63,32 @@ def test_without_a_session_the_page_asks_to_sign_in(api_server, tmp_path: Path):
     chromium = chromium_binary()
     dom = run_chromium(chromium, tmp_path / "chromium", f"{api_server.base}/cdc/ui/", "--dump-dom").decode()
     assert 'data-loaded="error"' in dom and "Not signed in to Airflow" in dom
+
+
+def test_the_accept_button_accepts_a_held_schema_change_and_replays_its_changes(api_server, tmp_path: Path):
+    """bigint -> text is not BACKWARD compatible: the run holds orders. The page lists it with its accept button; a
+    click (through the DevTools protocol, as a user's) accepts it: the held change reaches the sink, the page no
+    longer lists the table, and the audit trail names the Airflow user."""
+    from airflow_provider_cdc.audit import read_audit
+
+    chromium = chromium_binary()
+    pipeline = api_server.pipeline
+    with psycopg.connect(pipeline.source_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE orders ALTER COLUMN user_id TYPE text")
+        conn.execute("UPDATE orders SET user_id = 'u-7' WHERE id = 3")
+    assert "public.orders" in dags_test(pipeline.source_id, pipeline.config_dir, ok=False)
+    button = f'button[data-action="accept"][data-table="public.orders"][data-source="{pipeline.source_id}"]'
+    page_url = f"{api_server.base}/cdc/ui/#token={api_server.tokens['admin']}"
+    with DevToolsPage(chromium, tmp_path / "chromium", page_url) as page:
+        page.wait_for("document.body.dataset.loaded === 'true'", "the loaded pipelines")
+        page.wait_for(f"document.querySelector('{button}')", "the accept button of public.orders")
+        assert "not BACKWARD compatible" in str(page.evaluate("document.getElementById('held').innerText"))
+        page.evaluate(f"document.querySelector('{button}').click()")
+        page.wait_for(f"!document.querySelector('{button}') && document.body.dataset.loaded === 'true'",
+                      "public.orders accepted (its row gone)")
+        assert page.evaluate("document.getElementById('error').textContent") == ""
+    with psycopg.connect(pipeline.sink_url) as conn:
+        assert conn.execute("SELECT user_id FROM orders WHERE id = 3").fetchone() == ("u-7",)
+    assert api_server.get("/cdc/api/v1/pipeline/status").json()["sources"][0]["held_tables"] == []
+    (entry, *_) = read_audit(pipeline.config_dir, pipeline.source_id, action="schema_accepted")
+    assert entry.actor == "admin"
