@@ -79,6 +79,7 @@ ER_NO_SUCH_TABLE = 1146
 PREFERRED_API_PORT = 8080
 TABLES = ("users", "orders")
 ADMIN_USER = "admin"
+VIEWER_USER = "viewer"  # a read-only user: the REST API answers its writes 403
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from embedded_pg import EmbeddedPostgres  # noqa: E402
@@ -193,6 +194,8 @@ def airflow_env(pg: EmbeddedPostgres, mariadb: PrivateMariaDB | None, mongodb: P
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            # SimpleAuthManager's users (passwords generated into simple_auth_manager_passwords.json.generated).
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin,{VIEWER_USER}:viewer",
             # Airflow's metadata on the demo's PostgreSQL: SQLite would serialise four components on one file lock.
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg.url("airflow").replace("postgresql://", "postgresql+psycopg2://"),
             "AIRFLOW__API__PORT": str(api_port),
@@ -238,15 +241,15 @@ def wait_for_api(proc: subprocess.Popen, api_port: int, timeout: float) -> None:
     raise RuntimeError(f"the Airflow API server did not answer on {url} within {timeout:.0f}s; see {STANDALONE_LOG}")
 
 
-def read_admin_password(timeout: float = 30) -> str | None:
-    """Airflow standalone with the simple auth manager writes the generated password to this file."""
+def read_password(user: str = ADMIN_USER, timeout: float = 30) -> str | None:
+    """Airflow standalone with the simple auth manager writes the generated passwords to this file."""
     path = AIRFLOW_HOME / "simple_auth_manager_passwords.json.generated"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with suppress(OSError, ValueError):
             passwords = json.loads(path.read_text())
-            if ADMIN_USER in passwords:
-                return passwords[ADMIN_USER]
+            if user in passwords:
+                return passwords[user]
         time.sleep(0.5)
     return None
 
@@ -523,7 +526,8 @@ def run(check: float | None, rate: float, api_timeout: float) -> int:
         airflow = start_airflow(env)
         log(f"airflow standalone starting (AIRFLOW_HOME={AIRFLOW_HOME}, output in {STANDALONE_LOG})")
         wait_for_api(airflow, api_port, api_timeout)
-        password = read_admin_password()
+        password = read_password()
+        viewer_password = read_password(VIEWER_USER, timeout=5)
         log("")
         log(f"Airflow UI:  http://localhost:{api_port}")
         if password:
@@ -531,6 +535,8 @@ def run(check: float | None, rate: float, api_timeout: float) -> int:
         else:
             log(f"login:       user {ADMIN_USER}; the password is in "
                 f"{AIRFLOW_HOME}/simple_auth_manager_passwords.json.generated")
+        if viewer_password:
+            log(f"read-only:   user {VIEWER_USER}, password {viewer_password} (the CDC REST API refuses its writes)")
         log("DAGs:        cdc_shop (into the warehouse) and cdc_shop_lake (into Delta tables under "
             f"{LAKE_DIR}); both unpaused: they snapshot users and orders, then follow the changes")
         if mariadb is not None:
