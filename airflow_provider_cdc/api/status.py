@@ -10,7 +10,8 @@ Definitions (the fields' descriptions in :mod:`.models` say the same):
 - ``lag_seconds``: now minus ``committed_at`` of the latest ledger row (how old the sink's view of the source is;
   an idle source's lag grows too, as nothing newer was committed);
 - ``events_per_second``: changes of the recent batches over the summed run time of the DAG runs that loaded them
-  (``run_id`` of the ledger row), i.e. the throughput while a run works, not diluted by idle time;
+  (``run_id`` of the ledger row), i.e. the throughput while a run works, not diluted by idle time; a run still
+  running (a fused loop's) counts from its start to its last commit;
 - ``failure_rate``: failed / finished among the recent DAG runs;
 - ``quality_score``: passed / evaluated changes of the latest batch's validated tables
   (``stage_versions.validate.metrics``), None when it had no quality rules.
@@ -45,10 +46,12 @@ class RunRecord:
     start_date: dt.datetime | None = None
     end_date: dt.datetime | None = None
 
-    def seconds(self) -> float | None:
-        if self.start_date is None or self.end_date is None:
+    def seconds(self, until: dt.datetime | None = None) -> float | None:
+        """How long the run took; a run still running: from its start to ``until`` (None without it)."""
+        end = self.end_date or until
+        if self.start_date is None or end is None:
             return None
-        return max((self.end_date - self.start_date).total_seconds(), 0.0)
+        return max((end - self.start_date).total_seconds(), 0.0)
 
     def info(self) -> RunInfo:
         return RunInfo(run_id=self.run_id, state=self.state, run_type=self.run_type, start_date=self.start_date,
@@ -115,13 +118,18 @@ def lag_seconds(rows: list[LedgerRow], now: dt.datetime) -> float | None:
 
 def events_per_second(rows: list[LedgerRow], runs: Iterable[RunRecord]) -> float | None:
     by_id = {run.run_id: run for run in runs}
+    # A run still running (a fused loop's long task) counts up to the last batch it committed.
+    last_commit: dict[str, dt.datetime] = {}
+    for row in rows:
+        if row.run_id and row.committed_at is not None:
+            last_commit[row.run_id] = max(row.committed_at, last_commit.get(row.run_id, row.committed_at))
     events = 0
     seconds = 0.0
     counted: set[str] = set()
     for row in rows:
         run = by_id.get(row.run_id or "")
-        took = run.seconds() if run is not None else None
-        if took is None:
+        took = run.seconds(last_commit.get(run.run_id)) if run is not None else None
+        if not took:  # unknown, or no time yet (a running run's first commit at its start)
             continue
         events += events_of(row)
         if run is not None and run.run_id not in counted:  # one run may load several batches (a fused loop)

@@ -44,6 +44,12 @@ def test_events_per_second_is_over_run_time_and_counts_a_run_once():
     assert events_per_second([row("b4")], runs) is None
 
 
+def test_events_per_second_of_a_running_fused_loop_counts_up_to_its_last_commit():
+    runs = [RunRecord("loop", "running", start_date=T0, end_date=None)]
+    rows = [row("b2", run_id="loop", seconds=10), row("b1", run_id="loop", seconds=5)]
+    assert events_per_second(rows, runs) == 8 / 10
+
+
 def test_lag_is_the_age_of_the_last_commit():
     assert lag_seconds([row("a", seconds=5), row("b", seconds=10)], T0 + dt.timedelta(seconds=12)) == 2
     assert lag_seconds([], T0) is None
