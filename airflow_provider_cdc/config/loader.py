@@ -22,10 +22,11 @@ Airflow (no metadata database) nothing is registered, quietly.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +35,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from airflow_provider_cdc.config.api_sources import merge_api_sources
+from airflow_provider_cdc.config.api_sources import merge_api_sources, without_registrations
 from airflow_provider_cdc.config.models import (
     DEFAULT_TABLE_SCHEMA,
     CdcConfig,
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 
 CONFIG_DIR_ENV = "CDC_CONFIG_DIR"
 DEFAULT_CONFIG_DIR = Path("include") / "config"
+INLINE_ORIGIN = "<inline config>"  # the directory name of a config given as documents (load_config(documents=))
 CHECK_COMMAND = "python -m airflow_provider_cdc.config check"
 
 Loc = tuple[str | int, ...]
@@ -182,22 +184,37 @@ def default_config_dir() -> Path:
     return Path(os.environ.get(CONFIG_DIR_ENV) or DEFAULT_CONFIG_DIR)
 
 
-def load_config(directory: str | os.PathLike[str] | None = None, *,
-                registered: Registered | None = None) -> CdcConfig:
+def load_config(directory: str | os.PathLike[str] | None = None, *, registered: Registered | None = None,
+                documents: Mapping[str, Any] | None = None) -> CdcConfig:
     """Read and check every config file of ``directory``, with what the REST API registered merged in; raise
     ``ConfigError`` listing all problems.
 
     Only ``cdc.yaml`` is required; a missing optional file means an empty list. ``registered``: the API's rules and
     suites to merge (default: read from the Airflow Variables, once per call; ``Registered.empty()``: the YAML alone).
+    ``documents``: the files' parsed contents by file name (``{"cdc.yaml": {"sources": [...]}, ...}``), checked
+    exactly as files are, instead of reading ``directory`` (a DAG written without YAML:
+    :func:`airflow_provider_cdc.config.inline.cdc_config`); ``directory`` then only names their origin.
     """
-    root = Path(directory) if directory is not None else default_config_dir()
     problems = _Problems()
-    if not root.is_dir():
-        state = "is not a directory" if root.exists() else "does not exist"
-        problems.add(_SOURCES.name, "", f"config directory {root} {state} (pass another one or set {CONFIG_DIR_ENV})")
-        raise ConfigError(problems.items, root)
-    loaded = {spec.list_key: _load_file(root, spec, problems) for spec in FILES}
-    api_sources = merge_api_sources(loaded["sources"], problems)  # sources registered through the REST API
+    if documents is not None:
+        root = Path(directory) if directory is not None else Path(INLINE_ORIGIN)
+    else:
+        root = Path(directory) if directory is not None else default_config_dir()
+        if not root.is_dir():
+            state = "is not a directory" if root.exists() else "does not exist"
+            problems.add(_SOURCES.name, "", f"config directory {root} {state} (pass another one or set "
+                                            f"{CONFIG_DIR_ENV})")
+            raise ConfigError(problems.items, root)
+    loaded = {spec.list_key: _load_file(root, spec, problems, documents) for spec in FILES}
+    if documents is not None:
+        # A DAG's own inline config: what the REST API registers goes into the YAML's config, not into this one.
+        with without_registrations():
+            api_sources = merge_api_sources(loaded["sources"], problems)
+        from airflow_provider_cdc.api.registered import Registered as _Registered
+
+        registered = registered or _Registered.empty()
+    else:
+        api_sources = merge_api_sources(loaded["sources"], problems)  # sources registered through the REST API
     if registered is None:
         from airflow_provider_cdc.api.registered import read_registered
 
@@ -229,15 +246,23 @@ def _reading_order(problem: ConfigProblem) -> tuple[int, int]:
 _UNREADABLE = object()  # _read_yaml's "no document": None would mean an empty file
 
 
-def _load_file(root: Path, spec: _FileSpec, problems: _Problems) -> _Loaded:
+def _load_file(root: Path, spec: _FileSpec, problems: _Problems,
+               documents: Mapping[str, Any] | None = None) -> _Loaded:
     result = _Loaded(spec)
     path = root / spec.name
-    if not path.exists():
+    if documents is not None:
+        if documents.get(spec.name) is None:
+            if spec.required:
+                problems.add(spec.name, "", f"not given in the inline config ({root})")
+            return result
+        document = copy.deepcopy(documents[spec.name])
+    elif not path.exists():
         if spec.required:
             problems.add(spec.name, "", f"file not found in {root}")
         return result
+    else:
+        document = _read_yaml(path, spec.name, problems)
     result.present = True
-    document = _read_yaml(path, spec.name, problems)
     if document is _UNREADABLE:
         result.readable = False
         return result

@@ -10,7 +10,7 @@ a URL for one database. DSNs stay inside the hook: never in XCom, logs or trigge
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -108,14 +108,18 @@ class CdcHook(BaseHook):
 
     hook_name = "Change Data Capture"
 
-    def __init__(self, source_id: str, config_dir: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, source_id: str, config_dir: str | None = None, *,
+                 documents: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        """``config_dir``: the YAML config's directory; ``documents``: an inline config instead
+        (:func:`airflow_provider_cdc.config.inline.cdc_config`), checked by the same loader."""
         super().__init__(**kwargs)
         self.source_id = source_id
         self.config_dir = config_dir
+        self.documents = documents
 
     @cached_property
     def config(self) -> CdcConfig:
-        return load_config(self.config_dir)
+        return load_config(self.config_dir, documents=self.documents)
 
     @cached_property
     def source_config(self) -> SourceConfig:

@@ -32,17 +32,28 @@ from airflow_provider_cdc.stages import build_stages
 
 
 class _CdcOperator(CdcLineageMixin, BaseOperator):
+    """Base of the CDC operators.
+
+    :param source_id: the source's id in the config
+    :param config_dir: the YAML config's directory (default: ``$CDC_CONFIG_DIR``, else include/config)
+    :param cdc_config: the config given inline instead, as
+        :func:`~airflow_provider_cdc.config.inline.cdc_config` builds it (not templated: rule expressions are
+        Jinja of their own)
+    """
+
     template_fields: Sequence[str] = ("source_id", "config_dir")
     ui_color = "#e8f6f3"
 
-    def __init__(self, *, source_id: str, config_dir: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, source_id: str, config_dir: str | None = None,
+                 cdc_config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.source_id = source_id
         self.config_dir = config_dir
+        self.cdc_config = cdc_config
 
     @property
     def hook(self) -> CdcHook:
-        return CdcHook(self.source_id, self.config_dir)
+        return CdcHook(self.source_id, self.config_dir, documents=self.cdc_config)
 
     @contextmanager
     def connected(self) -> Iterator[tuple[CdcHook, Source, Sink]]:
@@ -76,12 +87,13 @@ class CdcStageOperator(_CdcOperator):
     upstream staged batch, and stages what it makes; returns the new manifest summary.
 
     :param stage: the stage's name (also its task id in the DAG)
-    :param manifest_uri: the upstream task's manifest (templated: pulled from its XCom)
+    :param manifest_uri: the upstream task's manifest: its URI (templated), or the upstream task's summary itself
+        (``capture.output`` in a hand-written DAG)
     """
 
     template_fields: Sequence[str] = (*_CdcOperator.template_fields, "manifest_uri")
 
-    def __init__(self, *, stage: str, manifest_uri: str, **kwargs: Any) -> None:
+    def __init__(self, *, stage: str, manifest_uri: str | Mapping[str, Any], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.stage = stage
         self.manifest_uri = manifest_uri
@@ -95,9 +107,9 @@ class CdcStageOperator(_CdcOperator):
                 # upstream batch on unchanged (the next parse drops the task).
                 self.log.warning("source %s no longer has a stage %r; passing the batch on unchanged",
                                  self.source_id, self.stage)
-                batch = hook.store.read(self.manifest_uri)
-                return pipeline.summarize(batch, self.manifest_uri)
-            summary = pipeline.run_stage(self.manifest_uri, found[0], hook.store)
+                uri = manifest_uri_of(self.manifest_uri)
+                return pipeline.summarize(hook.store.read(uri), uri)
+            summary = pipeline.run_stage(manifest_uri_of(self.manifest_uri), found[0], hook.store)
             emit_quality_stats(self.source_id, summary.get("stage_versions"))
             return summary
 
@@ -107,7 +119,7 @@ class CdcLoadOperator(_CdcOperator):
 
     template_fields: Sequence[str] = (*_CdcOperator.template_fields, "manifest_uri")
 
-    def __init__(self, *, manifest_uri: str, **kwargs: Any) -> None:
+    def __init__(self, *, manifest_uri: str | Mapping[str, Any], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.manifest_uri = manifest_uri
 
@@ -117,12 +129,12 @@ class CdcLoadOperator(_CdcOperator):
             sink = hook.get_sink()
             try:
                 with impact_in_hold_messages(hook.config, hook.lineage_urls, hook.registered_schemas):
-                    summary = pipeline.load_stage(self.manifest_uri, sink, run_id=context["run_id"],
+                    summary = pipeline.load_stage(manifest_uri_of(self.manifest_uri), sink, run_id=context["run_id"],
                                                   policy=hook.schema_policy)
             finally:
                 sink.close()
             emit_asset_events(self, hook, context, summary)
-            emit_batch_metrics(self.source_id, summary, self.manifest_uri)
+            emit_batch_metrics(self.source_id, summary, manifest_uri_of(self.manifest_uri))
             return summary
 
 
@@ -130,14 +142,14 @@ class CdcCommitOperator(_CdcOperator):
     """Stores the batch's end position in ``cdc.position.<source_id>``, then acknowledges the source; then fails
     the task (terminal) when the load held a table from this batch on, and warns for each table still held.
 
-    :param manifest_uri: the manifest load applied (templated)
+    :param manifest_uri: the manifest load applied (templated), or the summary of the task that made it
     :param newly_held: the load task's ``newly_held`` (table -> reason), as a mapping or as its JSON text (templated:
-        the DAG renders it from the load task's XCom)
+        the DAG renders it from the load task's XCom), or the load task's summary itself (``load.output``)
     """
 
     template_fields: Sequence[str] = (*_CdcOperator.template_fields, "manifest_uri", "newly_held")
 
-    def __init__(self, *, manifest_uri: str, newly_held: Mapping[str, str] | str | None = None,
+    def __init__(self, *, manifest_uri: str | Mapping[str, Any], newly_held: Mapping[str, Any] | str | None = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.manifest_uri = manifest_uri
@@ -146,16 +158,29 @@ class CdcCommitOperator(_CdcOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         with fail_terminal_errors(), self.connected() as (hook, source, sink):
             return pipeline.commit_stage(
-                self.manifest_uri, source, sink, hook.positions, hook.store,
+                manifest_uri_of(self.manifest_uri), source, sink, hook.positions, hook.store,
                 retention_hours=hook.source_config.staging_retention_hours,
                 newly_held=held_tables_of(self.newly_held),
             )
 
 
-def held_tables_of(value: Mapping[str, str] | str | None) -> dict[str, str]:
-    """``newly_held`` as a mapping: rendered templates are text (JSON; empty or ``None`` when load had nothing)."""
+def manifest_uri_of(value: str | Mapping[str, Any]) -> str:
+    """The manifest URI an operator was given: the URI, or the upstream task's summary (its XCom) holding it."""
+    if isinstance(value, Mapping):
+        if "manifest_uri" not in value:
+            raise ValueError(f"manifest_uri: expected a manifest URI or a CDC task's summary with 'manifest_uri', "
+                             f"got a mapping with {sorted(value)[:10]}")
+        return str(value["manifest_uri"])
+    return value
+
+
+def held_tables_of(value: Mapping[str, Any] | str | None) -> dict[str, str]:
+    """``newly_held`` as a mapping: rendered templates are text (JSON; empty or ``None`` when load had nothing); the
+    load task's whole summary gives its ``newly_held``."""
+    if isinstance(value, Mapping) and "batch_id" in value and "newly_held" in value:
+        value = value["newly_held"]
     if value is None or isinstance(value, Mapping):
-        return dict(value or {})
+        return {str(table): str(reason) for table, reason in (value or {}).items()}
     text = value.strip()
     if text in ("", "None", "null"):
         return {}

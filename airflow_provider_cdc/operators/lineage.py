@@ -79,7 +79,7 @@ def _remember_config(operator: Any) -> None:
     try:
         from airflow_provider_cdc.config import load_config
 
-        setattr(operator, _CONFIG, load_config(operator.config_dir))
+        setattr(operator, _CONFIG, load_config(operator.config_dir, documents=getattr(operator, "cdc_config", None)))
     except Exception as exc:  # lineage never fails a task
         log.info("OpenLineage: the config is not kept for the lineage events (%s)", type(exc).__name__)
 
@@ -124,7 +124,7 @@ class CdcLineageMixin:
             from airflow_provider_cdc.lineage.openlineage import task_datasets, to_openlineage
 
             role = lineage_role(self)
-            hook = CdcHook(self.source_id, self.config_dir)
+            hook = CdcHook(self.source_id, self.config_dir, documents=getattr(self, "cdc_config", None))
             kept = getattr(self, _CONFIG, None)
             if kept is not None:
                 hook.__dict__["config"] = kept  # CdcHook.config is a cached property: the task's own config

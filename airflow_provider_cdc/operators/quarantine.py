@@ -9,7 +9,7 @@ cannot look for a running ``cdc_<source_id>`` run (a task has no access to Airfl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -23,6 +23,7 @@ class CdcQuarantineReplayOperator(BaseOperator):
 
     :param source_id: the source in ``cdc.yaml`` (templated)
     :param config_dir: the config directory (templated; default ``$CDC_CONFIG_DIR``, else include/config)
+    :param cdc_config: the config given inline instead (:func:`~airflow_provider_cdc.config.inline.cdc_config`)
     :param table: only this table's rows, ``schema.table`` or a bare name (templated)
     :param rule: only this rule's or check's rows (templated)
     """
@@ -31,10 +32,11 @@ class CdcQuarantineReplayOperator(BaseOperator):
     ui_color = "#fdf2e9"
 
     def __init__(self, *, source_id: str, config_dir: str | None = None, table: str | None = None,
-                 rule: str | None = None, **kwargs: Any) -> None:
+                 rule: str | None = None, cdc_config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.source_id = source_id
         self.config_dir = config_dir
+        self.cdc_config = cdc_config
         self.table = table
         self.rule = rule
 
@@ -43,7 +45,7 @@ class CdcQuarantineReplayOperator(BaseOperator):
         from airflow_provider_cdc.stages import build_stages
 
         with fail_terminal_errors():
-            hook = CdcHook(self.source_id, self.config_dir)
+            hook = CdcHook(self.source_id, self.config_dir, documents=self.cdc_config)
             stages = build_stages(hook.source_config, hook.config)
             sink = hook.get_sink()
             try:

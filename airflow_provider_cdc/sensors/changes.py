@@ -8,7 +8,7 @@ check or the trigger found it; a transient one is retried.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,6 +28,7 @@ class CdcChangesSensor(BaseSensorOperator):
 
     :param source_id: id of the source in cdc.yaml
     :param config_dir: config directory (default: ``CDC_CONFIG_DIR`` or ``include/config``)
+    :param cdc_config: the config given inline instead (:func:`~airflow_provider_cdc.config.inline.cdc_config`)
     :param heartbeat_interval: seconds of idleness after which the trigger emits a heartbeat (0: never)
     :param deferrable: wait in the triggerer (default) instead of occupying a worker slot
     :param skip_on_timeout: when ``timeout`` passes without changes, skip the task (and so the run) instead of
@@ -42,6 +43,7 @@ class CdcChangesSensor(BaseSensorOperator):
         *,
         source_id: str,
         config_dir: str | None = None,
+        cdc_config: Mapping[str, Any] | None = None,
         heartbeat_interval: float = 0.0,
         deferrable: bool = True,
         skip_on_timeout: bool = False,
@@ -50,13 +52,14 @@ class CdcChangesSensor(BaseSensorOperator):
         super().__init__(**kwargs)
         self.source_id = source_id
         self.config_dir = config_dir
+        self.cdc_config = cdc_config
         self.heartbeat_interval = heartbeat_interval
         self.deferrable = deferrable
         self.skip_on_timeout = skip_on_timeout
 
     def _check(self) -> tuple[bool, Position | None]:
         with fail_terminal_errors():
-            hook = CdcHook(self.source_id, self.config_dir)
+            hook = CdcHook(self.source_id, self.config_dir, documents=self.cdc_config)
             with hook.connected() as (source, sink):
                 # The Variable, or the sink ledger when that is later or the Variable is lost: with either, the
                 # source ran before and what holds its position must not be recreated.
@@ -85,6 +88,7 @@ class CdcChangesSensor(BaseSensorOperator):
                 source_id=self.source_id,
                 position=position,
                 config_dir=self.config_dir,
+                cdc_config=self.cdc_config,
                 poll_interval=self.poke_interval,
                 heartbeat_interval=self.heartbeat_interval,
             ),

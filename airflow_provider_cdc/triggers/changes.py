@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -33,6 +33,7 @@ class ChangesAvailableTrigger(BaseTrigger):
     :param source_id: id of the source in cdc.yaml
     :param position: the stored position to wait after (None: nothing stored yet)
     :param config_dir: config directory (default: ``CDC_CONFIG_DIR`` or ``include/config``)
+    :param cdc_config: the config given inline instead (JSON-safe documents: connection ids, no secret)
     :param poll_interval: seconds between probes
     :param heartbeat_interval: seconds of idleness after which to emit a heartbeat (0: never)
     """
@@ -44,11 +45,13 @@ class ChangesAvailableTrigger(BaseTrigger):
         config_dir: str | None = None,
         poll_interval: float = 1.0,
         heartbeat_interval: float = 0.0,
+        cdc_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.source_id = source_id
         self.position = position
         self.config_dir = config_dir
+        self.cdc_config = cdc_config
         self.poll_interval = poll_interval
         self.heartbeat_interval = heartbeat_interval
 
@@ -61,6 +64,7 @@ class ChangesAvailableTrigger(BaseTrigger):
                 "config_dir": self.config_dir,
                 "poll_interval": self.poll_interval,
                 "heartbeat_interval": self.heartbeat_interval,
+                "cdc_config": self.cdc_config,
             },
         )
 
@@ -72,7 +76,7 @@ class ChangesAvailableTrigger(BaseTrigger):
         probe: ChangeProbe | None = None
         polls = 0
         try:
-            hook = CdcHook(self.source_id, self.config_dir)
+            hook = CdcHook(self.source_id, self.config_dir, documents=self.cdc_config)
             probe = await sync_to_async(hook.get_probe)()
             idle_since = time.monotonic()
             while not await probe.has_changes_after(self.position):
