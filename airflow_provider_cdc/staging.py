@@ -235,9 +235,28 @@ class BatchStore:
         return removed
 
 
+# How each fsspec store names a file's modification time: local files and gcsfs ``mtime``, s3fs ``LastModified``,
+# adlfs ``last_modified``, gcsfs also ``updated`` (ISO text).
+_MTIME_KEYS = ("mtime", "LastModified", "last_modified", "updated", "created")
+
+
 def _mtime(path) -> float:
+    """When ``path`` was last written (seconds since the epoch). Object stores have no folders, so they give a
+    prefix no time: a folder without one is as new as its newest file (0 when empty). Were that 0 for every
+    batch on S3, retention would purge batches the moment they are committed."""
     info = path.stat()
-    mtime = info.get("mtime") or info.get("created") or 0
-    if isinstance(mtime, dt.datetime):
-        return mtime.timestamp()
-    return float(mtime)
+    for key in _MTIME_KEYS:
+        value = info.get(key)
+        if value:
+            return _timestamp(value)
+    if info.get("type") == "directory":
+        return max((_mtime(child) for child in path.iterdir()), default=0.0)
+    return 0.0
+
+
+def _timestamp(value: Any) -> float:
+    if isinstance(value, dt.datetime):
+        return value.timestamp()
+    if isinstance(value, str):
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return float(value)
