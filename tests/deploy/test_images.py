@@ -32,6 +32,7 @@ from deploy.deploy_files import (
     setup_requirements,
 )
 
+
 def airflow_spec() -> SpecifierSet:
     return next(r.specifier for r in setup_requirements("options", "install_requires") if r.name == "apache-airflow")
 

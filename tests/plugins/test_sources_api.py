@@ -108,7 +108,7 @@ def test_concurrent_connects_lose_no_registration(api_server, second_source):
     for _attempt in range(6):
         with ThreadPoolExecutor(len(pending)) as pool:
             answers = list(pool.map(connect, pending))
-        for source_id, answer in answers:
+        for _, answer in answers:
             assert answer.status_code in (201, 409), answer.text
             if answer.status_code == 409:
                 assert "send yours again" in answer.json()["detail"], answer.text
