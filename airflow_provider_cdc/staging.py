@@ -60,8 +60,8 @@ def _key(text: str) -> str:
     Where characters had to be replaced, a hash of the original follows, so names that differ only in those
     characters (``клиенты`` and ``заказы``, ``Users`` and ``users`` on a case-insensitive store) stay apart."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", text)
-    if safe == text and text.lower() == text:
-        return safe
+    if safe == text and text.lower() == text and safe.strip(".") != "":
+        return safe  # '.', '..' (a folder's own names) and '' always get the hash
     return f"{safe}~{hashlib.sha1(text.encode()).hexdigest()[:10]}"
 
 
@@ -78,7 +78,19 @@ class BatchStore:
         return _object_path(self.root_url)
 
     def batch_dir(self, source_id: str, batch_id: str):
-        return self._root() / _key(source_id) / _key(batch_id)
+        return self._inside_root(self._root() / _key(source_id) / _key(batch_id))
+
+    def _inside_root(self, path):
+        """``path``, checked to resolve inside the root where the store is a local file system: a symlink planted in
+        the staging root must not lead writes (or reads) elsewhere. Object stores have no links."""
+        if not self.root_url.startswith("file://"):
+            return path
+        root = os.path.realpath(self.root_url.removeprefix("file://"))
+        real = os.path.realpath(str(path).removeprefix("file://"))
+        if os.path.commonpath([root, real]) != root:
+            raise StagingError(str(path), f"resolves to {real}, outside the staging root {root} (a symbolic link?); "
+                                          "remove the link, or point CDC_STAGING_URL elsewhere")
+        return path
 
     # -- write ----------------------------------------------------------------------------------------------
 
@@ -86,15 +98,16 @@ class BatchStore:
         """Stage ``batch`` and return its manifest URI. Rewriting the same batch id replaces it whole."""
         folder = self.batch_dir(batch.source_id, batch.batch_id)
         if stage != "capture":
-            folder = folder / _key(stage)
+            folder = self._inside_root(folder / _key(stage))
         folder.mkdir(parents=True, exist_ok=True)
         files: dict[str, str] = {}
         for qualified, table in batch.tables.items():
             name = _key(qualified) + _SUFFIX[self.fmt]
             with (folder / name).open("wb") as fh:
                 if self.fmt == "parquet":
-                    # No dictionary pages: change values rarely repeat, and building them doubled the write time.
-                    pq.write_table(table, fh, compression="zstd", use_dictionary=False)
+                    # No dictionary pages: change values rarely repeat, and building them doubled the write time. No
+                    # min/max statistics: nothing reads them, and for a 100 MB value they cost 8x its size in memory.
+                    pq.write_table(table, fh, compression="zstd", use_dictionary=False, write_statistics=False)
                 else:
                     feather.write_feather(table, fh, compression="lz4")
             files[qualified] = name
@@ -160,6 +173,7 @@ class BatchStore:
         folder = _object_path(uri).parent
         tables: dict[str, pa.Table] = {}
         for qualified, name in manifest["files"].items():
+            _plain_name(uri, name)
             try:
                 with (folder / name).open("rb") as fh:
                     if manifest["format"] == "parquet":
@@ -170,6 +184,7 @@ class BatchStore:
                 raise StagingError(uri, f"table file {name} is missing") from exc
         quarantine = None
         if manifest.get("quarantine"):
+            _plain_name(uri, manifest["quarantine"])
             try:
                 with (folder / manifest["quarantine"]).open("rb") as fh:
                     quarantine = (pq.read_table(fh) if manifest["format"] == "parquet" else feather.read_table(fh))
@@ -238,6 +253,12 @@ class BatchStore:
 # How each fsspec store names a file's modification time: local files and gcsfs ``mtime``, s3fs ``LastModified``,
 # adlfs ``last_modified``, gcsfs also ``updated`` (ISO text).
 _MTIME_KEYS = ("mtime", "LastModified", "last_modified", "updated", "created")
+
+
+def _plain_name(uri: str, name: Any) -> None:
+    """A file a manifest names must be a plain name in the batch's folder (an edited manifest reads nothing else)."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
+        raise StagingError(uri, f"the manifest names {name!r}, not a file of its batch's folder")
 
 
 def _mtime(path) -> float:

@@ -160,7 +160,8 @@ def typed_column(values: pa.Array | pa.ChunkedArray, column: Column, *, specials
 
 def _typed_boolean(values: pa.Array, column: Column) -> pa.Array:
     known = pc.or_(pc.equal(values, _TRUE), pc.equal(values, _FALSE))
-    if not pc.all(pc.fill_null(known, True)).as_py():
+    # min_count=0: an empty column is all known (the default answers NULL for no values).
+    if not pc.all(pc.fill_null(known, True), min_count=0).as_py():
         bad = values.filter(pc.invert(pc.fill_null(known, True)))[0].as_py()
         raise UntypedValueError(column.name, "boolean", bad, "expected 'true' or 'false'")
     return pc.equal(values, _TRUE)
@@ -178,8 +179,14 @@ def _typed_decimal(values: pa.Array, column: Column, target: pa.DataType) -> pa.
             if v is None:
                 out.append(None)
                 continue
-            d = decimal.Decimal(v)
-            q = d.quantize(scale)
+            try:
+                d = decimal.Decimal(v)
+                q = d.quantize(scale)
+            except decimal.InvalidOperation:  # no number at all, or more digits than any decimal here holds
+                q = None
+            if q is None or not q.is_finite() or len(q.as_tuple().digits) > target.precision:
+                raise UntypedValueError(column.name, "decimal", v,
+                                        f"not a number that fits decimal({target.precision},{target.scale})") from exc
             if q != d:
                 raise UntypedValueError(
                     column.name, "decimal", v, f"more than {target.scale} decimal places"

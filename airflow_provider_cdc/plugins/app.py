@@ -8,7 +8,7 @@ models, or whose content is not valid (a rule that does not compile), 422 with a
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request, status
+from fastapi import Depends, FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -17,6 +17,7 @@ from airflow_provider_cdc.api.errors import ApiError, InvalidQuestionError, NotF
 from airflow_provider_cdc.api.sources import ConflictError
 from airflow_provider_cdc.api.writes import ConflictError as WriteConflictError
 from airflow_provider_cdc.api.writes import RejectedError
+from airflow_provider_cdc.plugins.auth import get_cdc_user
 from airflow_provider_cdc.plugins.routes import health, lineage, pipeline, quality, schema, sources, transformations
 from airflow_provider_cdc.plugins.ui import page as ui_page
 
@@ -56,6 +57,10 @@ def create_app() -> FastAPI:
     )
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
-    for module in (health, pipeline, lineage, transformations, sources, ui_page, quality, schema):
+    for module in (health, ui_page):  # /health and the page's shell need no token (the page's API calls do)
         app.include_router(module.router)
+    for module in (pipeline, lineage, transformations, sources, quality, schema):
+        # Authentication first, before any other dependency (the config): a request without a token learns nothing,
+        # not even that the config is broken. The routes' own permission checks reuse the authenticated user.
+        app.include_router(module.router, dependencies=[Depends(get_cdc_user)])
     return app

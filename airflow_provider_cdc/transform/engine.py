@@ -93,7 +93,8 @@ class RuleSet:
                     lookup: Lookup | None = None, connectors: Collection[str] | None = None,
                     clock: Clock | None = None) -> RuleSet:
         """Compile ``rule_configs`` (disabled rules are kept out). Never raises for a bad rule: see :meth:`problems`
-        and :meth:`check`; :meth:`apply` refuses a table whose rules have problems.
+        and :meth:`check`; :meth:`apply` refuses a table whose rules have problems. A mapping that is no rule
+        config at all (no ``rule_id``, a ``rule_type`` outside the four) raises :class:`RuleConfigError`.
 
         ``lookup``: what join rules read reference rows through (:data:`~.join.Lookup`); ``connectors``: the known
         connector ids (when given, a join naming another one is a problem); ``clock``: the join cache's clock in

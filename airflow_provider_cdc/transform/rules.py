@@ -31,10 +31,11 @@ from typing import Any
 
 from jinja2 import nodes
 from jinja2.exceptions import TemplateError
+from pydantic import ValidationError
 
 from airflow_provider_cdc.config.models import RuleConfig
 from airflow_provider_cdc.tables import RESERVED_PREFIX, Column
-from airflow_provider_cdc.transform.errors import problem
+from airflow_provider_cdc.transform.errors import RuleConfigError, problem
 from airflow_provider_cdc.transform.joinspec import JoinSpec
 from airflow_provider_cdc.transform.sandbox import ROW_VAR, Program, Sandbox, describe_syntax_error
 from airflow_provider_cdc.transform.types import OutType, parse_type
@@ -233,10 +234,12 @@ class CompiledRule:
 
     @classmethod
     def compile(cls, config: RuleConfig | Mapping[str, Any], sandbox: Sandbox) -> CompiledRule:
-        """Compile one rule; never raises for a bad rule (its problems are listed instead)."""
+        """Compile one rule; never raises for a bad rule (its problems are listed instead), only for a mapping that
+        is no rule config at all (:class:`RuleConfigError`, naming each key): config files and the REST API hand
+        over validated :class:`RuleConfig` objects."""
         issues: list[tuple[str, str | None, str | None]] = []
         if not isinstance(config, RuleConfig):
-            config = RuleConfig.model_validate(dict(config))
+            config = _validated(config)
         rule_id = config.rule_id
         extra = dict(config.model_extra or {})
 
@@ -397,3 +400,15 @@ def _compile_expression(config: RuleConfig, sandbox: Sandbox, add: Any) -> Progr
     except (TemplateError, ValueError) as exc:
         add(f"does not compile: {exc}", key="expression")
         return None
+
+
+def _validated(config: Mapping[str, Any]) -> RuleConfig:
+    """``config`` as a :class:`RuleConfig`, or a :class:`RuleConfigError` naming the rule and each bad key."""
+    try:
+        return RuleConfig.model_validate(dict(config))
+    except ValidationError as exc:
+        rule_id = config.get("rule_id")
+        name = rule_id if isinstance(rule_id, str) and rule_id else "?"
+        lines = [problem(name, error["msg"], key=".".join(str(part) for part in error["loc"]) or None)
+                 for error in exc.errors(include_url=False)]
+        raise RuleConfigError("; ".join(lines), rule_id=name) from None

@@ -21,6 +21,7 @@ batch is in the portable form of the value contract (:mod:`.values`).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -53,6 +54,10 @@ from airflow_provider_cdc.events import ChangeBatch
 __all__ = ["HEARTBEAT_PREFIX", "SESSION_SETTINGS", "PgSource", "PositionBehindSlot", "connect"]
 
 log = logging.getLogger("airflow_provider_cdc.source.postgres")
+
+# Text the server cannot hand over in UTF-8 (our session's client encoding): bytes that are invalid in the database's
+# own encoding, which a SQL_ASCII database never checks, or characters with no UTF-8 form.
+UNCONVERTIBLE_TEXT = (psycopg.errors.CharacterNotInRepertoire, psycopg.errors.UntranslatableCharacter)
 
 # Session settings that make every text value canonical, whoever reads it (snapshot and stream alike).
 SESSION_SETTINGS = {
@@ -301,11 +306,17 @@ class PgSource(PublicationSetup, StreamCapture, SnapshotCapture):
         snapshot = position.get("snapshot")
         started = time.monotonic()
         stream_budget = max(1, max_changes // 2) if snapshot else max_changes
-        decoder = self._capture_stream(position, stream_budget, self._streamed_tables(position))
+        try:
+            decoder = self._capture_stream(position, stream_budget, self._streamed_tables(position))
+        except UNCONVERTIBLE_TEXT as exc:
+            raise self._unconvertible_text(exc, None) from exc
         stream = decoder.finish()
         stream = self._settle(stream, snapshot)
         if snapshot:
-            batch = self._capture_snapshot(stream, max(max_changes - stream.change_count, max_changes // 2))
+            try:
+                batch = self._capture_snapshot(stream, max(max_changes - stream.change_count, max_changes // 2))
+            except UNCONVERTIBLE_TEXT as exc:
+                raise self._unconvertible_text(exc, stream.position_to.get("snapshot") or snapshot) from exc
         else:
             batch = stream
         log.info(
@@ -316,6 +327,34 @@ class PgSource(PublicationSetup, StreamCapture, SnapshotCapture):
             f"; snapshot continues with {batch.position_to['snapshot']['pending'][0]}",
         )
         return batch
+
+    def _unconvertible_text(self, exc: psycopg.Error, snapshot: dict[str, Any] | None) -> TableRefusedError:
+        """The clear, terminal error for text the server cannot hand over in UTF-8 (a retry would read the same
+        bytes again): which table and rows (snapshot) or which change (stream), and what to do."""
+        with self.conn.cursor() as cur:
+            cur.execute("SHOW server_encoding")
+            row = cur.fetchone()
+        encoding = row[0] if row else "?"
+        table: str | None = None
+        if snapshot:
+            table = snapshot["pending"][0]
+            after = snapshot.get("after")
+            where = f"its rows after key {after}" if after is not None else "its first rows"
+            remedy = "fix those values at the source (or keep raw bytes in a bytea column), then run again"
+        else:
+            lsn = re.search(r"LSN ([0-9A-F]+/[0-9A-F]+)", exc.diag.context or "")
+            where = (f"the change at LSN {lsn.group(1)}" if lsn else "a streamed change") + \
+                f" of one of {', '.join(self.qualified_tables)}"
+            # The change stays in the log as it was written: only a re-snapshot of the fixed rows passes it.
+            remedy = ("fix those values at the source (or keep raw bytes in a bytea column), then re-snapshot: "
+                      f"python -m airflow_provider_cdc resnapshot {self.source_id}")
+        checks = " (SQL_ASCII stores any bytes unchecked)" if encoding == "SQL_ASCII" else ""
+        return TableRefusedError(
+            self.source_id,
+            f"text that has no UTF-8 form in {where}: {exc.diag.message_primary or exc}; the database's encoding is "
+            f"{encoding}{checks}. Nothing of this batch was captured and the position did not move: {remedy}",
+            table=table,
+        )
 
     def has_changes(self, position: dict[str, Any] | None) -> bool:
         """Whether :meth:`capture` would return something; the same check as :class:`~.probe.PgChangeProbe`."""
