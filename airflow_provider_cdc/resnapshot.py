@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -196,10 +196,12 @@ def _sink_name(qualified: str) -> str:
     return qualified.partition(".")[2]
 
 
-def resnapshot(hook: CdcHook, tables: list[str] | None = None, *, actor: str | None = None) -> ResnapshotSummary:
+def resnapshot(hook: CdcHook, tables: list[str] | None = None, *, actor: str | None = None,
+               details: Mapping[str, Any] | None = None, run_id: str | None = None) -> ResnapshotSummary:
     """Run the re-snapshot of ``hook``'s source (the whole source, or only ``tables``); see the module docstring.
     Done, it is recorded as ``resnapshot_started`` by ``actor`` (default ``$CDC_ACTOR``, else the OS user) in the
-    sink's audit trail, which the re-snapshot leaves as it is."""
+    sink's audit trail, which the re-snapshot leaves as it is, with ``details`` (e.g. the reason a DAG was given)
+    and ``run_id``."""
     from airflow_provider_cdc.connectors.audit import RESNAPSHOT_STARTED, audit_entry
 
     chosen, _ = plan(hook, tables)
@@ -212,8 +214,9 @@ def resnapshot(hook: CdcHook, tables: list[str] | None = None, *, actor: str | N
                 _resnapshot_tables(hook, source, sink, chosen, summary)
             else:
                 _resnapshot_source(hook, source, sink, chosen, summary)
-            sink.record_audit([audit_entry(RESNAPSHOT_STARTED, hook.source_id, actor=actor, details={
-                "tables": summary.tables, "whole_source": summary.whole_source, "steps": summary.steps})])
+            sink.record_audit([audit_entry(RESNAPSHOT_STARTED, hook.source_id, actor=actor, run_id=run_id, details={
+                **(details or {}), "tables": summary.tables, "whole_source": summary.whole_source,
+                "steps": summary.steps})])
         finally:
             sink.close()
     finally:

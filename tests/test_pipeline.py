@@ -26,6 +26,7 @@ from airflow_provider_cdc.connectors.base import Position, PositionStore
 from airflow_provider_cdc.errors import CdcError, is_terminal
 from airflow_provider_cdc.events import ChangeBatch
 from airflow_provider_cdc.hooks.cdc import CdcHook
+from airflow_provider_cdc.summaries import FusedResult
 
 
 class MemoryPositions:
@@ -186,6 +187,11 @@ def test_fused_run_applies_the_stage_list_with_any_position_store(shop):
 
     assert summary["stage_versions"] == {"upper": {"v": 1}}
     assert summary["captured"] == summary["change_count"] == 300
+    # the typed view a TaskFlow task reads it through
+    result = FusedResult.of(summary)
+    assert (result.captured, result.batch.change_count, result.batch.ops["r"]) == (300, 300, 300)
+    assert result.load.applied and result.load.upserted == 300 and result.commit.position_stored
+    assert result.batch_ids == [summary["batch_id"]] == [result.load.batch_id]
     assert positions.documents[source_id]["batch_id"] == summary["batch_id"]
     assert hook.positions.get(source_id) is None  # the Variable was never touched
     assert ledger_versions(sink_url, source_id) == [(summary["batch_id"], {"upper": {"v": 1}})]

@@ -20,6 +20,7 @@ EXPECTED_CLASSES = {
     "airflow_provider_cdc.operators.cdc": ["CdcCaptureOperator", "CdcStageOperator", "CdcLoadOperator",
                                            "CdcCommitOperator", "CdcFusedOperator"],
     "airflow_provider_cdc.operators.quarantine": ["CdcQuarantineReplayOperator"],
+    "airflow_provider_cdc.operators.resnapshot": ["CdcResnapshotOperator"],
     "airflow_provider_cdc.hooks.cdc": ["CdcHook"],
     "airflow_provider_cdc.triggers.changes": ["ChangesAvailableTrigger"],
 }
@@ -78,3 +79,44 @@ def test_integrations_named_by_modules_are_declared():
     for section in MODULE_SECTIONS:
         for entry in info[section]:
             assert entry["integration-name"] in declared
+
+
+def test_airflow_registers_the_failure_notifier():
+    from airflow.sdk import BaseNotifier
+
+    listed = json.loads(airflow_cli("providers", "notifications", "-o", "json"))
+    ours = [n["notification_class_name"] for n in listed if n["notification_class_name"].startswith("airflow_prov")]
+    assert ours == get_provider_info()["notifications"] == ["airflow_provider_cdc.notifiers.CdcFailureNotifier"]
+    module, _, name = ours[0].rpartition(".")
+    assert issubclass(getattr(importlib.import_module(module), name), BaseNotifier)
+
+
+def test_the_how_to_guides_are_documents_of_the_repository():
+    (integration,) = get_provider_info()["integrations"]
+    guides = integration["how-to-guide"]
+    assert guides == ["/docs/operators.md", "/docs/connections.md"]
+    for guide in guides:
+        assert (REPO_ROOT / guide.lstrip("/")).is_file(), guide
+
+
+def test_the_connection_types_used_are_those_of_the_connectors_and_staging():
+    """Each connector's Connections are resolved by its factory's provider hook; staging on S3 uses an ``aws``
+    Connection. They are listed, with their hooks, but never registered as this package's own types."""
+    from airflow_provider_cdc.connectors import registry
+
+    info = get_provider_info()
+    assert "connection-types" not in info  # registering postgres here would take it over from its provider
+    used = {entry["connection-type"]: entry["hook-class-name"] for entry in info["connection-types-used"]}
+    hooks = {}
+    for connector_type in registry.CONNECTOR_MODULES:
+        ref = registry.factory(connector_type).airflow_hook
+        if ref is not None:
+            module, _, name = ref.classpath.rpartition(".")
+            hooks[getattr(importlib.import_module(module), name).conn_type] = ref.classpath
+    assert hooks == {"postgres": used["postgres"], "mysql": used["mysql"], "mongo": used["mongo"]}
+    assert set(used) == {*hooks, "aws"}
+    module, _, name = used["aws"].rpartition(".")
+    assert getattr(importlib.import_module(module), name).conn_type == "aws"
+    for entry in info["connection-types-used"]:
+        path, _, anchor = entry["how-to-guide"].lstrip("/").partition("#")
+        assert (REPO_ROOT / path).is_file() and anchor, entry

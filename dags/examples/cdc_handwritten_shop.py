@@ -17,7 +17,7 @@ import datetime as dt
 import os
 
 from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
-from airflow.sdk import DAG
+from airflow.sdk import DAG, task
 
 from airflow_provider_cdc.config.inline import cdc_config
 from airflow_provider_cdc.operators.cdc import (
@@ -27,8 +27,10 @@ from airflow_provider_cdc.operators.cdc import (
     CdcStageOperator,
 )
 from airflow_provider_cdc.sensors.changes import CdcChangesSensor
+from airflow_provider_cdc.summaries import CommitResult, LoadResult
 
-SOURCE_ID = "handwritten_shop"
+# The source id names the replication slot, which is per server: two deployments of this file on one server need two.
+SOURCE_ID = os.environ.get("CDC_EXAMPLE_HANDWRITTEN_SOURCE", "handwritten_shop")
 SOURCE_CONN = os.environ.get("CDC_EXAMPLE_SOURCE_CONN", "cdc_example_source")
 SINK_CONN = os.environ.get("CDC_EXAMPLE_SINK_CONN", "cdc_example_sink")
 
@@ -59,6 +61,7 @@ with DAG(
     start_date=dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
     catchup=False,
     max_active_runs=1,
+    is_paused_upon_creation=True,  # unpause it once its Connections exist
     default_args={"retries": 3, "retry_delay": dt.timedelta(seconds=15)},
     tags=["cdc", "example"],
     doc_md=__doc__,
@@ -83,5 +86,14 @@ with DAG(
             SELECT status, count(*), sum(amount), now() FROM public.orders GROUP BY status;
         """,
     )
+
+    @task
+    def batch_report(load_xcom: dict, commit_xcom: dict) -> dict:
+        """A TaskFlow step reading the operators' XCom through the typed views."""
+        loaded, committed = LoadResult.of(load_xcom), CommitResult.of(commit_xcom)
+        return {"batch_id": loaded.batch_id, "upserted": loaded.upserted, "deleted": loaded.deleted,
+                "replayed": not loaded.applied, "position_stored": committed.position_stored}
+
     wait >> capture
     load >> commit >> orders_by_status
+    batch_report(load.output, commit.output)
