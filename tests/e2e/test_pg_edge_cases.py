@@ -24,6 +24,7 @@ from cdc_testing import (
     unique_id,
     write_config,
 )
+from conftest import _drop_database
 from psycopg import sql
 
 # A safety net: a product that wrongly finds nothing to capture would leave a DAG run's sensor waiting.
@@ -574,13 +575,7 @@ def latin1_url(pg_server):
         conn.execute(sql.SQL("CREATE DATABASE {} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
                      .format(sql.Identifier(dbname)))
     yield pg_server.url(dbname)
-    with pg_server.connect("postgres") as conn:
-        for (slot,) in conn.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s",
-                                    (dbname,)).fetchall():
-            conn.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-                         "WHERE slot_name = %s AND active_pid IS NOT NULL", (slot,))
-            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+    _drop_database(pg_server, dbname)
 
 
 def test_latin1_source_lands_as_utf8(latin1_url, pg_database_factory, tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import psycopg
 import pytest
+from conftest import _drop_database
 from contract.pairs import postgres_sink
 from contract.test_contract import Pair, pair_factory, sink_under_test  # noqa: F401 - the fixtures
 from psycopg import sql
@@ -35,13 +36,7 @@ def sql_ascii_url(pg_server) -> Iterator[str]:
         conn.execute(sql.SQL("CREATE DATABASE {} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
                      .format(sql.Identifier(dbname)))
     yield pg_server.url(dbname)
-    with pg_server.connect("postgres") as conn:
-        for (slot,) in conn.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s",
-                                    (dbname,)).fetchall():
-            conn.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-                         "WHERE slot_name = %s AND active_pid IS NOT NULL", (slot,))
-            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+    _drop_database(pg_server, dbname)
 
 
 def sink_ids(pair: Pair) -> list[int]:
