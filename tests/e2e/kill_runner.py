@@ -4,6 +4,7 @@ The kill points wrap real calls from outside (no test hook lives in the product)
 ``commit`` on the sink, the staging writer, the position store and the source's acknowledgement.
 
     python kill_runner.py CONFIG_DIR SOURCE_ID KILL_POINT [RUNS]
+    python kill_runner.py --dag DAG_FILE KILL_POINT [RUNS]     (dag.test() of a hand-written DAG)
 """
 
 from __future__ import annotations
@@ -98,7 +99,26 @@ KILL_POINTS = {
 }
 
 
+def run_dag_file(path: str, point: str, runs: int) -> None:
+    """``dag.test()`` of the DAG file's ``dag`` (a hand-written DAG: its Connections come from the environment),
+    ``runs`` times, with the kill point armed: the real operators, in Airflow, die where the point says."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("killed_dag", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    track_loading()
+    KILL_POINTS[point]()
+    for i in range(runs):
+        state = module.dag.test().state
+        print("RUN", i, state, flush=True)
+
+
 def main() -> None:
+    if sys.argv[1] == "--dag":
+        run_dag_file(sys.argv[2], sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else 1)
+        return
     config_dir, source_id, point = sys.argv[1:4]
     runs = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     hook = CdcHook(source_id, config_dir)
