@@ -23,6 +23,8 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -131,6 +133,21 @@ class PgSource(PublicationSetup, StreamCapture, SnapshotCapture):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @contextmanager
+    def _transient(self, doing: str, retry: str = "a retry reads again from the stored position") -> Iterator[None]:
+        """A server restart, crash or dropped connection in the middle of ``doing`` (or a statement cancelled, the slot
+        in use by another run: psycopg's OperationalError) is transient: a :class:`SourceError` that names the source,
+        so that Airflow retries the task and the log says which source failed and how, instead of a bare driver
+        error. The broken connection is dropped; the next call connects again. Capture acknowledges nothing, so a
+        retry reads from the stored position."""
+        try:
+            yield
+        except psycopg.OperationalError as exc:
+            self.close()
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            why = "a server restart, a lost connection, another run using the slot at this moment"
+            raise SourceError(self.source_id, f"{doing} failed: {detail}. Transient ({why}): {retry}") from exc
+
     # -- preparation ----------------------------------------------------------------------------------------
 
     @property
@@ -146,6 +163,10 @@ class PgSource(PublicationSetup, StreamCapture, SnapshotCapture):
         recreated, and a configured table that is gone (dropped or renamed at the source) is a warning: the other
         tables keep flowing.
         """
+        with self._transient("preparing the source", "a retry checks again"):
+            self._prepare(position)
+
+    def _prepare(self, position: dict[str, Any] | None) -> None:
         conn = self.conn
         with conn.cursor() as cur:
             cur.execute("SHOW wal_level")
@@ -295,6 +316,10 @@ class PgSource(PublicationSetup, StreamCapture, SnapshotCapture):
     # -- capture --------------------------------------------------------------------------------------------
 
     def capture(self, position: dict[str, Any] | None, max_changes: int) -> ChangeBatch:
+        with self._transient("capture"):
+            return self._capture(position, max_changes)
+
+    def _capture(self, position: dict[str, Any] | None, max_changes: int) -> ChangeBatch:
         if position is None:
             position = self.initial_position()
         else:
@@ -362,22 +387,26 @@ class PgSource(PublicationSetup, StreamCapture, SnapshotCapture):
             return True
         assert position is not None
         position = dict(position)
-        self._check_position(position)
-        with self.conn.cursor() as cur:
-            cur.execute(PROBE_SQL, (self.slot_name, PROBE_CHANGES, publication_option(self.publication_name)))
-            return commits_after(cur.fetchall(), position)
+        with self._transient("the check for changes", "a retry checks again"):
+            self._check_position(position)
+            with self.conn.cursor() as cur:
+                cur.execute(PROBE_SQL, (self.slot_name, PROBE_CHANGES, publication_option(self.publication_name)))
+                return commits_after(cur.fetchall(), position)
 
     # -- acknowledgement and heartbeat ----------------------------------------------------------------------
 
     def acknowledge(self, position: dict[str, Any]) -> None:
-        """Advance the slot to ``position['lsn']`` (called only after the sink committed); never backwards."""
-        state = self.slot_state()
-        if state is None:
-            raise PositionLostError(self.source_id, position, f"replication slot {self.slot_name!r} was dropped")
-        if pgoutput.lsn_to_int(position["lsn"]) <= pgoutput.lsn_to_int(state.confirmed_flush_lsn):
-            return
-        with self.conn.cursor() as cur:
-            cur.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.slot_name, position["lsn"]))
+        """Advance the slot to ``position['lsn']`` (called only after the sink committed); never backwards. When this
+        fails the position is stored already: the sensor's next check acknowledges it."""
+        stored = "the position is stored, and the next run's sensor acknowledges it"
+        with self._transient(f"acknowledging {position['lsn']}", stored):
+            state = self.slot_state()
+            if state is None:
+                raise PositionLostError(self.source_id, position, f"replication slot {self.slot_name!r} was dropped")
+            if pgoutput.lsn_to_int(position["lsn"]) <= pgoutput.lsn_to_int(state.confirmed_flush_lsn):
+                return
+            with self.conn.cursor() as cur:
+                cur.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.slot_name, position["lsn"]))
         log.info("advanced slot %s to %s", self.slot_name, position["lsn"])
 
     def position_order(self, position: dict[str, Any]) -> tuple:
@@ -387,5 +416,5 @@ class PgSource(PublicationSetup, StreamCapture, SnapshotCapture):
 
     def heartbeat(self) -> None:
         """Emit a transactional logical message: an idle source then still has a commit to advance the slot to."""
-        with self.conn.cursor() as cur:
+        with self._transient("the heartbeat", "the next heartbeat tries again"), self.conn.cursor() as cur:
             cur.execute(HEARTBEAT_SQL, (HEARTBEAT_PREFIX,))
