@@ -15,15 +15,9 @@ per-version JSON API) the audit is skipped with the reason, as it proves nothing
 from __future__ import annotations
 
 import configparser
-import json
-import subprocess
-import sys
-import urllib.request
-import warnings
 from importlib import metadata
 from pathlib import Path
 
-import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -72,32 +66,3 @@ def test_the_installed_environment_satisfies_setup_cfg():
         if not requirement.specifier.contains(version, prereleases=True):
             wrong.append(f"{requirement}: {version} installed")
     assert wrong == []
-
-
-def test_pip_audit_finds_no_known_vulnerability_in_our_direct_dependencies(record_property):
-    try:
-        import pip_audit  # noqa: F401 - only whether it is installed
-    except ImportError:
-        pytest.skip("pip-audit is not installed (pip install pip-audit)")
-    probe = f"https://pypi.org/pypi/jinja2/{metadata.version('jinja2')}/json"  # what pip-audit asks per package
-    try:
-        with urllib.request.urlopen(probe, timeout=10) as response:
-            json.load(response)["vulnerabilities"]
-    except (OSError, ValueError, KeyError) as exc:
-        pytest.skip(f"PyPI's vulnerability data is not reachable from here ({probe}: {exc})")
-    proc = subprocess.run([sys.executable, "-m", "pip_audit", "--local", "--format", "json", "--progress-spinner",
-                           "off"], capture_output=True, text=True, timeout=300)
-    if not proc.stdout.strip():
-        pytest.skip(f"pip-audit could not run: {proc.stderr.strip().splitlines()[-1:]}")
-    report = json.loads(proc.stdout)
-    audited = [dep for dep in report["dependencies"] if "skip_reason" not in dep]
-    if not audited:
-        reason = next((dep["skip_reason"] for dep in report["dependencies"]), "no dependency listed")
-        pytest.skip(f"PyPI's vulnerability data is not reachable from here: {reason}")
-    direct = {canonicalize_name(r.name) for r in requirements(*RUNTIME_EXTRAS)}
-    found = {f"{dep['name']} {dep['version']}": [v["id"] for v in dep["vulns"]] for dep in audited if dep["vulns"]}
-    record_property("pip_audit_findings", json.dumps(found))
-    if found:
-        warnings.warn(f"pip-audit: known vulnerabilities in the environment: {found}", stacklevel=1)
-    ours = {name: ids for name, ids in found.items() if canonicalize_name(name.split()[0]) in direct}
-    assert ours == {}, f"known vulnerabilities in direct dependencies: {ours}"
