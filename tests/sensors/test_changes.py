@@ -95,6 +95,7 @@ def test_execute_defers_to_the_trigger_when_there_is_nothing_to_capture(source: 
             "config_dir": source.config_dir,
             "poll_interval": 0.3,
             "heartbeat_interval": 5.0,
+            "cdc_config": None,
         },
     )
 

@@ -46,6 +46,7 @@ def test_serialize_returns_classpath_and_exactly_the_constructor_kwargs():
         "config_dir": "/opt/cdc/config",
         "poll_interval": 0.5,
         "heartbeat_interval": 30.0,
+        "cdc_config": None,
     }
     assert json.loads(json.dumps(kwargs)) == kwargs  # JSON-safe: the triggerer stores kwargs in the metadata DB
 
@@ -59,6 +60,7 @@ def test_serialize_with_defaults_names_every_constructor_argument():
         "config_dir": None,
         "poll_interval": 1.0,
         "heartbeat_interval": 0.0,
+        "cdc_config": None,
     }
 
 
