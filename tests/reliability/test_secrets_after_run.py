@@ -16,34 +16,18 @@ from __future__ import annotations
 
 import json
 import os
-import textwrap
 from pathlib import Path
 
 import psycopg
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy
+from audit.test_pipeline_audit import QUALITY, RULES
 from cdc_testing import dags_test, staged_run, unique_id, write_config
 from lineage.test_openlineage_events import pg_login  # noqa: F401 - the fixture: a role with a password of its own
 from psycopg import sql
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.parametrize("pg_server", ["pg15"], indirect=True)]
-
-RULES = """\
-rules:
-  - rule_id: mask_email
-    rule_type: map
-    source_fields: [email]
-    target_field: masked_email
-    expression: "{{ email[:2] ~ '***' if email else none }}"
-"""
-QUALITY = textwrap.dedent("""\
-    suites:
-      - id: users_checks
-        tables: [users]
-        rules:
-          - {type: pattern, column: email, pattern: '^[^@\\s]+@[^@\\s]+\\.[a-z]+$', policy: quarantine}
-    """)
 
 
 def with_login(url: str, user: str, password: str) -> str:
