@@ -63,32 +63,27 @@ def delta_on_s3(s3: S3Server, proxy: CuttableProxy, target_schema: str) -> Downa
     return DownableSink("file", root, target_schema, proxy.cut, proxy.restore, read, {"storage_options": options})
 
 
+# Each server sink: (connector type, the fixture of its private server, how to name its database, its contract pair).
+SERVER_SINKS = {
+    "postgresql": ("postgresql", "sink_pg", lambda server: server.database("down_sink"), postgres_sink),
+    "mariadb": ("mysql", "private_mariadb", lambda server: server.database("down_sink"), mariadb_sink),
+    "mongodb": ("mongodb", "private_mongod", lambda server: server.url(""), mongodb_sink),
+}
+
+
 @pytest.fixture(params=["postgresql", "mariadb", "mongodb", "delta"])
 def downable_sink(request: pytest.FixtureRequest) -> Iterator[DownableSink]:
     target_schema = unique_id("down")
-    if request.param == "postgresql":
-        server = request.getfixturevalue("sink_pg")
-        url = server.database("down_sink")
-        under = postgres_sink(url)
-        yield DownableSink("postgresql", url, target_schema, server.stop, server.start,
+    if request.param in SERVER_SINKS:
+        kind, fixture, url_of, pair_sink = SERVER_SINKS[request.param]
+        server = request.getfixturevalue(fixture)
+        url = url_of(server)
+        under = pair_sink(url)
+        yield DownableSink(kind, url, target_schema, server.stop, server.start,
                            lambda table, columns: under.read(target_schema, table, columns, True))
         server.start()
-    elif request.param == "mariadb":
-        server = request.getfixturevalue("private_mariadb")
-        url = server.database("down_sink")
-        under = mariadb_sink(url)
-        yield DownableSink("mysql", url, target_schema, server.stop, server.start,
-                           lambda table, columns: under.read(target_schema, table, columns, True))
-        server.start()
-        under.drop(target_schema)  # type: ignore[misc]
-    elif request.param == "mongodb":
-        server = request.getfixturevalue("private_mongod")
-        url = server.url("")
-        under = mongodb_sink(url)
-        yield DownableSink("mongodb", url, target_schema, server.stop, server.start,
-                           lambda table, columns: under.read(target_schema, table, columns, True))
-        server.start()
-        under.drop(target_schema)  # type: ignore[misc]
+        if under.drop is not None:  # MariaDB's and MongoDB's target databases are the sink's own making
+            under.drop(target_schema)
     else:
         s3 = request.getfixturevalue("s3_server")
         host, _, port = s3.endpoint.rpartition("/")[2].partition(":")
