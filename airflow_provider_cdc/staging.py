@@ -5,7 +5,10 @@ live on object storage (``CDC_STAGING_URL``: ``s3://…``, ``gs://…``, or the 
 cdc_staging``), never in a worker's temp folder or in XCom. XCom carries only the manifest URI and counts.
 
 The manifest is the commit marker (dlt writes its load packages the same way): table files first, manifest last,
-so a reader sees a whole batch or none. Layout::
+so a reader sees a whole batch or none. Each file appears whole: on a local file system it is written under a
+hidden temporary name and renamed into place, on an object store its PUT is atomic. Two runs that captured the same
+range stage it in the same folder, so one may rewrite a batch while the other's load reads it: the load still reads
+whole files of identical content (the batch id fixes the range). Layout::
 
     <root>/<source_id>/<batch key>/manifest.json
     <root>/<source_id>/<batch key>/<schema>.<table>.parquet
@@ -16,12 +19,14 @@ so a reader sees a whole batch or none. Layout::
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
 import os
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.feather as feather
@@ -29,6 +34,7 @@ import pyarrow.parquet as pq
 
 from airflow_provider_cdc.errors import StagingError
 from airflow_provider_cdc.events import ChangeBatch
+from airflow_provider_cdc.local_files import resolved_outside, write_whole
 from airflow_provider_cdc.tables import SchemaChange, TableSchema
 
 log = logging.getLogger("airflow_provider_cdc.staging")
@@ -83,11 +89,11 @@ class BatchStore:
     def _inside_root(self, path):
         """``path``, checked to resolve inside the root where the store is a local file system: a symlink planted in
         the staging root must not lead writes (or reads) elsewhere. Object stores have no links."""
-        if not self.root_url.startswith("file://"):
+        root, local = _local_path(self._root()), _local_path(path)
+        if root is None or local is None:
             return path
-        root = os.path.realpath(self.root_url.removeprefix("file://"))
-        real = os.path.realpath(str(path).removeprefix("file://"))
-        if os.path.commonpath([root, real]) != root:
+        real = resolved_outside(root, local)
+        if real is not None:
             raise StagingError(str(path), f"resolves to {real}, outside the staging root {root} (a symbolic link?); "
                                           "remove the link, or point CDC_STAGING_URL elsewhere")
         return path
@@ -103,22 +109,15 @@ class BatchStore:
         files: dict[str, str] = {}
         for qualified, table in batch.tables.items():
             name = _key(qualified) + _SUFFIX[self.fmt]
-            with (folder / name).open("wb") as fh:
-                if self.fmt == "parquet":
-                    # No dictionary pages: change values rarely repeat, and building them doubled the write time. No
-                    # min/max statistics: nothing reads them, and for a 100 MB value they cost 8x its size in memory.
-                    pq.write_table(table, fh, compression="zstd", use_dictionary=False, write_statistics=False)
-                else:
-                    feather.write_feather(table, fh, compression="lz4")
+            # No dictionary pages: change values rarely repeat, and building them doubled the write time. No
+            # min/max statistics: nothing reads them, and for a 100 MB value they cost 8x its size in memory.
+            _write_file(folder / name,
+                        functools.partial(self._write_table, table, use_dictionary=False, write_statistics=False))
             files[qualified] = name
         quarantine_file = None
         if batch.quarantined_count:
             quarantine_file = QUARANTINE_FILE + _SUFFIX[self.fmt]
-            with (folder / quarantine_file).open("wb") as fh:
-                if self.fmt == "parquet":
-                    pq.write_table(batch.quarantine, fh, compression="zstd")
-                else:
-                    feather.write_feather(batch.quarantine, fh, compression="lz4")
+            _write_file(folder / quarantine_file, functools.partial(self._write_table, batch.quarantine))
         manifest = {
             "version": MANIFEST_VERSION,
             "stage": stage,
@@ -141,11 +140,17 @@ class BatchStore:
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
             **(extra or {}),
         }
-        with (folder / MANIFEST).open("w") as fh:
-            fh.write(json.dumps(manifest, indent=1, sort_keys=True))
+        payload = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        _write_file(folder / MANIFEST, lambda fh: fh.write(payload))
         uri = str(folder / MANIFEST)
         log.info("staged batch %s: %d changes in %d tables at %s", batch.batch_id, batch.change_count, len(files), uri)
         return uri
+
+    def _write_table(self, table: pa.Table | None, fh: IO[bytes], **parquet_options: Any) -> None:
+        if self.fmt == "parquet":
+            pq.write_table(table, fh, compression="zstd", **parquet_options)
+        else:
+            feather.write_feather(table, fh, compression="lz4")
 
     # -- read -----------------------------------------------------------------------------------------------
 
@@ -214,8 +219,8 @@ class BatchStore:
         """Record which batch a DAG run captured, so that clearing its capture task re-stages the same range."""
         pointer = self._run_pointer(source_id, run_id)
         pointer.parent.mkdir(parents=True, exist_ok=True)
-        with pointer.open("w") as fh:
-            fh.write(json.dumps({"manifest": manifest_uri}))
+        payload = json.dumps({"manifest": manifest_uri}).encode()
+        _write_file(pointer, lambda fh: fh.write(payload))
 
     def manifest_for_run(self, source_id: str, run_id: str) -> str | None:
         pointer = self._run_pointer(source_id, run_id)
@@ -253,6 +258,21 @@ class BatchStore:
 # How each fsspec store names a file's modification time: local files and gcsfs ``mtime``, s3fs ``LastModified``,
 # adlfs ``last_modified``, gcsfs also ``updated`` (ISO text).
 _MTIME_KEYS = ("mtime", "LastModified", "last_modified", "updated", "created")
+
+
+def _local_path(path) -> str | None:
+    """The local file-system path of an ``ObjectStoragePath`` on ``file://``; None on an object store."""
+    return path.path if path.protocol in ("", "file", "local") else None
+
+
+def _write_file(path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write the staged file ``path`` so that a reader sees it whole or not at all (module docstring)."""
+    local = _local_path(path)
+    if local is not None:
+        write_whole(local, write)
+        return
+    with path.open("wb") as fh:  # an object store's PUT is atomic: the object appears when the upload completes
+        write(fh)
 
 
 def _plain_name(uri: str, name: Any) -> None:

@@ -1,10 +1,14 @@
-"""Staged batches on ObjectStoragePath: round trip, manifest as commit marker, run pointers, retention."""
+"""Staged batches on ObjectStoragePath: round trip, manifest as commit marker, run pointers, retention, and every
+file appearing whole (a rewrite of a batch never shows a reader part of a file)."""
 
 from __future__ import annotations
 
 import os
+import stat
 import time
+from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from airflow_provider_cdc.errors import StagingError
@@ -84,3 +88,72 @@ def test_default_root_follows_airflow_home_or_cdc_staging_url(monkeypatch, tmp_p
     assert BatchStore().root_url == "file:///data/cdc"
     with pytest.raises(ValueError, match="staging format"):
         BatchStore(fmt="csv")
+
+
+# --- every staged file appears whole (two runs that captured one range stage it in one folder) -------------------
+
+
+def folder_of(uri: str) -> str:
+    return os.path.dirname(uri.removeprefix("file://"))
+
+
+def files_of(folder: str) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in Path(folder).iterdir()}
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+def test_a_reader_during_a_rewrite_reads_the_whole_batch(tmp_path, monkeypatch, fmt):
+    """The rewrite is stopped where it writes the table file; a load reading the batch then gets every change."""
+    from airflow_provider_cdc import staging
+
+    store = BatchStore(f"file://{tmp_path}", fmt=fmt)
+    uri = store.write(sample_batch())
+    seen: list[int] = []
+    owner, name = (staging.pq, "write_table") if fmt == "parquet" else (staging.feather, "write_feather")
+    original = getattr(owner, name)
+
+    def read_then_write(*args, **kwargs):
+        seen.append(BatchStore.read(uri).change_count)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, read_then_write)
+    assert store.write(sample_batch()) == uri
+    assert seen == [3]
+    assert sorted(os.listdir(folder_of(uri))) == ["manifest.json", f"public.users.{fmt}"]  # no temporary name left
+
+
+def test_a_failed_rewrite_leaves_the_batch_as_it_was_and_no_temporary_file(tmp_path):
+    store = BatchStore(f"file://{tmp_path}")
+    uri = store.write(sample_batch())
+    before = files_of(folder_of(uri))
+    unwritable = sample_batch()
+    union = pa.UnionArray.from_sparse(pa.array([0, 1], type=pa.int8()), [pa.array([1, 2]), pa.array(["a", "b"])])
+    unwritable.tables["public.users"] = pa.table({"u": union})  # Parquet has no union type
+    with pytest.raises(pa.ArrowNotImplementedError, match="union"):
+        store.write(unwritable)
+    assert files_of(folder_of(uri)) == before
+    assert BatchStore.read(uri).change_count == 3
+
+
+def test_a_staged_file_replaces_a_link_in_its_place_instead_of_writing_through_it(tmp_path):
+    store = BatchStore(f"file://{tmp_path / 'root'}")
+    uri = store.write(sample_batch())
+    planted = tmp_path / "elsewhere.parquet"
+    planted.write_bytes(b"not staging's")
+    table_file = os.path.join(folder_of(uri), "public.users.parquet")
+    os.remove(table_file)
+    os.symlink(planted, table_file)
+    store.write(sample_batch())
+    assert planted.read_bytes() == b"not staging's"
+    assert not os.path.islink(table_file) and BatchStore.read(uri).change_count == 3
+
+
+def test_staged_files_and_run_pointers_get_the_modes_of_the_umask(tmp_path):
+    store = BatchStore(f"file://{tmp_path}")
+    uri = store.write(sample_batch())
+    store.remember_run("s", "run", uri)
+    umask = os.umask(0)
+    os.umask(umask)
+    for root, _dirs, files in os.walk(tmp_path):
+        for name in files:
+            assert stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode) == 0o666 & ~umask, name

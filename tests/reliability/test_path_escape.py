@@ -7,9 +7,8 @@ the Parquet change log refuse names that are no folder name, with a terminal err
 checks the directory beside the root: nothing was written there.
 
 Staging also hashes an id that is exactly ``..``, refuses a local folder that resolves outside its root (a planted
-symlink), and reads only files of the batch's own folder (an edited manifest names nothing else). What the product
-does not do yet is marked ``xfail(strict=True)`` with the fix it needs: the file sinks (``connectors/delta/``) still
-follow a symlink planted inside their root.
+symlink), and reads only files of the batch's own folder (an edited manifest names nothing else). The file sinks
+refuse a local path that resolves outside their root the same way (a terminal error naming the path and the sink).
 """
 
 from __future__ import annotations
@@ -143,14 +142,35 @@ def test_the_file_sink_refuses_a_target_schema_that_leaves_its_root(kind, target
 
 
 @pytest.mark.parametrize("kind", ["delta", "parquet"])
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="connectors/delta/ (storage.join, ParquetChangeLogSink._path) check each name but not where "
-                          "a local path resolves: a symlinked schema folder inside the root leads the writes out")
 def test_the_file_sink_refuses_a_symlink_that_leads_out_of_its_root(kind, roots, tmp_path):
     root, outside = roots
     (root / "public").symlink_to(outside, target_is_directory=True)
-    try:
+    with pytest.raises(SinkError) as refused:
         file_sink(kind, root).apply(one_row(table("t")))
-    except SinkError as exc:
-        assert "public" in str(exc)
+    message = str(refused.value)
+    assert is_terminal(refused.value) and "'lake'" in message, message
+    assert f"{root / 'public' / 't'} resolves to {outside.resolve() / 't'}" in message, message
     assert written_outside(tmp_path, root) == []
+    assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["delta", "parquet"])
+def test_the_file_sink_follows_a_symlink_that_stays_inside_its_root(kind, roots, tmp_path):
+    root, _ = roots
+    (root / "lake_public").mkdir()
+    (root / "public").symlink_to(root / "lake_public", target_is_directory=True)
+    assert file_sink(kind, root).apply(one_row(table("t"))).applied
+    assert list((root / "lake_public" / "t").iterdir()) and written_outside(tmp_path, root) == []
+
+
+@pytest.mark.parametrize(("kind", "own_folder"), [("delta", "_cdc_ledger"), ("parquet", "_cdc_manifests")])
+def test_the_file_sink_refuses_its_own_folder_linked_out_of_its_root(kind, own_folder, roots, tmp_path):
+    """The sink's own tables (Delta) and manifests (Parquet log) sit under the root too. Delta joins the ledger's
+    path when the sink is made, before any sink name is at hand: the error names the path, and is terminal."""
+    root, outside = roots
+    (root / own_folder).symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ValueError if kind == "delta" else SinkError) as refused:
+        file_sink(kind, root).apply(one_row(table("t")))
+    assert f"{root / own_folder}" in str(refused.value) and "outside the sink root" in str(refused.value)
+    assert is_terminal(refused.value), str(refused.value)
+    assert written_outside(tmp_path, root) == [] and list(outside.iterdir()) == []

@@ -42,7 +42,7 @@ from airflow_provider_cdc.connectors.audit import AUDIT_TABLE, AuditEntry, batch
 from airflow_provider_cdc.connectors.base import AcceptResult, ApplyResult, SinkCapabilities
 from airflow_provider_cdc.connectors.delta.ledger_table import newest_rows
 from airflow_provider_cdc.connectors.delta.options import DeltaSinkOptions
-from airflow_provider_cdc.connectors.delta.storage import normalise_root
+from airflow_provider_cdc.connectors.delta.storage import is_local, join, normalise_root
 from airflow_provider_cdc.connectors.delta.types import OP, POSITION, TS, UTC_MICROS, typed_columns
 from airflow_provider_cdc.connectors.ledger import LedgerRow, ledger_row
 from airflow_provider_cdc.errors import SinkError
@@ -55,6 +55,7 @@ from airflow_provider_cdc.events import (
     OP_UPDATE,
     ChangeBatch,
 )
+from airflow_provider_cdc.local_files import write_whole
 from airflow_provider_cdc.schema import HeldChunk, SchemaPolicy, SchemaVersion, decide
 from airflow_provider_cdc.tables import RESERVED_PREFIX, TableSchema
 
@@ -107,10 +108,13 @@ class ParquetChangeLogSink:
     # --- paths -------------------------------------------------------------------------------------------------
 
     def _path(self, *parts: str) -> str:
-        for part in parts:
-            if not part or part in (".", "..") or "/" in part:
-                raise SinkError(self.sink_id, f"{part!r} cannot be a folder or file name of the change log",
-                                terminal=True)
+        """``parts`` under the root; every name checked, and a local path also where it resolves (a symlink)."""
+        try:
+            if is_local(self.root):
+                return join(self.base, *parts)
+            join(self.root, *parts)  # the names' checks (object stores have no links); the file system takes base
+        except ValueError as exc:
+            raise SinkError(self.sink_id, f"no place for the change log: {exc}", terminal=True) from exc
         return posixpath.join(self.base, *parts)
 
     def table_dir(self, table: str) -> str:
@@ -309,8 +313,12 @@ class ParquetChangeLogSink:
         return pa.table(columns)
 
     def _write_atomically(self, path: str, write: Any) -> None:
-        """Write ``path`` through a temporary name and a rename (an object store's PUT is atomic anyway)."""
+        """Write ``path`` through a temporary name and a rename (an object store's PUT is atomic anyway). Locally
+        the temporary name is unique, so two appliers writing one file at once never write into each other's."""
         self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        if is_local(self.root):
+            write_whole(path, write)
+            return
         temporary = f"{path}.tmp"
         with self.fs.open(temporary, "wb") as handle:
             write(handle)

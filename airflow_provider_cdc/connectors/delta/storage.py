@@ -4,7 +4,8 @@ The root is a URL (``file:///data/lake``, ``s3://bucket/lake``, ``gs://bucket/la
 roots are handed to delta-rs as absolute paths; object-store URLs go as they are, with the connector's
 ``storage_options``. Tables sit at ``<root>/<target_schema>/<table>``; the sink's own tables (``_cdc_ledger``,
 ``_cdc_held``, ``_cdc_schemas``, ``_cdc_held_changes``, ``_cdc_quarantine``) directly under the root, where no target
-schema can be (names in ``_cdc_*`` are refused).
+schema can be (names in ``_cdc_*`` are refused). Under a local root, a path must also resolve inside it: a symbolic
+link in the root (a schema folder linked elsewhere) would otherwise lead the writes out.
 """
 
 from __future__ import annotations
@@ -15,6 +16,16 @@ from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+
+from airflow_provider_cdc.local_files import resolved_outside
+
+
+class PathOutsideRoot(ValueError):
+    """A local path under the sink root that resolves outside it. Terminal: retrying follows the same link. The sink
+    turns it into a ``SinkError`` naming itself where it joins a table's path; where a bookkeeping table's path is
+    joined (when the sink is made) it escapes as it is, naming the path."""
+
+    terminal = True
 
 
 def normalise_root(root: str) -> str:
@@ -37,10 +48,19 @@ def is_local(root: str) -> bool:
 
 
 def join(root: str, *parts: str) -> str:
+    """``root`` and ``parts`` as one path; ValueError when a part is no folder name, ``PathOutsideRoot`` when the
+    local path leads out of ``root`` (for a table's path the sinks turn both into a terminal ``SinkError``)."""
     for part in parts:
         if not part or part in (".", "..") or "/" in part or "\\" in part:
             raise ValueError(f"{part!r} cannot be a folder name under the sink root")
-    return "/".join([root.rstrip("/"), *parts]) if not is_local(root) else os.path.join(root, *parts)
+    if not is_local(root):
+        return "/".join([root.rstrip("/"), *parts])  # object stores have no links
+    path = os.path.join(root, *parts)
+    real = resolved_outside(root, path)
+    if real is not None:
+        raise PathOutsideRoot(f"{path} resolves to {real}, outside the sink root {os.path.realpath(root)} (a "
+                              "symbolic link?); remove the link, or give the sink another root")
+    return path
 
 
 def open_table(uri: str, storage_options: dict[str, str]) -> DeltaTable | None:
