@@ -9,8 +9,8 @@ itself, read exactly the batch a capture without the restart reads. The next run
 and the sink ends equal to the source row for row, with no batch twice in the ledger.
 
 What each does: PostgreSQL fails (``SourceError``: the driver's error names neither source nor remedy, so the source
-wraps it); mysql-replication and pymongo reconnect and read on. With MariaDB's ``position_mode: gtid`` the reconnect
-reads some transactions twice: a known gap (``xfail``).
+wraps it); mysql-replication and pymongo reconnect and read on. With MariaDB's ``position_mode: gtid`` the library
+would reconnect from the GTID the read started at, so the reader fails that read with a transient ``SourceError``.
 """
 
 from __future__ import annotations
@@ -83,12 +83,6 @@ def test_postgresql_restarted_mid_capture_fails_transiently_and_the_next_run_res
 # really breaks in the middle: a smaller backlog would already sit whole in the reader's socket buffer.
 BIG_TRANSACTION = ("START TRANSACTION; UPDATE users SET bio = repeat(md5(id), 2000), balance = balance + 1; "
                    "UPDATE orders SET status = 'restarted' WHERE id <= 300; COMMIT")
-GTID_REREAD = (
-    "connectors/mysql/stream.py: mysql-replication reconnects by itself when the binlog connection breaks, and with "
-    "position_mode: gtid it asks again from the GTID the read started at: the transactions read before the break "
-    "come twice, the one being read is ended half-way, and the sink can end up with an older row (seen: a later "
-    "update lost). The reader must not resume silently: fail the read (a transient SourceError) or resume from "
-    "the last whole transaction's GTID")
 
 
 def capture_only(hook: CdcHook) -> dict:
@@ -117,7 +111,7 @@ def same_mariadb_rows(source_url: str, sink_url: str, table: str) -> int:
 
 @pytest.mark.parametrize(("position_mode", "kill"), [
     ("file", False), ("file", True),
-    pytest.param("gtid", True, marks=pytest.mark.xfail(strict=True, reason=GTID_REREAD)),
+    ("gtid", True),
 ], ids=["file-stopped", "file-killed", "gtid-killed"])
 def test_mariadb_restarted_mid_capture_fails_transiently_or_reads_the_same_batch(
         position_mode, kill, private_mariadb, sink_pg, tmp_path, monkeypatch):

@@ -98,11 +98,7 @@ def recursion_limit(limit: int) -> Iterator[None]:
 @pytest.mark.parametrize("pg_server", ["pg15"], indirect=True)
 @pytest.mark.parametrize("sink_under_test", [
     "delta",
-    pytest.param("mariadb", marks=pytest.mark.xfail(
-        strict=True, raises=AssertionError,
-        reason="the MariaDB sink stops with MariaDB's own 'CONSTRAINT `d.doc` failed' (json_valid refuses more than "
-               "32 levels), naming neither the row nor why; it should refuse the value as the MongoDB sink does "
-               "(connectors/mysql/)")),
+    "mariadb",
     "mongodb",
 ], indirect=True)
 def test_json_nested_1000_deep_arrives_whole_or_stops_naming_column_and_row(pair_factory):  # noqa: F811

@@ -45,7 +45,7 @@ from pymysql.cursors import Cursor
 from airflow_provider_cdc.connectors.audit import AuditEntry, batch_audit_entries
 from airflow_provider_cdc.connectors.base import AcceptResult, ApplyResult, SinkCapabilities
 from airflow_provider_cdc.connectors.ledger import LedgerRow, ledger_row
-from airflow_provider_cdc.connectors.mysql.connection import MYSQL_DIALECT, connect
+from airflow_provider_cdc.connectors.mysql.connection import MYSQL_DIALECT, connect, is_mariadb
 from airflow_provider_cdc.connectors.mysql.sink_ddl import TableDdl, TableHeld
 from airflow_provider_cdc.connectors.mysql.sink_merge import RowMerge
 from airflow_provider_cdc.connectors.mysql.sink_storage import (
@@ -60,7 +60,11 @@ from airflow_provider_cdc.connectors.mysql.sink_storage import (
     run,
     sql_table,
 )
-from airflow_provider_cdc.connectors.mysql.sink_types import NOPAD_BINARY_COLLATIONS, identifier_problem
+from airflow_provider_cdc.connectors.mysql.sink_types import (
+    MARIADB_JSON_MAX_DEPTH,
+    NOPAD_BINARY_COLLATIONS,
+    identifier_problem,
+)
 from airflow_provider_cdc.errors import SinkError
 from airflow_provider_cdc.events import ChangeBatch
 from airflow_provider_cdc.quarantine import log_replay, refuse_held, sink_records
@@ -158,6 +162,8 @@ class MySqlSink(SinkStorage, TableDdl, RowMerge):
             found = {name for (name,) in cur.fetchall()}
         self._conn.rollback()
         self._binary_collation = next((name for name in NOPAD_BINARY_COLLATIONS if name in found), "utf8mb4_bin")
+        # MariaDB's JSON validates its documents, up to a depth; MySQL's native JSON reports its own limit by name.
+        self.json_max_depth = MARIADB_JSON_MAX_DEPTH if is_mariadb(self._conn) else None
         server = (self._conn.host, self._conn.port)
         if int(durable) != 1 and server not in _WARNED_NOT_DURABLE:
             _WARNED_NOT_DURABLE.add(server)  # once per server and process, not per task

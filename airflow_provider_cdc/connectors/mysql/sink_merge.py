@@ -5,8 +5,8 @@ Per run of events between truncates (as the PostgreSQL sink, :mod:`airflow_provi
 1. **fold** with the shared :func:`~airflow_provider_cdc.fold.fold_changes` (last write per key wins, a delete after
    an insert is a delete, a key update arrives as a delete of the old key and a ``moved`` row under the new one);
 2. **check** every value the sink cannot hold exactly, in Arrow, before anything is written
-   (:func:`~.sink_types.check_values`, key lengths), and convert the portable text to MySQL input
-   (:func:`~.sink_types.to_mysql_input`);
+   (:func:`~.sink_types.check_values`, key lengths, json nested deeper than MariaDB's JSON takes), and convert the
+   portable text to MySQL input (:func:`~.sink_types.to_mysql_input`);
 3. **stage** the folded rows in a ``TEMPORARY`` table of the target's own column types (a temporary table is
    created and dropped without committing the transaction), with ``LOAD DATA LOCAL INFILE`` from a tab-separated
    file built by Arrow compute. Measured here on 10,000 rows of six columns (text with tabs, decimal, timestamp,
@@ -62,6 +62,7 @@ from airflow_provider_cdc.connectors.mysql.sink_types import (
     UnstorableValue,
     base_of,
     check_values,
+    first_too_deep,
     needs_unhex,
     over_length,
     stage_type,
@@ -90,6 +91,7 @@ class RowMerge:
     target_schema: str
     delete_mode: str
     stage_method: str  # "load_data" or "insert"
+    json_max_depth: int | None  # the deepest json the server's JSON column validates (MariaDB); None: no check
 
     if TYPE_CHECKING:  # from TableDdl
         def _existing_columns(self, cur: Cursor, table: str) -> dict[str, SinkColumn] | None: ...
@@ -242,6 +244,8 @@ class RowMerge:
                 f" Change the value at the source, or load this source into a sink of its own dialect",
                 table=label, batch_id=batch.batch_id, terminal=True,
             ) from exc
+        if self.json_max_depth is not None and column.logical_type == "json" and base_of(info.type) == "longtext":
+            self._refuse_too_deep(values, column, self.json_max_depth, schema, folded, key, label, batch)
         if is_key:
             long_value = over_length(values, info.type)
             if long_value is not None:
@@ -256,6 +260,24 @@ class RowMerge:
                     table=label, batch_id=batch.batch_id, terminal=True,
                 )
         return to_mysql_input(values, column.logical_type, info.type)
+
+    def _refuse_too_deep(self, values: pa.ChunkedArray, column: Column, limit: int, schema: TableSchema,
+                         folded: pa.Table, key: list[str], label: str, batch: ChangeBatch) -> None:
+        """Stop at a json value nested deeper than MariaDB's JSON column takes, naming it, before the server does
+        (its own error, "CONSTRAINT `t.col` failed", names neither the row nor the reason)."""
+        found = first_too_deep(values, limit)
+        if found is None:
+            return
+        text, depth = found
+        raise SinkError(
+            self.sink_id,
+            f"source table {schema.qualified_name}, column {column.name!r} (json): value {text[:80]!r}"
+            f"{_key_text(folded, key, _first_index(values, text))} is nested {depth} levels deep, and a MariaDB JSON "
+            f"column holds at most {limit} levels (json_valid refuses deeper documents), so nothing of this batch "
+            f"was written. Flatten the value at the source (or filter the row in a transformation rule), or load "
+            f"this source into a sink that holds it (PostgreSQL, Delta)",
+            table=label, batch_id=batch.batch_id, terminal=True,
+        )
 
     # --- staging ----------------------------------------------------------------------------------------------
 

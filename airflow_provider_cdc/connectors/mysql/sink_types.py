@@ -44,9 +44,10 @@ with ``UNHEX`` into the same geometry type; YEAR and BIT are staged as numbers (
 UTC instant); binary hex stays hex and the loader applies ``UNHEX`` (:func:`needs_unhex`). :func:`check_values`
 refuses, before anything is written, what MySQL cannot hold or would change: ``NaN`` and ``Infinity`` in a DOUBLE
 or DECIMAL, a decimal with more digits than its column (MySQL would round it with only a note), timestamps
-``infinity``, dates before year 1 or after 9999, bad hex. Values of a MySQL source are left to the server (strict
-mode, plus the loader's check that no value was converted with a warning): a zero date or a TIME of ``-838:59:59``
-is theirs to keep.
+``infinity``, dates before year 1 or after 9999, bad hex; on MariaDB, whose JSON column validates its
+documents, json nested deeper than :data:`MARIADB_JSON_MAX_DEPTH` (:func:`first_too_deep`, called by the sink).
+Values of a MySQL source are left to the server (strict mode, plus the loader's check that no value was converted
+with a warning): a zero date or a TIME of ``-838:59:59`` is theirs to keep.
 """
 
 from __future__ import annotations
@@ -453,6 +454,42 @@ def check_values(values: pa.Array | pa.ChunkedArray, column: Column, sink_type: 
     if needs_unhex(column.logical_type, sink_type):
         bad = pc.invert(pc.match_substring_regex(values, r"^(?:[0-9a-fA-F]{2})*$"))
         _refuse_first(values, bad, column, "it is not hex (binary values travel as hex)")
+
+
+# MariaDB's JSON is LONGTEXT with CHECK (json_valid(col)), and json_valid refuses documents nested deeper than this
+# (measured on MariaDB 10.11: 31 levels of arrays and objects pass, 32 fail, whatever is inside them).
+MARIADB_JSON_MAX_DEPTH = 31
+# A JSON string (possessive: no backtracking) or a bracket; brackets inside strings are part of the string token.
+_JSON_NESTING = re.compile(r'"(?:[^"\\]++|\\.)*+"|[\[\]{}]')
+
+
+def json_depth(text: str) -> int:
+    """How many levels of arrays and objects the JSON ``text`` nests (a scalar 0, ``[1]`` 1, ``{"a": [1]}`` 2), as
+    MariaDB's json_valid counts them. A scan, not a parse: no recursion, whatever the depth."""
+    depth = deepest = 0
+    for match in _JSON_NESTING.finditer(text):
+        token = match.group()
+        if token == "[" or token == "{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token == "]" or token == "}":
+            depth -= 1
+    return deepest
+
+
+def first_too_deep(values: pa.Array | pa.ChunkedArray, limit: int) -> tuple[str, int] | None:
+    """The first JSON value nested more than ``limit`` levels deep, with its depth (None when there is none). Only
+    values with more than ``limit`` opening brackets (counted by Arrow for the whole column) are scanned."""
+    values = _string_array(values)
+    opening = pc.count_substring_regex(values, r"[\[{]")
+    candidates = pc.fill_null(pc.greater(opening, limit), False)
+    if not pc.any(candidates).as_py():
+        return None
+    for text in values.filter(candidates).to_pylist():
+        depth = json_depth(text)
+        if depth > limit:
+            return text, depth
+    return None
 
 
 class UnstorableValue(UntypedValueError):

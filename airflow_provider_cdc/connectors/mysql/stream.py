@@ -6,6 +6,14 @@ between transactions (after an ``XID`` event, a ``COMMIT`` query, a DDL statemen
 so a batch boundary never splits or repeats a transaction's rows; a transaction larger than the batch size makes
 one larger batch.
 
+**Reconnects.** mysql-replication reconnects by itself when the binlog connection breaks (a server restart, a killed
+connection). By file and offset it resumes right after the last event read, so the batch is the one a read without
+the break gives. By GTID it would ask again from the GTIDs the read started at, reading transactions twice: such a
+read fails with a transient :class:`~airflow_provider_cdc.errors.SourceError` instead (nothing stored or
+acknowledged; the retry reads from the stored position). See :meth:`BinlogBatch._reconnected`; the reader also
+corrects the library's MariaDB dump command, whose wrong length broke such reads at their end
+(:class:`BinLogStreamReader`).
+
 **Schemas.** With ``binlog_row_metadata=FULL`` every table map event names its columns as they were when the rows
 were written. The table's schema comes from the catalog (exact declared types, defaults) as long as the catalog
 agrees with the table map event; when it does not (the table changed again since), it is built from the event
@@ -29,7 +37,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication import BinLogStreamReader as LibraryReader
 from pymysqlreplication.event import GtidEvent, MariadbGtidEvent, QueryEvent, XidEvent
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
@@ -67,6 +75,24 @@ log = logging.getLogger("airflow_provider_cdc.source.mysql")
 
 ROW_EVENTS = (WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent)
 READ_EVENTS = [GtidEvent, MariadbGtidEvent, QueryEvent, XidEvent, *ROW_EVENTS]
+
+
+class BinLogStreamReader(LibraryReader):
+    """mysql-replication's reader (under its own name: the one this module opens), with MariaDB's
+    ``COM_BINLOG_DUMP`` sent at its true length.
+
+    For a MariaDB GTID start the library (1.0.17) declares a 14-byte command but sends 15 (it leaves the command
+    byte out of the count). The server never reads the extra byte, and when it closes the connection
+    after the last event of a non-blocking dump, that unread byte makes the kernel answer with a reset instead of
+    an orderly close: the events still on their way to the reader are lost, and the library reconnects (seen here:
+    every GTID read of the few MB written after a 36 MB transaction broke that way, while a read by file and offset
+    never did; with the true length none broke). Only the length header changes, so with a library that counts
+    right this is a no-op."""
+
+    def _BinLogStreamReader__set_mariadb_settings(self) -> bytes:
+        prelude: bytes = super()._BinLogStreamReader__set_mariadb_settings()
+        payload = prelude[4:]  # a packet: 3-byte little-endian length, 1-byte sequence id, payload
+        return len(payload).to_bytes(3, "little") + prelude[3:4] + payload
 
 
 def identified(schema: TableSchema, entry: dict[str, Any] | None) -> tuple[TableSchema, dict[str, Any]]:
@@ -150,17 +176,19 @@ class BinlogBatch:
 
     # -- reading ----------------------------------------------------------------------------------------------
 
+    def _by_gtid(self) -> bool:
+        return self.position.get("mode") == "gtid" and bool(self.position.get("gtid"))
+
     def _reader(self) -> BinLogStreamReader:
         settings = connect_kwargs(self.url)
         settings["charset"] = "utf8mb4"
-        by_gtid = self.position.get("mode") == "gtid" and self.position.get("gtid")
         databases = sorted({t.partition(".")[0] for t in self.configured})
         tables = sorted({t.partition(".")[2] for t in self.configured})
         common: dict[str, Any] = dict(
             connection_settings=settings, server_id=self.server_id, blocking=False, resume_stream=True,
             only_events=READ_EVENTS, only_schemas=databases, only_tables=tables, freeze_schema=True,
         )
-        if by_gtid:
+        if self._by_gtid():
             if self.position.get("gtid_kind") == "mariadb":
                 return BinLogStreamReader(**common, auto_position=self.position["gtid"], is_mariadb=True)
             return BinLogStreamReader(**common, auto_position=self.position["gtid"])
@@ -170,10 +198,17 @@ class BinlogBatch:
     def read(self) -> ChangeBatch:
         reader = self._reader()
         started = time.monotonic()
+        stream: object | None = None  # the binlog connection this read started on
         try:
             while True:
                 before = (reader.log_file or self.file, reader.log_pos or self.pos)
                 event = reader.fetchone()
+                current = _stream_connection(reader)
+                if stream is None:
+                    stream = current
+                elif current is not stream:  # the library reconnected inside fetchone()
+                    self._reconnected(before)
+                    stream = current
                 if event is None:
                     # End of the binlog. A statement outside any transaction framing (no XID) ends here too.
                     if self.in_tx and not self.pending:
@@ -210,6 +245,28 @@ class BinlogBatch:
             reader.close()
         log.debug("read %d binlog events in %.2fs", self.events, time.monotonic() - started)
         return self.finish()
+
+    def _reconnected(self, last: tuple[str, int]) -> None:
+        """The binlog connection broke and mysql-replication opened a new one by itself (``fetchone`` does so on
+        errors 2006 and 2013: a server restart, a killed or timed-out connection).
+
+        By file and offset the library asks from the end of the last event it read (``resume_stream``), so the
+        read goes on exactly where it was, even inside a transaction. By GTID it asks again from the GTIDs the
+        read *started* at (its ``auto_position`` never moves): the transactions read since would come twice and
+        the one in progress would look ended half-way. Such a read stops with a transient error instead: nothing
+        is stored or acknowledged, and the task's retry reads again from the stored position."""
+        if self._by_gtid():
+            raise SourceError(
+                self.source_id,
+                f"the binlog connection broke after {self.events} events of this read (the server restarted, or the "
+                f"connection was killed or timed out) and mysql-replication reconnected from the GTID the read "
+                f"started at ({self.position['gtid']}), which would read its transactions again. The read stops: "
+                f"nothing was stored or acknowledged, and the next run (the task's retry) reads again from the "
+                f"stored position")
+        log.warning("source %s: the binlog connection broke after %d events of this read (the server restarted, or "
+                    "the connection was killed or timed out); mysql-replication reconnected and reads on from %s:%s, "
+                    "right after the last event read, so nothing is read twice", self.source_id, self.events,
+                    *last)
 
     def _full(self) -> bool:
         return sum(len(b) for chunks in self.builders.values() for b in chunks) >= self.max_changes
@@ -501,6 +558,12 @@ class BinlogBatch:
             connector=MYSQL_DIALECT,
             database=",".join(sorted({t.partition(".")[0] for t in self.configured})),
         )
+
+
+def _stream_connection(reader: BinLogStreamReader) -> object | None:
+    """The connection ``reader`` reads the binlog on: mysql-replication replaces it when it reconnects by itself,
+    and tells nobody (it only logs a warning), so its identity is how a read notices (None before it connects)."""
+    return getattr(reader, "_stream_connection", None)
 
 
 def _brief(query: str) -> str:
