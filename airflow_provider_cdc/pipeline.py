@@ -9,7 +9,9 @@ the same steps, with the same stage list, in one process. Only the connector con
 Exactly-once (DESIGN section 3): capture never acknowledges; load writes data and the ledger row in one sink
 transaction; commit stores the position only once the ledger has the batch, then acknowledges the source. A crash
 between any two steps leaves a state that the next run recognises: a re-captured range has the same batch id and
-``seq`` numbers, so the ledger and the per-row ``_cdc_position`` guard absorb it.
+``seq`` numbers, so the ledger and the per-row ``_cdc_position`` guard absorb it. A batch that reads a snapshot
+page is the exception (its rows and numbers depend on when it was read): once another capture of its range has
+committed, it is stale, and load and commit leave it out (:mod:`airflow_provider_cdc.connectors.recapture`).
 
 Audit trail (:mod:`airflow_provider_cdc.connectors.audit`): capture and each stage note when they ran and what they
 made (:func:`~airflow_provider_cdc.connectors.audit.stage_facts`, in the manifest under ``audit`` when staged); load
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cdc.connectors.audit import CAPTURE, FACTS_KEY, committed_entry, stage_facts
 from airflow_provider_cdc.connectors.base import Position, PositionStore, Sink, Source
+from airflow_provider_cdc.connectors.recapture import is_stale, reads_snapshot, stale_reason
 from airflow_provider_cdc.errors import CdcError, PositionLostError, SinkError
 from airflow_provider_cdc.events import ChangeBatch
 from airflow_provider_cdc.schema.gate import resume_commands
@@ -171,7 +174,8 @@ def load_batch(
 ) -> dict[str, Any]:
     """Apply ``batch`` with its ledger row (which records ``stage_versions``) and its audit rows (from ``facts``,
     what capture and the stages noted) under the source's schema ``policy``; a batch already in the ledger is a
-    no-op. A batch left without changes (nothing captured, or every row dropped by a stage) writes nothing.
+    no-op. A batch left without changes (nothing captured, or every row dropped by a stage) writes nothing, and so
+    does a stale one (:func:`stale_against`: the summary says ``stale`` and why; its commit then stores nothing).
 
     The summary carries ``newly_held`` (tables the sink's schema gate held from this batch on, with the reason)
     to the commit step, which fails the run for them once the position is stored."""
@@ -183,6 +187,11 @@ def load_batch(
                         f"and a {sink.capabilities.dialect or 'this'} sink cannot keep quarantined changes yet; "
                         "nothing was loaded. Fix the rows or rules, or set their policy to fail",
                         batch_id=batch.batch_id, terminal=True)
+    stale = stale_against(batch, sink)
+    if stale is not None:
+        log.warning("source %s: %s", batch.source_id, stale)
+        return {"batch_id": batch.batch_id, "applied": False, "empty": False, "stale": True, "reason": stale,
+                "newly_held": {}, "held_tables": {}}
     versions: dict[str, dict[str, Any] | None] = {"stage_versions": stage_versions or {}}
     if facts:
         versions[FACTS_KEY] = dict(facts)
@@ -190,6 +199,18 @@ def load_batch(
     if not result.applied:
         log.info("batch %s is already in the sink ledger; load is a no-op", batch.batch_id)
     return {**result.to_dict(), "empty": False}
+
+
+def stale_against(batch: ChangeBatch, sink: Sink) -> str | None:
+    """Why ``batch`` must not be loaded into ``sink`` (None: it may): it reads a snapshot and another capture of its
+    range committed meanwhile (:mod:`airflow_provider_cdc.connectors.recapture`). Asked only of such batches, and
+    before the sink's own check, so that every sink refuses them; a batch the ledger has is a plain replay."""
+    if not reads_snapshot(batch):
+        return None
+    high_water = sink.high_water(batch.source_id)
+    if not is_stale(batch, high_water) or sink.has_batch(batch.batch_id):
+        return None
+    return stale_reason(batch, high_water)
 
 
 def load_stage(
@@ -268,12 +289,25 @@ def commit_position(
     needs_ledger: bool,
     newly_held: Mapping[str, str] | None = None,
     run_id: str | None = None,
+    seq_from: int | None = None,
 ) -> dict[str, Any]:
     """Store the batch's end position (never moving backwards), record ``batch_committed`` in the sink's audit
     trail (a batch that was loaded; once, however often this is retried), then acknowledge the source; then report
     held tables: :class:`TablesHeldError` for those in ``newly_held`` (held by this batch's load, still held now), a
-    warning for each one held before. The summary lists ``held_tables``."""
+    warning for each one held before. The summary lists ``held_tables``.
+
+    A batch the ledger lacks although the ledger went past its start (``seq_from``) was superseded: another capture
+    of its range committed first, and its load refused it as stale. Nothing is stored for it (its position may lie
+    past changes that nobody applied); the summary says ``superseded``. Any other batch the ledger lacks is a load
+    that never committed: :class:`LoadNotCommittedError`."""
     if needs_ledger and not sink.has_batch(batch_id):
+        if seq_from is not None and sink.high_water(source.source_id) >= seq_from:
+            log.warning("source %s: batch %s is not in the sink ledger, which went past its start (seq %d) with "
+                        "another capture of that range; its position is not stored, the next run captures from the "
+                        "committed one", source.source_id, batch_id, seq_from)
+            return {"batch_id": batch_id, "position_stored": False, "superseded": True,
+                    "seq": (positions.get(source.source_id) or {}).get("seq"),
+                    "held_tables": sink.held_tables(source.source_id)}
         raise LoadNotCommittedError(source.source_id, batch_id)
     stored = positions.get(source.source_id)
     newest = position_to
@@ -319,6 +353,7 @@ def commit_stage(
         needs_ledger=bool(manifest["change_count"] or manifest["schema_changes"] or manifest.get("quarantined")),
         newly_held=newly_held,
         run_id=((manifest.get(FACTS_KEY) or {}).get(CAPTURE) or {}).get("run_id"),
+        seq_from=manifest.get("seq_from"),
     )
     if retention_hours is not None:  # skipped by a run that fails for a held table: the next run purges
         store.purge(source.source_id, retention_hours)
@@ -354,6 +389,7 @@ def run_fused(
         needs_ledger=not batch.is_empty,
         newly_held=loaded.get("newly_held"),
         run_id=run_id,
+        seq_from=batch.seq_from,
     )
     summary = {**summarize(batch, None), "captured": captured, "stage_versions": stage_versions, "load": loaded,
                "commit": committed, "held_tables": committed["held_tables"],

@@ -8,15 +8,18 @@ sink serialises the appliers of one source (PostgreSQL: a transaction-level advi
 ``_lock_source`` in ``connectors/postgres/sink.py``), and the ledger and the ``seq`` high water turn the second apply
 of a range into a no-op.
 
-Two overlaps are not safe yet, each pinned down by a deterministic test marked ``xfail(strict=True)``:
+Two captures of one range stage it in the same folder, and one may rewrite it while the other's load reads it:
+staging writes each file under a temporary name and renames it into place, so the load reads whole files (a
+deterministic test below makes the load read at the moment the rewrite has opened the table file).
 
-- two captures of one range stage it in the same folder, and one rewriting it while the other's load reads it hands
-  the load a half-written file (a half-written manifest is even a terminal ``StagingError``);
-- two captures from one position while a snapshot is pending number their changes differently (the stream part
-  before the snapshot pages is longer in the later one), so the ``seq`` high water of the first skips stream changes
-  of the second that nobody applied: they are lost.
+Two captures from one position while a snapshot is pending number their changes differently (the stream part
+before the snapshot pages is longer in the later one, and the pages are read at another moment), so the second must
+not be applied from the first one's ``seq`` high water on: it is stale, and load and commit leave it out
+(``airflow_provider_cdc/connectors/recapture.py``); the next run captures from the committed position. A
+deterministic test below loads both.
 
-So the two processes below start once the snapshot is done, and each stages under its own root.
+The two processes below start once the snapshot is done and stage under their own roots; the two overlaps above are
+made deterministic by the tests after them.
 """
 
 from __future__ import annotations
@@ -114,14 +117,6 @@ def test_two_processes_running_one_source_at_once_apply_each_range_once(source_p
           f"{len(ledger)} batches, each range once; {len(retried)} tries retried: {retried}")
 
 
-SNAPSHOT_OVERLAP = (
-    "pipeline/sinks: a batch that starts before the sink's high water and is not in the ledger is applied from the "
-    "high water on, as if its changes up to there were the ones applied; two captures from one position while a "
-    "snapshot is pending number them differently (a longer stream part shifts the snapshot pages), so stream "
-    "changes of the later capture are skipped and lost. Such a stale batch must not be applied by seq: refuse it "
-    "(the next run captures from the committed position) or let the source number changes stably")
-
-
 def capture(hook: CdcHook, run_id: str) -> dict:
     with hook.connected() as (source, sink):
         return pipeline.capture_stage(source, sink, hook.positions, hook.store,
@@ -135,7 +130,6 @@ def load_and_commit(hook: CdcHook, summary: dict, run_id: str) -> None:
                               newly_held=loaded["newly_held"])
 
 
-@pytest.mark.xfail(strict=True, reason=SNAPSHOT_OVERLAP)
 def test_two_captures_from_one_position_during_a_snapshot_lose_no_change(source_pg, sink_pg, tmp_path):
     """The interleaving the processes above can meet while a snapshot is pending, made deterministic: both runs
     capture from the same position, the second after more changes arrived; the first loads and commits first."""
@@ -159,14 +153,6 @@ def test_two_captures_from_one_position_during_a_snapshot_lose_no_change(source_
     assert_ledger_consistent(sink_url, source_id)
 
 
-STAGING_REWRITE = (
-    "staging.py: BatchStore.write truncates and rewrites the files of a batch in place, so a load reading the same "
-    "batch (staged by an overlapping run that captured the same range) can read a half-written table file or "
-    "manifest (seen: 'Parquet file size is 0 bytes', and a StagingError, terminal, for a manifest read empty). "
-    "Write each file under a temporary name and rename it into place")
-
-
-@pytest.mark.xfail(strict=True, reason=STAGING_REWRITE)
 def test_rewriting_a_staged_batch_never_shows_a_reader_a_half_written_file(source_pg, sink_pg, tmp_path,
                                                                           monkeypatch):
     """Two runs that captured the same range stage it in the same folder. Here the second run rewrites it while

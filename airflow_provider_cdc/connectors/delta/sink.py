@@ -9,18 +9,23 @@ keep their portable text, as the table there shows) and the bookkeeping columns 
 
 Exactly once, without a transaction across tables (DESIGN section 3):
 
-1. a batch already in the ledger (``<root>/_cdc_ledger``) is a no-op;
+1. a batch already in the ledger (``<root>/_cdc_ledger``) is a no-op; a stale one (it reads a snapshot, and the
+   ledger went past its start with another capture of its range: :mod:`airflow_provider_cdc.connectors.recapture`)
+   is refused whole, nothing written;
 2. each table's part of the batch is ONE Delta ``MERGE`` commit that also records the batch as an application
    transaction (``app_id`` ``<source_id>:<schema.table>``, version ``seq_to``); a table whose transaction version
-   is already ``seq_to`` or more took this batch before a crash, and is skipped;
+   is already ``seq_to`` or more took this batch before a crash, and is skipped. A transaction version past the
+   ledger's high water that is *another* batch's (one that crashed before its ledger row; this batch was captured
+   again from the same position and may number its changes differently) is rolled back first: the table is
+   restored to the version the ledger vouches for, and this batch applies to it in full (``_roll_back_crashed``);
 3. events at or below what the source (ledger high water) or the table (its transaction version) committed are
    dropped, and the merge guard (``_cdc_position``) keeps an older change from overwriting a newer one;
 4. the ledger row is appended last, with its own application transaction. A crash before it replays the batch:
    step 2 skips the tables that committed, the rest commit, and the ledger row follows.
 
 Everything that can refuse the batch (values, keys, unchanged values nobody has, schema changes) is checked for
-every table before the first commit, so a refused batch leaves nothing behind. No marker files: Delta's log is the
-record.
+every table before the first commit, so a refused batch leaves nothing behind (but for the roll-back of step 2,
+which only brings a table back to what the ledger vouches for). No marker files: Delta's log is the record.
 
 **The schema gate** (:func:`airflow_provider_cdc.schema.gate.decide`) runs before any write, with the versions in
 ``<root>/_cdc_schemas`` and the held tables in ``<root>/_cdc_held``. A table whose change it refuses, or that this
@@ -75,8 +80,9 @@ from deltalake.exceptions import DeltaError
 
 from airflow_provider_cdc.connectors.audit import AuditEntry, batch_audit_entries
 from airflow_provider_cdc.connectors.base import AcceptResult, ApplyResult, SinkCapabilities
-from airflow_provider_cdc.connectors.delta.ledger_table import DeltaAudit, DeltaLedger, HeldTables
+from airflow_provider_cdc.connectors.delta.ledger_table import DeltaAudit, DeltaLedger, HeldTables, audit_app_id
 from airflow_provider_cdc.connectors.delta.merge import (
+    BATCH_KEY,
     PreparedTable,
     merge_table,
     new_stats,
@@ -106,6 +112,7 @@ from airflow_provider_cdc.connectors.delta.storage import (
 )
 from airflow_provider_cdc.connectors.delta.types import app_ids_of
 from airflow_provider_cdc.connectors.ledger import LedgerRow, ledger_row
+from airflow_provider_cdc.connectors.recapture import is_stale, stale_reason
 from airflow_provider_cdc.errors import SinkError
 from airflow_provider_cdc.events import ChangeBatch
 from airflow_provider_cdc.quarantine import refuse_held, sink_records
@@ -115,6 +122,8 @@ from airflow_provider_cdc.tables import RESERVED_PREFIX, SchemaChange, TableSche
 log = logging.getLogger("airflow_provider_cdc.sink.delta")
 
 DeleteMode = Literal["hard", "soft"]
+# Custom metadata of a restore that rolled back a crashed batch's commits (which batch ids it undid).
+ROLLED_BACK_KEY = "cdc.rolled_back"
 
 DELTA_CAPABILITIES = SinkCapabilities(
     native_types=frozenset({"integer", "decimal", "float", "boolean", "text", "timestamptz", "timestamp", "date",
@@ -290,6 +299,11 @@ class DeltaSink:
                 log.info("sink %s: batch %s is already in the ledger; nothing to do", self.sink_id, batch.batch_id)
                 result.seconds = time.monotonic() - started
                 return result
+            if is_stale(batch, high_water):
+                log.warning("sink %s: %s", self.sink_id, stale_reason(batch, high_water))
+                result.seconds = time.monotonic() - started
+                return result
+            self._roll_back_crashed(batch, high_water)
             decision, stored = decide_replayable(batch, high_water, policy, versions=self._versions,
                                                  held=self._held, sink_id=self.sink_id)
             result.schema_changes = sum(1 for change in batch.schema_changes if change.seq > high_water)
@@ -305,7 +319,7 @@ class DeltaSink:
             schema_versions = decision.ledger_versions()
             row = ledger_row(decision.batch, result, high_water=high_water, run_id=run_id,
                              versions={**(versions or {}), "schema_versions": schema_versions})
-            self._audit.append_batch(batch.source_id, row.seq_to, batch_audit_entries(
+            self._append_audit(batch.source_id, row.seq_to, high_water, batch_audit_entries(
                 row, decision, versions=versions, previous=self._ledger.latest_row(batch.source_id),
                 quarantined=batch.quarantined_count))
             self._ledger.append_row(row)
@@ -322,6 +336,78 @@ class DeltaSink:
             result.seconds,
         )
         return result
+
+    # --- what a crashed batch left behind ----------------------------------------------------------------------------
+
+    def _roll_back_crashed(self, batch: ChangeBatch, high_water: int) -> None:
+        """Write (0): roll back the commits of a batch that crashed before its ledger row, in every table of the
+        source, unless they are this very batch's.
+
+        A table whose transaction version is past the ledger's high water took a batch the ledger does not have. When
+        that batch is this one (a replay), step 2 skips the table as before. When it is another one, this batch was
+        captured again from the same position and numbers its changes differently (a snapshot pending: its rows and
+        its ``seq`` numbers depend on when it was read, :mod:`airflow_provider_cdc.connectors.recapture`), so neither
+        skipping the table nor dropping the events up to that version is right: the table goes back to the version
+        the ledger vouches for, and this batch applies to it in full. Tables the batch does not touch are rolled back
+        too (those of its positions' ``tables``): they would otherwise keep rows no stored position accounts for."""
+        touched = {*batch.tables, *batch.schemas, *(change.table for change in batch.schema_changes)}
+        others = {name for position in (batch.position_from, batch.position_to)
+                  for name in position.get("tables", []) if isinstance(name, str) and "." in name} - touched
+        for name in sorted(touched | others):
+            sink_name = name.partition(".")[2]
+            label = f"{self.target_schema}.{sink_name}"
+            try:
+                uri = self.table_uri(sink_name)
+            except SinkError:
+                if name in touched:
+                    raise
+                continue  # a table this batch does not write, and that could never be written here either
+            with self._errors("cannot roll back what a crashed batch left in the table", table=label,
+                              batch_id=batch.batch_id):
+                target = open_table(uri, self.storage_options)
+                app_id = self.app_id(batch.source_id, name)
+                if target is not None and (target.transaction_version(app_id) or 0) > high_water:
+                    self._roll_back_table(batch, target, uri, app_id, high_water, label)
+
+    def _roll_back_table(self, batch: ChangeBatch, target: DeltaTable, uri: str, app_id: str, high_water: int,
+                         label: str) -> None:
+        """Restore ``target`` to its newest version whose ``app_id`` transaction is at most ``high_water``, with that
+        version recorded again (a restore does not bring application transactions back). Refuses, naming the
+        commits, when one of those to undo belongs to a batch the ledger has."""
+        current = target.version()
+        kept = current
+        vouched = 0
+        while kept > 0:
+            kept -= 1
+            older = DeltaTable(uri, version=kept, storage_options=self.storage_options or None)
+            vouched = older.transaction_version(app_id) or 0
+            if vouched <= high_water:
+                break
+        undone = sorted({str(commit[BATCH_KEY]) for commit in target.history(current - kept) if commit.get(BATCH_KEY)})
+        if batch.batch_id in undone:
+            return  # this very batch committed here before a crash: step 2 skips the table
+        committed = [batch_id for batch_id in undone if self._ledger.has_batch(batch_id)]
+        if committed:
+            raise SinkError(self.sink_id, f"table {label} has commits of a batch the ledger does not have "
+                            f"(transaction {app_id} past the high water {high_water}), mixed with commits of batches "
+                            f"it has ({', '.join(committed)}), so they cannot be rolled back alone; re-snapshot the "
+                            f"table: python -m airflow_provider_cdc resnapshot {batch.source_id} --table "
+                            f"{app_id.partition(':')[2]}", table=label, batch_id=batch.batch_id, terminal=True)
+        target.restore(kept, commit_properties=commit_properties({app_id: vouched},
+                                                                 **{ROLLED_BACK_KEY: ",".join(undone)}))
+        log.warning("sink %s, batch %s: table %s held commits %d-%d of batches %s, which crashed before their ledger "
+                    "row and differ from this one (captured again from the same position); restored version %d, "
+                    "which the ledger vouches for, before applying this batch", self.sink_id, batch.batch_id, label,
+                    kept + 1, current, undone or "(unnamed)", kept)
+
+    def _append_audit(self, source_id: str, seq_to: int, high_water: int, entries: list[AuditEntry]) -> None:
+        """Write (f), once. An audit transaction past the high water is a crashed batch's, which may number its
+        range like this one: then each entry goes in unless its ``audit_id`` is there (a replay finds its own)."""
+        audit = self._audit.table()
+        if audit is not None and (audit.transaction_version(audit_app_id(source_id)) or 0) > high_water:
+            self._audit.record(entries)
+        else:
+            self._audit.append_batch(source_id, seq_to, entries)
 
     # --- the schema gate -------------------------------------------------------------------------------------------
 

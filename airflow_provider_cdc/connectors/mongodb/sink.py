@@ -63,6 +63,7 @@ from airflow_provider_cdc.connectors.mongodb.sink_storage import (
     DuplicateBatch,
     ensure_collections,
 )
+from airflow_provider_cdc.connectors.recapture import is_stale, stale_reason
 from airflow_provider_cdc.errors import SinkError, TableHeld
 from airflow_provider_cdc.events import ChangeBatch
 from airflow_provider_cdc.quarantine import log_replay, refuse_held, sink_records
@@ -283,6 +284,9 @@ class MongoSink(DocumentMerge):
         if self._store.ledger_has(session, batch.batch_id):
             return result, None, {}
         high_water = self._store.high_water(session, batch.source_id)
+        if is_stale(batch, high_water):  # checked again under the lock: another load may just have committed
+            log.warning("sink %s: %s", self.sink_id, stale_reason(batch, high_water))
+            return result, None, {}
         decision = decide(batch, self._store.read_versions(session, batch.source_id),
                           self._store.held_tables(session, batch.source_id), policy, high_water)
         # A table whose documents cannot follow a change is held through the decision.

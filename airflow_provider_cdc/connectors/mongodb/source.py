@@ -42,6 +42,7 @@ from airflow_provider_cdc.connectors.mongodb.options import MongoSourceOptions
 from airflow_provider_cdc.connectors.mongodb.rows import BatchRows
 from airflow_provider_cdc.connectors.mongodb.snapshot import add_snapshot_pages, drop_unread
 from airflow_provider_cdc.connectors.mongodb.stream import Scope, StreamBatch, open_stream, token_time
+from airflow_provider_cdc.connectors.recapture import page_tag
 from airflow_provider_cdc.connectors.table_tracking import pending_work, queue_snapshot, reconcile
 from airflow_provider_cdc.errors import SourceError, TableRefusedError
 from airflow_provider_cdc.events import ChangeBatch, make_batch_id
@@ -215,7 +216,8 @@ class MongoSource:
         batch = ChangeBatch(
             source_id=self.source_id,
             batch_id=make_batch_id(self.source_id, f"{rows.seq_from - 1}@{_time_text(position)}",
-                                   f"{rows.seq}@{_time_text(position_to)}"),
+                                   f"{rows.seq}@{_time_text(position_to)}"
+                                   + (f"@snapshot.{page_tag(position_to)}" if snapshot else "")),
             position_from=position,
             position_to=position_to,
             seq_from=rows.seq_from,

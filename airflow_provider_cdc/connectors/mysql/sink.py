@@ -65,6 +65,7 @@ from airflow_provider_cdc.connectors.mysql.sink_types import (
     NOPAD_BINARY_COLLATIONS,
     identifier_problem,
 )
+from airflow_provider_cdc.connectors.recapture import is_stale, stale_reason
 from airflow_provider_cdc.errors import SinkError
 from airflow_provider_cdc.events import ChangeBatch
 from airflow_provider_cdc.quarantine import log_replay, refuse_held, sink_records
@@ -319,6 +320,10 @@ class MySqlSink(SinkStorage, TableDdl, RowMerge):
             self._conn.rollback()
             return None
         high_water = self._high_water(cur, batch.source_id)
+        if is_stale(batch, high_water):  # checked again under the lock: another load may just have committed
+            log.warning("sink %s: %s", self.sink_id, stale_reason(batch, high_water))
+            self._conn.rollback()
+            return None
         decision = decide(batch, self._read_versions(cur, batch.source_id), self._held_tables(cur, batch.source_id),
                           policy, high_water)
         self._conn.rollback()  # the reads are done; the DDL below would end the transaction anyway

@@ -25,6 +25,7 @@ import pymysql
 
 from airflow_provider_cdc.connectors.mysql.connection import MYSQL_DIALECT, qualified, quote_name
 from airflow_provider_cdc.connectors.mysql.types import ZeroDateError, snapshot_formatter, snapshot_select_expr
+from airflow_provider_cdc.connectors.recapture import page_tag
 from airflow_provider_cdc.connectors.schemas import fingerprint_hash, seen_fingerprint, seen_schema
 from airflow_provider_cdc.errors import TableRefusedError
 from airflow_provider_cdc.events import OP_READ, ChangeBatch, TableChangesBuilder, align, concat_tables, make_batch_id
@@ -187,10 +188,12 @@ def add_snapshot_pages(conn: pymysql.Connection, stream: ChangeBatch, max_change
     position_to.pop("snapshot", None)
     if pending:
         position_to["snapshot"] = {"pending": pending, "after": after}
+    # Where the page ended is part of the id: two captures that read as many rows may end them at other keys.
+    tag = page_tag(position_to)
     if stream.seq_to >= stream.seq_from:  # the stream part had changes
-        batch_id = make_batch_id(source_id, stream.batch_id.partition(":")[2], f"snapshot.{snap_from}-{seq}")
+        batch_id = make_batch_id(source_id, stream.batch_id.partition(":")[2], f"snapshot.{snap_from}-{seq}@{tag}")
     else:
-        batch_id = make_batch_id(source_id, f"snapshot.{snap_from}", f"snapshot.{seq}")
+        batch_id = make_batch_id(source_id, f"snapshot.{snap_from}", f"snapshot.{seq}@{tag}")
     return ChangeBatch(
         source_id=source_id, batch_id=batch_id, position_from=stream.position_from, position_to=position_to,
         seq_from=stream.seq_from, seq_to=seq, tables=tables, schemas=schemas,

@@ -43,6 +43,7 @@ from airflow_provider_cdc.connectors.postgres.ledger import HELD_TABLE, Duplicat
 from airflow_provider_cdc.connectors.postgres.merge import RowMerge
 from airflow_provider_cdc.connectors.postgres.registry import HELD_CHANGES_TABLE, RegistryStorage
 from airflow_provider_cdc.connectors.postgres.types import POSTGRES_DIALECT
+from airflow_provider_cdc.connectors.recapture import is_stale, stale_reason
 from airflow_provider_cdc.errors import SinkError
 from airflow_provider_cdc.events import ChangeBatch
 from airflow_provider_cdc.quarantine import log_replay, refuse_held, sink_records
@@ -203,6 +204,9 @@ class PgSink(LedgerStorage, RegistryStorage, TableDdl, RowMerge):
                 # whatever the role or database sets (synchronous_commit = off would lose it on a server crash).
                 self._force_durable_commit(cur)
                 high_water = self._high_water(cur, batch.source_id)
+                if is_stale(batch, high_water):  # checked again under the lock: another load may just have committed
+                    log.warning("sink %s: %s", self.sink_id, stale_reason(batch, high_water))
+                    raise psycopg.Rollback(tx)
                 decision = decide(batch, self._read_versions(cur, batch.source_id),
                                   self._held_tables(cur, batch.source_id), policy, high_water)
                 # A table the sink cannot follow is held through the decision (its changes become held changes).

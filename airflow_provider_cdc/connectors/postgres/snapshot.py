@@ -28,6 +28,7 @@ from psycopg import sql
 from airflow_provider_cdc.connectors.postgres import pgoutput
 from airflow_provider_cdc.connectors.postgres.catalog import Catalog
 from airflow_provider_cdc.connectors.postgres.values import pg_input_scalar, portable_table, to_pg_input
+from airflow_provider_cdc.connectors.recapture import page_tag
 from airflow_provider_cdc.connectors.schemas import (
     fingerprint_hash,
     remembered,
@@ -223,11 +224,13 @@ class SnapshotCapture:
         position_to.pop("snapshot", None)
         if pending:
             position_to["snapshot"] = {"pending": pending, "after": after}
+        # Where the page ended is part of the id: two captures that read as many rows may end them at other keys.
+        tag = page_tag(position_to)
         if stream.seq_to >= stream.seq_from:  # the stream part had changes
             batch_id = make_batch_id(self.source_id, stream.batch_id.partition(":")[2],
-                                     f"snapshot.{snap_from}-{seq}")
+                                     f"snapshot.{snap_from}-{seq}@{tag}")
         else:
-            batch_id = make_batch_id(self.source_id, f"snapshot.{snap_from}", f"snapshot.{seq}")
+            batch_id = make_batch_id(self.source_id, f"snapshot.{snap_from}", f"snapshot.{seq}@{tag}")
         batch = ChangeBatch(
             source_id=self.source_id,
             batch_id=batch_id,
