@@ -27,11 +27,14 @@ import pytest
 from conftest import REPO_ROOT, require_server
 from psycopg import sql
 
+from airflow_provider_cdc.connectors.postgres.catalog import logical_type
+from airflow_provider_cdc.tables import Column
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "fault_matrix: a slow failure scenario (servers stopped and restarted, minutes of load); "
-                   "still part of `make test`")
+        "markers", "fault_matrix: a slow failure scenario (the seeded SIGKILL matrix, servers stopped and restarted, "
+                   "minutes of load); still part of `make test`")
 
 
 def _script(name: str) -> Any:
@@ -368,3 +371,12 @@ def stored_position(source_id: str) -> dict[str, Any] | None:
     from airflow_provider_cdc.positions import PositionStore
 
     return PositionStore().get_document(source_id)
+
+
+def source_columns(url: str, table: str) -> list[Column]:
+    """The columns of PostgreSQL table ``public.<table>`` at ``url``, with their logical types (to read a sink back)."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
+                            "('public.' || quote_ident(%s))::regclass AND attnum > 0 AND NOT attisdropped "
+                            "ORDER BY attnum", (table,)).fetchall()
+    return [Column(name, declared, logical_type(declared)) for name, declared in rows]

@@ -17,19 +17,23 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 import pytest
 from cdc_testing import create_shop, drain, random_changes, slot_lsn, unique_id
 from contract.pairs import mariadb_sink, mongodb_sink, normalise, pg_rows, postgres_sink
 from test_staging_s3 import S3Server, s3_server  # noqa: F401 - the moto server fixture
 
 from airflow_provider_cdc import pipeline
-from airflow_provider_cdc.connectors.postgres.catalog import logical_type
 from airflow_provider_cdc.errors import CdcError, is_terminal
 from airflow_provider_cdc.hooks.cdc import CdcHook
 from airflow_provider_cdc.stages import build_stages
 from airflow_provider_cdc.tables import Column
-from reliability.conftest import CuttableProxy, assert_sink_ledger_consistent, stored_position, write_pipeline_config
+from reliability.conftest import (
+    CuttableProxy,
+    assert_sink_ledger_consistent,
+    source_columns,
+    stored_position,
+    write_pipeline_config,
+)
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -92,14 +96,6 @@ def downable_sink(request: pytest.FixtureRequest) -> Iterator[DownableSink]:
             yield delta_on_s3(s3, proxy, target_schema)
         finally:
             proxy.close()
-
-
-def source_columns(url: str, table: str) -> list[Column]:
-    with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
-                            "('public.' || quote_ident(%s))::regclass AND attnum > 0 AND NOT attisdropped "
-                            "ORDER BY attnum", (table,)).fetchall()
-    return [Column(name, declared, logical_type(declared)) for name, declared in rows]
 
 
 def to_milliseconds(row: dict[str, Any]) -> dict[str, Any]:

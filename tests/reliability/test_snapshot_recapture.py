@@ -29,11 +29,16 @@ from deltalake import DeltaTable
 
 from airflow_provider_cdc import pipeline
 from airflow_provider_cdc.connectors.delta import sink as delta_sink
-from airflow_provider_cdc.connectors.postgres.catalog import logical_type
 from airflow_provider_cdc.hooks.cdc import CdcHook
 from airflow_provider_cdc.staging import BatchStore
 from airflow_provider_cdc.tables import Column
-from reliability.conftest import assert_sink_ledger_consistent, fault_before, stored_position, write_pipeline_config
+from reliability.conftest import (
+    assert_sink_ledger_consistent,
+    fault_before,
+    source_columns,
+    stored_position,
+    write_pipeline_config,
+)
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -42,14 +47,6 @@ TABLES = ("orders", "users")  # the Delta sink commits its tables in this (sorte
 
 class Killed(BaseException):
     """Stands for the SIGKILL: nothing in the product catches it, so nothing after it runs."""
-
-
-def source_columns(url: str, table: str) -> list[Column]:
-    with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
-                            "('public.' || quote_ident(%s))::regclass AND attnum > 0 AND NOT attisdropped "
-                            "ORDER BY attnum", (table,)).fetchall()
-    return [Column(name, declared, logical_type(declared)) for name, declared in rows]
 
 
 def delta_rows(root: Path, table: str, columns: list[Column]) -> list[dict[str, Any]]:
