@@ -1,7 +1,9 @@
 """Config → DAGs: one DAG ``cdc_<source_id>`` per source of ``cdc.yaml``.
 
 Staged mode: ``wait_for_changes`` (deferrable sensor) → ``capture`` → one task per stage → ``load`` → ``commit``.
-Fused mode: ``wait_for_changes`` → ``fused``. The stages are the source's stage list
+Fused mode: ``wait_for_changes`` → ``fused``. A PostgreSQL source with ``options.snapshot_ranges`` above 1 gets
+``snapshot_ranges`` → ``snapshot_range`` (mapped, one task a key range) before its capture or fused task.
+The stages are the source's stage list
 (:func:`airflow_provider_cdc.stages.build_stages`: transform, then validate, each only where it has something to
 do); each stage task reads the upstream manifest and stages a new one, and load and commit read the last. Fused
 mode runs the same list in its one task.
@@ -32,6 +34,7 @@ from airflow_provider_cdc.operators.cdc import (
     CdcLoadOperator,
     CdcStageOperator,
 )
+from airflow_provider_cdc.operators.snapshot_ranges import CdcSnapshotRangeOperator, CdcSnapshotRangesOperator
 from airflow_provider_cdc.sensors.changes import CdcChangesSensor
 from airflow_provider_cdc.stages import build_stages
 
@@ -101,11 +104,21 @@ def build_dag(source: SourceConfig, config: CdcConfig, config_dir: str) -> DAG:
             retries=0 if not continuous else 3,
             **common,
         )
+        # A large table's snapshot is read in key ranges by mapped tasks (on every worker of the executor). With no
+        # range to read the mapped task is skipped, and the capture runs on the listing's success.
+        before: list[Any] = [wait]
+        if parallel_snapshot_ranges(source) > 1:
+            ranges = CdcSnapshotRangesOperator(task_id="snapshot_ranges", **common)
+            staged = CdcSnapshotRangeOperator.partial(task_id="snapshot_range", **common).expand(
+                range_index=ranges.output)
+            wait >> ranges >> staged
+            before = [ranges, staged]
+        first: dict[str, Any] = {"trigger_rule": "none_failed_min_one_success"} if len(before) > 1 else {}
         if source.mode == "fused":
-            wait >> CdcFusedOperator(task_id="fused", **inlets, **outlets, **common)
+            before >> CdcFusedOperator(task_id="fused", **inlets, **outlets, **common, **first)
             return dag
-        capture = CdcCaptureOperator(task_id="capture", **inlets, **common)
-        wait >> capture
+        capture = CdcCaptureOperator(task_id="capture", **inlets, **common, **first)
+        before >> capture
         upstream: CdcCaptureOperator | CdcStageOperator = capture
         for name in stage_names:
             stage = CdcStageOperator(task_id=name, stage=name, manifest_uri=manifest_of(upstream.task_id), **common)
@@ -118,6 +131,13 @@ def build_dag(source: SourceConfig, config: CdcConfig, config_dir: str) -> DAG:
                                    newly_held=newly_held_of(load.task_id), **common)
         upstream >> load >> commit
     return dag
+
+
+def parallel_snapshot_ranges(source: SourceConfig) -> int:
+    """How many key ranges a large table's snapshot is split into (PostgreSQL's ``options.snapshot_ranges``)."""
+    if source.type != "postgresql":
+        return 1
+    return int(source.options.get("snapshot_ranges", 1) or 1)
 
 
 def default_config_dir(bundle_root: str | os.PathLike[str] | None = None) -> str:

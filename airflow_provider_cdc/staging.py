@@ -14,6 +14,7 @@ whole files of identical content (the batch id fixes the range). Layout::
     <root>/<source_id>/<batch key>/<schema>.<table>.parquet
     <root>/<source_id>/<batch key>/<stage>/manifest.json   # the batch as a stage (transform...) made it
     <root>/<source_id>/runs/<run key>.json      # which manifest a DAG run captured (clear → same range)
+    <root>/<source_id>/snapshot-ranges/<plan>/   # chunks of a snapshot read in key ranges (PostgreSQL)
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from airflow_provider_cdc.tables import SchemaChange, TableSchema
 log = logging.getLogger("airflow_provider_cdc.staging")
 
 MANIFEST = "manifest.json"
+RANGES_DIR = "snapshot-ranges"  # chunks of snapshots read in key ranges
 # A batch's quarantined changes, beside its tables (a name no table file can have: those are schema.table).
 QUARANTINE_FILE = "_cdc_quarantine"
 MANIFEST_VERSION = 1
@@ -233,6 +235,18 @@ class BatchStore:
 
     # -- retention ------------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _purge_range_plans(folder, cutoff: float) -> int:
+        """Staged chunks of ranged snapshots (``connectors/postgres/snapshot_ranges.py``), once no file of a plan was
+        written within the retention: the capture reads them for as long as the snapshot emits them."""
+        removed = 0
+        for plan in folder.iterdir():
+            newest = max((_mtime(chunk) for part in plan.iterdir() for chunk in part.iterdir()), default=_mtime(plan))
+            if newest < cutoff:
+                plan.rmdir(recursive=True)
+                removed += 1
+        return removed
+
     def purge(self, source_id: str, older_than_hours: float) -> int:
         """Delete staged batches (and run pointers) older than the retention; returns how many batches went."""
         base = self._root() / _key(source_id)
@@ -241,6 +255,9 @@ class BatchStore:
         cutoff = dt.datetime.now(dt.timezone.utc).timestamp() - older_than_hours * 3600
         removed = 0
         for child in base.iterdir():
+            if child.name == RANGES_DIR:
+                removed += self._purge_range_plans(child, cutoff)
+                continue
             if child.name == "runs":
                 for pointer in child.iterdir():
                     if _mtime(pointer) < cutoff:

@@ -42,12 +42,15 @@ def reconcile(position: dict[str, Any], configured: list[str], *, snapshot_mode:
     if removed:
         log.info("source %s: tables %s were removed from the configuration: they stop flowing (their sink tables "
                  "are kept)", source_id, ", ".join(removed))
+    ranges = snapshot.get("ranges") if snapshot else None
     if pending and pending[0] not in configured:
-        after = None
+        after = ranges = None
     pending = [t for t in pending if t in configured]
     position["tables"] = list(configured)
     if pending:
         position["snapshot"] = {"pending": pending, "after": after}
+        if ranges is not None:  # a table read in key ranges (PostgreSQL's snapshot_ranges.py)
+            position["snapshot"]["ranges"] = ranges
     else:
         position.pop("snapshot", None)
     return position
@@ -59,15 +62,19 @@ def queue_snapshot(position: dict[str, Any], tables: list[str], configured: list
     being read starts over."""
     pending = list(position.get("snapshot", {}).get("pending", []))
     after = position.get("snapshot", {}).get("after")
+    ranges = position.get("snapshot", {}).get("ranges")
     for name in tables:
         if name not in configured:
             raise SourceError(source_id, f"table {name} is not in this source's 'tables'")
         if name in pending:
             if pending[0] == name:
-                after = None  # start that table over
+                after = ranges = None  # start that table over
             continue
         pending.append(name)
-    return {**position, "snapshot": {"pending": pending, "after": after}}
+    snapshot = {"pending": pending, "after": after}
+    if ranges is not None:
+        snapshot["ranges"] = ranges
+    return {**position, "snapshot": snapshot}
 
 
 def pending_work(position: dict[str, Any] | None, tables: list[str]) -> bool:

@@ -72,6 +72,9 @@ class StreamDecoder:
         self.transactions = 0
         self.messages = 0
         self.skipped = 0
+        # Whether the read reached the end of what it asked for (the slot's end, or ``upto_lsn``): a chunk of a
+        # ranged snapshot is emitted only after the stream up to its watermark is read.
+        self.drained = False
         self.columnar_tables: dict[str, pa.Table] = {}
         # Pending transaction: events are kept until Commit so that a half-read transaction is never emitted
         # (unless it is too large for one batch: :meth:`flush_partial`).

@@ -35,6 +35,8 @@ def make_source(config: SourceConfig, connection: str, options: PgSourceOptions)
         snapshot=config.snapshot,
         create_slot=options.create_slot,
         create_publication=options.create_publication,
+        snapshot_ranges=options.snapshot_ranges,
+        snapshot_range_min_rows=options.snapshot_range_min_rows,
     )
 
 

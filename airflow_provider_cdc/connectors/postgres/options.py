@@ -1,4 +1,5 @@
-"""The ``options:`` of a PostgreSQL source in ``cdc.yaml``: its replication slot and publication.
+"""The ``options:`` of a PostgreSQL source in ``cdc.yaml``: its replication slot and publication, and how a large
+table's snapshot is split into key ranges.
 
 Validated by ``config check`` with file, key and reason like every other key (``extra="forbid"``: a typo is an
 error, not a silently ignored setting).
@@ -22,6 +23,10 @@ class PgSourceOptions(BaseModel):
     publication_name: str | None = Field(None, min_length=1)
     create_slot: bool = True
     create_publication: bool = True
+    # A table of the initial snapshot with at least snapshot_range_min_rows rows is read in this many key ranges, by
+    # mapped Airflow tasks (snapshot_ranges.py); 1 reads every table in the capture task, one chunk a batch.
+    snapshot_ranges: int = Field(1, ge=1, le=256)
+    snapshot_range_min_rows: int = Field(100_000, ge=1)
 
     def effective_slot_name(self, source_id: str) -> str:
         """The replication slot: ``slot_name``, else ``cdc_<source_id>`` lowercased."""

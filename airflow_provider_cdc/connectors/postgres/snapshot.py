@@ -27,6 +27,7 @@ from psycopg import sql
 
 from airflow_provider_cdc.connectors.postgres import pgoutput
 from airflow_provider_cdc.connectors.postgres.catalog import Catalog
+from airflow_provider_cdc.connectors.postgres.snapshot_ranges import Chunk, RangeSnapshot, keys_literal, range_count
 from airflow_provider_cdc.connectors.postgres.values import pg_input_scalar, portable_table, to_pg_input
 from airflow_provider_cdc.connectors.recapture import page_tag
 from airflow_provider_cdc.connectors.schemas import (
@@ -41,7 +42,7 @@ from airflow_provider_cdc.tables import SchemaChange, TableSchema
 log = logging.getLogger("airflow_provider_cdc.source.postgres")
 
 
-class SnapshotCapture:
+class SnapshotCapture(RangeSnapshot):
     """The snapshot half of :class:`~airflow_provider_cdc.connectors.postgres.source.PgSource`."""
 
     source_id: str
@@ -68,6 +69,12 @@ class SnapshotCapture:
         settling = dict(batch.position_to.get("settling", {}))
         if snapshot and snapshot.get("after") is not None:
             batch = self._drop_unread_keys(batch, snapshot)
+        elif snapshot and snapshot.get("ranges") is not None:
+            # Keys of chunks not emitted yet keep their changes (the chunk overwrites them later), but the sink may
+            # not hold their rows: changes that did not resend some values are read again.
+            name = snapshot["pending"][0]
+            if name in batch.tables and batch.tables[name].num_rows:
+                batch.tables[name] = self._reread_moved_rows(batch.schemas[name], batch.tables[name])
         for name, until in list(settling.items()):
             if name in batch.tables and batch.tables[name].num_rows:
                 batch.tables[name] = self._reread_moved_rows(batch.schemas[name], batch.tables[name])
@@ -93,9 +100,7 @@ class SnapshotCapture:
         typed = sql.SQL(", ").join(
             sql.SQL("u.{}::{}").format(sql.Identifier(f"k{i}"), sql.SQL(schema.column(c).source_type))
             for i, c in enumerate(key))
-        bounds = sql.SQL(", ").join(
-            sql.SQL("{}::{}").format(sql.Literal(pg_input_scalar(v, schema.column(c).logical_type)),
-                                     sql.SQL(schema.column(c).source_type)) for c, v in zip(key, after))
+        bounds = keys_literal(schema, after)
         query = sql.SQL("SELECT u.n FROM unnest({}) WITH ORDINALITY AS u({}, n) WHERE ({}) > ({})").format(
             sql.SQL(", ").join(arrays), sql.SQL(", ").join(sql.Identifier(f"k{i}") for i in range(len(key))),
             typed, bounds)
@@ -154,11 +159,15 @@ class SnapshotCapture:
         read = portable_table(self._copy_text(query, ["_n", *schema.column_names]), schema)
         return {int(row.pop("_n")) - 1: row for row in read.to_pylist()}
 
-    def _capture_snapshot(self, stream: ChangeBatch, max_changes: int) -> ChangeBatch:
+    def _capture_snapshot(self, stream: ChangeBatch, max_changes: int, chunk: Chunk | None = None) -> ChangeBatch:
         """Add the next ``max_changes`` rows of the pending snapshot to ``stream``'s batch, table by table in key
-        order, with ``seq`` numbers after the stream's (the rows are read after those changes were written)."""
+        order, with ``seq`` numbers after the stream's (the rows are read after those changes were written).
+
+        A table split into key ranges (:mod:`.snapshot_ranges`) adds one staged ``chunk`` instead, which the caller
+        chose and read the stream up to; None when every chunk of it is emitted."""
         position = stream.position_to
         state = dict(position["snapshot"])
+        ranges = state.get("ranges")
         pending = list(state["pending"])
         seq = position.get("seq", 0)
         snap_from = seq + 1
@@ -179,10 +188,24 @@ class SnapshotCapture:
                 log.warning("source %s: table %s is gone at the source; its snapshot is skipped", self.source_id,
                             qualified)
                 pending.pop(0)
-                after = None
+                after = ranges = None
                 continue
             info = catalog.relation_info(relid)
-            table_schema = catalog.table_schema(relid)
+            only = info["relkind"] != "p"
+            if ranges is None and after is None:
+                plan = self._plan_ranges(catalog.table_schema(relid), position["lsn"], only)
+                if plan is not None:
+                    # The ranges are read by the DAG's snapshot_range tasks once this position is stored.
+                    ranges = {**plan, "emitted": [0] * range_count(plan)}
+                    break
+            if ranges is not None and chunk is None:  # every chunk of its ranges is emitted
+                log.info("source %s: the ranged snapshot of %s is complete (%s chunks)", self.source_id, qualified,
+                         "+".join(map(str, ranges["emitted"])))
+                ranges = None
+                pending.pop(0)
+                settling[qualified] = self._current_lsn()
+                continue
+            table_schema = TableSchema.from_dict(chunk.schema) if chunk is not None else catalog.table_schema(relid)
             if schemas.get(qualified) is not None and qualified in tables and \
                     schemas[qualified].fingerprint() != table_schema.fingerprint():
                 tables[qualified] = align(tables[qualified], schemas[qualified], table_schema)
@@ -193,8 +216,13 @@ class SnapshotCapture:
                                                    ts_ms, position["lsn"]))
                 schemas_seen[qualified] = remembered(table_schema)
             schemas[qualified] = table_schema
-            chunk = self._read_chunk(table_schema, after, remaining, only=info["relkind"] != "p")
-            n = chunk.num_rows
+            if chunk is not None:
+                assert ranges is not None and ranges["table"] == qualified  # the caller chose it from these ranges
+                rows = self.range_store(ranges).read_chunk(chunk)
+                ranges = {**ranges, "emitted": [e + (i == chunk.range_index) for i, e in enumerate(ranges["emitted"])]}
+            else:
+                rows = self._read_chunk(table_schema, after, remaining, only=only)
+            n = rows.num_rows
             if n:
                 meta = {
                     "_cdc_op": pa.array([OP_READ] * n, pa.string()),
@@ -205,13 +233,15 @@ class SnapshotCapture:
                     "_cdc_unchanged": pa.nulls(n, pa.list_(pa.string())),
                 }
                 piece = pa.Table.from_arrays(
-                    list(meta.values()) + chunk.columns, names=list(meta) + chunk.column_names
+                    list(meta.values()) + rows.columns, names=list(meta) + rows.column_names
                 )
                 tables[qualified] = concat_tables([tables[qualified], piece]) if qualified in tables else piece
                 seq += n
                 remaining -= n
+            if chunk is not None:
+                break  # one chunk a batch: the next one's watermark needs the stream read up to it first
             if n and remaining <= 0:
-                last = chunk.slice(n - 1).to_pylist()[0]
+                last = rows.slice(n - 1).to_pylist()[0]
                 after = [last[k] for k in table_schema.primary_key]
             else:
                 pending.pop(0)
@@ -224,6 +254,8 @@ class SnapshotCapture:
         position_to.pop("snapshot", None)
         if pending:
             position_to["snapshot"] = {"pending": pending, "after": after}
+            if ranges is not None:
+                position_to["snapshot"]["ranges"] = ranges
         # Where the page ended is part of the id: two captures that read as many rows may end them at other keys.
         tag = page_tag(position_to)
         if stream.seq_to >= stream.seq_from:  # the stream part had changes
@@ -246,7 +278,8 @@ class SnapshotCapture:
         )
         return batch
 
-    def _read_chunk(self, table: TableSchema, after: list[str] | None, limit: int, *, only: bool = True) -> pa.Table:
+    def _read_chunk(self, table: TableSchema, after: list[str] | None, limit: int, *, only: bool = True,
+                    upto: list[str] | None = None) -> pa.Table:
         """One keyset page of ``table`` in the portable form, read with ``COPY ... CSV`` and parsed by Arrow.
 
         Values go through their types' output functions, as pgoutput's do (no ``::text`` cast: it would drop the
@@ -257,11 +290,9 @@ class SnapshotCapture:
         order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in pk)
         conditions = []
         if after is not None:
-            bounds = sql.SQL(", ").join(
-                sql.SQL("{}::{}").format(sql.Literal(pg_input_scalar(v, table.column(c).logical_type)),
-                                         sql.SQL(table.column(c).source_type)) for c, v in zip(pk, after)
-            )
-            conditions.append(sql.SQL("({}) > ({})").format(order, bounds))
+            conditions.append(sql.SQL("({}) > ({})").format(order, keys_literal(table, after)))
+        if upto is not None:  # the end of a range of a ranged snapshot (inclusive)
+            conditions.append(sql.SQL("({}) <= ({})").format(order, keys_literal(table, upto)))
         row_filter = getattr(self, "_row_filters", {}).get(table.qualified_name)
         if row_filter:
             # The publication's own row filter (server-deparsed SQL from its catalog), so the snapshot holds the

@@ -48,6 +48,7 @@ from airflow_provider_cdc.connectors.postgres.checks import (
 )
 from airflow_provider_cdc.connectors.postgres.publication import PublicationSetup
 from airflow_provider_cdc.connectors.postgres.snapshot import SnapshotCapture
+from airflow_provider_cdc.connectors.postgres.snapshot_ranges import chunk_rows
 from airflow_provider_cdc.connectors.postgres.stream import StreamCapture
 from airflow_provider_cdc.connectors.table_tracking import pending_work, queue_snapshot, reconcile
 from airflow_provider_cdc.errors import PositionLostError, SourceError, TableRefusedError
@@ -96,6 +97,9 @@ class PgSource(PublicationSetup, StreamCapture, SnapshotCapture):
         snapshot: str = "initial",
         create_slot: bool = True,
         create_publication: bool = True,
+        snapshot_ranges: int = 1,
+        snapshot_range_min_rows: int = 100_000,
+        staging_url: str | None = None,
     ) -> None:
         self.dsn = dsn
         self.source_id = source_id
@@ -105,6 +109,9 @@ class PgSource(PublicationSetup, StreamCapture, SnapshotCapture):
         self.snapshot_mode = snapshot
         self.create_slot = create_slot
         self.create_publication = create_publication
+        self.snapshot_ranges = snapshot_ranges  # key ranges of a large table's snapshot (snapshot_ranges.py)
+        self.snapshot_range_min_rows = snapshot_range_min_rows
+        self.staging_url = staging_url  # where the ranges' chunks are staged (None: the batches' staging root)
         self._conn: psycopg.Connection | None = None
         self._row_filters: dict[str, str] = {}
         self._identity_readable: bool | None = None
@@ -331,15 +338,24 @@ class PgSource(PublicationSetup, StreamCapture, SnapshotCapture):
         snapshot = position.get("snapshot")
         started = time.monotonic()
         stream_budget = max(1, max_changes // 2) if snapshot else max_changes
+        ranges = snapshot.get("ranges") if snapshot else None
+        chunk = None
+        if ranges is not None and not position.get("partial"):
+            # A ranged snapshot: the next staged chunk, and the stream read only up to its watermark.
+            chunk = self.next_chunk(ranges, chunk_rows(max_changes))
         try:
-            decoder = self._capture_stream(position, stream_budget, self._streamed_tables(position))
+            decoder = self._capture_stream(position, stream_budget, self._streamed_tables(position),
+                                           upto=chunk.watermark if chunk is not None else None)
         except UNCONVERTIBLE_TEXT as exc:
             raise self._unconvertible_text(exc, None) from exc
         stream = decoder.finish()
         stream = self._settle(stream, snapshot)
-        if snapshot:
+        if ranges is not None and (position.get("partial") or (chunk is not None and not decoder.drained)):
+            batch = stream  # the stream is not at the next chunk's watermark yet: that chunk waits
+        elif snapshot:
             try:
-                batch = self._capture_snapshot(stream, max(max_changes - stream.change_count, max_changes // 2))
+                batch = self._capture_snapshot(stream, max(max_changes - stream.change_count, max_changes // 2),
+                                               chunk)
             except UNCONVERTIBLE_TEXT as exc:
                 raise self._unconvertible_text(exc, stream.position_to.get("snapshot") or snapshot) from exc
         else:

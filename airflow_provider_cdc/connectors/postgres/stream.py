@@ -51,16 +51,22 @@ class StreamCapture:
         snapshot = position.get("snapshot")
         waiting: list[str] = []
         if snapshot:
-            waiting = snapshot["pending"] if snapshot.get("after") is None else snapshot["pending"][1:]
+            # A table read in key ranges streams from its plan on (each chunk is placed at its watermark).
+            started = snapshot.get("after") is not None or snapshot.get("ranges") is not None
+            waiting = snapshot["pending"][1:] if started else snapshot["pending"]
         return {t for t in self.qualified_tables if t not in waiting}
 
-    def _capture_stream(self, position: dict[str, Any], max_changes: int, keep: set[str]) -> StreamDecoder:
+    def _capture_stream(self, position: dict[str, Any], max_changes: int, keep: set[str],
+                        upto: str | None = None) -> StreamDecoder:
+        """The next ``max_changes`` changes after ``position``, of transactions that commit before ``upto`` (an LSN;
+        None: no limit)."""
         if position.get("partial"):
             return self._capture_window(position, max_changes, keep)
         limit = max_changes
         cap: int | None = 4 * max_changes + 1000  # messages: B, C and R count too
         while True:
-            messages = self._peek_messages(limit, cap)
+            messages = self._peek_messages(limit, cap, upto)
+            drained = len(messages) < limit
             if cap is not None and len(messages) >= cap:
                 whole = self._whole_transactions(messages, position)
                 if whole is None:
@@ -73,6 +79,7 @@ class StreamCapture:
                     continue
                 messages = whole
             decoder = self._decode(position, messages, keep)
+            decoder.drained = drained
             # Only transactions at or before the stored position came back (the Variable was stored but the slot
             # not yet advanced): they used up the limit, so look further rather than report nothing.
             if decoder.transactions or not decoder.skipped or decoder.messages < limit:
@@ -167,12 +174,13 @@ class StreamCapture:
             decoder.feed(data)
         return decoder
 
-    def _peek_messages(self, limit: int, cap: int | None = None) -> pa.LargeBinaryArray:
+    def _peek_messages(self, limit: int, cap: int | None = None, upto: str | None = None) -> pa.LargeBinaryArray:
         """The peeked messages as one Arrow array, at most ``cap`` of them. The server concatenates them into one
         value and sends their lengths beside it: one row instead of one per message, which is what a cursor spends
         its time on. A batch too large for one value (1 GiB) is read through a server-side cursor instead."""
-        source = ("pg_logical_slot_peek_binary_changes(%s, NULL, %s, 'proto_version', '1', 'publication_names', %s, "
-                  "'messages', 'true')")
+        source = ("pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, %s, 'proto_version', '1', 'publication_names', "
+                  "%s, 'messages', 'true')")
+        params = (self.slot_name, upto, limit, publication_option(self.publication_name))
         if cap is not None:
             source += f" WITH ORDINALITY AS p(lsn, xid, data, n) WHERE n <= {int(cap)}"
         try:
@@ -182,7 +190,7 @@ class StreamCapture:
                 cur.execute(
                     "SELECT coalesce(array_agg(length(data)), '{}'), coalesce(string_agg(data, ''::bytea), ''::bytea) "
                     f"FROM {source}",
-                    (self.slot_name, limit, publication_option(self.publication_name)),
+                    params,
                 )
                 row = cur.fetchone()
                 assert row is not None  # aggregates without GROUP BY return one row
@@ -197,6 +205,5 @@ class StreamCapture:
         with self.conn.transaction():
             with self.conn.cursor(name=f"cdc_peek_{self.slot_name}", binary=True) as cur:
                 cur.itersize = 10000
-                cur.execute(f"SELECT data FROM {source}",
-                            (self.slot_name, limit, publication_option(self.publication_name)))
+                cur.execute(f"SELECT data FROM {source}", params)
                 return pa.array([data for (data,) in cur], pa.large_binary())
