@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from cdc_testing import assert_ledger_consistent, assert_same_rows, create_shop
+from cdc_testing import ON_PG15_ONLY, assert_ledger_consistent, assert_same_rows, create_shop
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "dags" / "examples" / "cdc_handwritten_shop.py"
 
@@ -47,6 +47,7 @@ def return_value(dag_run, task_id: str):
         return XComModel.deserialize_value(row)
 
 
+@ON_PG15_ONLY  # the subject is Airflow wiring, not PostgreSQL (see cdc_testing.ON_PG15_ONLY)
 def test_the_handwritten_dag_captures_transforms_loads_and_runs_its_sql_step(pg_database_factory, tmp_path,
                                                                               monkeypatch):
     source_url, sink_url = pg_database_factory(), pg_database_factory()
@@ -117,6 +118,7 @@ def test_rules_and_suites_may_come_from_files(tmp_path):
 MAPPED = Path(__file__).resolve().parents[2] / "dags" / "examples" / "cdc_mapped_sources.py"
 
 
+@ON_PG15_ONLY
 def test_dynamic_task_mapping_over_sources(pg_database_factory, monkeypatch, tmp_path):
     """dags/examples/cdc_mapped_sources.py: one fused task mapped over two sources, each with its inline config
     (expand_kwargs): both land, each in its own target schema of one sink, exactly once (a second run over new

@@ -14,11 +14,11 @@ import sys
 
 import psycopg
 import pytest
-from cdc_testing import assert_ledger_consistent, table_rows
+from cdc_testing import ON_PG15_ONLY, assert_ledger_consistent, table_rows
 
 from e2e.test_pg_edge_cases import Env, dags_test_cli, scalar, sink_columns
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), ON_PG15_ONLY]
 
 
 @pytest.fixture
