@@ -23,9 +23,11 @@ class PgSourceOptions(BaseModel):
     publication_name: str | None = Field(None, min_length=1)
     create_slot: bool = True
     create_publication: bool = True
-    # A table of the initial snapshot with at least snapshot_range_min_rows rows is read in this many key ranges, by
-    # mapped Airflow tasks (snapshot_ranges.py); 1 reads every table in the capture task, one chunk a batch.
+    # Key ranges of a large table's initial snapshot: above 1, the DAG gets a snapshot_ranges task and a mapped
+    # snapshot_range task (one per range, spread over the executor's workers) that read the ranges in parallel; the
+    # capture then emits their chunks in WAL order (snapshot_ranges.py). 1: the capture reads every table itself.
     snapshot_ranges: int = Field(1, ge=1, le=256)
+    # Tables with fewer rows (the planner's estimate) are read by the capture alone, whatever snapshot_ranges says.
     snapshot_range_min_rows: int = Field(100_000, ge=1)
 
     def effective_slot_name(self, source_id: str) -> str:
