@@ -196,6 +196,8 @@ def load_batch(
     if facts:
         versions[FACTS_KEY] = dict(facts)
     result = sink.apply(batch, run_id=run_id, versions=versions, policy=policy)
+    if result.stale is not None:  # refused under the sink's lock: another load committed after the check above
+        return {**result.to_dict(), "empty": False, "stale": True, "reason": result.stale}
     if not result.applied:
         log.info("batch %s is already in the sink ledger; load is a no-op", batch.batch_id)
     return {**result.to_dict(), "empty": False}

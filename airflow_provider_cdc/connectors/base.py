@@ -127,7 +127,8 @@ class Source(Protocol):
 
 @dataclasses.dataclass
 class ApplyResult:
-    """What a sink did with one batch. ``applied`` is False when the ledger already had the batch."""
+    """What a sink did with one batch. ``applied`` is False when the ledger already had the batch, or when the batch
+    was refused as stale (``stale`` then says why: :mod:`airflow_provider_cdc.connectors.recapture`)."""
 
     batch_id: str
     applied: bool
@@ -143,6 +144,7 @@ class ApplyResult:
     newly_held: dict[str, str] = dataclasses.field(default_factory=dict)
     schema_versions: dict[str, int] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
+    stale: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

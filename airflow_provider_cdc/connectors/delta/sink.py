@@ -300,7 +300,8 @@ class DeltaSink:
                 result.seconds = time.monotonic() - started
                 return result
             if is_stale(batch, high_water):
-                log.warning("sink %s: %s", self.sink_id, stale_reason(batch, high_water))
+                result.stale = stale_reason(batch, high_water)
+                log.warning("sink %s: %s", self.sink_id, result.stale)
                 result.seconds = time.monotonic() - started
                 return result
             self._roll_back_crashed(batch, high_water)

@@ -255,7 +255,8 @@ class MongoSink(DocumentMerge):
                             table=where["table"], batch_id=batch.batch_id, terminal=True) from exc
         result.seconds = time.monotonic() - started
         if not result.applied:
-            log.info("sink %s: batch %s is already in the ledger; nothing to do", self.sink_id, batch.batch_id)
+            if result.stale is None:
+                log.info("sink %s: batch %s is already in the ledger; nothing to do", self.sink_id, batch.batch_id)
             return result
         log.info("sink %s: batch %s applied: %d upserted, %d deleted, %d tables truncated, %d replayed events "
                  "skipped, %d schema changes, %d changes quarantined, in %.3f s", self.sink_id, batch.batch_id,
@@ -285,7 +286,8 @@ class MongoSink(DocumentMerge):
             return result, None, {}
         high_water = self._store.high_water(session, batch.source_id)
         if is_stale(batch, high_water):  # checked again under the lock: another load may just have committed
-            log.warning("sink %s: %s", self.sink_id, stale_reason(batch, high_water))
+            result.stale = stale_reason(batch, high_water)
+            log.warning("sink %s: %s", self.sink_id, result.stale)
             return result, None, {}
         decision = decide(batch, self._store.read_versions(session, batch.source_id),
                           self._store.held_tables(session, batch.source_id), policy, high_water)

@@ -205,7 +205,8 @@ class PgSink(LedgerStorage, RegistryStorage, TableDdl, RowMerge):
                 self._force_durable_commit(cur)
                 high_water = self._high_water(cur, batch.source_id)
                 if is_stale(batch, high_water):  # checked again under the lock: another load may just have committed
-                    log.warning("sink %s: %s", self.sink_id, stale_reason(batch, high_water))
+                    result.stale = stale_reason(batch, high_water)
+                    log.warning("sink %s: %s", self.sink_id, result.stale)
                     raise psycopg.Rollback(tx)
                 decision = decide(batch, self._read_versions(cur, batch.source_id),
                                   self._held_tables(cur, batch.source_id), policy, high_water)
@@ -255,7 +256,7 @@ class PgSink(LedgerStorage, RegistryStorage, TableDdl, RowMerge):
             )
             if decision is not None:
                 log_held(decision, self.sink_id, f"{self.ledger_schema}.{HELD_CHANGES_TABLE}", log)
-        else:
+        elif result.stale is None:
             log.info("sink %s: batch %s is already in the ledger; nothing to do", self.sink_id, batch.batch_id)
         return result
 
