@@ -199,3 +199,39 @@ def test_small_tables_and_one_range_read_serially(big_shop):
     assert _ranges_to_stage(hook) == []
     skipped = _stage(hook, 0)
     assert skipped["skipped"] and skipped["rows"] == 0
+
+
+def test_ddl_between_staging_and_emission_and_a_composite_key(pg_database_factory, tmp_path):
+    """Chunks staged before an ADD COLUMN and after it carry the schema they were read with; a table keyed by two
+    columns splits on both."""
+    source_url, sink_url = pg_database_factory(), pg_database_factory()
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE lines (order_id int, line int, sku text, qty int, PRIMARY KEY (order_id, line))")
+        conn.execute("INSERT INTO lines SELECT g / 10, g % 10, 'sku-' || g, g % 7 FROM generate_series(1, 3000) g")
+        conn.execute("ANALYZE lines")
+    source_id = unique_id("ranged_ddl")
+    config_dir = tmp_path / "config"
+    write_config(config_dir, source_id=source_id, source_url=source_url, sink_url=sink_url, tables=["lines"],
+                 batch_size=800, extra=RANGED.format(ranges=3))
+    hook = CdcHook(source_id, str(config_dir))
+    staged_run(hook, "plan")
+    ranges = _ranges(hook)
+    assert ranges is not None and all(len(split) == 2 for split in ranges["splits"]), ranges
+    _stage(hook, 0)
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE lines ADD COLUMN note text DEFAULT 'n/a'")
+        conn.execute("UPDATE lines SET qty = qty + 100, note = 'changed' WHERE line = 3")
+        conn.execute("INSERT INTO lines VALUES (5, 11, 'late', 1, 'inserted after the split')")
+    _stage(hook, 1)
+    _stage(hook, 2)
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM lines WHERE order_id = 150")
+        conn.execute("UPDATE lines SET sku = sku || '!' WHERE order_id < 20")
+    store = RangeStore(source_id, ranges["plan"])
+    first, later = store.chunks(0)[0], store.chunks(2)[0]
+    assert "note" not in [c["name"] for c in first.schema["columns"]]
+    assert "note" in [c["name"] for c in later.schema["columns"]]
+    drain(hook, "rest")
+    assert "snapshot" not in hook.positions.get(source_id)
+    assert_same_rows(source_url, sink_url, "lines")
+    assert_ledger_consistent(sink_url, source_id)
