@@ -304,11 +304,11 @@ class DeltaSink:
                 log.warning("sink %s: %s", self.sink_id, result.stale)
                 result.seconds = time.monotonic() - started
                 return result
-            self._roll_back_crashed(batch, high_water)
+            opened = self._roll_back_crashed(batch, high_water)
             decision, stored = decide_replayable(batch, high_water, policy, versions=self._versions,
                                                  held=self._held, sink_id=self.sink_id)
             result.schema_changes = sum(1 for change in batch.schema_changes if change.seq > high_water)
-            plans = self._plan(decision, high_water)  # every check, no write
+            plans = self._plan(decision, high_water, opened)  # every check, no write
             self._store_held(decision)
             for plan in plans:
                 self._commit_table(decision.batch, plan, result)
@@ -340,7 +340,7 @@ class DeltaSink:
 
     # --- what a crashed batch left behind ----------------------------------------------------------------------------
 
-    def _roll_back_crashed(self, batch: ChangeBatch, high_water: int) -> None:
+    def _roll_back_crashed(self, batch: ChangeBatch, high_water: int) -> dict[str, DeltaTable | None]:
         """Write (0): roll back the commits of a batch that crashed before its ledger row, in every table of the
         source, unless they are this very batch's.
 
@@ -350,7 +350,11 @@ class DeltaSink:
         its ``seq`` numbers depend on when it was read, :mod:`airflow_provider_cdc.connectors.recapture`), so neither
         skipping the table nor dropping the events up to that version is right: the table goes back to the version
         the ledger vouches for, and this batch applies to it in full. Tables the batch does not touch are rolled back
-        too (those of its positions' ``tables``): they would otherwise keep rows no stored position accounts for."""
+        too (those of its positions' ``tables``): they would otherwise keep rows no stored position accounts for.
+
+        Returns the tables it opened and left as they were, by URI, for the plan to use (one read of each table's
+        log per batch: on object storage that is a round of requests per table)."""
+        opened: dict[str, DeltaTable | None] = {}
         touched = {*batch.tables, *batch.schemas, *(change.table for change in batch.schema_changes)}
         others = {name for position in (batch.position_from, batch.position_to)
                   for name in position.get("tables", []) if isinstance(name, str) and "." in name} - touched
@@ -369,6 +373,9 @@ class DeltaSink:
                 app_id = self.app_id(batch.source_id, name)
                 if target is not None and (target.transaction_version(app_id) or 0) > high_water:
                     self._roll_back_table(batch, target, uri, app_id, high_water, label)
+                else:
+                    opened[uri] = target
+        return opened
 
     def _roll_back_table(self, batch: ChangeBatch, target: DeltaTable, uri: str, app_id: str, high_water: int,
                          label: str) -> None:
@@ -594,8 +601,10 @@ class DeltaSink:
 
     # --- planning: every check before any commit ------------------------------------------------------------------
 
-    def _plan(self, decision: GateDecision, high_water: int) -> list[_TablePlan]:
-        """Plan every table the gate let through; one this sink cannot follow is held (``decision.hold``)."""
+    def _plan(self, decision: GateDecision, high_water: int,
+              opened: dict[str, DeltaTable | None] | None = None) -> list[_TablePlan]:
+        """Plan every table the gate let through; one this sink cannot follow is held (``decision.hold``).
+        ``opened``: tables read already in this apply, by URI (read again when absent)."""
         batch = decision.batch
         changes: dict[str, list[SchemaChange]] = {}
         for change in sorted(batch.schema_changes, key=lambda change: change.seq):
@@ -614,7 +623,7 @@ class DeltaSink:
                 raise SinkError(self.sink_id, f"source tables {first} and {final.qualified_name} would both load into "
                                               f"{label}; give them separate sinks (target_schema)",
                                 table=label, batch_id=batch.batch_id, terminal=True)
-            plan = self._plan_table(batch, name, final, changes.get(name, []), high_water, label)
+            plan = self._plan_table(batch, name, final, changes.get(name, []), high_water, label, opened or {})
             if plan.held is not None:
                 decision.hold(name, plan.held)  # its events leave decision.batch for a held chunk
                 continue
@@ -622,9 +631,9 @@ class DeltaSink:
         return plans
 
     def _plan_table(self, batch: ChangeBatch, name: str, final: TableSchema, changes: list[SchemaChange],
-                    high_water: int, label: str) -> _TablePlan:
+                    high_water: int, label: str, opened: dict[str, DeltaTable | None]) -> _TablePlan:
         uri = self.table_uri(final.name)
-        target = open_table(uri, self.storage_options)
+        target = opened[uri] if uri in opened else open_table(uri, self.storage_options)
         plan = _TablePlan(name, label, uri, self.app_id(batch.source_id, name), target)
         events = batch.tables.get(name)
         plan.stats = new_stats(events.num_rows if events is not None else 0)

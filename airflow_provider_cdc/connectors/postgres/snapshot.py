@@ -180,7 +180,7 @@ class SnapshotCapture(RangeSnapshot):
         ts_ms = int(time.time() * 1000)
         after = state.get("after")
         settling = dict(position.get("settling", {}))
-        while remaining > 0 and pending:
+        while pending and (remaining > 0 or chunk is not None):  # a staged chunk is emitted whole
             qualified = pending[0]
             schema_name, _, table_name = qualified.partition(".")
             relid = catalog.relid(schema_name, table_name)
@@ -188,7 +188,7 @@ class SnapshotCapture(RangeSnapshot):
                 log.warning("source %s: table %s is gone at the source; its snapshot is skipped", self.source_id,
                             qualified)
                 pending.pop(0)
-                after = ranges = None
+                after = ranges = chunk = None
                 continue
             info = catalog.relation_info(relid)
             only = info["relkind"] != "p"

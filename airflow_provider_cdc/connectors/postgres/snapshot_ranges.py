@@ -26,6 +26,7 @@ hand-written DAG, fused mode), the capture stages the ranges itself, one after a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -40,6 +41,7 @@ from psycopg import sql
 from airflow_provider_cdc.connectors.postgres import pgoutput
 from airflow_provider_cdc.connectors.postgres.values import pg_input_scalar
 from airflow_provider_cdc.errors import SourceError
+from airflow_provider_cdc.events import ChangeBatch, align, concat_tables, make_batch_id
 from airflow_provider_cdc.staging import RANGES_DIR, _key, _object_path, _write_file, default_staging_url
 
 if TYPE_CHECKING:
@@ -274,6 +276,30 @@ class RangeSnapshot:
             if emitted[index] < len(chunks):
                 candidates.append(chunks[emitted[index]])
         return min(candidates, key=lambda chunk: chunk.order) if candidates else None
+
+
+def joined(pieces: list[ChangeBatch]) -> ChangeBatch:
+    """Consecutive batches of one capture (stream, chunk, stream, chunk...) as one batch: tables concatenated in
+    ``seq`` order (earlier rows aligned to a later schema), positions and ids from the first start to the last end."""
+    first, last = pieces[0], pieces[-1]
+    tables: dict[str, pa.Table] = {}
+    schemas: dict[str, TableSchema] = {}
+    for piece in pieces:
+        for name, table in piece.tables.items():
+            schema = piece.schemas[name]
+            if name in tables:
+                if schemas[name].fingerprint() != schema.fingerprint():
+                    tables[name] = align(tables[name], schemas[name], schema)
+                tables[name] = concat_tables([tables[name], table])
+            else:
+                tables[name] = table
+        schemas.update(piece.schemas)
+    start = first.batch_id.partition(":")[2].split("-", 1)[0]
+    end = last.batch_id.partition(":")[2]
+    return dataclasses.replace(
+        first, batch_id=make_batch_id(first.source_id, start, end.split("-", 1)[1] if "-" in end else end),
+        position_to=last.position_to, seq_to=last.seq_to, tables=tables, schemas=schemas,
+        schema_changes=sorted((c for piece in pieces for c in piece.schema_changes), key=lambda change: change.seq))
 
 
 def keys_literal(table: TableSchema, keys: list[str]) -> sql.Composable:

@@ -48,7 +48,7 @@ from airflow_provider_cdc.connectors.postgres.checks import (
 )
 from airflow_provider_cdc.connectors.postgres.publication import PublicationSetup
 from airflow_provider_cdc.connectors.postgres.snapshot import SnapshotCapture
-from airflow_provider_cdc.connectors.postgres.snapshot_ranges import chunk_rows
+from airflow_provider_cdc.connectors.postgres.snapshot_ranges import Chunk, chunk_rows, joined
 from airflow_provider_cdc.connectors.postgres.stream import StreamCapture
 from airflow_provider_cdc.connectors.table_tracking import pending_work, queue_snapshot, reconcile
 from airflow_provider_cdc.errors import PositionLostError, SourceError, TableRefusedError
@@ -337,7 +337,33 @@ class PgSource(PublicationSetup, StreamCapture, SnapshotCapture):
             position.update(self.server_identity())
         snapshot = position.get("snapshot")
         started = time.monotonic()
-        stream_budget = max(1, max_changes // 2) if snapshot else max_changes
+        batch, transactions, chunk = self._capture_piece(position, max_changes, max_changes)
+        pieces = [batch]
+        # A ranged snapshot emits chunks while the batch has room for another (each after the stream up to its
+        # watermark): batches as large as the serial snapshot's, not half of them.
+        while chunk is not None and (batch.position_to.get("snapshot") or {}).get("ranges") is not None:
+            room = max_changes - sum(piece.change_count for piece in pieces) - chunk_rows(max_changes)
+            if room < 0:
+                break
+            batch, more, chunk = self._capture_piece(batch.position_to, max_changes, room)
+            pieces.append(batch)
+            transactions += more
+        batch = joined(pieces) if len(pieces) > 1 else batch
+        log.info(
+            "captured %d changes in %d transactions (%s) from %s to %s in %.2fs%s",
+            batch.change_count, transactions, batch.op_totals(), position["lsn"], batch.position_to["lsn"],
+            time.monotonic() - started,
+            "" if not snapshot else "; snapshot complete" if "snapshot" not in batch.position_to else
+            f"; snapshot continues with {batch.position_to['snapshot']['pending'][0]}",
+        )
+        return batch
+
+    def _capture_piece(self, position: dict[str, Any], max_changes: int,
+                       budget: int) -> tuple[ChangeBatch, int, Chunk | None]:
+        """The stream from ``position`` (``budget`` changes at most), then the next page of a pending snapshot:
+        the batch, its transactions, and the staged chunk of a ranged snapshot it emitted (None: none)."""
+        snapshot = position.get("snapshot")
+        stream_budget = max(1, budget // 2) if snapshot else budget
         ranges = snapshot.get("ranges") if snapshot else None
         chunk = None
         if ranges is not None and not position.get("partial"):
@@ -351,23 +377,17 @@ class PgSource(PublicationSetup, StreamCapture, SnapshotCapture):
         stream = decoder.finish()
         stream = self._settle(stream, snapshot)
         if ranges is not None and (position.get("partial") or (chunk is not None and not decoder.drained)):
-            batch = stream  # the stream is not at the next chunk's watermark yet: that chunk waits
-        elif snapshot:
-            try:
-                batch = self._capture_snapshot(stream, max(max_changes - stream.change_count, max_changes // 2),
-                                               chunk)
-            except UNCONVERTIBLE_TEXT as exc:
-                raise self._unconvertible_text(exc, stream.position_to.get("snapshot") or snapshot) from exc
-        else:
-            batch = stream
-        log.info(
-            "captured %d changes in %d transactions (%s) from %s to %s in %.2fs%s",
-            batch.change_count, decoder.transactions, batch.op_totals(), position["lsn"], batch.position_to["lsn"],
-            time.monotonic() - started,
-            "" if not snapshot else "; snapshot complete" if "snapshot" not in batch.position_to else
-            f"; snapshot continues with {batch.position_to['snapshot']['pending'][0]}",
-        )
-        return batch
+            return stream, decoder.transactions, None  # the stream is not at the chunk's watermark yet: it waits
+        if not snapshot:
+            return stream, decoder.transactions, None
+        try:
+            batch = self._capture_snapshot(stream, max(budget - stream.change_count, budget // 2), chunk)
+        except UNCONVERTIBLE_TEXT as exc:
+            raise self._unconvertible_text(exc, stream.position_to.get("snapshot") or snapshot) from exc
+        after = (batch.position_to.get("snapshot") or {}).get("ranges")
+        emitted = chunk is not None and ranges is not None and after is not None and \
+            sum(after["emitted"]) > sum(ranges["emitted"])
+        return batch, decoder.transactions, chunk if emitted else None
 
     def _unconvertible_text(self, exc: psycopg.Error, snapshot: dict[str, Any] | None) -> TableRefusedError:
         """The clear, terminal error for text the server cannot hand over in UTF-8 (a retry would read the same
