@@ -24,10 +24,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from cdc_testing import unique_id
 from conftest import REPO_ROOT, require_server
 from psycopg import sql
 
 from airflow_provider_cdc.connectors.postgres.catalog import logical_type
+from airflow_provider_cdc.hooks.cdc import CdcHook
 from airflow_provider_cdc.tables import Column
 
 
@@ -352,6 +354,49 @@ def write_pipeline_config(
             options: {json.dumps(source_options or {})}
         """))
     return directory
+
+
+@dataclass
+class ShopPipeline:
+    """One source capturing the shop tables (users, orders) into one sink: what :func:`shop_pipeline` made."""
+
+    source_id: str
+    source_url: str
+    sink_url: str
+    config_dir: Path
+    hook: CdcHook
+
+
+@pytest.fixture
+def shop_pipeline(tmp_path: Path) -> Callable[..., ShopPipeline]:
+    """Makes a :class:`ShopPipeline`: a new database ``<name>_src`` on the private ``source`` server, with the shop
+    tables of its dialect; a unique source id ``<name>_…``; its config in ``tmp_path/config``; and its hook. The sink
+    is a new database ``<name>_sink`` on a private PostgreSQL or, given a path, a Delta lake rooted there."""
+
+    def make(source: RestartablePostgres | RestartableMariaDB | RestartableMongod,
+             sink: RestartablePostgres | Path, *, name: str, users: int, orders: int, batch_size: int,
+             source_options: dict[str, Any] | None = None) -> ShopPipeline:
+        if isinstance(source, RestartablePostgres):
+            from cdc_testing import create_shop
+            source_type = "postgresql"
+        elif isinstance(source, RestartableMariaDB):
+            from e2e.test_mariadb_pipeline import create_shop
+            source_type = "mysql"
+        else:
+            from e2e.test_mongodb_pipeline import create_shop
+            source_type = "mongodb"
+        source_url = source.database(f"{name}_src")
+        sink_type, sink_url = (("file", f"file://{sink}") if isinstance(sink, Path)
+                               else ("postgresql", sink.database(f"{name}_sink")))
+        create_shop(source_url, users=users, orders=orders)
+        source_id = unique_id(name)
+        config_dir = write_pipeline_config(tmp_path / "config", source_id=source_id, source_type=source_type,
+                                           source_url=source_url, sink_type=sink_type, sink_url=sink_url,
+                                           tables=["users", "orders"], batch_size=batch_size,
+                                           source_options=source_options)
+        return ShopPipeline(source_id, source_url, sink_url, config_dir, CdcHook(source_id, str(config_dir)))
+
+    return make
 
 
 def assert_sink_ledger_consistent(sink: Any, source_id: str) -> list[tuple[str, int, int]]:

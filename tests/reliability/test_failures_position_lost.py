@@ -10,28 +10,23 @@ The other two are proved elsewhere: a dropped PostgreSQL slot in
 from __future__ import annotations
 
 import pytest
-from cdc_testing import assert_ledger_consistent, drain, ledger_rows, staged_run, unique_id
+from cdc_testing import assert_ledger_consistent, drain, ledger_rows, staged_run
 from conftest import MariaDBServer
 from test_resnapshot import cli
 
 from airflow_provider_cdc.errors import PositionLostError
-from airflow_provider_cdc.hooks.cdc import CdcHook
-from reliability.conftest import stored_position, write_pipeline_config
+from reliability.conftest import stored_position
 
 pytestmark = [pytest.mark.timeout(300)]
 
 
 def test_a_purged_mariadb_binlog_names_resnapshot_and_resnapshot_restores_equality(
-        private_mariadb, sink_pg, tmp_path):
-    from e2e.test_mariadb_pipeline import assert_same, create_shop, execute
+        private_mariadb, sink_pg, shop_pipeline):
+    from e2e.test_mariadb_pipeline import assert_same, execute
 
-    source_url, sink_url = private_mariadb.database("purged_src"), sink_pg.database("purged_sink")
-    create_shop(source_url, users=150, orders=250)
-    source_id = unique_id("purged")
-    config_dir = write_pipeline_config(tmp_path / "config", source_id=source_id, source_type="mysql",
-                                       source_url=source_url, sink_type="postgresql", sink_url=sink_url,
-                                       tables=["users", "orders"], batch_size=100)
-    hook = CdcHook(source_id, str(config_dir))
+    shop = shop_pipeline(private_mariadb, sink_pg, name="purged", users=150, orders=250, batch_size=100)
+    source_url, sink_url, source_id, hook = shop.source_url, shop.sink_url, shop.source_id, shop.hook
+    config_dir = shop.config_dir
     drain(hook, "before")
     assert_same(source_url, sink_url, "users")
     stored = stored_position(source_id)

@@ -21,7 +21,6 @@ import pytest
 from cdc_testing import (
     assert_ledger_consistent,
     assert_same_rows,
-    create_shop,
     drain,
     random_changes,
     slot_lsn,
@@ -33,21 +32,16 @@ from airflow_provider_cdc.connectors.postgres.pgoutput import lsn_to_int
 from airflow_provider_cdc.connectors.postgres.source import PgSource
 from airflow_provider_cdc.errors import SourceError, is_terminal
 from airflow_provider_cdc.hooks.cdc import CdcHook
-from reliability.conftest import fault_before, stored_position, write_pipeline_config
+from reliability.conftest import fault_before, stored_position
 
 pytestmark = [pytest.mark.timeout(300)]
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 def test_postgresql_restarted_mid_capture_fails_transiently_and_the_next_run_resumes(
-        mode, source_pg, sink_pg, tmp_path, monkeypatch):
-    source_url, sink_url = source_pg.database("restart_src"), sink_pg.database("restart_sink")
-    create_shop(source_url, users=80, orders=120)
-    source_id = unique_id("pgrestart")
-    config_dir = write_pipeline_config(tmp_path / "config", source_id=source_id, source_type="postgresql",
-                                       source_url=source_url, sink_type="postgresql", sink_url=sink_url,
-                                       tables=["users", "orders"], batch_size=200)
-    hook = CdcHook(source_id, str(config_dir))
+        mode, source_pg, sink_pg, shop_pipeline, monkeypatch):
+    shop = shop_pipeline(source_pg, sink_pg, name="pgrestart", users=80, orders=120, batch_size=200)
+    source_url, sink_url, source_id, hook = shop.source_url, shop.sink_url, shop.source_id, shop.hook
     rng = random.Random(16)
     drain(hook, "snapshot")
     random_changes(source_url, rng, transactions=6, allow_truncate=False)
@@ -114,18 +108,13 @@ def same_mariadb_rows(source_url: str, sink_url: str, table: str) -> int:
     ("gtid", True),
 ], ids=["file-stopped", "file-killed", "gtid-killed"])
 def test_mariadb_restarted_mid_capture_fails_transiently_or_reads_the_same_batch(
-        position_mode, kill, private_mariadb, sink_pg, tmp_path, monkeypatch):
-    from e2e.test_mariadb_pipeline import create_shop, execute, random_changes
+        position_mode, kill, private_mariadb, sink_pg, shop_pipeline, monkeypatch):
+    from e2e.test_mariadb_pipeline import execute, random_changes
     from pymysqlreplication import BinLogStreamReader
 
-    source_url, sink_url = private_mariadb.database("restart_src"), sink_pg.database("restart_sink")
-    create_shop(source_url, users=600, orders=300)
-    source_id = unique_id("mrestart")
-    config_dir = write_pipeline_config(tmp_path / "config", source_id=source_id, source_type="mysql",
-                                       source_url=source_url, sink_type="postgresql", sink_url=sink_url,
-                                       tables=["users", "orders"], batch_size=500,
-                                       source_options={"position_mode": position_mode})
-    hook = CdcHook(source_id, str(config_dir))
+    shop = shop_pipeline(private_mariadb, sink_pg, name="mrestart", users=600, orders=300, batch_size=500,
+                         source_options={"position_mode": position_mode})
+    source_url, sink_url, source_id, hook = shop.source_url, shop.sink_url, shop.source_id, shop.hook
     rng = random.Random(16)
     drain(hook, "snapshot")
     random_changes(source_url, rng, transactions=6)
@@ -157,18 +146,13 @@ def test_mariadb_restarted_mid_capture_fails_transiently_or_reads_the_same_batch
 
 @pytest.mark.parametrize("kill", [False, True], ids=["stopped", "killed"])
 def test_mongodb_restarted_mid_capture_fails_transiently_or_reads_the_same_batch(
-        kill, private_mongod, sink_pg, tmp_path, monkeypatch):
-    from e2e.test_mongodb_pipeline import assert_same, create_shop, random_changes
+        kill, private_mongod, sink_pg, shop_pipeline, monkeypatch):
+    from e2e.test_mongodb_pipeline import assert_same, random_changes
 
     from airflow_provider_cdc.connectors.mongodb import stream
 
-    source_url, sink_url = private_mongod.database("restart_src"), sink_pg.database("restart_sink")
-    create_shop(source_url, users=150, orders=200)
-    source_id = unique_id("mgrestart")
-    config_dir = write_pipeline_config(tmp_path / "config", source_id=source_id, source_type="mongodb",
-                                       source_url=source_url, sink_type="postgresql", sink_url=sink_url,
-                                       tables=["users", "orders"], batch_size=300)
-    hook = CdcHook(source_id, str(config_dir))
+    shop = shop_pipeline(private_mongod, sink_pg, name="mgrestart", users=150, orders=200, batch_size=300)
+    source_url, sink_url, source_id, hook = shop.source_url, shop.sink_url, shop.source_id, shop.hook
     rng = random.Random(16)
     drain(hook, "snapshot")
     random_changes(source_url, rng, transactions=25)

@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from cdc_testing import assert_ledger_consistent, create_shop, drain, staged_run, unique_id
+from cdc_testing import assert_ledger_consistent, drain, staged_run
 from contract.pairs import normalise, pg_rows
 from deltalake import DeltaTable
 
@@ -37,7 +37,6 @@ from reliability.conftest import (
     fault_before,
     source_columns,
     stored_position,
-    write_pipeline_config,
 )
 
 pytestmark = [pytest.mark.timeout(300)]
@@ -70,16 +69,11 @@ def change(url: str, *statements: str) -> None:
             conn.execute(statement)
 
 
-def test_a_kill_between_two_table_commits_then_a_renumbered_recapture_loses_nothing(source_pg, tmp_path,
-                                                                                   monkeypatch):
-    source_url = source_pg.database("recapture_src")
-    create_shop(source_url, users=20, orders=150)
+def test_a_kill_between_two_table_commits_then_a_renumbered_recapture_loses_nothing(source_pg, shop_pipeline,
+                                                                                   tmp_path, monkeypatch):
     root = tmp_path / "lake"
-    source_id = unique_id("recapture")
-    config_dir = write_pipeline_config(tmp_path / "config", source_id=source_id, source_type="postgresql",
-                                       source_url=source_url, sink_type="file", sink_url=f"file://{root}",
-                                       tables=["users", "orders"], batch_size=60)
-    hook = CdcHook(source_id, str(config_dir))
+    shop = shop_pipeline(source_pg, root, name="recapture", users=20, orders=150, batch_size=60)
+    source_url, source_id, hook = shop.source_url, shop.source_id, shop.hook
     staged_run(hook, "first")  # the snapshot's first page: the 20 users and orders 1-40
     start = stored_position(source_id)
     assert start is not None and start["snapshot"] == {"pending": ["public.orders"], "after": ["40"]}
@@ -169,15 +163,11 @@ def overlapping_captures(hook: CdcHook, change_source: Callable[[bool], None]) -
 
 
 def test_mariadb_two_captures_from_one_position_during_a_snapshot_lose_no_change(private_mariadb, sink_pg,
-                                                                                 tmp_path):
-    from e2e.test_mariadb_pipeline import assert_same, create_shop, execute, random_changes
+                                                                                 shop_pipeline):
+    from e2e.test_mariadb_pipeline import assert_same, execute, random_changes
 
-    source_url, sink_url = private_mariadb.database("recapture_src"), sink_pg.database("recapture_sink")
-    create_shop(source_url, users=100, orders=150)
-    source_id = unique_id("mrecapture")
-    config_dir = write_pipeline_config(tmp_path / "config", source_id=source_id, source_type="mysql",
-                                       source_url=source_url, sink_type="postgresql", sink_url=sink_url,
-                                       tables=["users", "orders"], batch_size=60)
+    shop = shop_pipeline(private_mariadb, sink_pg, name="mrecapture", users=100, orders=150, batch_size=60)
+    source_url, sink_url, source_id, hook = shop.source_url, shop.sink_url, shop.source_id, shop.hook
 
     def change_source(more: bool) -> None:
         execute(source_url, "UPDATE users SET balance = balance + 1 WHERE id <= 3")
@@ -186,7 +176,6 @@ def test_mariadb_two_captures_from_one_position_during_a_snapshot_lose_no_change
                     "DELETE FROM users WHERE id IN (5, 70); DELETE FROM orders WHERE id IN (7, 8); "
                     "INSERT INTO users (id, email, name, balance) VALUES (500, 'late@example.com', 'Late', 1)")
 
-    hook = CdcHook(source_id, str(config_dir))
     overlapping_captures(hook, change_source)
     random_changes(source_url, random.Random(17), 4)
     drain(hook, "random")
@@ -195,15 +184,12 @@ def test_mariadb_two_captures_from_one_position_during_a_snapshot_lose_no_change
     assert_ledger_consistent(sink_url, source_id)
 
 
-def test_mongodb_two_captures_from_one_position_during_a_snapshot_lose_no_change(private_mongod, sink_pg, tmp_path):
-    from e2e.test_mongodb_pipeline import assert_same, create_shop, random_changes, source_db, user_doc
+def test_mongodb_two_captures_from_one_position_during_a_snapshot_lose_no_change(private_mongod, sink_pg,
+                                                                                 shop_pipeline):
+    from e2e.test_mongodb_pipeline import assert_same, random_changes, source_db, user_doc
 
-    source_url, sink_url = private_mongod.database("recapture_src"), sink_pg.database("recapture_sink")
-    create_shop(source_url, users=100, orders=150)
-    source_id = unique_id("mgrecapture")
-    config_dir = write_pipeline_config(tmp_path / "config", source_id=source_id, source_type="mongodb",
-                                       source_url=source_url, sink_type="postgresql", sink_url=sink_url,
-                                       tables=["users", "orders"], batch_size=60)
+    shop = shop_pipeline(private_mongod, sink_pg, name="mgrecapture", users=100, orders=150, batch_size=60)
+    source_url, sink_url, source_id, hook = shop.source_url, shop.sink_url, shop.source_id, shop.hook
 
     def change_source(more: bool) -> None:
         with source_db(source_url) as db:
@@ -214,7 +200,6 @@ def test_mongodb_two_captures_from_one_position_during_a_snapshot_lose_no_change
                 db.orders.delete_one({})
                 db.users.insert_one(user_doc(500))
 
-    hook = CdcHook(source_id, str(config_dir))
     overlapping_captures(hook, change_source)
     random_changes(source_url, random.Random(17), 4)
     drain(hook, "random")
@@ -223,17 +208,12 @@ def test_mongodb_two_captures_from_one_position_during_a_snapshot_lose_no_change
     assert_ledger_consistent(sink_url, source_id)
 
 
-def test_the_delta_sink_refuses_a_stale_batch_itself(source_pg, tmp_path):
+def test_the_delta_sink_refuses_a_stale_batch_itself(source_pg, shop_pipeline, tmp_path):
     """The same overlap into the Delta sink, the stale batch handed to the sink directly (as a load that checked
     before the other batch committed would): refused, nothing written; then the source drains and both agree."""
-    source_url = source_pg.database("recapture_delta_src")
-    create_shop(source_url, users=30, orders=100)
     root = tmp_path / "lake"
-    source_id = unique_id("drecapture")
-    config_dir = write_pipeline_config(tmp_path / "config", source_id=source_id, source_type="postgresql",
-                                       source_url=source_url, sink_type="file", sink_url=f"file://{root}",
-                                       tables=["users", "orders"], batch_size=60)
-    hook = CdcHook(source_id, str(config_dir))
+    shop = shop_pipeline(source_pg, root, name="drecapture", users=30, orders=100, batch_size=60)
+    source_url, source_id, hook = shop.source_url, shop.source_id, shop.hook
     load_and_commit(hook, capture(hook, "first"), "first")
     change(source_url, "UPDATE users SET balance = balance + 1 WHERE id <= 4")
     continuous = capture(hook, "continuous")
