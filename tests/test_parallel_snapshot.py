@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -22,6 +23,7 @@ from cdc_testing import (
 
 from airflow_provider_cdc import parallel_snapshot
 from airflow_provider_cdc.connectors.postgres.snapshot_ranges import RangeStore
+from airflow_provider_cdc.errors import SourceError, is_terminal
 from airflow_provider_cdc.hooks.cdc import CdcHook
 
 RANGED = """\
@@ -264,3 +266,23 @@ def test_a_partitioned_table_is_split_across_its_partitions(pg_database_factory,
     drain(hook, "rest")
     assert_same_rows(source_url, sink_url, "p")
     assert_ledger_consistent(sink_url, source_id)
+
+
+def test_staged_chunks_removed_before_emission_stop_the_capture_naming_resnapshot(big_shop):
+    hook = _hook(big_shop, ranges=2, batch_size=1000)
+    staged_run(hook, "plan")
+    ranges = _ranges(hook)
+    for index in (0, 1):
+        _stage(hook, index)
+    store = RangeStore(hook.source_id, ranges["plan"])
+    last = store.chunks(1)[-1]
+    assert last.index >= 1
+    (Path(last.uri.removeprefix("file://")).with_suffix(".json")).unlink()  # retention, or a person, removed it
+    with pytest.raises(SourceError, match=rf"range 1 of the ranged snapshot .* lacks chunk {last.index}.*resnapshot") \
+            as raised:
+        staged_run(hook, "after")
+    assert is_terminal(raised.value)
+    assert _ranges(hook)["emitted"] == [0, 0]  # nothing was emitted, nothing stored
+    (Path(store.chunks(0)[0].uri.removeprefix("file://")).with_suffix(".json")).unlink()  # a gap, not the end
+    with pytest.raises(SourceError, match=r"range 0 of the ranged snapshot .* lacks chunk 0"):
+        staged_run(hook, "again")

@@ -96,6 +96,7 @@ class RangeStore:
     """The staged chunks of one plan, on the staging root (``ObjectStoragePath``: local or object storage)."""
 
     def __init__(self, source_id: str, plan: str, root_url: str | None = None) -> None:
+        self.source_id = source_id
         self.root_url = (root_url or default_staging_url()).rstrip("/")
         self.folder = _object_path(self.root_url) / _key(source_id) / RANGES_DIR / plan
 
@@ -114,10 +115,16 @@ class RangeStore:
                 found.append(Chunk(index, meta["index"], meta["watermark"], meta["after"], meta["last"],
                                    meta["rows"], str(folder / meta["file"]), meta["schema"]))
         found.sort(key=lambda chunk: chunk.index)
-        for n, chunk in enumerate(found):
-            if chunk.index != n:
-                raise SourceError("snapshot", f"range {index} of {self.folder} lacks chunk {n}: its staged files "
-                                  "were removed; re-snapshot the table")
+        done = folder / DONE
+        expected = json.loads(done.read_text()).get("chunks") if done.exists() else None
+        gaps = [n for n, chunk in enumerate(found) if chunk.index != n]
+        if gaps or (expected is not None and len(found) < expected):
+            n = gaps[0] if gaps else len(found)
+            lost = SourceError(self.source_id, f"range {index} of the ranged snapshot in {self.folder} lacks "
+                               f"chunk {n}: its staged files were removed (staging_retention_hours?); "
+                               f"re-snapshot the table: python -m airflow_provider_cdc resnapshot {self.source_id}")
+            lost.terminal = True  # a retry finds the same files missing
+            raise lost
         return found
 
     def is_done(self, index: int) -> bool:
@@ -134,8 +141,10 @@ class RangeStore:
         # The sidecar last: a chunk without one is not there yet (a writer died between the two files).
         _write_file(folder / f"{name}.json", lambda fh: fh.write(json.dumps(meta).encode()))
 
-    def mark_done(self, index: int) -> None:
-        _write_file(self._range_dir(index) / DONE, lambda fh: fh.write(b"{}"))
+    def mark_done(self, index: int, chunks: int, rows: int) -> None:
+        """The range is read to its end: ``chunks`` chunks (checked by :meth:`chunks`: none may go missing)."""
+        _write_file(self._range_dir(index) / DONE, lambda fh: fh.write(json.dumps({"chunks": chunks,
+                                                                                   "rows": rows}).encode()))
 
     def remove(self) -> None:
         if self.folder.exists():
@@ -211,7 +220,12 @@ class RangeSnapshot:
 
         Runs in a mapped Airflow task (or inline in the capture). Exactly once per range: chunks are written whole
         under fixed names, a retry continues after the last complete chunk, and an advisory lock on the source
-        keeps a second writer of the same range waiting."""
+        keeps a second writer of the same range waiting. A lost connection is transient: the retry resumes."""
+        with self._transient(f"staging range {index} of the snapshot of {plan['table']}",  # type: ignore[attr-defined]
+                             "a retry resumes after the last staged chunk"):
+            return self._stage_range(plan, index, chunk_rows)
+
+    def _stage_range(self, plan: dict[str, Any], index: int, chunk_rows: int) -> dict[str, Any]:
         store = self.range_store(plan)
         if store.is_done(index):
             chunks = store.chunks(index)
@@ -250,7 +264,7 @@ class RangeSnapshot:
                          time.monotonic() - started)
                 if chunk.num_rows < chunk_rows:
                     break
-            store.mark_done(index)
+            store.mark_done(index, n, sum(c.rows for c in chunks) + rows)
         finally:
             with self.conn.cursor() as cur:  # type: ignore[attr-defined]
                 cur.execute("SELECT pg_advisory_unlock(%s)", (lock_key,))
