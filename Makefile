@@ -3,6 +3,7 @@
 #   make demo    the product running locally (embedded PostgreSQL, private MariaDB, change generators, Airflow)
 #   make test    the test suite against real servers (PYTEST_ARGS="-k pg18 -x" to narrow it)
 #   make bench   the benchmarks (results go into BENCHMARKS.md by hand)
+#   make bench-all  every performance target in one run, ~1 h (bench/all.py -> BENCHMARKS-all.md; BENCH_ALL_ARGS=--quick)
 #   make lint    the lint and type gate (ruff, mypy), also run first by make test
 #   make venv    just the virtualenv (.venv) with the package installed editable and all extras
 #   make clean   state, caches and build output (distclean also removes .venv)
@@ -17,7 +18,7 @@ PYTEST_ARGS ?=
 # Test processes (pytest-xdist): the servers' tests run side by side; PYTEST_WORKERS=0 runs in this process.
 PYTEST_WORKERS ?= 2
 
-.PHONY: venv lint test demo bench clean distclean system-deps test-servers
+.PHONY: venv lint test demo bench bench-all clean distclean system-deps test-servers
 
 venv: $(STAMP)
 
@@ -110,6 +111,10 @@ demo: venv
 
 bench: venv
 	$(VPY) bench/run.py
+
+# Every script of bench/ with the arguments that measure the performance targets, one after another, one report.
+bench-all: venv
+	$(VPY) bench/all.py $(BENCH_ALL_ARGS)
 
 clean:
 	@if [ -x "$(VPY)" ] && [ -d .state/demo/pg ]; then $(VPY) scripts/embedded_pg.py stop --datadir .state/demo/pg || true; fi
