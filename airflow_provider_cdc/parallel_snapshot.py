@@ -11,21 +11,22 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from airflow_provider_cdc.connectors.base import PositionStore, Sink, Source
+from airflow_provider_cdc.connectors.base import Position, PositionStore, Sink, Source
 from airflow_provider_cdc.pipeline import start_position
 
 log = logging.getLogger(__name__)
 
 
-def _ranges(source: Source, sink: Sink, positions: PositionStore) -> dict[str, Any] | None:
+def _ranges(source: Source, sink: Sink, positions: PositionStore) -> tuple[dict[str, Any] | None, Position | None]:
+    """The stored position's ranged snapshot (None: none pending), and the position."""
     position = start_position(source, sink, positions)
     snapshot = (position or {}).get("snapshot") or {}
-    return snapshot.get("ranges") if hasattr(source, "stage_range") else None
+    return (snapshot.get("ranges") if hasattr(source, "stage_range") else None), position
 
 
 def ranges_to_stage(source: Source, sink: Sink, positions: PositionStore) -> list[int]:
     """The ranges of the stored position's ranged snapshot that are not staged completely (empty: none pending)."""
-    ranges = _ranges(source, sink, positions)
+    ranges, _ = _ranges(source, sink, positions)
     if ranges is None:
         return []
     todo = source.ranges_to_stage(ranges)  # type: ignore[attr-defined]
@@ -38,9 +39,12 @@ def stage_range(source: Source, sink: Sink, positions: PositionStore, index: int
     """Stage range ``index`` of the stored position's ranged snapshot (resuming where a killed attempt stopped)."""
     from airflow_provider_cdc.connectors.postgres.snapshot_ranges import chunk_rows
 
-    ranges = _ranges(source, sink, positions)
+    ranges, position = _ranges(source, sink, positions)
     if ranges is None or index >= len(ranges["emitted"]):
         log.info("source %s: no ranged snapshot with a range %d is pending; nothing to stage", source.source_id,
                  index)
         return {"range": index, "chunks": 0, "rows": 0, "skipped": True}
+    # What the capture checks first, and where the publication's row filters come from: a range holds only the rows
+    # the stream will send changes for.
+    source.prepare(position)
     return source.stage_range(ranges, index, chunk_rows(batch_size))  # type: ignore[attr-defined]

@@ -17,6 +17,7 @@ from cdc_testing import (
     drain,
     random_changes,
     staged_run,
+    table_rows,
     unique_id,
     write_config,
 )
@@ -286,3 +287,31 @@ def test_staged_chunks_removed_before_emission_stop_the_capture_naming_resnapsho
     (Path(store.chunks(0)[0].uri.removeprefix("file://")).with_suffix(".json")).unlink()  # a gap, not the end
     with pytest.raises(SourceError, match=r"range 0 of the ranged snapshot .* lacks chunk 0"):
         staged_run(hook, "again")
+
+
+def test_range_tasks_keep_to_the_publications_row_filter(pg_database_factory, tmp_path):
+    """A user-owned publication with a row filter: the ranges read only the rows the stream sends changes for."""
+    source_url, sink_url = pg_database_factory(), pg_database_factory()
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE f (id int PRIMARY KEY, region text, v text)")
+        conn.execute("INSERT INTO f SELECT g, CASE WHEN g % 3 = 0 THEN 'eu' ELSE 'us' END, 'v' || g "
+                     "FROM generate_series(1, 3000) g")
+        conn.execute("ANALYZE f")
+        conn.execute("ALTER TABLE f REPLICA IDENTITY FULL")  # a row filter's columns must be in the identity
+        conn.execute("CREATE PUBLICATION ranged_eu FOR TABLE f WHERE (region = 'eu')")
+    source_id = unique_id("ranged_filter")
+    config_dir = tmp_path / "config"
+    write_config(config_dir, source_id=source_id, source_url=source_url, sink_url=sink_url, tables=["f"],
+                 batch_size=1000, extra=RANGED.format(ranges=2) + "  publication_name: ranged_eu\n"
+                 "  create_publication: false\n")
+    hook = CdcHook(source_id, str(config_dir))
+    staged_run(hook, "plan")
+    assert _ranges(hook) is not None
+    for index in (0, 1):
+        assert _stage(hook, index)["rows"] in range(400, 600)  # a third of each half
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        conn.execute("UPDATE f SET v = 'changed' WHERE id % 30 = 0")
+        conn.execute("INSERT INTO f VALUES (5000, 'eu', 'new'), (5001, 'us', 'not published')")
+    drain(hook, "rest")
+    published = table_rows(source_url, "f", columns=["id", "region", "v"], where="WHERE region = 'eu'")
+    assert table_rows(sink_url, "f", columns=["id", "region", "v"]) == published and len(published) == 1001
