@@ -46,9 +46,13 @@ def test_each_variable_of_the_original_spec_is_mapped_or_marked_unused():
         assert name not in package, name
 
 
-def test_scaling_out_says_the_parallel_snapshot_is_planned():
+def test_scaling_out_explains_the_parallel_snapshot():
     scaling = section("Scaling out")
-    assert "**The parallel snapshot.** Planned, not built" in scaling
+    assert "**The parallel snapshot.**" in scaling and "Planned, not built" not in scaling
+    # What a user sets, and the tasks that appear in the DAG: the names the code uses.
+    for word in ("snapshot_ranges: N", "snapshot_range_min_rows", "`snapshot_ranges`", "`snapshot_range`",
+                 "dynamic task mapping"):
+        assert word in scaling, word
     for word in ("LocalExecutor", "CeleryExecutor", "KubernetesExecutor", "CDC_STAGING_URL", "triggerer"):
         assert word in scaling, word
 
