@@ -162,13 +162,16 @@ def drain(
     *,
     batch_size: int,
     on_batch: Callable[[dict[str, Any]], None] | None = None,
+    until: Callable[[dict[str, Any]], bool] | None = None,
+    limit: int | None = None,
 ) -> dict[str, Any]:
-    """Run capture_stage → load_stage → commit_stage (staged mode) until a capture returns no changes.
+    """Run capture_stage → load_stage → commit_stage (staged mode) until a capture returns no changes, or, with
+    ``until``, until ``until(position)`` holds after a round's commit (at most ``limit`` rounds, else an error).
 
     Every round runs all three stages, the empty last one included (that is how a run finds the source drained),
-    and its time counts. Returns the totals and the seconds per stage.
+    and its time counts. Returns the totals, the rounds and the seconds per stage.
     """
-    totals: dict[str, Any] = {"changes": 0, "batches": 0, "ops": defaultdict(int),
+    totals: dict[str, Any] = {"changes": 0, "batches": 0, "rounds": 0, "ops": defaultdict(int),
                               "stage_seconds": defaultdict(float), "last_round_seconds": 0.0}
     started = time.perf_counter()
     while True:
@@ -179,18 +182,26 @@ def drain(
         t2 = time.perf_counter()
         pipeline.commit_stage(captured["manifest_uri"], source, sink, positions, store)
         t3 = time.perf_counter()
+        totals["rounds"] += 1
         totals["stage_seconds"]["capture_stage"] += t1 - t0
         totals["stage_seconds"]["load_stage"] += t2 - t1
         totals["stage_seconds"]["commit_stage"] += t3 - t2
-        if captured["change_count"] == 0:
+        if captured["change_count"]:
+            totals["changes"] += captured["change_count"]
+            totals["batches"] += 1
+            for op, n in captured["ops"].items():
+                totals["ops"][op] += n
+            if on_batch is not None:
+                on_batch({**captured, "seconds": t3 - t0, "capture_s": t1 - t0, "load_s": t2 - t1,
+                          "commit_s": t3 - t2})
+        if until is not None:
+            if until(positions.get(source.source_id) or {}):
+                break
+            if limit is not None and totals["rounds"] >= limit:
+                raise RuntimeError(f"not done in {limit} rounds; last position {positions.get(source.source_id)}")
+        elif not captured["change_count"]:
             totals["last_round_seconds"] = t3 - t0
             break
-        totals["changes"] += captured["change_count"]
-        totals["batches"] += 1
-        for op, n in captured["ops"].items():
-            totals["ops"][op] += n
-        if on_batch is not None:
-            on_batch({**captured, "seconds": t3 - t0, "capture_s": t1 - t0, "load_s": t2 - t1, "commit_s": t3 - t2})
     totals["seconds"] = time.perf_counter() - started
     totals["ops"] = dict(totals["ops"])
     totals["stage_seconds"] = dict(totals["stage_seconds"])

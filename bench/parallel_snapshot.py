@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import benchlib  # sets a private AIRFLOW_HOME before Airflow is imported
 
-from airflow_provider_cdc import parallel_snapshot, pipeline
+from airflow_provider_cdc import parallel_snapshot
 from airflow_provider_cdc.connectors.postgres.snapshot_ranges import chunk_rows
 
 SRC_DB, SINK_DB = "cdc_bench_psnap_src", "cdc_bench_psnap_sink"
@@ -130,39 +130,17 @@ class Meter:
 # --- the staged pipeline, round by round -----------------------------------------------------------------------------
 
 
-def run_rounds(source: Any, sink: Any, positions: benchlib.MemoryPositions, store: Any, *, batch_size: int,
-               until: Any, limit: int) -> list[dict[str, Any]]:
-    """capture_stage -> load_stage -> commit_stage until ``until(position)`` holds after a commit (at most
-    ``limit`` rounds); each round's changes and seconds per stage."""
-    rounds: list[dict[str, Any]] = []
-    while True:
-        t0 = time.perf_counter()
-        captured = pipeline.capture_stage(source, sink, positions, store, max_changes=batch_size)
-        t1 = time.perf_counter()
-        pipeline.load_stage(captured["manifest_uri"], sink)
-        t2 = time.perf_counter()
-        pipeline.commit_stage(captured["manifest_uri"], source, sink, positions, store)
-        t3 = time.perf_counter()
-        rounds.append({"changes": captured["change_count"], "capture": t1 - t0, "load": t2 - t1, "commit": t3 - t2})
-        if until(positions.get(source.source_id) or {}):
-            return rounds
-        if len(rounds) >= limit:
-            raise RuntimeError(f"the snapshot did not finish in {limit} rounds; last position "
-                               f"{positions.get(source.source_id)}")
-
-
 def phase(admin: Any, source: Any, sink: Any, positions: benchlib.MemoryPositions, store: Any, *, batch_size: int,
           until: Any, limit: int) -> dict[str, Any]:
     """One timed stretch of rounds, with the connectors' own stopwatches (capture, batch write, sink apply)."""
     before = {"capture": source.seconds["capture"], "write": store.seconds["write"], "apply": sink.seconds["apply"]}
     meter = Meter(admin)
-    rounds = run_rounds(source, sink, positions, store, batch_size=batch_size, until=until, limit=limit)
+    totals = benchlib.drain(source, sink, positions, store, batch_size=batch_size, until=until, limit=limit)
     result = meter.stop()
+    stages = totals["stage_seconds"]
     result.update({
-        "rounds": len(rounds), "batches": sum(1 for r in rounds if r["changes"]),
-        "changes": sum(r["changes"] for r in rounds),
-        "capture": sum(r["capture"] for r in rounds), "load": sum(r["load"] for r in rounds),
-        "commit": sum(r["commit"] for r in rounds),
+        "rounds": totals["rounds"], "batches": totals["batches"], "changes": totals["changes"],
+        "capture": stages["capture_stage"], "load": stages["load_stage"], "commit": stages["commit_stage"],
         "source_capture": source.seconds["capture"] - before["capture"],
         "batch_write": store.seconds["write"] - before["write"], "sink_apply": sink.seconds["apply"] - before["apply"],
     })
@@ -283,7 +261,7 @@ def warm_up(admin_dsn: str, work: Path) -> None:
                              slot=f"{SLOT}_warmup", publication=f"{PUB}_warmup", source_id=f"{SOURCE_ID}_warmup")
         sink = make_sink(sink_dsn)
         try:
-            run_rounds(source, sink, benchlib.MemoryPositions(), benchlib.TimedBatchStore(
+            benchlib.drain(source, sink, benchlib.MemoryPositions(), benchlib.TimedBatchStore(
                 root=f"file://{work}/warmup-batches-{ranges}"), batch_size=WARM_ROWS // 4,
                 until=lambda p: "snapshot" not in p, limit=50)
         finally:

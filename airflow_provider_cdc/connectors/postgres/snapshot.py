@@ -218,7 +218,11 @@ class SnapshotCapture(RangeSnapshot):
             schemas[qualified] = table_schema
             if chunk is not None:
                 assert ranges is not None and ranges["table"] == qualified  # the caller chose it from these ranges
-                rows = self.range_store(ranges).read_chunk(chunk)
+                store = self.range_store(ranges)
+                try:
+                    rows = store.read_chunk(chunk)
+                except FileNotFoundError:  # removed after its sidecar was listed
+                    raise store.lost(chunk.range_index, chunk.index) from None
                 ranges = {**ranges, "emitted": [e + (i == chunk.range_index) for i, e in enumerate(ranges["emitted"])]}
             else:
                 rows = self._read_chunk(table_schema, after, remaining, only=only)

@@ -99,12 +99,17 @@ class RangeStore:
         self.source_id = source_id
         self.root_url = (root_url or default_staging_url()).rstrip("/")
         self.folder = _object_path(self.root_url) / _key(source_id) / RANGES_DIR / plan
+        # A range with its ``done`` marker never changes again: its chunk list is read once per store (the capture
+        # asks for it at every piece of every batch, which on object storage would be a listing and a GET a chunk).
+        self._finished: dict[int, list[Chunk]] = {}
 
     def _range_dir(self, index: int):
         return self.folder / f"r{index:03d}"
 
     def chunks(self, index: int) -> list[Chunk]:
         """The chunks range ``index`` has staged, in key order (a chunk counts once its sidecar is written)."""
+        if index in self._finished:
+            return self._finished[index]
         folder = self._range_dir(index)
         if not folder.exists():
             return []
@@ -120,15 +125,20 @@ class RangeStore:
         gaps = [n for n, chunk in enumerate(found) if chunk.index != n]
         if gaps or (expected is not None and len(found) < expected):
             n = gaps[0] if gaps else len(found)
-            lost = SourceError(self.source_id, f"range {index} of the ranged snapshot in {self.folder} lacks "
-                               f"chunk {n}: its staged files were removed (staging_retention_hours?); "
-                               f"re-snapshot the table: python -m airflow_provider_cdc resnapshot {self.source_id}")
-            lost.terminal = True  # a retry finds the same files missing
-            raise lost
+            raise self.lost(index, n)
+        if expected is not None:
+            self._finished[index] = found
         return found
 
+    def lost(self, index: int, n: int) -> SourceError:
+        lost = SourceError(self.source_id, f"range {index} of the ranged snapshot in {self.folder} lacks "
+                           f"chunk {n}: its staged files were removed (staging_retention_hours?); "
+                           f"re-snapshot the table: python -m airflow_provider_cdc resnapshot {self.source_id}")
+        lost.terminal = True  # a retry finds the same files missing
+        return lost
+
     def is_done(self, index: int) -> bool:
-        return (self._range_dir(index) / DONE).exists()
+        return index in self._finished or (self._range_dir(index) / DONE).exists()
 
     def write_chunk(self, index: int, n: int, table: pa.Table, schema: TableSchema, watermark: str,
                     after: list[str] | None, last: list[str] | None) -> None:
@@ -147,6 +157,7 @@ class RangeStore:
                                                                                    "rows": rows}).encode()))
 
     def remove(self) -> None:
+        self._finished.clear()
         if self.folder.exists():
             self.folder.rmdir(recursive=True)
 
@@ -213,7 +224,11 @@ class RangeSnapshot:
         return [row[c] for c in table.primary_key]
 
     def range_store(self, plan: dict[str, Any]) -> RangeStore:
-        return RangeStore(self.source_id, plan["plan"], self.staging_url)
+        """One store a plan for this source object's life (a task), so that finished ranges are listed once."""
+        stores: dict[str, RangeStore] = self.__dict__.setdefault("_range_stores", {})
+        if plan["plan"] not in stores:
+            stores[plan["plan"]] = RangeStore(self.source_id, plan["plan"], self.staging_url)
+        return stores[plan["plan"]]
 
     def stage_range(self, plan: dict[str, Any], index: int, chunk_rows: int) -> dict[str, Any]:
         """Read range ``index`` of ``plan`` into staged chunks, resuming after the last one staged; returns counts.
