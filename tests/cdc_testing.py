@@ -253,6 +253,18 @@ def staged_run(hook, run_id: str, *, load: bool = True, commit: bool = True) -> 
         sink.close()
 
 
+def stage_snapshot_range(hook, index: int) -> dict:
+    """What one mapped ``snapshot_range`` task does: stage range ``index`` of the source's ranged snapshot plan."""
+    from airflow_provider_cdc import parallel_snapshot
+
+    source, sink = hook.get_source(), hook.get_sink()
+    try:
+        return parallel_snapshot.stage_range(source, sink, hook.positions, index, hook.source_config.batch_size)
+    finally:
+        source.close()
+        sink.close()
+
+
 def drain(hook, prefix: str, max_runs: int = 50) -> int:
     """Staged runs until one captures nothing and no snapshot is pending; returns how many ran."""
     for i in range(max_runs):

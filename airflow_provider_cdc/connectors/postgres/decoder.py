@@ -75,6 +75,9 @@ class StreamDecoder:
         # Whether the read reached the end of what it asked for (the slot's end, or ``upto_lsn``): a chunk of a
         # ranged snapshot is emitted only after the stream up to its watermark is read.
         self.drained = False
+        # The transactions the read holds (their Begin messages' xids), whatever tables they changed: a snapshot
+        # read after it must see them all (see SnapshotCapture._copy_text).
+        self.xids: list[int] = []
         self.columnar_tables: dict[str, pa.Table] = {}
         # Pending transaction: events are kept until Commit so that a half-read transaction is never emitted
         # (unless it is too large for one batch: :meth:`flush_partial`).

@@ -36,10 +36,14 @@ from airflow_provider_cdc.connectors.schemas import (
     seen_fingerprint,
     seen_schema,
 )
+from airflow_provider_cdc.errors import SourceError
 from airflow_provider_cdc.events import OP_READ, ChangeBatch, align, concat_tables, make_batch_id
 from airflow_provider_cdc.tables import SchemaChange, TableSchema
 
 log = logging.getLogger("airflow_provider_cdc.source.postgres")
+
+
+VISIBILITY_WAIT_SECONDS = 300.0  # then the capture fails as transient (a retry waits again): see _wait_until_visible
 
 
 class SnapshotCapture(RangeSnapshot):
@@ -51,9 +55,66 @@ class SnapshotCapture(RangeSnapshot):
         def conn(self) -> psycopg.Connection: ...  # PgSource's connection
     _row_filters: dict[str, str]
 
-    def _current_lsn(self) -> str:
+    def _wait_until_visible(self, xids: list[int] | tuple[int, ...]) -> None:
+        """Wait until no session still runs one of ``xids``, transactions whose commits the stream has delivered.
+
+        PostgreSQL writes a commit record, then (with ``synchronous_standby_names``) waits for a standby, and only
+        then makes the transaction visible: logical decoding streams it in between. A snapshot taken in that window
+        misses changes the stream has already delivered, and the rows it reads would lose them (the stream's
+        changes of keys the snapshot had not reached are dropped: the snapshot was to read them). A transaction
+        leaves ``pg_stat_activity.backend_xid`` when it becomes visible, and never comes back: a snapshot taken
+        after this returns sees every one of them (``backend_xid`` needs no privilege to read)."""
+        started, waited = time.monotonic(), 0
+        wanted = sorted(set(xids))
+        while True:
+            with self.conn.cursor() as cur:
+                cur.execute("SELECT backend_xid::text FROM pg_stat_activity WHERE backend_xid = ANY(%s::text[]::xid[])",
+                            ([str(x) for x in wanted],))
+                running = [row[0] for row in cur.fetchall()]
+            if not running:
+                return
+            elapsed = time.monotonic() - started
+            if elapsed > VISIBILITY_WAIT_SECONDS:
+                raise SourceError(self.source_id, f"the snapshot waited {elapsed:.0f} s for transaction(s) "
+                                  f"{', '.join(running)}: the stream has their commits, but they are still not "
+                                  "visible (commits waiting for a synchronous standby? see synchronous_standby_names "
+                                  "and pg_stat_replication); rows read without them would lose their changes. "
+                                  "A retry waits again")
+            if waited % 50 == 0:  # the first time, then about every 10 s
+                log.warning("source %s: transaction(s) %s committed but are not visible yet (commits waiting for a "
+                            "synchronous standby?); the snapshot waits for them, else their changes would be lost "
+                            "(%.1f s so far)", self.source_id, ", ".join(running), elapsed)
+            time.sleep(min(0.2, 0.01 * (waited + 1)))
+            waited += 1
+
+    def _commits_waiting_for_a_standby(self) -> list[int]:
+        """The xids of commits written but waiting for a synchronous standby now (not visible yet), for a chunk
+        read that has no stream part of its own to take them from (a range of the parallel snapshot). Seeing other
+        sessions' waits takes ``pg_read_all_stats`` (or a superuser); without it, and with synchronous standbys
+        configured, this warns once and returns none."""
         with self.conn.cursor() as cur:
-            cur.execute("SELECT pg_current_wal_lsn()::text")
+            cur.execute("SELECT current_setting('synchronous_standby_names') <> '', "
+                        "pg_has_role('pg_read_all_stats', 'USAGE') OR "
+                        "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)")
+            row = cur.fetchone()
+            assert row is not None  # a SELECT without FROM returns one row
+            standbys, can_see = row
+            if not standbys:
+                return []
+            if not can_see:
+                if not getattr(self, "_warned_waits", False):
+                    self._warned_waits = True
+                    log.warning("source %s: synchronous standbys are configured, but this role cannot see other "
+                                "sessions' waits (grant it pg_read_all_stats): a commit waiting for a standby while "
+                                "a snapshot range is read could be missed by that range", self.source_id)
+                return []
+            cur.execute("SELECT backend_xid::text::bigint FROM pg_stat_activity WHERE wait_event = 'SyncRep' "
+                        "AND backend_xid IS NOT NULL")
+            return [int(xid) for (xid,) in cur.fetchall()]
+
+    def _current_lsn(self, *, flushed: bool = False) -> str:
+        with self.conn.cursor() as cur:
+            cur.execute(f"SELECT pg_current_wal_{'flush_' if flushed else ''}lsn()::text")
             row = cur.fetchone()
             assert row is not None  # a SELECT without FROM returns one row
             return row[0]
@@ -80,10 +141,21 @@ class SnapshotCapture(RangeSnapshot):
                 batch.tables[name] = self._reread_moved_rows(batch.schemas[name], batch.tables[name])
             if pgoutput.lsn_to_int(batch.position_to["lsn"]) > pgoutput.lsn_to_int(until):
                 del settling[name]
-        if settling:
-            batch.position_to["settling"] = settling
-        else:
-            batch.position_to.pop("settling", None)
+        gone = dict(batch.position_to.get("gone", {}))
+        for name, until in list(gone.items()):
+            # A table dropped or renamed during its snapshot stops flowing: the sink holds only some of its rows,
+            # so its last changes would land on rows it never had (and could not be read again: it is gone).
+            if name in batch.tables and batch.tables[name].num_rows:
+                log.warning("source %s: %d changes of %s, gone during its snapshot, are not loaded", self.source_id,
+                            batch.tables[name].num_rows, name)
+                batch.tables[name] = batch.tables[name].slice(0, 0)
+            if pgoutput.lsn_to_int(batch.position_to["lsn"]) > pgoutput.lsn_to_int(until):
+                del gone[name]
+        for key, value in (("settling", settling), ("gone", gone)):
+            if value:
+                batch.position_to[key] = value
+            else:
+                batch.position_to.pop(key, None)
         return batch
 
     def _drop_unread_keys(self, batch: ChangeBatch, snapshot: dict[str, Any]) -> ChangeBatch:
@@ -159,9 +231,11 @@ class SnapshotCapture(RangeSnapshot):
         read = portable_table(self._copy_text(query, ["_n", *schema.column_names]), schema)
         return {int(row.pop("_n")) - 1: row for row in read.to_pylist()}
 
-    def _capture_snapshot(self, stream: ChangeBatch, max_changes: int, chunk: Chunk | None = None) -> ChangeBatch:
+    def _capture_snapshot(self, stream: ChangeBatch, max_changes: int, chunk: Chunk | None = None, *,
+                          committed: list[int] | tuple[int, ...] = ()) -> ChangeBatch:
         """Add the next ``max_changes`` rows of the pending snapshot to ``stream``'s batch, table by table in key
-        order, with ``seq`` numbers after the stream's (the rows are read after those changes were written).
+        order, with ``seq`` numbers after the stream's (the rows are read after those changes were written, and
+        after every transaction of ``committed``, the xids the stream part holds, is visible).
 
         A table split into key ranges (:mod:`.snapshot_ranges`) adds one staged ``chunk`` instead, which the caller
         chose and read the stream up to; None when every chunk of it is emitted."""
@@ -180,15 +254,20 @@ class SnapshotCapture(RangeSnapshot):
         ts_ms = int(time.time() * 1000)
         after = state.get("after")
         settling = dict(position.get("settling", {}))
+        gone = dict(position.get("gone", {}))
         while pending and (remaining > 0 or chunk is not None):  # a staged chunk is emitted whole
             qualified = pending[0]
             schema_name, _, table_name = qualified.partition(".")
             relid = catalog.relid(schema_name, table_name)
             if relid is None:
-                log.warning("source %s: table %s is gone at the source; its snapshot is skipped", self.source_id,
+                log.warning("source %s: table %s is gone at the source (dropped or renamed) during its snapshot; "
+                            "it stops flowing and its sink table keeps the rows read so far", self.source_id,
                             qualified)
                 pending.pop(0)
                 after = ranges = chunk = None
+                # Its changes written before it went are still ahead in the stream, for keys the snapshot never
+                # read: they are not loaded (see _settle).
+                gone[qualified] = self._current_lsn()
                 continue
             info = catalog.relation_info(relid)
             only = info["relkind"] != "p"
@@ -225,7 +304,7 @@ class SnapshotCapture(RangeSnapshot):
                     raise store.lost(chunk.range_index, chunk.index) from None
                 ranges = {**ranges, "emitted": [e + (i == chunk.range_index) for i, e in enumerate(ranges["emitted"])]}
             else:
-                rows = self._read_chunk(table_schema, after, remaining, only=only)
+                rows = self._read_chunk(table_schema, after, remaining, only=only, committed=committed)
             n = rows.num_rows
             if n:
                 meta = {
@@ -255,6 +334,8 @@ class SnapshotCapture(RangeSnapshot):
         position_to = {**position, "seq": seq, "schemas": schemas_seen}
         if settling:
             position_to["settling"] = settling
+        if gone:
+            position_to["gone"] = gone
         position_to.pop("snapshot", None)
         if pending:
             position_to["snapshot"] = {"pending": pending, "after": after}
@@ -283,7 +364,7 @@ class SnapshotCapture(RangeSnapshot):
         return batch
 
     def _read_chunk(self, table: TableSchema, after: list[str] | None, limit: int, *, only: bool = True,
-                    upto: list[str] | None = None) -> pa.Table:
+                    upto: list[str] | None = None, committed: list[int] | tuple[int, ...] = ()) -> pa.Table:
         """One keyset page of ``table`` in the portable form, read with ``COPY ... CSV`` and parsed by Arrow.
 
         Values go through their types' output functions, as pgoutput's do (no ``::text`` cast: it would drop the
@@ -307,11 +388,17 @@ class SnapshotCapture(RangeSnapshot):
             cols, sql.SQL("ONLY " if only else ""), sql.Identifier(table.schema, table.name), where, order,
             sql.Literal(limit)
         )
-        return portable_table(self._copy_text(query, table.column_names), table)
+        return portable_table(self._copy_text(query, table.column_names, committed), table)
 
-    def _copy_text(self, query: sql.Composable, names: list[str]) -> pa.Table:
+    def _copy_text(self, query: sql.Composable, names: list[str],
+                   committed: list[int] | tuple[int, ...] = ()) -> pa.Table:
         """Rows of ``query`` as canonical text, read with ``COPY ... CSV`` in one REPEATABLE READ transaction and
-        parsed by Arrow (every column a string; an unquoted empty field is NULL, a quoted one ``''``)."""
+        parsed by Arrow (every column a string; an unquoted empty field is NULL, a quoted one ``''``).
+
+        ``committed``: xids of transactions the stream has delivered before these rows; the read waits until each
+        is visible (see :meth:`_wait_until_visible`)."""
+        if committed:
+            self._wait_until_visible(committed)
         buf = io.BytesIO()
         conn = self.conn
         with conn.transaction():

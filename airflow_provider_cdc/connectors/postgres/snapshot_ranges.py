@@ -6,8 +6,10 @@ How it converges with the stream (the watermark rule of Netflix's DBLog, applied
    the table's key space into ``snapshot_ranges`` ranges and writes the split keys into the position
    (``snapshot.ranges``). That batch carries only the stream, so the plan is stored by its commit like any position.
 2. **Stage.** One mapped task per range (``CdcSnapshotRangeOperator``) reads its range in key order, chunk by chunk.
-   Before each chunk it reads the server's WAL position ``w`` (the chunk's *watermark*); the chunk is then read in its
-   own REPEATABLE READ transaction, so it holds every transaction committed before ``w``. Each chunk is written whole
+   Before each chunk it reads the server's flushed WAL position ``w`` (the chunk's *watermark*); the chunk is then
+   read in its own REPEATABLE READ transaction, so it holds every transaction committed before ``w`` (after waiting
+   for commits that wait for a synchronous standby, see ``SnapshotCapture._wait_until_visible``). Each chunk is
+   written whole
    (Parquet, with a JSON sidecar naming ``w``, the keys it starts after and ends at) under the staging root:
    ``<root>/<source_id>/snapshot-ranges/<plan>/r<range>/c<chunk>.parquet``. A retried task resumes after its last
    written chunk; a ``done`` marker ends the range. A session advisory lock on the source keeps two writers of one
@@ -153,6 +155,7 @@ class RangeStore:
 
     def mark_done(self, index: int, chunks: int, rows: int) -> None:
         """The range is read to its end: ``chunks`` chunks (checked by :meth:`chunks`: none may go missing)."""
+        self._range_dir(index).mkdir(parents=True, exist_ok=True)  # a range with no rows wrote no chunk
         _write_file(self._range_dir(index) / DONE, lambda fh: fh.write(json.dumps({"chunks": chunks,
                                                                                    "rows": rows}).encode()))
 
@@ -266,8 +269,12 @@ class RangeSnapshot:
             while relid is not None:
                 table = catalog.table_schema(relid)
                 only = catalog.relation_info(relid)["relkind"] != "p"
-                watermark = self._current_lsn()  # type: ignore[attr-defined]
-                chunk = self._read_chunk(table, after, chunk_rows, only=only, upto=high)  # type: ignore[attr-defined]
+                # The flushed WAL: a commit before it is flushed, and so (microseconds later) visible, or waiting for
+                # a synchronous standby; the read waits for those (the stream holds them before the watermark).
+                watermark = self._current_lsn(flushed=True)  # type: ignore[attr-defined]
+                waiting = self._commits_waiting_for_a_standby()  # type: ignore[attr-defined]
+                chunk = self._read_chunk(table, after, chunk_rows, only=only, upto=high,  # type: ignore[attr-defined]
+                                         committed=waiting)
                 if chunk.num_rows == 0:
                     break
                 last_row = chunk.slice(chunk.num_rows - 1).to_pylist()[0]

@@ -381,7 +381,8 @@ class PgSource(PublicationSetup, StreamCapture, SnapshotCapture):
         if not snapshot:
             return stream, decoder.transactions, None
         try:
-            batch = self._capture_snapshot(stream, max(budget - stream.change_count, budget // 2), chunk)
+            batch = self._capture_snapshot(stream, max(budget - stream.change_count, budget // 2), chunk,
+                                           committed=decoder.xids)
         except UNCONVERTIBLE_TEXT as exc:
             raise self._unconvertible_text(exc, stream.position_to.get("snapshot") or snapshot) from exc
         after = (batch.position_to.get("snapshot") or {}).get("ranges")

@@ -80,6 +80,7 @@ class StreamCapture:
                 messages = whole
             decoder = self._decode(position, messages, keep)
             decoder.drained = drained
+            decoder.xids = self._begin_xids(messages)
             # Only transactions at or before the stored position came back (the Variable was stored but the slot
             # not yet advanced): they used up the limit, so look further rather than report nothing.
             if decoder.transactions or not decoder.skipped or decoder.messages < limit:
@@ -93,6 +94,17 @@ class StreamCapture:
         buf = np.frombuffer(data, np.uint8)
         starts = np.frombuffer(offsets_buf, np.int64, count=len(messages) + 1, offset=messages.offset * 8)[:-1]
         return buf[starts], starts
+
+    @classmethod
+    def _begin_xids(cls, messages: pa.LargeBinaryArray) -> list[int]:
+        """The xid of every Begin message (``B``, final LSN, commit time, then the xid: bytes 17 to 20)."""
+        kinds, starts = cls._kinds_and_lsns(messages)
+        begins = starts[kinds == ord("B")]
+        if not len(begins):
+            return []
+        buf = np.frombuffer(messages.buffers()[2], np.uint8)
+        xids = buf[begins[:, None] + np.arange(17, 21)].view(">u4").reshape(len(begins))
+        return sorted(set(xids.tolist()))
 
     def _whole_transactions(self, messages: pa.LargeBinaryArray,
                             position: dict[str, Any]) -> pa.LargeBinaryArray | None:
@@ -148,6 +160,7 @@ class StreamCapture:
             raise PositionLostError(self.source_id, position, f"transaction {partial['final_lsn']} that the position "
                                     "points into is no longer in the slot")
         decoder = self._decoder(position, keep)
+        decoder.xids = [pgoutput.decode_begin(rows[0][1]).xid] if rows[0][1][:1] == b"B" else []
         last = done
         for offset, data in rows:
             decoder.feed(data)
