@@ -27,7 +27,7 @@ from airflow_provider_cdc.connectors.mysql.connection import MYSQL_DIALECT, qual
 from airflow_provider_cdc.connectors.mysql.types import ZeroDateError, snapshot_formatter, snapshot_select_expr
 from airflow_provider_cdc.connectors.recapture import page_tag
 from airflow_provider_cdc.connectors.schemas import fingerprint_hash, seen_fingerprint, seen_schema
-from airflow_provider_cdc.errors import TableRefusedError
+from airflow_provider_cdc.errors import SourceError, TableRefusedError
 from airflow_provider_cdc.events import OP_READ, ChangeBatch, TableChangesBuilder, align, concat_tables, make_batch_id
 from airflow_provider_cdc.tables import Column, SchemaChange, TableSchema
 
@@ -50,9 +50,61 @@ def key_input(text: str | None, column: Column) -> Any:
     return text
 
 
+VISIBILITY_WAIT_SECONDS = 300.0  # then the capture fails as transient (a retry waits again)
+
+
+def _binlog_position(file: str, pos: int) -> tuple[str, int]:
+    return file, int(pos)  # binlog file names end in a zero-padded number: they compare as text
+
+
+def start_snapshot_covering(conn: pymysql.Connection, streamed_upto: tuple[str, int] | None, *,
+                            source_id: str = "") -> None:
+    """Open a consistent-snapshot transaction that sees every transaction the stream has delivered up to
+    ``streamed_upto`` (the end of the last one read: binlog file, position).
+
+    The binlog is written, and read by the stream, before the engine makes a transaction visible: for microseconds
+    in a group commit, and for as long as a replica takes to acknowledge under semi-synchronous replication with
+    ``rpl_semi_sync_master_wait_point = AFTER_SYNC`` (MySQL's default for it). Rows read in that window would lose the
+    changes the stream delivered before them (its changes of keys the snapshot had not reached are dropped: the
+    snapshot was to read them). MariaDB names the binlog position its snapshot corresponds to
+    (``binlog_snapshot_position``); while that is before ``streamed_upto``, this waits and takes the snapshot again.
+    MySQL has no such status: there it reads without the check."""
+    started, waited = time.monotonic(), 0
+    with conn.cursor() as cur:
+        while True:
+            cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            if streamed_upto is None:
+                return
+            cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%'")
+            status = {name.lower(): value for name, value in cur.fetchall()}
+            if "binlog_snapshot_file" not in status or not status["binlog_snapshot_file"]:
+                return
+            covered = _binlog_position(status["binlog_snapshot_file"], status["binlog_snapshot_position"])
+            wanted = _binlog_position(*streamed_upto)
+            if covered >= wanted:
+                return
+            cur.execute("COMMIT")
+            elapsed = time.monotonic() - started
+            where = f"{covered[0]}:{covered[1]}, the stream has read up to {wanted[0]}:{wanted[1]}"
+            if elapsed > VISIBILITY_WAIT_SECONDS:
+                raise SourceError(source_id, f"the snapshot waited {elapsed:.0f} s for transactions the binlog "
+                                  f"holds but that are still not visible (its snapshot is at {where}): a commit "
+                                  "waiting for a semi-synchronous replica (rpl_semi_sync_master_wait_point = "
+                                  "AFTER_SYNC)? Rows read without them would lose their changes. A retry waits again")
+            if waited % 50 == 0:  # the first time, then about every 10 s
+                log.warning("source %s: transactions the binlog holds are not visible yet (the snapshot is at %s; "
+                            "a commit waiting for a semi-synchronous replica?); the snapshot waits for them, else "
+                            "their changes would be lost (%.1f s so far)", source_id, where, elapsed)
+            time.sleep(min(0.2, 0.01 * (waited + 1)))
+            waited += 1
+
+
 def read_page(conn: pymysql.Connection, table: TableSchema, after: list[str] | None, limit: int, *,
-              zero_dates: str, on_zero_date: Any = None, source_id: str = "") -> list[list[str | None]]:
-    """One keyset page of ``table`` in the portable form: the rows after key ``after``, in key order."""
+              zero_dates: str, on_zero_date: Any = None, source_id: str = "",
+              streamed_upto: tuple[str, int] | None = None) -> list[list[str | None]]:
+    """One keyset page of ``table`` in the portable form: the rows after key ``after``, in key order, read in a
+    snapshot that holds every transaction the stream has delivered up to ``streamed_upto``
+    (:func:`start_snapshot_covering`)."""
     key = [c for c in table.columns if c.primary_key]
     order = ", ".join(quote_name(c.name) for c in key)
     where = ""
@@ -67,16 +119,20 @@ def read_page(conn: pymysql.Connection, table: TableSchema, after: list[str] | N
                                   on_zero_date=on_zero_date) for c in table.columns]
     key_at = [i for i, c in enumerate(table.columns) if c.primary_key]
     out: list[list[str | None]] = []
-    with conn.cursor(pymysql.cursors.SSCursor) as cur:
-        cur.execute(query, params)
-        for row in cur:
-            try:
-                out.append([fmt(v) for fmt, v in zip(formats, row)])
-            except ZeroDateError as exc:
-                row_key = {table.columns[i].name: row[i] for i in key_at}
-                raise TableRefusedError(source_id, f"{exc} in the row with key {row_key} (snapshot); "
-                                        "options.zero_dates: null loads NULL instead",
-                                        table=table.qualified_name) from exc
+    start_snapshot_covering(conn, streamed_upto, source_id=source_id)
+    try:
+        with conn.cursor(pymysql.cursors.SSCursor) as cur:
+            cur.execute(query, params)
+            for row in cur:
+                try:
+                    out.append([fmt(v) for fmt, v in zip(formats, row)])
+                except ZeroDateError as exc:
+                    row_key = {table.columns[i].name: row[i] for i in key_at}
+                    raise TableRefusedError(source_id, f"{exc} in the row with key {row_key} (snapshot); "
+                                            "options.zero_dates: null loads NULL instead",
+                                            table=table.qualified_name) from exc
+    finally:
+        conn.rollback()  # a read-only transaction: nothing to keep
     return out
 
 
@@ -164,7 +220,7 @@ def add_snapshot_pages(conn: pymysql.Connection, stream: ChangeBatch, max_change
             zeros[column] = zeros.get(column, 0) + 1
 
         rows = read_page(conn, table_schema, after, remaining, zero_dates=zero_dates, source_id=source_id,
-                         on_zero_date=count_zero)
+                         on_zero_date=count_zero, streamed_upto=(position["file"], position["pos"]))
         for column, count in sorted(zeros.items()):
             log.warning("source %s: %d zero dates (0000-00-00 or a zero month or day) in %s.%s became NULL "
                         "(options.zero_dates: null; 'refuse' stops at the first one instead)", source_id, count,

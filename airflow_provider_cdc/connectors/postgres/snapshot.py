@@ -27,7 +27,13 @@ from psycopg import sql
 
 from airflow_provider_cdc.connectors.postgres import pgoutput
 from airflow_provider_cdc.connectors.postgres.catalog import Catalog
-from airflow_provider_cdc.connectors.postgres.snapshot_ranges import Chunk, RangeSnapshot, keys_literal, range_count
+from airflow_provider_cdc.connectors.postgres.snapshot_ranges import (
+    Chunk,
+    RangeSnapshot,
+    keys_literal,
+    range_bounds,
+    range_count,
+)
 from airflow_provider_cdc.connectors.postgres.values import pg_input_scalar, portable_table, to_pg_input
 from airflow_provider_cdc.connectors.recapture import page_tag
 from airflow_provider_cdc.connectors.schemas import (
@@ -37,7 +43,7 @@ from airflow_provider_cdc.connectors.schemas import (
     seen_schema,
 )
 from airflow_provider_cdc.errors import SourceError
-from airflow_provider_cdc.events import OP_READ, ChangeBatch, align, concat_tables, make_batch_id
+from airflow_provider_cdc.events import BEFORE_PREFIX, OP_READ, ChangeBatch, align, concat_tables, make_batch_id
 from airflow_provider_cdc.tables import SchemaChange, TableSchema
 
 log = logging.getLogger("airflow_provider_cdc.source.postgres")
@@ -112,6 +118,15 @@ class SnapshotCapture(RangeSnapshot):
                         "AND backend_xid IS NOT NULL")
             return [int(xid) for (xid,) in cur.fetchall()]
 
+    def _read_intervals(self, after: list[str] | None, ranges: dict[str, Any] | None) -> list[list[list[str] | None]]:
+        """The key intervals ([exclusive low, inclusive high]) a table's snapshot has read into the sink: up to
+        ``after`` (serial), or each range up to its last emitted chunk (ranged)."""
+        if ranges is None:
+            return [[None, after]] if after is not None else []
+        store = self.range_store(ranges)
+        return [[range_bounds(ranges, i)[0], store.chunks(i)[emitted - 1].last]
+                for i, emitted in enumerate(ranges["emitted"]) if emitted]
+
     def _current_lsn(self, *, flushed: bool = False) -> str:
         with self.conn.cursor() as cur:
             cur.execute(f"SELECT pg_current_wal_{'flush_' if flushed else ''}lsn()::text")
@@ -142,14 +157,21 @@ class SnapshotCapture(RangeSnapshot):
             if pgoutput.lsn_to_int(batch.position_to["lsn"]) > pgoutput.lsn_to_int(until):
                 del settling[name]
         gone = dict(batch.position_to.get("gone", {}))
-        for name, until in list(gone.items()):
-            # A table dropped or renamed during its snapshot stops flowing: the sink holds only some of its rows,
-            # so its last changes would land on rows it never had (and could not be read again: it is gone).
-            if name in batch.tables and batch.tables[name].num_rows:
-                log.warning("source %s: %d changes of %s, gone during its snapshot, are not loaded", self.source_id,
-                            batch.tables[name].num_rows, name)
-                batch.tables[name] = batch.tables[name].slice(0, 0)
-            if pgoutput.lsn_to_int(batch.position_to["lsn"]) > pgoutput.lsn_to_int(until):
+        for name, state in list(gone.items()):
+            # A table dropped or renamed during its snapshot stops flowing: the sink holds the rows the snapshot
+            # read, and their changes until the table went are applied; changes of keys it never read would land on
+            # rows the sink never had (and cannot be read again: the table is gone).
+            table = batch.tables.get(name)
+            if table is not None and table.num_rows:
+                # Serial: the stream's changes of unread keys were dropped while it ran, and still are. Ranged: they
+                # were applied (and rows that did not resend a value read again); now only those stay out.
+                kept = self._keep_keys(batch.schemas[name], table, state["read"], moved_too=True,
+                                       partial_only=state.get("ranged", False))
+                if kept.num_rows < table.num_rows:
+                    log.warning("source %s: %d changes of %s, of keys its snapshot never read before the table went, "
+                                "are not loaded", self.source_id, table.num_rows - kept.num_rows, name)
+                batch.tables[name] = kept
+            if pgoutput.lsn_to_int(batch.position_to["lsn"]) > pgoutput.lsn_to_int(state["lsn"]):
                 del gone[name]
         for key, value in (("settling", settling), ("gone", gone)):
             if value:
@@ -160,32 +182,68 @@ class SnapshotCapture(RangeSnapshot):
 
     def _drop_unread_keys(self, batch: ChangeBatch, snapshot: dict[str, Any]) -> ChangeBatch:
         """Drop stream changes of the table being snapshotted whose keys the snapshot has not read yet: it reads
-        them later, with these changes in them (keys compare as the server orders them, typed and collated)."""
+        them later, with these changes in them."""
         name, after = snapshot["pending"][0], snapshot.get("after")
         table = batch.tables.get(name)
         if after is None or table is None or table.num_rows == 0:
             return batch
         schema = batch.schemas[name]
-        key = schema.primary_key
-        is_row = pc.invert(pc.equal(table["_cdc_op"], "t"))
-        arrays = [sql.SQL("%s::text[]") for _ in key]
-        typed = sql.SQL(", ").join(
-            sql.SQL("u.{}::{}").format(sql.Identifier(f"k{i}"), sql.SQL(schema.column(c).source_type))
-            for i, c in enumerate(key))
-        bounds = keys_literal(schema, after)
-        query = sql.SQL("SELECT u.n FROM unnest({}) WITH ORDINALITY AS u({}, n) WHERE ({}) > ({})").format(
-            sql.SQL(", ").join(arrays), sql.SQL(", ").join(sql.Identifier(f"k{i}") for i in range(len(key))),
-            typed, bounds)
-        with self.conn.cursor() as cur:
-            cur.execute(query, [to_pg_input(table[c], schema.column(c).logical_type).to_pylist() for c in key])
-            unread = {n - 1 for (n,) in cur.fetchall()}
-        if unread:
-            kept = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), value_set=pa.array(sorted(unread))))
-            table = table.filter(pc.or_(kept, pc.invert(is_row)))
+        kept = self._keep_keys(schema, table, [[None, after]])
+        if kept.num_rows < table.num_rows:
             log.info("source %s: %d changes of %s are past its snapshot's last key; the snapshot reads them later",
-                     self.source_id, len(unread), name)
-        batch.tables[name] = self._reread_moved_rows(schema, table)
+                     self.source_id, table.num_rows - kept.num_rows, name)
+        batch.tables[name] = self._reread_moved_rows(schema, kept)
         return batch
+
+    def _keep_keys(self, schema: TableSchema, table: pa.Table, read: list[list[list[str] | None]], *,
+                   moved_too: bool = False, partial_only: bool = False) -> pa.Table:
+        """The changes of ``table`` whose keys lie in one of the ``read`` key intervals ([exclusive low, inclusive
+        high], None open), and its truncates. Keys compare as the server orders them, typed and collated.
+        ``moved_too``: a change that did not resend some values (unchanged TOAST) must also come from a key in an
+        interval (a key update from a key never read: the sink has no row to take those values from).
+        ``partial_only``: only changes that did not resend some values need a key in an interval."""
+        is_row = pc.invert(pc.equal(table["_cdc_op"], "t"))
+        partial = pc.fill_null(pc.greater(pc.list_value_length(table["_cdc_unchanged"]), 0), False)
+        if partial_only:
+            candidates = pc.indices_nonzero(partial).to_pylist()
+            outside = self._keys_outside(schema, table.take(candidates), schema.primary_key, read) \
+                if candidates else set()
+            unread = {candidates[i] for i in outside}
+        else:
+            unread = self._keys_outside(schema, table, schema.primary_key, read)
+        if moved_too and all(BEFORE_PREFIX + c in table.column_names for c in schema.primary_key):
+            before = pc.fill_null(pc.invert(pc.is_null(table[BEFORE_PREFIX + schema.primary_key[0]])), False)
+            suspects = pc.indices_nonzero(pc.and_(partial, before)).to_pylist()
+            if suspects:
+                picked = table.take(suspects)
+                outside = self._keys_outside(schema, picked, [BEFORE_PREFIX + c for c in schema.primary_key], read)
+                unread |= {suspects[i] for i in outside}
+        if not unread:
+            return table
+        kept = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), value_set=pa.array(sorted(unread))))
+        return table.filter(pc.or_(kept, pc.invert(is_row)))
+
+    def _keys_outside(self, schema: TableSchema, table: pa.Table, columns: list[str],
+                      read: list[list[list[str] | None]]) -> set[int]:
+        """Row numbers of ``table`` whose key (in ``columns``, portable text) is in none of the ``read`` intervals."""
+        key = schema.primary_key
+        names = [sql.Identifier(f"k{i}") for i in range(len(key))]
+        typed = sql.SQL(", ").join(
+            sql.SQL("u.{}::{}").format(name, sql.SQL(schema.column(c).source_type)) for name, c in zip(names, key))
+        inside: list[sql.Composable] = []
+        for low, high in read:
+            bounds = [sql.SQL("({}) > ({})").format(typed, keys_literal(schema, low)) if low is not None else None,
+                      sql.SQL("({}) <= ({})").format(typed, keys_literal(schema, high)) if high is not None else None]
+            present = [b for b in bounds if b is not None]
+            inside.append(sql.SQL("({})").format(sql.SQL(" AND ").join(present)) if present else sql.SQL("true"))
+        condition = sql.SQL(" OR ").join(inside) if inside else sql.SQL("false")
+        query = sql.SQL("SELECT u.n FROM unnest({}) WITH ORDINALITY AS u({}, n) WHERE u.{} IS NOT NULL AND NOT ({})"
+                        ).format(sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in key), sql.SQL(", ").join(names),
+                                 names[0], condition)
+        values = [to_pg_input(table[c], schema.column(base).logical_type).to_pylist() for c, base in zip(columns, key)]
+        with self.conn.cursor() as cur:
+            cur.execute(query, values)
+            return {n - 1 for (n,) in cur.fetchall()}
 
     def _reread_moved_rows(self, schema: TableSchema, table: pa.Table) -> pa.Table:
         """Changes that did not resend some values (unchanged TOAST), in a table whose snapshot the stream has not
@@ -263,11 +321,12 @@ class SnapshotCapture(RangeSnapshot):
                 log.warning("source %s: table %s is gone at the source (dropped or renamed) during its snapshot; "
                             "it stops flowing and its sink table keeps the rows read so far", self.source_id,
                             qualified)
+                # Its changes written before it went are still ahead in the stream: only those of keys the snapshot
+                # read are loaded (see _settle).
+                gone[qualified] = {"lsn": self._current_lsn(), "read": self._read_intervals(after, ranges),
+                                   "ranged": ranges is not None}
                 pending.pop(0)
                 after = ranges = chunk = None
-                # Its changes written before it went are still ahead in the stream, for keys the snapshot never
-                # read: they are not loaded (see _settle).
-                gone[qualified] = self._current_lsn()
                 continue
             info = catalog.relation_info(relid)
             only = info["relkind"] != "p"

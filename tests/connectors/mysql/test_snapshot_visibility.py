@@ -1,0 +1,153 @@
+"""A MariaDB commit that the binlog holds but that is not visible yet, while the snapshot reads a page.
+
+Under semi-synchronous replication with ``rpl_semi_sync_master_wait_point = AFTER_SYNC`` (MySQL's default for it),
+the server writes and syncs the binlog, waits for a replica's acknowledgement, and only then commits in the engine:
+the binlog stream delivers the transaction while no snapshot can see it. The snapshot drops the stream's changes of
+keys it has not reached (it is to read those rows), so a page read in that window lost them: the sink silently kept
+the old rows (this test fails so, row for row, when ``start_snapshot_covering`` does not wait). The page read now
+waits until MariaDB's ``binlog_snapshot_position`` covers what the stream has read.
+
+The source is a private ``mariadbd`` of its own (semi-synchronous replication is a server-wide setting: every commit
+waits while it is on, so the test turns it on only around the transaction under test); the sink is a database of the
+machine's PostgreSQL 15.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cdc_testing import unique_id
+from conftest import (
+    PG15_URL_DEFAULT,
+    MariaDBServer,
+    PgServer,
+    _drop_database,
+    _load_private_mariadb,
+    _probe,
+    _probe_mariadb,
+    require_server,
+)
+from contract.pairs import postgres_sink
+from contract.test_contract_mariadb_source import MariaPair, source_connect
+
+from airflow_provider_cdc import pipeline
+
+WAIT_MESSAGE = "not visible yet"
+
+
+@pytest.fixture(scope="module")
+def semisync_mariadb():
+    workdir = tempfile.mkdtemp(prefix="cdc-test-semisync-")
+    handle = None
+    try:
+        try:
+            handle = _load_private_mariadb().PrivateMariaDB(Path(workdir) / "data")
+            handle.start()
+        except Exception as exc:  # any failure to start means "server unavailable"
+            require_server("mariadb", f"a private mariadbd did not start: {exc}")
+        server = MariaDBServer(handle.url(), _handle=handle)
+        _probe_mariadb(server)
+        yield server
+    finally:
+        if handle is not None:
+            handle.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def sink_url():
+    server = PgServer("pg15", os.environ.get("CDC_TEST_PG15_URL", PG15_URL_DEFAULT))
+    _probe(server)
+    name = unique_id("semisync_sink")
+    with server.connect() as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield server.url(name)
+    _drop_database(server, name)
+
+
+class _Seen(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if WAIT_MESSAGE in record.getMessage():
+            self.event.set()
+
+
+def _semi_sync(server: MariaDBServer, on: bool) -> None:
+    """On: every commit waits (up to two minutes) for a semi-synchronous replica that is not there, after its binlog
+    is written and before it is visible. Off: the waiting commits complete."""
+    with server.connect() as conn, conn.cursor() as cur:
+        if on:
+            cur.execute("SET GLOBAL rpl_semi_sync_master_wait_point = 'AFTER_SYNC'")
+            cur.execute("SET GLOBAL rpl_semi_sync_master_wait_no_slave = ON")
+            cur.execute("SET GLOBAL rpl_semi_sync_master_timeout = 120000")
+        cur.execute(f"SET GLOBAL rpl_semi_sync_master_enabled = {'ON' if on else 'OFF'}")
+
+
+def test_a_snapshot_page_waits_for_a_commit_the_binlog_already_sent(semisync_mariadb, sink_url):
+    database = unique_id("semisync_src")
+    with semisync_mariadb.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {database}")
+    url = semisync_mariadb.url(database)
+    with source_connect(url) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        cur.execute("INSERT INTO t SELECT seq, CONCAT('v', seq) FROM seq_1_to_1000")
+    pair = MariaPair(url, postgres_sink(sink_url), tables=["t"], batch_size=300)
+    seen = _Seen()
+    logger = logging.getLogger("airflow_provider_cdc.source.mysql")
+    logger.addHandler(seen)
+    try:
+        pipeline.run_fused(pair.source, pair.sink, pair.positions, max_changes=300)
+        assert pair.positions.get(pair.source_id)["snapshot"]["after"] is not None  # the snapshot is under way
+
+        _semi_sync(semisync_mariadb, True)
+        waiting = source_connect(url)
+        waiting.autocommit(False)
+        with waiting.cursor() as cur:
+            cur.execute("UPDATE t SET v = 'changed' WHERE id > 600")
+        committer = threading.Thread(target=waiting.commit, daemon=True)
+        committer.start()
+        time.sleep(1)
+        assert committer.is_alive(), "the commit did not wait for the semi-synchronous replica"
+
+        failure: list[BaseException] = []
+
+        def drain() -> None:
+            try:
+                pair.run()
+            except BaseException as exc:  # reported below
+                failure.append(exc)
+
+        worker = threading.Thread(target=drain, daemon=True)
+        worker.start()
+        deadline = time.monotonic() + 120
+        while worker.is_alive() and not seen.event.is_set():
+            assert time.monotonic() < deadline, "the capture neither finished nor waited"
+            time.sleep(0.05)
+        _semi_sync(semisync_mariadb, False)
+        committer.join(30)
+        assert not committer.is_alive()
+        waiting.close()
+        worker.join(120)
+        assert not worker.is_alive(), "the capture still waits after the commit became visible"
+        if failure:
+            raise failure[0]
+        assert seen.event.is_set(), "the snapshot read its page without waiting for the committed transaction"
+        pair.run()
+        rows = {r["id"]: r["v"] for r in pair.sink_rows("t")}
+        source = {r["id"]: r["v"] for r in pair.source_rows("t", pair.columns("t"))}
+        assert rows == source
+        assert sum(v == "changed" for v in rows.values()) == 400
+    finally:
+        _semi_sync(semisync_mariadb, False)
+        logger.removeHandler(seen)
+        pair.close()
