@@ -14,8 +14,6 @@ machine's PostgreSQL 15.
 
 from __future__ import annotations
 
-import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -25,17 +23,14 @@ from pathlib import Path
 import pytest
 from cdc_testing import unique_id
 from conftest import (
-    PG15_URL_DEFAULT,
     MariaDBServer,
-    PgServer,
-    _drop_database,
     _load_private_mariadb,
-    _probe,
     _probe_mariadb,
     require_server,
 )
 from contract.pairs import postgres_sink
 from contract.test_contract_mariadb_source import MariaPair, source_connect
+from visibility_testing import fresh_pg15_database, seen_in_log
 
 from airflow_provider_cdc import pipeline
 
@@ -63,23 +58,14 @@ def semisync_mariadb():
 
 @pytest.fixture
 def sink_url():
-    server = PgServer("pg15", os.environ.get("CDC_TEST_PG15_URL", PG15_URL_DEFAULT))
-    _probe(server)
-    name = unique_id("semisync_sink")
-    with server.connect() as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield server.url(name)
-    _drop_database(server, name)
+    with fresh_pg15_database("semisync_sink") as url:
+        yield url
 
 
-class _Seen(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.event = threading.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if WAIT_MESSAGE in record.getMessage():
-            self.event.set()
+@pytest.fixture
+def wait_seen():
+    with seen_in_log("airflow_provider_cdc.source.mysql", WAIT_MESSAGE) as event:
+        yield event
 
 
 def _semi_sync(server: MariaDBServer, on: bool) -> None:
@@ -93,7 +79,7 @@ def _semi_sync(server: MariaDBServer, on: bool) -> None:
         cur.execute(f"SET GLOBAL rpl_semi_sync_master_enabled = {'ON' if on else 'OFF'}")
 
 
-def test_a_snapshot_page_waits_for_a_commit_the_binlog_already_sent(semisync_mariadb, sink_url):
+def test_a_snapshot_page_waits_for_a_commit_the_binlog_already_sent(semisync_mariadb, sink_url, wait_seen):
     database = unique_id("semisync_src")
     with semisync_mariadb.connect() as conn, conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE {database}")
@@ -102,9 +88,6 @@ def test_a_snapshot_page_waits_for_a_commit_the_binlog_already_sent(semisync_mar
         cur.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
         cur.execute("INSERT INTO t SELECT seq, CONCAT('v', seq) FROM seq_1_to_1000")
     pair = MariaPair(url, postgres_sink(sink_url), tables=["t"], batch_size=300)
-    seen = _Seen()
-    logger = logging.getLogger("airflow_provider_cdc.source.mysql")
-    logger.addHandler(seen)
     try:
         pipeline.run_fused(pair.source, pair.sink, pair.positions, max_changes=300)
         assert pair.positions.get(pair.source_id)["snapshot"]["after"] is not None  # the snapshot is under way
@@ -130,7 +113,7 @@ def test_a_snapshot_page_waits_for_a_commit_the_binlog_already_sent(semisync_mar
         worker = threading.Thread(target=drain, daemon=True)
         worker.start()
         deadline = time.monotonic() + 120
-        while worker.is_alive() and not seen.event.is_set():
+        while worker.is_alive() and not wait_seen.is_set():
             assert time.monotonic() < deadline, "the capture neither finished nor waited"
             time.sleep(0.05)
         _semi_sync(semisync_mariadb, False)
@@ -141,7 +124,7 @@ def test_a_snapshot_page_waits_for_a_commit_the_binlog_already_sent(semisync_mar
         assert not worker.is_alive(), "the capture still waits after the commit became visible"
         if failure:
             raise failure[0]
-        assert seen.event.is_set(), "the snapshot read its page without waiting for the committed transaction"
+        assert wait_seen.is_set(), "the snapshot read its page without waiting for the committed transaction"
         pair.run()
         rows = {r["id"]: r["v"] for r in pair.sink_rows("t")}
         source = {r["id"]: r["v"] for r in pair.source_rows("t", pair.columns("t"))}
@@ -149,5 +132,4 @@ def test_a_snapshot_page_waits_for_a_commit_the_binlog_already_sent(semisync_mar
         assert sum(v == "changed" for v in rows.values()) == 400
     finally:
         _semi_sync(semisync_mariadb, False)
-        logger.removeHandler(seen)
         pair.close()

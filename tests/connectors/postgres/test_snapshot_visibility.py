@@ -16,8 +16,6 @@ a database of the machine's server (the sink commits with ``synchronous_commit =
 
 from __future__ import annotations
 
-import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -35,7 +33,8 @@ from cdc_testing import (
     unique_id,
     write_config,
 )
-from conftest import PG15_URL_DEFAULT, PgServer, _drop_database, _load_embedded_pg, _probe, require_server
+from conftest import _load_embedded_pg, require_server
+from visibility_testing import fresh_pg15_database, seen_in_log
 
 from airflow_provider_cdc.hooks.cdc import CdcHook
 
@@ -69,37 +68,16 @@ def sync_rep_server(request):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-class _Seen(logging.Handler):
-    """Sets ``event`` when the capture logs that it waits for an invisible commit (from any thread)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.event = threading.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if WAIT_MESSAGE in record.getMessage():
-            self.event.set()
-
-
 @pytest.fixture
 def wait_seen():
-    handler = _Seen()
-    logger = logging.getLogger("airflow_provider_cdc.source.postgres")
-    logger.addHandler(handler)
-    yield handler.event
-    logger.removeHandler(handler)
+    with seen_in_log("airflow_provider_cdc.source.postgres", WAIT_MESSAGE) as event:
+        yield event
 
 
 @pytest.fixture
 def sink_url():
-    """A fresh database on the machine's PostgreSQL 15 for the sink."""
-    server = PgServer("pg15", os.environ.get("CDC_TEST_PG15_URL", PG15_URL_DEFAULT))
-    _probe(server)
-    name = unique_id("syncrep_sink")
-    with server.connect() as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield server.url(name)
-    _drop_database(server, name)
+    with fresh_pg15_database("syncrep_sink") as url:
+        yield url
 
 
 def _source(server, rows: int) -> str:
