@@ -21,7 +21,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -334,12 +335,18 @@ def mariadb_server():
         _probe_mariadb(server)
         yield server
         return
-    workdir = tempfile.mkdtemp(prefix="cdc-test-mariadb-")
+    with private_mariadb("cdc-test-mariadb-") as server:
+        yield server
+
+
+@contextmanager
+def private_mariadb(prefix: str) -> Iterator[MariaDBServer]:
+    """A private ``mariadbd`` with row binlog on a temporary data directory and a free port, stopped afterwards."""
+    workdir = tempfile.mkdtemp(prefix=prefix)
     handle = None
     try:
         try:
-            module = _load_private_mariadb()
-            handle = module.PrivateMariaDB(Path(workdir) / "data")
+            handle = _load_private_mariadb().PrivateMariaDB(Path(workdir) / "data")
             handle.start()
         except Exception as exc:  # any failure to start means "server unavailable"
             require_server("mariadb", f"a private mariadbd did not start: {exc}")

@@ -7,7 +7,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from cdc_testing import unique_id
@@ -48,3 +49,28 @@ def fresh_pg15_database(prefix: str) -> Iterator[str]:
         yield server.url(name)
     finally:
         _drop_database(server, name)
+
+
+def run_until_it_waits(work: Callable[[], object], waiting: threading.Event, release: Callable[[], None]) -> None:
+    """Start ``work`` (a capture) in a thread; call ``release`` (the held commit completes) once the capture logged
+    that it waits, or once ``work`` ended without waiting (the bug these tests guard: the comparison afterwards then
+    fails). Re-raises what ``work`` raised."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # re-raised below
+            failure.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 120
+    while worker.is_alive() and not waiting.is_set():
+        assert time.monotonic() < deadline, "the capture neither finished nor waited"
+        time.sleep(0.05)
+    release()
+    worker.join(120)
+    assert not worker.is_alive(), "the capture still waits after the commit became visible"
+    if failure:
+        raise failure[0]

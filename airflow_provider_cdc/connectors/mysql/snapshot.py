@@ -27,7 +27,8 @@ from airflow_provider_cdc.connectors.mysql.connection import MYSQL_DIALECT, qual
 from airflow_provider_cdc.connectors.mysql.types import ZeroDateError, snapshot_formatter, snapshot_select_expr
 from airflow_provider_cdc.connectors.recapture import page_tag
 from airflow_provider_cdc.connectors.schemas import fingerprint_hash, seen_fingerprint, seen_schema
-from airflow_provider_cdc.errors import SourceError, TableRefusedError
+from airflow_provider_cdc.connectors.visibility import wait_until_visible
+from airflow_provider_cdc.errors import TableRefusedError
 from airflow_provider_cdc.events import OP_READ, ChangeBatch, TableChangesBuilder, align, concat_tables, make_batch_id
 from airflow_provider_cdc.tables import Column, SchemaChange, TableSchema
 
@@ -50,9 +51,6 @@ def key_input(text: str | None, column: Column) -> Any:
     return text
 
 
-VISIBILITY_WAIT_SECONDS = 300.0  # then the capture fails as transient (a retry waits again)
-
-
 def _binlog_position(file: str, pos: int) -> tuple[str, int]:
     return file, int(pos)  # binlog file names end in a zero-padded number: they compare as text
 
@@ -69,34 +67,25 @@ def start_snapshot_covering(conn: pymysql.Connection, streamed_upto: tuple[str, 
     snapshot was to read them). MariaDB names the binlog position its snapshot corresponds to
     (``binlog_snapshot_position``); while that is before ``streamed_upto``, this waits and takes the snapshot again.
     MySQL has no such status: there it reads without the check."""
-    started, waited = time.monotonic(), 0
-    with conn.cursor() as cur:
-        while True:
+    wanted = _binlog_position(*streamed_upto) if streamed_upto is not None else None
+
+    def invisible() -> str | None:
+        with conn.cursor() as cur:
             cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-            if streamed_upto is None:
-                return
+            if wanted is None:
+                return None
             cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%'")
             status = {name.lower(): value for name, value in cur.fetchall()}
-            if "binlog_snapshot_file" not in status or not status["binlog_snapshot_file"]:
-                return
+            if not status.get("binlog_snapshot_file"):
+                return None
             covered = _binlog_position(status["binlog_snapshot_file"], status["binlog_snapshot_position"])
-            wanted = _binlog_position(*streamed_upto)
             if covered >= wanted:
-                return
+                return None
             cur.execute("COMMIT")
-            elapsed = time.monotonic() - started
-            where = f"{covered[0]}:{covered[1]}, the stream has read up to {wanted[0]}:{wanted[1]}"
-            if elapsed > VISIBILITY_WAIT_SECONDS:
-                raise SourceError(source_id, f"the snapshot waited {elapsed:.0f} s for transactions the binlog "
-                                  f"holds but that are still not visible (its snapshot is at {where}): a commit "
-                                  "waiting for a semi-synchronous replica (rpl_semi_sync_master_wait_point = "
-                                  "AFTER_SYNC)? Rows read without them would lose their changes. A retry waits again")
-            if waited % 50 == 0:  # the first time, then about every 10 s
-                log.warning("source %s: transactions the binlog holds are not visible yet (the snapshot is at %s; "
-                            "a commit waiting for a semi-synchronous replica?); the snapshot waits for them, else "
-                            "their changes would be lost (%.1f s so far)", source_id, where, elapsed)
-            time.sleep(min(0.2, 0.01 * (waited + 1)))
-            waited += 1
+        return (f"transactions up to {wanted[0]}:{wanted[1]} (the snapshot is at {covered[0]}:{covered[1]})")
+
+    wait_until_visible(source_id, invisible, log=log, cause="a commit waiting for a semi-synchronous replica? "
+                       "rpl_semi_sync_master_wait_point = AFTER_SYNC")
 
 
 def read_page(conn: pymysql.Connection, table: TableSchema, after: list[str] | None, limit: int, *,

@@ -42,14 +42,11 @@ from airflow_provider_cdc.connectors.schemas import (
     seen_fingerprint,
     seen_schema,
 )
-from airflow_provider_cdc.errors import SourceError
+from airflow_provider_cdc.connectors.visibility import wait_until_visible
 from airflow_provider_cdc.events import BEFORE_PREFIX, OP_READ, ChangeBatch, align, concat_tables, make_batch_id
 from airflow_provider_cdc.tables import SchemaChange, TableSchema
 
 log = logging.getLogger("airflow_provider_cdc.source.postgres")
-
-
-VISIBILITY_WAIT_SECONDS = 300.0  # then the capture fails as transient (a retry waits again): see _wait_until_visible
 
 
 class SnapshotCapture(RangeSnapshot):
@@ -70,28 +67,17 @@ class SnapshotCapture(RangeSnapshot):
         changes of keys the snapshot had not reached are dropped: the snapshot was to read them). A transaction
         leaves ``pg_stat_activity.backend_xid`` when it becomes visible, and never comes back: a snapshot taken
         after this returns sees every one of them (``backend_xid`` needs no privilege to read)."""
-        started, waited = time.monotonic(), 0
-        wanted = sorted(set(xids))
-        while True:
+        wanted = [str(x) for x in sorted(set(xids))]
+
+        def invisible() -> str | None:
             with self.conn.cursor() as cur:
                 cur.execute("SELECT backend_xid::text FROM pg_stat_activity WHERE backend_xid = ANY(%s::text[]::xid[])",
-                            ([str(x) for x in wanted],))
+                            (wanted,))
                 running = [row[0] for row in cur.fetchall()]
-            if not running:
-                return
-            elapsed = time.monotonic() - started
-            if elapsed > VISIBILITY_WAIT_SECONDS:
-                raise SourceError(self.source_id, f"the snapshot waited {elapsed:.0f} s for transaction(s) "
-                                  f"{', '.join(running)}: the stream has their commits, but they are still not "
-                                  "visible (commits waiting for a synchronous standby? see synchronous_standby_names "
-                                  "and pg_stat_replication); rows read without them would lose their changes. "
-                                  "A retry waits again")
-            if waited % 50 == 0:  # the first time, then about every 10 s
-                log.warning("source %s: transaction(s) %s committed but are not visible yet (commits waiting for a "
-                            "synchronous standby?); the snapshot waits for them, else their changes would be lost "
-                            "(%.1f s so far)", self.source_id, ", ".join(running), elapsed)
-            time.sleep(min(0.2, 0.01 * (waited + 1)))
-            waited += 1
+            return f"transaction(s) {', '.join(running)}" if running else None
+
+        wait_until_visible(self.source_id, invisible, log=log, cause="commits waiting for a synchronous standby? "
+                           "see synchronous_standby_names and pg_stat_replication")
 
     def _commits_waiting_for_a_standby(self) -> list[int]:
         """The xids of commits written but waiting for a synchronous standby now (not visible yet), for a chunk

@@ -14,23 +14,15 @@ machine's PostgreSQL 15.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from cdc_testing import unique_id
-from conftest import (
-    MariaDBServer,
-    _load_private_mariadb,
-    _probe_mariadb,
-    require_server,
-)
+from conftest import MariaDBServer, private_mariadb
 from contract.pairs import postgres_sink
 from contract.test_contract_mariadb_source import MariaPair, source_connect
-from visibility_testing import fresh_pg15_database, seen_in_log
+from visibility_testing import fresh_pg15_database, run_until_it_waits, seen_in_log
 
 from airflow_provider_cdc import pipeline
 
@@ -39,21 +31,8 @@ WAIT_MESSAGE = "not visible yet"
 
 @pytest.fixture(scope="module")
 def semisync_mariadb():
-    workdir = tempfile.mkdtemp(prefix="cdc-test-semisync-")
-    handle = None
-    try:
-        try:
-            handle = _load_private_mariadb().PrivateMariaDB(Path(workdir) / "data")
-            handle.start()
-        except Exception as exc:  # any failure to start means "server unavailable"
-            require_server("mariadb", f"a private mariadbd did not start: {exc}")
-        server = MariaDBServer(handle.url(), _handle=handle)
-        _probe_mariadb(server)
+    with private_mariadb("cdc-test-semisync-") as server:  # its own: semi-sync is a server-wide setting
         yield server
-    finally:
-        if handle is not None:
-            handle.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -102,28 +81,13 @@ def test_a_snapshot_page_waits_for_a_commit_the_binlog_already_sent(semisync_mar
         time.sleep(1)
         assert committer.is_alive(), "the commit did not wait for the semi-synchronous replica"
 
-        failure: list[BaseException] = []
+        def release() -> None:
+            _semi_sync(semisync_mariadb, False)
+            committer.join(30)
+            assert not committer.is_alive()
+            waiting.close()
 
-        def drain() -> None:
-            try:
-                pair.run()
-            except BaseException as exc:  # reported below
-                failure.append(exc)
-
-        worker = threading.Thread(target=drain, daemon=True)
-        worker.start()
-        deadline = time.monotonic() + 120
-        while worker.is_alive() and not wait_seen.is_set():
-            assert time.monotonic() < deadline, "the capture neither finished nor waited"
-            time.sleep(0.05)
-        _semi_sync(semisync_mariadb, False)
-        committer.join(30)
-        assert not committer.is_alive()
-        waiting.close()
-        worker.join(120)
-        assert not worker.is_alive(), "the capture still waits after the commit became visible"
-        if failure:
-            raise failure[0]
+        run_until_it_waits(pair.run, wait_seen, release)
         assert wait_seen.is_set(), "the snapshot read its page without waiting for the committed transaction"
         pair.run()
         rows = {r["id"]: r["v"] for r in pair.sink_rows("t")}

@@ -34,7 +34,7 @@ from cdc_testing import (
     write_config,
 )
 from conftest import _load_embedded_pg, require_server
-from visibility_testing import fresh_pg15_database, seen_in_log
+from visibility_testing import fresh_pg15_database, run_until_it_waits, seen_in_log
 
 from airflow_provider_cdc.hooks.cdc import CdcHook
 
@@ -120,30 +120,6 @@ class _WaitingCommit:
         self.conn.close()
 
 
-def _run_while_commit_waits(work, commit: _WaitingCommit, wait_seen: threading.Event) -> None:
-    """Start ``work`` in a thread; release the commit once the capture says it waits (or once ``work`` ended without
-    waiting, which is the bug this file guards: then the comparison afterwards fails)."""
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            work()
-        except BaseException as exc:  # reported below
-            failure.append(exc)
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    deadline = time.monotonic() + 120
-    while worker.is_alive() and not wait_seen.is_set():
-        assert time.monotonic() < deadline, "the capture neither finished nor waited"
-        time.sleep(0.05)
-    commit.release()
-    worker.join(120)
-    assert not worker.is_alive(), "the capture still waits after the commit became visible"
-    if failure:
-        raise failure[0]
-
-
 def test_the_serial_snapshot_waits_for_a_commit_the_stream_already_sent(sync_rep_server, sink_url, tmp_path,
                                                                          wait_seen):
     source_url = _source(sync_rep_server, 1000)
@@ -154,7 +130,7 @@ def test_the_serial_snapshot_waits_for_a_commit_the_stream_already_sent(sync_rep
     staged_run(hook, "first")
     assert hook.positions.get(source_id)["snapshot"]["after"] is not None  # the snapshot is under way
     commit = _WaitingCommit(source_url, "UPDATE t SET v = 'changed' WHERE id > 600")
-    _run_while_commit_waits(lambda: drain(hook, "during"), commit, wait_seen)
+    run_until_it_waits(lambda: drain(hook, "during"), wait_seen, commit.release)
     assert wait_seen.is_set(), "the snapshot read its rows without waiting for the committed transaction"
     drain(hook, "after")
     assert_same_rows(source_url, sink_url, "t")
@@ -173,7 +149,7 @@ def test_a_snapshot_range_waits_for_a_commit_before_its_watermark(sync_rep_serve
     assert hook.positions.get(source_id)["snapshot"].get("ranges") is not None
 
     commit = _WaitingCommit(source_url, "UPDATE t SET v = 'changed' WHERE id % 10 = 0")
-    _run_while_commit_waits(lambda: stage_snapshot_range(hook, 0), commit, wait_seen)
+    run_until_it_waits(lambda: stage_snapshot_range(hook, 0), wait_seen, commit.release)
     assert wait_seen.is_set(), "the range read its rows without waiting for the committed transaction"
     stage_snapshot_range(hook, 1)
     drain(hook, "rest")
