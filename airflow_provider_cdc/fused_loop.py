@@ -5,8 +5,11 @@ fused run does it (:func:`airflow_provider_cdc.pipeline.run_fused`).
 Why: a continuous DAG pays the scheduler for every run (a new DAG run, the sensor, the task's start-up), seconds each
 time. A run that keeps going while changes keep coming pays it once per budget, so a change waits only for the
 poll and its own batch. The guarantees do not change: every batch has its ledger row and stored position before the
-next is captured, so a kill at any moment replays at most the batch in flight. Between batches the loop polls the
-source (``has_changes``) every ``poll_interval`` until the budget ends; it never starts a batch after the deadline.
+next is loaded, so a kill at any moment replays at most the batch in flight. While a batch goes through the stage
+list and the load, the next one is read from the source (:class:`~airflow_provider_cdc.pipeline.CaptureAhead`: the
+source's read and the sink's write use both cores); it is used only if it starts where the committed batch ended.
+Between batches the loop polls the source (``has_changes``) every ``poll_interval`` until the budget ends; it never
+starts a batch after the deadline.
 """
 
 from __future__ import annotations

@@ -27,7 +27,9 @@ resume), and later runs, in which it is only still held, succeed with a warning 
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -85,6 +87,11 @@ def start_position(source: Source, sink: Sink, positions: PositionStore) -> Posi
     return stored
 
 
+def capture_from(source: Source, position: Position | None, max_changes: int) -> ChangeBatch:
+    source.prepare(position)
+    return source.capture(position, max_changes)
+
+
 def capture_batch(
     source: Source,
     sink: Sink,
@@ -93,8 +100,7 @@ def capture_batch(
 ) -> ChangeBatch:
     position = start_position(source, sink, positions)
     try:
-        source.prepare(position)
-        return source.capture(position, max_changes)
+        return capture_from(source, position, max_changes)
     except PositionLostError as exc:
         # Overlapping runs (max_active_runs > 1): another run may have committed, and acknowledged the source,
         # after this one read the position. Read it again; only a position that stays behind is lost.
@@ -104,8 +110,7 @@ def capture_batch(
             raise
         log.info("source %s: another run committed up to seq %s meanwhile (%s); capturing from there",
                  source.source_id, again.get("seq"), exc)
-        source.prepare(again)
-        return source.capture(again, max_changes)
+        return capture_from(source, again, max_changes)
 
 
 def capture_stage(
@@ -362,6 +367,68 @@ def commit_stage(
     return result
 
 
+class CaptureAhead:
+    """The next batch, captured in a thread while the current one goes through the stage list and the load: in a
+    long-running fused run (``loop_seconds``) the source's read and the sink's write then use both cores.
+
+    Capture only reads (it never acknowledges), so reading early changes nothing the exactly-once protocol relies
+    on: the early batch is used only when the next batch's start position, read as usual once the current batch is
+    committed, is the one it was captured from; otherwise (another run committed meanwhile, the ledger was ahead,
+    the capture failed) it is dropped and the batch captured again. The source is used by one thread at a time: the
+    thread is joined before the commit acknowledges the source. Batches that read a snapshot are not read ahead
+    (a page is valid only on top of what its position says the sink holds). Memory: two batches at a time."""
+
+    def __init__(self, source: Source, max_changes: int) -> None:
+        self.source = source
+        self.max_changes = max_changes
+        self._thread: threading.Thread | None = None
+        self._from: Position | None = None
+        self._batch: ChangeBatch | None = None
+        self._error: BaseException | None = None
+
+    def start(self, position: Position) -> None:
+        """Capture from ``position`` in the background."""
+        self.wait()
+        self._from, self._batch, self._error = position, None, None
+
+        def capture() -> None:
+            try:
+                self._batch = capture_from(self.source, position, self.max_changes)
+            except BaseException as exc:  # reported by take(), which captures again in the caller's thread
+                self._error = exc
+
+        self._thread = threading.Thread(target=capture, name=f"cdc-capture-ahead-{self.source.source_id}",
+                                        daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Until the background capture is done: before anything else uses the source."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def take(self, position: Position | None) -> ChangeBatch | None:
+        """The batch captured ahead, if it starts at ``position`` (the start position read now); else None."""
+        self.wait()
+        started, batch, error = self._from, self._batch, self._error
+        self._from = self._batch = self._error = None
+        if started is None:
+            return None
+        if error is not None:
+            log.info("source %s: the capture ahead failed (%s: %s); capturing again", self.source.source_id,
+                     type(error).__name__, error)
+            return None
+        if position is None or _canonical(started) != _canonical(position):
+            log.info("source %s: the position moved since the capture ahead started; capturing again",
+                     self.source.source_id)
+            return None
+        return batch
+
+
+def _canonical(position: Position) -> str:
+    return json.dumps(position, sort_keys=True, default=str)
+
+
 def run_fused(
     source: Source,
     sink: Sink,
@@ -371,19 +438,32 @@ def run_fused(
     run_id: str | None = None,
     stages: Sequence[Stage] = (),
     policy: SchemaPolicy | None = None,
+    ahead: CaptureAhead | None = None,
 ) -> dict[str, Any]:
     """Capture, the stage list, load and commit in one process, without staging: the lowest latency, and the
     same guarantees and the same ledger row as staged mode (tables held by this batch fail the run once, after
-    the commit, as in staged mode)."""
+    the commit, as in staged mode). With ``ahead`` (a fused loop), the next batch is captured while this one
+    loads, and this one is the batch captured during the previous load when it starts where that load ended."""
     started = time.monotonic()
-    batch = capture_batch(source, sink, positions, max_changes)
-    captured = batch.change_count
-    newest_ts_ms = _newest_ts_ms(batch)
-    facts: dict[str, Any] = {CAPTURE: captured_facts(batch, run_id)}
-    stage_versions: dict[str, Any] = {}
-    for stage in stages:  # one at a time, as staged mode runs them, so that each stage's facts are noted
-        batch, stage_versions, facts = _apply_stage(stage, batch, stage_versions, facts)
-    loaded = load_batch(batch, sink, run_id=run_id, stage_versions=stage_versions, policy=policy, facts=facts)
+    batch = ahead.take(start_position(source, sink, positions)) if ahead is not None else None
+    if batch is None:
+        batch = capture_batch(source, sink, positions, max_changes)
+    else:
+        log.info("source %s: batch %s was captured while the previous batch loaded", source.source_id,
+                 batch.batch_id)
+    if ahead is not None and not batch.is_empty and not reads_snapshot(batch):
+        ahead.start(batch.position_to)
+    try:
+        captured = batch.change_count
+        newest_ts_ms = _newest_ts_ms(batch)
+        facts: dict[str, Any] = {CAPTURE: captured_facts(batch, run_id)}
+        stage_versions: dict[str, Any] = {}
+        for stage in stages:  # one at a time, as staged mode runs them, so that each stage's facts are noted
+            batch, stage_versions, facts = _apply_stage(stage, batch, stage_versions, facts)
+        loaded = load_batch(batch, sink, run_id=run_id, stage_versions=stage_versions, policy=policy, facts=facts)
+    finally:
+        if ahead is not None:
+            ahead.wait()  # the commit acknowledges the source: one thread at a time
     committed = commit_position(
         source, sink, positions,
         batch_id=batch.batch_id,

@@ -208,15 +208,19 @@ class CdcFusedOperator(_CdcOperator):
             config = hook.source_config
             stages = build_stages(config, hook.config)
 
+            budget = config.loop_seconds if self.loop_seconds is None else self.loop_seconds
+            max_changes = self.max_changes or config.batch_size
+            # A loop captures each batch while the one before it loads (one batch a run has no next batch).
+            ahead = pipeline.CaptureAhead(source, max_changes) if budget else None
+
             def run_once() -> dict[str, Any]:
-                return pipeline.run_fused(source, sink, hook.positions, max_changes=self.max_changes or
-                                          config.batch_size, run_id=context["run_id"], stages=stages,
-                                          policy=hook.schema_policy)
+                return pipeline.run_fused(source, sink, hook.positions, max_changes=max_changes,
+                                          run_id=context["run_id"], stages=stages, policy=hook.schema_policy,
+                                          ahead=ahead)
 
             def has_changes() -> bool:
                 return source.has_changes(pipeline.start_position(source, sink, hook.positions))
 
-            budget = config.loop_seconds if self.loop_seconds is None else self.loop_seconds
             summary = fused_loop.run_for(
                 budget, run_once, has_changes, poll_interval=config.poll_interval,
                 on_batch=lambda batch: emit_batch_metrics(self.source_id, batch))

@@ -92,10 +92,13 @@ class Pair:
             conn.execute(statement, params)
 
     def run(self) -> int:
-        """Runs until a batch is empty and no snapshot is pending; returns the number of changes loaded."""
+        """Runs until a batch is empty and no snapshot is pending; returns the number of changes loaded. As a fused
+        loop does, each batch is captured while the one before it loads."""
         loaded = 0
+        ahead = pipeline.CaptureAhead(self.source, self.config.batch_size)
         for _ in range(20):
-            summary = pipeline.run_fused(self.source, self.sink, self.positions, max_changes=self.config.batch_size)
+            summary = pipeline.run_fused(self.source, self.sink, self.positions, max_changes=self.config.batch_size,
+                                         ahead=ahead)
             loaded += summary["change_count"]
             if summary["change_count"] == 0 and "snapshot" not in (self.positions.get(self.source_id) or {}):
                 return loaded

@@ -100,9 +100,10 @@ class MongoPair(Pair):
     def run_with(self, policy: SchemaPolicy) -> int:
         """:meth:`run` under a schema policy other than the default."""
         loaded = 0
+        ahead = pipeline.CaptureAhead(self.source, self.config.batch_size)  # as a fused loop runs
         for _ in range(20):
             summary = pipeline.run_fused(self.source, self.sink, self.positions, max_changes=self.config.batch_size,
-                                         policy=policy)
+                                         policy=policy, ahead=ahead)
             loaded += summary["change_count"]
             if summary["change_count"] == 0 and "snapshot" not in (self.positions.get(self.source_id) or {}):
                 return loaded

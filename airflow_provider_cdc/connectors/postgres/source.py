@@ -117,6 +117,7 @@ class PgSource(PublicationSetup, StreamCapture, SnapshotCapture):
         self._identity_readable: bool | None = None
         # Columnar decoding is the fast path; the per-message decoder is its reference (and the fallback).
         self.columnar = True
+        self._rows_through = {}
 
     # -- connection -----------------------------------------------------------------------------------------
 
@@ -375,6 +376,8 @@ class PgSource(PublicationSetup, StreamCapture, SnapshotCapture):
         except UNCONVERTIBLE_TEXT as exc:
             raise self._unconvertible_text(exc, None) from exc
         stream = decoder.finish()
+        if not position.get("partial") and not stream.position_to.get("partial"):
+            self._note_rows_through(stream.position_to["lsn"], decoder.messages)
         stream = self._settle(stream, snapshot)
         if ranges is not None and (position.get("partial") or (chunk is not None and not decoder.drained)):
             return stream, decoder.transactions, None  # the stream is not at the chunk's watermark yet: it waits
@@ -444,6 +447,7 @@ class PgSource(PublicationSetup, StreamCapture, SnapshotCapture):
                 return
             with self.conn.cursor() as cur:
                 cur.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.slot_name, position["lsn"]))
+            self._slot_moved_to(position["lsn"])
         log.info("advanced slot %s to %s", self.slot_name, position["lsn"])
 
     def position_order(self, position: dict[str, Any]) -> tuple:

@@ -34,6 +34,11 @@ class StreamCapture:
     publication_name: str
     # Columnar decoding is the fast path; the per-message decoder is its reference (and the fallback).
     columnar: bool = True
+    # Where captures of this object ended (LSN) and how many rows a peek returns up to there, from the slot's
+    # confirmed position. A capture from such an LSN before the slot is acknowledged there (captured ahead while the
+    # previous batch loads, in a fused loop) gets those rows again, already loaded, ahead of its own: its peek asks
+    # for them on top of its batch, so that the batch is as large as usual and the peek is not repeated.
+    _rows_through: dict[str, int]
 
     if TYPE_CHECKING:
         @property
@@ -62,8 +67,9 @@ class StreamCapture:
         None: no limit)."""
         if position.get("partial"):
             return self._capture_window(position, max_changes, keep)
-        limit = max_changes
-        cap: int | None = 4 * max_changes + 1000  # messages: B, C and R count too
+        ahead = self._rows_through.get(position["lsn"], 0)
+        limit = max_changes + ahead
+        cap: int | None = 4 * max_changes + 1000 + ahead  # messages: B, C and R count too
         while True:
             messages = self._peek_messages(limit, cap, upto)
             drained = len(messages) < limit
@@ -87,6 +93,15 @@ class StreamCapture:
                 return decoder
             limit = limit * 4 + decoder.messages
             cap = None if cap is None else 4 * limit + 1000
+
+    def _note_rows_through(self, lsn: str, rows: int) -> None:
+        self._rows_through[lsn] = rows
+
+    def _slot_moved_to(self, lsn: str) -> None:
+        """The slot was acknowledged at ``lsn``: counts of rows now start there (unknown ones are forgotten)."""
+        base = self._rows_through.get(lsn)
+        self._rows_through = {} if base is None else {
+            at: rows - base for at, rows in self._rows_through.items() if rows > base}
 
     @staticmethod
     def _kinds_and_lsns(messages: pa.LargeBinaryArray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,156 @@
+"""A fused loop captures each batch while the one before it loads (``pipeline.CaptureAhead``), on real PostgreSQL
+servers: the sink ends equal to the source, batches keep their size although the slot is acknowledged only after the
+next batch was read, and an early batch is used only where the committed position says it starts."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import psycopg
+import pytest
+from cdc_testing import assert_ledger_consistent, assert_same_rows, create_shop, unique_id, write_config
+from test_pipeline import MemoryPositions
+
+from airflow_provider_cdc import pipeline
+from airflow_provider_cdc.errors import SinkError
+from airflow_provider_cdc.hooks.cdc import CdcHook
+
+TAKEN = "was captured while the previous batch loaded"
+
+
+@pytest.fixture(params=["memory", "variables"])
+def looped(request, pg_database_factory, tmp_path):
+    """users snapshotted into the sink (no capture ahead while a snapshot is read), then a backlog of 230 changes
+    in one-row transactions."""
+    source_url, sink_url = pg_database_factory(), pg_database_factory()
+    create_shop(source_url, users=120, orders=0)
+    source_id = unique_id("ahead")
+    write_config(tmp_path / "config", source_id=source_id, source_url=source_url, sink_url=sink_url,
+                 tables=["users"], batch_size=50)
+    hook = CdcHook(source_id, str(tmp_path / "config"))
+    source, sink = hook.get_source(), hook.get_sink()
+    # Variables: as the operator keeps positions; the early batch is used only if the stored document, read back,
+    # is the position it started at.
+    positions = MemoryPositions() if request.param == "memory" else hook.positions
+    while True:
+        summary = pipeline.run_fused(source, sink, positions, max_changes=50)
+        if not summary["captured"] and "snapshot" not in positions.get(source_id):
+            break
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        for i in range(1, 121):
+            conn.execute("UPDATE users SET name = %s WHERE id = %s", (f"changed {i}", i))
+        for i in range(101, 121):
+            conn.execute("DELETE FROM users WHERE id = %s", (i,))
+        for i in range(1000, 1090):
+            conn.execute("INSERT INTO users (id, email, name, balance) VALUES (%s, %s, 'new', 1)",
+                         (i, f"u{i}@example.com"))
+    try:
+        yield source_id, source_url, sink_url, source, sink, positions
+    finally:
+        source.close()
+        sink.close()
+        if request.param == "variables":
+            positions.delete(source_id)
+
+
+def drain_with_ahead(source, sink, positions, ahead, limit: int = 20) -> list[dict]:
+    summaries = []
+    for _ in range(limit):
+        summaries.append(pipeline.run_fused(source, sink, positions, max_changes=50, ahead=ahead))
+        if not summaries[-1]["captured"]:
+            return summaries
+    raise AssertionError(f"not drained in {limit} runs")
+
+
+def test_a_backlog_drains_with_each_batch_captured_while_the_one_before_loads(looped, caplog):
+    source_id, source_url, sink_url, source, sink, positions = looped
+    ahead = pipeline.CaptureAhead(source, 50)
+    caplog.set_level(logging.INFO, logger="airflow_provider_cdc.pipeline")
+    summaries = drain_with_ahead(source, sink, positions, ahead)
+
+    # 230 one-row transactions. The slot was acknowledged only after each next batch had been read, and every batch
+    # is still as large as the first (50 messages: Begin, change, Commit), not that plus the messages of the batch
+    # before it, which its peek read again.
+    sizes = [s["captured"] for s in summaries]
+    assert sum(sizes) == 230 and sizes[-1] == 0 and 0 < sizes[-2] <= sizes[0] <= 50
+    assert sizes[:-2] == [sizes[0]] * (len(sizes) - 2), sizes
+    # Every batch after the first was read while the one before it loaded.
+    taken = [r.getMessage() for r in caplog.records if TAKEN in r.getMessage()]
+    assert len(taken) == len(summaries) - 1, taken
+    assert all(s["batch_id"] in message for s, message in zip(summaries[1:], taken))
+    assert_same_rows(source_url, sink_url, "users")
+    assert_ledger_consistent(sink_url, source_id)
+    with psycopg.connect(source_url) as conn:
+        confirmed = conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                                 (source.slot_name,)).fetchone()[0]
+    assert confirmed == positions.get(source_id)["lsn"]  # the slot is acknowledged up to the last commit
+    assert not [t for t in threading.enumerate() if t.name.startswith("cdc-capture-ahead")]
+
+
+def test_a_batch_captured_ahead_is_used_only_from_the_position_it_started_at(looped, caplog):
+    source_id, source_url, sink_url, source, sink, positions = looped
+    ahead = pipeline.CaptureAhead(source, 50)
+    caplog.set_level(logging.INFO, logger="airflow_provider_cdc.pipeline")
+    stored = positions.get(source_id)
+    ahead.start(stored)
+    assert ahead.take({**stored, "seq": stored["seq"] + 1}) is None  # another run committed meanwhile
+    assert "the position moved since the capture ahead started" in caplog.text
+    ahead.start(stored)
+    early = ahead.take(stored)
+    assert early is not None and 0 < early.change_count <= 50 and early.position_from == stored
+    assert ahead.take(stored) is None  # taken once
+
+    # The first run of a loop whose capture ahead was dropped captures again: nothing is lost or doubled.
+    ahead.start({**stored, "seq": stored["seq"] + 1})
+    summaries = drain_with_ahead(source, sink, positions, ahead)
+    assert sum(s["captured"] for s in summaries) == 230
+    assert_same_rows(source_url, sink_url, "users")
+    assert_ledger_consistent(sink_url, source_id)
+
+
+def test_a_load_that_fails_while_the_next_batch_is_read_replays_from_the_stored_position(looped, monkeypatch):
+    source_id, source_url, sink_url, source, sink, positions = looped
+    ahead = pipeline.CaptureAhead(source, 50)
+    real_apply = sink.apply
+    calls = []
+
+    def apply_failing_the_second(batch, **kwargs):
+        calls.append(batch.batch_id)
+        if len(calls) == 2:
+            raise SinkError(sink.sink_id, "the sink went away", batch_id=batch.batch_id)
+        return real_apply(batch, **kwargs)
+
+    monkeypatch.setattr(sink, "apply", apply_failing_the_second)
+    first = pipeline.run_fused(source, sink, positions, max_changes=50, ahead=ahead)["captured"]
+    stored = positions.get(source_id)
+    with pytest.raises(SinkError, match="the sink went away"):
+        pipeline.run_fused(source, sink, positions, max_changes=50, ahead=ahead)
+    # The capture ahead of the third batch ended with the run; the position is the first batch's.
+    assert not [t for t in threading.enumerate() if t.name.startswith("cdc-capture-ahead")]
+    assert positions.get(source_id) == stored
+
+    summaries = drain_with_ahead(source, sink, positions, pipeline.CaptureAhead(source, 50))
+    assert sum(s["captured"] for s in summaries) == 230 - first
+    assert_same_rows(source_url, sink_url, "users")
+    assert_ledger_consistent(sink_url, source_id)
+
+
+def test_a_capture_ahead_that_fails_is_captured_again_in_the_run(looped, monkeypatch, caplog):
+    source_id, source_url, sink_url, source, sink, positions = looped
+    real_capture = source.capture
+    failed = []
+
+    def capture_failing_once_in_the_background(position, max_changes):
+        if threading.current_thread().name.startswith("cdc-capture-ahead") and not failed:
+            failed.append(position)
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return real_capture(position, max_changes)
+
+    monkeypatch.setattr(source, "capture", capture_failing_once_in_the_background)
+    caplog.set_level(logging.INFO, logger="airflow_provider_cdc.pipeline")
+    summaries = drain_with_ahead(source, sink, positions, pipeline.CaptureAhead(source, 50))
+    assert failed and "the capture ahead failed (OperationalError: server closed the connection" in caplog.text
+    assert sum(s["captured"] for s in summaries) == 230
+    assert_same_rows(source_url, sink_url, "users")
+    assert_ledger_consistent(sink_url, source_id)
