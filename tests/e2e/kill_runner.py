@@ -5,6 +5,9 @@ The kill points wrap real calls from outside (no test hook lives in the product)
 
     python kill_runner.py CONFIG_DIR SOURCE_ID KILL_POINT [RUNS]
     python kill_runner.py --dag DAG_FILE KILL_POINT [RUNS]     (dag.test() of a hand-written DAG)
+    python kill_runner.py --fused-loop CONFIG_DIR SOURCE_ID KILL_POINT NTH
+        (fused runs with a capture ahead, as a ``loop_seconds`` task runs them, until the source is drained; the
+        point fires at its NTH occurrence, so that a batch captured ahead is in flight)
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import psycopg
@@ -32,8 +36,21 @@ def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+NTH = {"left": 1}  # the occurrence of the kill point that kills (--fused-loop); 1: the first
+
+
+def nth(predicate):
+    def counted(*args, **kwargs) -> bool:
+        if not predicate(*args, **kwargs):
+            return False
+        NTH["left"] -= 1
+        return NTH["left"] == 0
+    return counted
+
+
 def after(cls, name, predicate=lambda *a, **k: True):
     original = getattr(cls, name)
+    predicate = nth(predicate)
 
     def wrapper(self, *args, **kwargs):
         result = original(self, *args, **kwargs)
@@ -46,6 +63,7 @@ def after(cls, name, predicate=lambda *a, **k: True):
 
 def before(cls, name, predicate=lambda *a, **k: True):
     original = getattr(cls, name)
+    predicate = nth(predicate)
 
     def wrapper(self, *args, **kwargs):
         if predicate(self, *args, **kwargs):
@@ -63,16 +81,18 @@ LOADING = {"now": False}
 
 
 def track_loading() -> None:
-    original = pipeline.load_stage
+    """Mark the loads (staged: load_stage; fused: load_batch), so that a kill point finds the sink's own commit."""
+    for name in ("load_stage", "load_batch"):
+        original = getattr(pipeline, name)
 
-    def load_stage(*args, **kwargs):
-        LOADING["now"] = True
-        try:
-            return original(*args, **kwargs)
-        finally:
-            LOADING["now"] = False
+        def loading(*args, _original=original, **kwargs):
+            LOADING["now"] = True
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                LOADING["now"] = False
 
-    pipeline.load_stage = load_stage
+        setattr(pipeline, name, loading)
 
 
 def outer_commit(tx, exc_type=None, *args) -> bool:
@@ -95,8 +115,26 @@ KILL_POINTS = {
     # commit stage
     "commit:after-position": lambda: after(PositionStore, "set"),
     "commit:after-ack": lambda: after(PgSource, "acknowledge"),
+    # a fused loop's capture of the next batch, in its thread, while the batch before it loads
+    "ahead:after-capture": lambda: after(
+        PgSource, "capture", lambda *a, **k: threading.current_thread().name.startswith("cdc-capture-ahead")),
     "none": lambda: None,
 }
+
+
+def run_fused_loop(config_dir: str, source_id: str) -> None:
+    """Fused runs with a capture ahead until one captures nothing and no snapshot is pending (positions in
+    Airflow Variables, as the operator keeps them)."""
+    hook = CdcHook(source_id, config_dir)
+    source, sink = hook.get_source(), hook.get_sink()
+    ahead = pipeline.CaptureAhead(source, hook.source_config.batch_size)
+    for i in range(200):
+        summary = pipeline.run_fused(source, sink, hook.positions, max_changes=hook.source_config.batch_size,
+                                     ahead=ahead)
+        print("RUN", i, summary["captured"], flush=True)
+        if not summary["captured"] and "snapshot" not in (hook.positions.get(source_id) or {}):
+            return
+    raise AssertionError("not drained in 200 fused runs")
 
 
 def run_dag_file(path: str, point: str, runs: int) -> None:
@@ -118,6 +156,13 @@ def run_dag_file(path: str, point: str, runs: int) -> None:
 def main() -> None:
     if sys.argv[1] == "--dag":
         run_dag_file(sys.argv[2], sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else 1)
+        return
+    if sys.argv[1] == "--fused-loop":
+        config_dir, source_id, point, nth_time = sys.argv[2:6]
+        NTH["left"] = int(nth_time)
+        track_loading()
+        KILL_POINTS[point]()
+        run_fused_loop(config_dir, source_id)
         return
     config_dir, source_id, point = sys.argv[1:4]
     runs = int(sys.argv[4]) if len(sys.argv) > 4 else 1

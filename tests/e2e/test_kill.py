@@ -159,3 +159,38 @@ def test_sigkill_then_clean_run_converges_exactly_once(case, pg_server, pg_datab
     assert_ledger_consistent(sink_url, source_id)
     if point != "random":
         assert -signal.SIGKILL in (first, second), f"kill point {point} was never reached"
+
+
+FUSED_LOOP_POINTS = ["ahead:after-capture", "load:after-first-merge", "load:before-commit", "load:after-commit",
+                     "commit:after-position", "commit:after-ack"]
+
+
+@pytest.mark.parametrize("point", FUSED_LOOP_POINTS)
+def test_sigkill_in_a_fused_loop_that_captures_ahead_converges_exactly_once(point, pg_server, pg_database_factory,
+                                                                            tmp_path):
+    """A fused loop reads the next batch while the one before it loads: killed there, or anywhere in the load and
+    commit of a batch while the next one is read, a clean run afterwards still makes the sink equal, once."""
+    rng = random.Random(f"{pg_server.name}-fused-{point}")
+    source_url, sink_url = pg_database_factory(), pg_database_factory()
+    create_shop(source_url, users=200, orders=200)
+    source_id = unique_id("killoop")
+    config_dir = write_config(tmp_path / "config", source_id=source_id, source_url=source_url, sink_url=sink_url,
+                              tables=["users", "orders"], batch_size=60, mode="fused")
+    sink_db = psycopg.conninfo.conninfo_to_dict(sink_url)["dbname"]
+    env = {**os.environ, "CDC_KILL_SINK_DB": sink_db}
+
+    def fused_loop(kill_point: str, nth: int) -> int:
+        proc = subprocess.run([sys.executable, str(RUNNER), "--fused-loop", str(config_dir), source_id, kill_point,
+                               str(nth)], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode in (0, -signal.SIGKILL), proc.stderr[-3000:]
+        return proc.returncode
+
+    assert fused_loop("none", 1) == 0  # the snapshot (never read ahead)
+    random_changes(source_url, rng, transactions=40, allow_truncate=False)  # a backlog of several batches
+    # The third time the point is reached: batches before it committed, and the next one is being read ahead.
+    assert fused_loop(point, 3) == -signal.SIGKILL, f"kill point {point} was never reached"
+    random_changes(source_url, rng, transactions=5, allow_truncate=False)
+    assert fused_loop("none", 1) == 0
+    assert_same_rows(source_url, sink_url, "users")
+    assert_same_rows(source_url, sink_url, "orders")
+    assert_ledger_consistent(sink_url, source_id)
