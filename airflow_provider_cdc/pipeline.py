@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cdc.connectors.audit import CAPTURE, FACTS_KEY, committed_entry, stage_facts
@@ -297,9 +297,11 @@ def commit_position(
     newly_held: Mapping[str, str] | None = None,
     run_id: str | None = None,
     seq_from: int | None = None,
+    acknowledge: Callable[[Position], None] | None = None,
 ) -> dict[str, Any]:
     """Store the batch's end position (never moving backwards), record ``batch_committed`` in the sink's audit
-    trail (a batch that was loaded; once, however often this is retried), then acknowledge the source; then report
+    trail (a batch that was loaded; once, however often this is retried), then acknowledge the source (through
+    ``acknowledge`` when given: a fused loop defers it to its capture ahead); then report
     held tables: :class:`TablesHeldError` for those in ``newly_held`` (held by this batch's load, still held now), a
     warning for each one held before. The summary lists ``held_tables``.
 
@@ -329,7 +331,7 @@ def commit_position(
     if needs_ledger:
         sink.record_audit([committed_entry(source.source_id, batch_id, run_id=run_id, position=position_to,
                                            position_stored=stored_now)])
-    source.acknowledge(newest)
+    (acknowledge or source.acknowledge)(newest)
     # Committed first: the other tables keep flowing whatever follows.
     held = sink.held_tables(source.source_id)
     new = {table: reason for table, reason in (newly_held or {}).items() if table in held}
@@ -375,8 +377,13 @@ class CaptureAhead:
     on: the early batch is used only when the next batch's start position, read as usual once the current batch is
     committed, is the one it was captured from; otherwise (another run committed meanwhile, the ledger was ahead,
     the capture failed) it is dropped and the batch captured again. The source is used by one thread at a time: the
-    thread is joined before the commit acknowledges the source. Batches that read a snapshot are not read ahead
-    (a page is valid only on top of what its position says the sink holds). Memory: two batches at a time."""
+    thread is joined before the commit. Batches that read a snapshot are not read ahead (a page is valid only on
+    top of what its position says the sink holds). Memory: two batches at a time.
+
+    The source's acknowledgement of a committed batch (the slot advance) is left to the thread too, ahead of its
+    capture (:meth:`defer_acknowledgement`): it comes after the position is stored, as always, only later, and the
+    loop settles the last one before it ends (:meth:`settle`). One that never happens (a kill) is what a crash
+    between storing the position and acknowledging leaves anyway: the next capture or the sensor acknowledges."""
 
     def __init__(self, source: Source, max_changes: int) -> None:
         self.source = source
@@ -385,17 +392,34 @@ class CaptureAhead:
         self._from: Position | None = None
         self._batch: ChangeBatch | None = None
         self._error: BaseException | None = None
+        self._unacknowledged: Position | None = None
+
+    def defer_acknowledgement(self, position: Position) -> None:
+        """Acknowledge ``position`` before the next capture ahead (or at :meth:`settle`), not now."""
+        self._unacknowledged = position
+
+    def settle(self) -> None:
+        """Wait for the thread, then acknowledge what is still unacknowledged (errors propagate, as a commit's)."""
+        self.wait()
+        if self._unacknowledged is not None:
+            position, self._unacknowledged = self._unacknowledged, None
+            self.source.acknowledge(position)
 
     def start(self, position: Position) -> None:
-        """Capture from ``position`` in the background."""
+        """Capture from ``position`` in the background, after acknowledging the batch committed last."""
         self.wait()
         self._from, self._batch, self._error = position, None, None
+        unacknowledged, self._unacknowledged = self._unacknowledged, None
 
         def capture() -> None:
             try:
+                if unacknowledged is not None:
+                    self.source.acknowledge(unacknowledged)
                 self._batch = capture_from(self.source, position, self.max_changes)
             except BaseException as exc:  # reported by take(), which captures again in the caller's thread
                 self._error = exc
+                if unacknowledged is not None and self._unacknowledged is None:
+                    self._unacknowledged = unacknowledged  # settle() tries it again
 
         self._thread = threading.Thread(target=capture, name=f"cdc-capture-ahead-{self.source.source_id}",
                                         daemon=True)
@@ -452,7 +476,9 @@ def run_fused(
         log.info("source %s: batch %s was captured while the previous batch loaded", source.source_id,
                  batch.batch_id)
     if ahead is not None and not batch.is_empty and not reads_snapshot(batch):
-        ahead.start(batch.position_to)
+        ahead.start(batch.position_to)  # the thread acknowledges the batch before this one first
+    elif ahead is not None:
+        ahead.settle()
     try:
         captured = batch.change_count
         newest_ts_ms = _newest_ts_ms(batch)
@@ -463,7 +489,7 @@ def run_fused(
         loaded = load_batch(batch, sink, run_id=run_id, stage_versions=stage_versions, policy=policy, facts=facts)
     finally:
         if ahead is not None:
-            ahead.wait()  # the commit acknowledges the source: one thread at a time
+            ahead.wait()  # the commit uses the source: one thread at a time
     committed = commit_position(
         source, sink, positions,
         batch_id=batch.batch_id,
@@ -472,6 +498,7 @@ def run_fused(
         newly_held=loaded.get("newly_held"),
         run_id=run_id,
         seq_from=batch.seq_from,
+        acknowledge=None if ahead is None else ahead.defer_acknowledgement,
     )
     summary = {**summarize(batch, None), "captured": captured, "stage_versions": stage_versions, "load": loaded,
                "commit": committed, "held_tables": committed["held_tables"],

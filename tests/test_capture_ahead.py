@@ -55,12 +55,20 @@ def looped(request, pg_database_factory, tmp_path):
 
 
 def drain_with_ahead(source, sink, positions, ahead, limit: int = 20) -> list[dict]:
+    """Fused runs until one captures nothing, then the last acknowledgement, as the operator's loop ends."""
     summaries = []
     for _ in range(limit):
         summaries.append(pipeline.run_fused(source, sink, positions, max_changes=50, ahead=ahead))
         if not summaries[-1]["captured"]:
+            ahead.settle()
             return summaries
     raise AssertionError(f"not drained in {limit} runs")
+
+
+def confirmed_lsn(url: str, slot: str) -> str:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                            (slot,)).fetchone()[0]
 
 
 def test_a_backlog_drains_with_each_batch_captured_while_the_one_before_loads(looped, caplog):
@@ -81,10 +89,7 @@ def test_a_backlog_drains_with_each_batch_captured_while_the_one_before_loads(lo
     assert all(s["batch_id"] in message for s, message in zip(summaries[1:], taken))
     assert_same_rows(source_url, sink_url, "users")
     assert_ledger_consistent(sink_url, source_id)
-    with psycopg.connect(source_url) as conn:
-        confirmed = conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
-                                 (source.slot_name,)).fetchone()[0]
-    assert confirmed == positions.get(source_id)["lsn"]  # the slot is acknowledged up to the last commit
+    assert confirmed_lsn(source_url, source.slot_name) == positions.get(source_id)["lsn"]  # acknowledged, at last
     assert not [t for t in threading.enumerate() if t.name.startswith("cdc-capture-ahead")]
 
 
@@ -154,3 +159,18 @@ def test_a_capture_ahead_that_fails_is_captured_again_in_the_run(looped, monkeyp
     assert sum(s["captured"] for s in summaries) == 230
     assert_same_rows(source_url, sink_url, "users")
     assert_ledger_consistent(sink_url, source_id)
+
+
+def test_each_acknowledgement_waits_for_the_next_capture_ahead_and_comes_after_the_stored_position(looped):
+    source_id, source_url, sink_url, source, sink, positions = looped
+    ahead = pipeline.CaptureAhead(source, 50)
+    before = confirmed_lsn(source_url, source.slot_name)
+    first = pipeline.run_fused(source, sink, positions, max_changes=50, ahead=ahead)
+    # Stored, not yet acknowledged: the slot moves when the thread reads the next batch.
+    stored_first = positions.get(source_id)
+    assert first["captured"] and stored_first["lsn"] != before
+    assert confirmed_lsn(source_url, source.slot_name) == before
+    second = pipeline.run_fused(source, sink, positions, max_changes=50, ahead=ahead)
+    assert second["captured"] and confirmed_lsn(source_url, source.slot_name) == stored_first["lsn"]
+    ahead.settle()
+    assert confirmed_lsn(source_url, source.slot_name) == positions.get(source_id)["lsn"]

@@ -221,9 +221,20 @@ class CdcFusedOperator(_CdcOperator):
             def has_changes() -> bool:
                 return source.has_changes(pipeline.start_position(source, sink, hook.positions))
 
-            summary = fused_loop.run_for(
-                budget, run_once, has_changes, poll_interval=config.poll_interval,
-                on_batch=lambda batch: emit_batch_metrics(self.source_id, batch))
+            try:
+                summary = fused_loop.run_for(
+                    budget, run_once, has_changes, poll_interval=config.poll_interval,
+                    on_batch=lambda batch: emit_batch_metrics(self.source_id, batch))
+            except BaseException:
+                if ahead is not None:  # tried, and only logged on failure: the loop's own error is the one raised
+                    try:
+                        ahead.settle()
+                    except Exception as exc:
+                        self.log.warning("source %s: the last committed batch was not acknowledged (%s: %s); the "
+                                         "next run does it", self.source_id, type(exc).__name__, exc)
+                raise
+            if ahead is not None:
+                ahead.settle()  # the last batch's acknowledgement
             emit_asset_events(self, hook, context, summary)
             return summary
 

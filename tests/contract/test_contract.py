@@ -101,6 +101,7 @@ class Pair:
                                          ahead=ahead)
             loaded += summary["change_count"]
             if summary["change_count"] == 0 and "snapshot" not in (self.positions.get(self.source_id) or {}):
+                ahead.settle()  # the last acknowledgement, as the loop's end does it
                 return loaded
         raise AssertionError("the source did not drain in 20 runs")
 

@@ -133,6 +133,7 @@ def run_fused_loop(config_dir: str, source_id: str) -> None:
                                      ahead=ahead)
         print("RUN", i, summary["captured"], flush=True)
         if not summary["captured"] and "snapshot" not in (hook.positions.get(source_id) or {}):
+            ahead.settle()
             return
     raise AssertionError("not drained in 200 fused runs")
 

@@ -149,3 +149,11 @@ def test_one_run_loads_the_snapshot_and_later_changes_in_several_batches(pg_data
     assert run_ids == {dag_run.run_id}
     assert len(ledger_rows(sink_url, source_id)) >= 4  # snapshot batches + the later changes, each committed
     assert_ledger_consistent(sink_url, source_id)
+    # The loop read batches ahead and deferred their acknowledgements; it settled the last one before it ended.
+    from airflow_provider_cdc.positions import PositionStore
+
+    stored = PositionStore().get(source_id)
+    with psycopg.connect(source_url) as conn:
+        (confirmed,) = conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots"
+                                    " WHERE database = current_database()").fetchone()
+    assert confirmed == stored["lsn"]
