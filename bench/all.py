@@ -16,7 +16,9 @@ measure the issue's targets:
   no-stages variant is the fused pipeline, set against run.py's watermark load for item 1);
 - ``continuous_lag.py``: 5 minutes at 1,000 changes/s, staged, fused and fused with a loop (item 4);
 - ``parallel_snapshot.py``: 1 vs 2 key ranges (item 5);
-- ``mysql_capture.py``, ``mongodb_capture.py``: capture against the bare loops (item 7).
+- ``mysql_capture.py``, ``mongodb_capture.py``: capture against the bare loops (item 7);
+- ``stream_protocol.py``: the streaming replication protocol against the peek on benchmark 1's workload (no target:
+  it explains why capture peeks; its section is in the report, it adds no row to the targets table).
 
 For each it records the start and end, the exit code, the load average before it and its Markdown section (the file
 it writes to a temporary path through its ``--output``/``--write`` option, else its stdout; end_to_end.py prints no
@@ -105,6 +107,9 @@ STEPS = (
     Step("mongodb_capture", "mongodb_capture.py", "MongoDB capture vs a bare change-stream loop (item 7)",
          (), ("--quick",),
          "about 2 min (section 8: timed parts about 52 s; server start and workload not recorded)", 2, "stdout"),
+    Step("stream_protocol", "stream_protocol.py", "Streaming replication protocol vs peek (no target: why capture "
+         "peeks)", ("--write", "{md}", "--json", "{json}"), ("--quick", "--write", "{md}", "--json", "{json}"),
+         "under 1 min (its run with --pg18 took 1.3 min, of which the PostgreSQL 15 half 39 s)", 1, "md"),
 )
 
 

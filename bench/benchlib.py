@@ -295,6 +295,61 @@ def wal_bytes(conn: psycopg.Connection, start: str, end: str) -> int:
     return int(conn.execute("SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)", (end, start)).fetchone()[0])
 
 
+# --- the raw fetch reference (benchmark 1, bench/stream_protocol.py) ------------------------------------------------
+
+RAW_SQL = (
+    "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL, 'proto_version', '1', "
+    "'publication_names', %s)"
+)
+FETCH_ROWS = 5000  # rows per round trip of the named cursors: PgSource's own itersize, used by the reference too
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_times(pid: int) -> tuple[float, float] | None:
+    """User and system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat``: the server's processes are
+    readable when it runs on this machine); None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS  # utime, stime (fields 14 and 15)
+
+
+def own_cpu_times() -> tuple[float, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
+def cpu_delta(before: tuple[float, float] | None, after: tuple[float, float] | None) -> dict[str, float] | None:
+    """``{"user": s, "sys": s}`` spent between two readings of :func:`process_cpu_times`/:func:`own_cpu_times`."""
+    if before is None or after is None:
+        return None
+    return {"user": after[0] - before[0], "sys": after[1] - before[1]}
+
+
+def raw_fetch(dsn: str, slot: str, publication: str) -> dict[str, Any]:
+    """The reference: every pgoutput row of the slot through a named (server-side) cursor, not decoded.
+
+    Besides the messages and the seconds: this process's CPU (``client_cpu``) and the CPU of the backend that ran
+    the peek (``server_cpu``, None when its ``/proc`` entry cannot be read), each ``{"user": s, "sys": s}``."""
+    with psycopg.connect(dsn) as conn:
+        backend = conn.info.backend_pid
+        server_before, client_before = process_cpu_times(backend), own_cpu_times()
+        started = time.perf_counter()
+        messages = 0
+        with conn.cursor(name="cdc_bench_raw", binary=True) as cur:
+            cur.itersize = FETCH_ROWS
+            cur.execute(RAW_SQL, (slot, publication))
+            while rows := cur.fetchmany(FETCH_ROWS):
+                messages += len(rows)
+        seconds = time.perf_counter() - started
+        client_after, server_after = own_cpu_times(), process_cpu_times(backend)
+        conn.rollback()
+    return {"messages": messages, "seconds": seconds, "client_cpu": cpu_delta(client_before, client_after),
+            "server_cpu": cpu_delta(server_before, server_after)}
+
+
 # --- workloads -----------------------------------------------------------------------------------------------------
 
 
@@ -489,3 +544,9 @@ def server_host(dsn: str) -> str:
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def warn_if_busy(info: dict[str, Any]) -> None:
+    """A warning in the log when the machine was busy at the start (``machine_info``'s load average)."""
+    if info["loadavg"][0] > 0.5:
+        log("warning: the machine is busy (load average above 0.5): figures will be noisy")

@@ -42,13 +42,7 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import benchlib  # noqa: E402  (sets a private AIRFLOW_HOME before Airflow is imported)
 import psycopg  # noqa: E402
-from benchlib import log, run_fresh  # noqa: E402
-
-RAW_SQL = (
-    "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL, 'proto_version', '1', "
-    "'publication_names', %s)"
-)
-FETCH_ROWS = 5000  # rows per round trip of the named cursors: PgSource's own itersize, used by the reference too
+from benchlib import FETCH_ROWS, RAW_SQL, log, raw_fetch, run_fresh  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -117,21 +111,6 @@ def prepare_changes_workload(ctx: dict[str, Any], scale: Scale, want_capture: bo
     return {"counts": counts, "seconds": seconds, "wal_bytes": wal, "transactions": scale.changes // scale.tx_rows}
 
 
-def raw_fetch(dsn: str, slot: str, publication: str) -> dict[str, Any]:
-    """The reference: every pgoutput row of the slot through a named (server-side) cursor, not decoded."""
-    with psycopg.connect(dsn) as conn:
-        started = time.perf_counter()
-        messages = 0
-        with conn.cursor(name="cdc_bench_raw", binary=True) as cur:
-            cur.itersize = FETCH_ROWS
-            cur.execute(RAW_SQL, (slot, publication))
-            while rows := cur.fetchmany(FETCH_ROWS):
-                messages += len(rows)
-        seconds = time.perf_counter() - started
-        conn.rollback()
-    return {"messages": messages, "seconds": seconds}
-
-
 def server_count(dsn: str, slot: str, publication: str) -> dict[str, Any]:
     """The same peek, counted in SQL: the server's share (decode + output plugin + tuplestore), no transfer."""
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -188,31 +167,78 @@ def bench_capture(ctx: dict[str, Any], scale: Scale) -> dict[str, Any]:
 
     store = benchlib.BatchStore(root=ctx["staging_url"] + "/capture")
     position = start
-    seconds = {"capture": 0.0, "write": 0.0, "acknowledge": 0.0}
+    seconds = {"capture": 0.0, "write": 0.0, "acknowledge": 0.0, "peek": 0.0, "decode": 0.0}
     changes = batches = 0
-    while True:
-        t0 = time.perf_counter()
-        batch = source.capture(position, scale.batch_size)
-        t1 = time.perf_counter()
-        seconds["capture"] += t1 - t0
-        if batch.change_count == 0:
-            break
-        store.write(batch)
-        t2 = time.perf_counter()
-        source.acknowledge(batch.position_to)  # peek does not consume: without this the next capture starts over
-        t3 = time.perf_counter()
-        seconds["write"] += t2 - t1
-        seconds["acknowledge"] += t3 - t2
-        changes += batch.change_count
-        batches += 1
-        position = batch.position_to
-        log(f"bench 1: batch {batches}: {batch.change_count:,} changes, capture {t1 - t0:.2f}s, "
-            f"stage {t2 - t1:.2f}s, advance {t3 - t2:.2f}s")
-        del batch
+    parts: dict[str, float] = {"peek": 0.0, "peeks": 0, "decode": 0.0, "decodes": 0}
+    per_batch: list[dict[str, Any]] = []  # every capture, the last (empty) one included
+    with capture_part_timer(parts):
+        while True:
+            before = dict(parts)
+            t0 = time.perf_counter()
+            batch = source.capture(position, scale.batch_size)
+            t1 = time.perf_counter()
+            seconds["capture"] += t1 - t0
+            row = {"changes": batch.change_count, "capture": t1 - t0, "write": 0.0, "acknowledge": 0.0,
+                   **{k: parts[k] - before[k] for k in parts}}
+            per_batch.append(row)
+            seconds["peek"] += row["peek"]
+            seconds["decode"] += row["decode"]
+            if batch.change_count == 0:
+                log(f"bench 1: last capture (empty): {t1 - t0:.2f}s, of which peek {row['peek']:.2f}s")
+                break
+            store.write(batch)
+            t2 = time.perf_counter()
+            source.acknowledge(batch.position_to)  # peek does not consume: without this the next capture starts over
+            t3 = time.perf_counter()
+            row["write"], row["acknowledge"] = t2 - t1, t3 - t2
+            seconds["write"] += t2 - t1
+            seconds["acknowledge"] += t3 - t2
+            changes += batch.change_count
+            batches += 1
+            position = batch.position_to
+            log(f"bench 1: batch {batches}: {batch.change_count:,} changes, capture {t1 - t0:.2f}s (peek "
+                f"{row['peek']:.2f}s, decode {row['decode']:.2f}s), stage {t2 - t1:.2f}s, advance {t3 - t2:.2f}s")
+            del batch
     source.close()
     staged_bytes = sum(f.stat().st_size for f in Path(ctx["staging_dir"], "capture").rglob("*") if f.is_file())
     return {"raw": raws, "server": server, "changes": changes, "batches": batches, "seconds": seconds,
-            "staged_bytes": staged_bytes, "profile": profile_result}
+            "per_batch": per_batch, "staged_bytes": staged_bytes, "profile": profile_result}
+
+
+@contextlib.contextmanager
+def capture_part_timer(parts: dict[str, float]):
+    """Meanwhile, add the seconds of every ``StreamCapture._peek_messages`` call (the peek: server decoding +
+    transfer + building the Arrow array) to ``parts["peek"]`` and of every ``decode_columnar`` call made by the
+    stream module (the columnar decode into per-table Arrow tables) to ``parts["decode"]``, counting the calls in
+    ``parts["peeks"]``/``parts["decodes"]``. The stream module imports ``decode_columnar`` by name: that name is
+    the one patched. Both are restored on the way out."""
+    from airflow_provider_cdc.connectors.postgres import stream
+
+    real_peek, real_decode = stream.StreamCapture._peek_messages, stream.decode_columnar
+
+    def peek(self: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return real_peek(self, *args, **kwargs)
+        finally:
+            parts["peek"] += time.perf_counter() - started
+            parts["peeks"] += 1
+
+    def decode(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return real_decode(*args, **kwargs)
+        finally:
+            parts["decode"] += time.perf_counter() - started
+            parts["decodes"] += 1
+
+    stream.StreamCapture._peek_messages = peek  # type: ignore[method-assign]
+    stream.decode_columnar = decode
+    try:
+        yield
+    finally:
+        stream.StreamCapture._peek_messages = real_peek  # type: ignore[method-assign]
+        stream.decode_columnar = real_decode
 
 
 # --- benchmark 3: peak RSS ----------------------------------------------------------------------------------------
@@ -467,8 +493,14 @@ def capture_tables(b1: dict[str, Any]) -> tuple[list[str], list[list[str]], dict
         "ratio": (n / staged) / raw_rate,
         "decode_rate": n / s["capture"],
         "decode_ratio": (n / s["capture"]) / raw_rate,
-        "python_s": s["capture"] - raw["seconds"] * n / raw["messages"],
+        # Measured during the timed captures (capture_part_timer); the rest is capture's own Python around them.
+        "peek_s": s["peek"],
+        "decode_s": s["decode"],
+        "rest_s": s["capture"] - s["peek"] - s["decode"],
+        "last_peek_s": b1["per_batch"][-1]["peek"] if b1["per_batch"][-1]["changes"] == 0 else 0.0,
     }
+    peeks = sum(r["peeks"] for r in b1["per_batch"])
+    decodes = sum(r["decodes"] for r in b1["per_batch"])
     headers = ["measure", "items", "seconds", "items/s"]
     rows = [
         ["raw fetch of the pgoutput stream, named cursor, no decoding (reference; best of 2, "
@@ -479,13 +511,31 @@ def capture_tables(b1: dict[str, Any]) -> tuple[list[str], list[list[str]], dict
          rate(b1["server"]["messages"], b1["server"]["seconds"])],
         [f"**ours: capture + stage** ({b1['batches']} batches)", f"{fmt_int(n)} changes", fmt_s(staged),
          fmt_int(n / staged)],
-        ["  of which capture = peek + decode (decode-only)", "", fmt_s(s["capture"]), fmt_int(n / s["capture"])],
+        ["  of which capture = peek + decode + the rest (decode-only)", "", fmt_s(s["capture"]),
+         fmt_int(n / s["capture"])],
+        [f"    peeks (`_peek_messages`: {peeks} calls, the last, empty capture's included)", "",
+         fmt_s(s["peek"]), ""],
+        [f"    columnar decode (`decode_columnar`: {decodes} calls)", "", fmt_s(s["decode"]),
+         rate(n, s["decode"])],
+        ["    the rest of capture (batch assembly: begin xids, decoder, Batch)", "", fmt_s(figures["rest_s"]), ""],
         ["  of which staging (Parquet zstd write + manifest)", f"{b1['staged_bytes'] / 2**20:.0f} MiB",
          fmt_s(s["write"]), ""],
         ["slot advance between batches (commit stage's work; not counted above)", "",
          fmt_s(s["acknowledge"]), ""],
     ]
     return headers, rows, figures
+
+
+def capture_batch_table(b1: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Benchmark 1 capture by capture: where each one's time went (the last row is the empty capture)."""
+    headers = ["capture", "changes", "capture s", "peek s", "decode s", "rest of capture s", "staging s",
+               "slot advance s"]
+    rows = []
+    for i, r in enumerate(b1["per_batch"], 1):
+        rows.append([str(i) if r["changes"] else f"{i} (empty: the slot is drained)", fmt_int(r["changes"]),
+                     fmt_s(r["capture"]), fmt_s(r["peek"]), fmt_s(r["decode"]),
+                     fmt_s(r["capture"] - r["peek"] - r["decode"]), fmt_s(r["write"]), fmt_s(r["acknowledge"])])
+    return headers, rows
 
 
 def watermark_tables(b2: dict[str, Any]) -> tuple[list[str], list[list[str]], list[list[str]], dict[str, float]]:
@@ -662,11 +712,14 @@ def render_markdown(results: dict[str, Any], scale: Scale, info: dict[str, Any],
             md_table(h1, r1),
             "",
             f"Ratio: **{f1['ratio']:.2f}×** the raw fetch (target ≥ 0.5×); capture alone (decode-only) "
-            f"{f1['decode_ratio']:.2f}×. Of capture's {fmt_s(b1['seconds']['capture'])} s, about "
-            f"{fmt_s(b1['seconds']['capture'] - f1['python_s'])} s is the fetch itself (the reference's time "
-            f"for as many messages) and about {fmt_s(f1['python_s'])} s is Python decoding and building the "
-            "Arrow tables. One batch was profiled with cProfile before the timed runs (that also warms the page "
-            "cache for all of them).",
+            f"{f1['decode_ratio']:.2f}×. {capture_split_text(b1, f1, scale)} One batch was profiled with cProfile "
+            "before the timed runs (that also warms the page cache for all of them).",
+            "",
+            "Capture by capture (the peek and decode columns time `StreamCapture._peek_messages` and the stream "
+            "module's `decode_columnar`, wrapped for the timed loop only; the rest of capture is the time between "
+            "them; staging is `BatchStore.write`):",
+            "",
+            md_table(*capture_batch_table(b1)),
             "",
         ]
     if b2:
@@ -756,6 +809,20 @@ def render_markdown(results: dict[str, Any], scale: Scale, info: dict[str, Any],
     return "\n".join(lines)
 
 
+def capture_split_text(b1: dict[str, Any], f1: dict[str, float], scale: Scale) -> str:
+    """Where capture's time went, measured (not estimated from the reference's rate)."""
+    full = [r for r in b1["per_batch"] if r["changes"]]
+    peeks = ", ".join(fmt_s(r["peek"]) for r in full)
+    per_batch = f1["decode_s"] / b1["changes"] * scale.batch_size if b1["changes"] else 0.0
+    last = (f"; the last, empty capture's peek {fmt_s(f1['last_peek_s'])} s" if f1["last_peek_s"] else "")
+    return (f"Of capture's {fmt_s(b1['seconds']['capture'])} s, {fmt_s(f1['peek_s'])} s went to the peeks "
+            f"(batch by batch {peeks} s{last}; each peek decodes again from the slot's `restart_lsn`, see the "
+            f"notes), {fmt_s(f1['decode_s'])} s to the columnar decode ({fmt_s(per_batch)} s per "
+            f"{fmt_int(scale.batch_size)} changes) and {fmt_s(f1['rest_s'])} s to the rest of capture (batch "
+            f"assembly); staging the batches as Parquet took {fmt_s(b1['seconds']['write'])} s more. The reference "
+            f"fetched the whole stream in {fmt_s(min(r['seconds'] for r in b1['raw']))} s in one peek.")
+
+
 def design_estimates(results: dict[str, Any]) -> list[str]:
     """A note comparing the references measured here with the figures DESIGN section 6 quotes for this machine."""
     parts = []
@@ -779,6 +846,7 @@ def print_results(results: dict[str, Any]) -> None:
         print(text_table("\n== 1. capture vs raw fetch ==", h, [[c.replace("**", "") for c in row] for row in r]))
         print(f"ratio (changes decoded+staged/s ÷ raw msgs/s): {f['ratio']:.2f}x (target >= 0.5x); "
               f"decode-only {f['decode_ratio']:.2f}x")
+        print(text_table("\ncapture by capture:", *capture_batch_table(b1)))
         print(profile_text(f"\ncProfile of one capture ({fmt_int(b1['profile']['changes'])} changes), "
                            "top 10 by tottime:", b1["profile"]["by_tottime"]))
         print(profile_text("\nsame capture, top by cumtime:", b1["profile"]["by_cumtime"]))
@@ -830,8 +898,7 @@ def main() -> int:
     info = benchlib.machine_info(args.dsn)
     log(f"{info['nproc']} cores, PostgreSQL {info['pg_version']} at {benchlib.server_host(args.dsn)}, "
         f"scale {scale.name}, load average {info['loadavg'][0]:.2f}, code: {info['code']}")
-    if info["loadavg"][0] > 0.5:
-        log("warning: the machine is busy (load average above 0.5): figures will be noisy")
+    benchlib.warn_if_busy(info)
 
     staging_dir = tempfile.mkdtemp(prefix="cdc-bench-staging-")
     ctx: dict[str, Any] = {
