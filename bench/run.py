@@ -599,8 +599,8 @@ def verdict(ok: bool) -> str:
 
 # Targets whose figures come from other scripts (bench/end_to_end.py, bench/continuous_lag.py): a run of 1-3 keeps
 # the row the previous report had for them.
-MEASURED_ELSEWHERE = ("end to end (", "continuous mode at ", "peak RSS, burst backlog", "burst backlog drains",
-                      "parallel initial snapshot")
+MEASURED_ELSEWHERE = ("end to end (", "fused loop: ", "continuous mode at ", "peak RSS, burst backlog",
+                      "burst backlog drains", "parallel initial snapshot")
 
 
 def _sections(markdown: str) -> list[tuple[str, str]]:
