@@ -13,7 +13,7 @@ from cdc_testing import assert_ledger_consistent, assert_same_rows, create_shop,
 from test_pipeline import MemoryPositions
 
 from airflow_provider_cdc import pipeline
-from airflow_provider_cdc.errors import SinkError
+from airflow_provider_cdc.errors import PositionLostError, SinkError
 from airflow_provider_cdc.hooks.cdc import CdcHook
 
 TAKEN = "was captured while the previous batch loaded"
@@ -174,3 +174,45 @@ def test_each_acknowledgement_waits_for_the_next_capture_ahead_and_comes_after_t
     assert second["captured"] and confirmed_lsn(source_url, source.slot_name) == stored_first["lsn"]
     ahead.settle()
     assert confirmed_lsn(source_url, source.slot_name) == positions.get(source_id)["lsn"]
+
+
+def test_a_slot_dropped_during_a_loop_is_a_position_lost_error_naming_resnapshot(looped):
+    source_id, source_url, sink_url, source, sink, positions = looped
+    ahead = pipeline.CaptureAhead(source, 50)
+    pipeline.run_fused(source, sink, positions, max_changes=50, ahead=ahead)  # the next batch is read ahead
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (source.slot_name,))
+    # The batch read before the slot went may still load (its changes were read faithfully); the next read stops.
+    with pytest.raises(PositionLostError, match="resnapshot"):
+        for _ in range(2):
+            pipeline.run_fused(source, sink, positions, max_changes=50, ahead=ahead)
+    assert_ledger_consistent(sink_url, source_id)
+    with psycopg.connect(sink_url) as conn:
+        (high_water,) = conn.execute("SELECT max(seq_to) FROM _cdc_ledger WHERE source_id = %s",
+                                     (source_id,)).fetchone()
+    assert positions.get(source_id)["seq"] == high_water  # the position never passed what the sink committed
+
+
+def test_a_source_connection_lost_while_the_next_batch_is_read_is_read_again(looped, monkeypatch, caplog):
+    source_id, source_url, sink_url, source, sink, positions = looped
+    ahead = pipeline.CaptureAhead(source, 50)
+    real_apply = sink.apply
+
+    def apply_after_killing_the_source_connection(batch, **kwargs):
+        # The server ends the source's session (a restart, a failover) while the load runs and the next batch is
+        # read: that read fails, and the run reads the batch again on a new connection.
+        with psycopg.connect(source_url, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+                         " AND pid <> pg_backend_pid() AND backend_type = 'client backend'")
+        return real_apply(batch, **kwargs)
+
+    pipeline.run_fused(source, sink, positions, max_changes=50, ahead=ahead)
+    monkeypatch.setattr(sink, "apply", apply_after_killing_the_source_connection)
+    caplog.set_level(logging.INFO, logger="airflow_provider_cdc.pipeline")
+    pipeline.run_fused(source, sink, positions, max_changes=50, ahead=ahead)
+    monkeypatch.setattr(sink, "apply", real_apply)
+    summaries = drain_with_ahead(source, sink, positions, ahead)
+    assert "the capture ahead failed (SourceError" in caplog.text and "capturing again" in caplog.text
+    assert summaries[-1]["captured"] == 0
+    assert_same_rows(source_url, sink_url, "users")
+    assert_ledger_consistent(sink_url, source_id)
