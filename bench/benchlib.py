@@ -8,6 +8,7 @@ safe to call when none of it exists.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import logging
 import math
 import os
@@ -546,7 +547,14 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def warn_if_busy(info: dict[str, Any]) -> None:
-    """A warning in the log when the machine was busy at the start (``machine_info``'s load average)."""
+def begin_run(dsn: str, terminate: Callable[[int, Any], None], describe: Callable[[dict[str, Any]], str]
+              ) -> tuple[dt.datetime, float, dict[str, Any]]:
+    """The start of a benchmark run: SIGTERM handled by ``terminate`` (it drops what the run made), the start time
+    (wall clock and monotonic), the machine's facts logged through ``describe``, and a warning if it is busy."""
+    signal.signal(signal.SIGTERM, terminate)
+    started_at, started = dt.datetime.now(dt.timezone.utc), time.perf_counter()
+    info = machine_info(dsn)
+    log(describe(info))
     if info["loadavg"][0] > 0.5:
         log("warning: the machine is busy (load average above 0.5): figures will be noisy")
+    return started_at, started, info

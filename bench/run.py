@@ -28,7 +28,6 @@ import os
 import pstats
 import re
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -892,13 +891,10 @@ def main() -> int:
                              if not args.quick and (only >= {1, 2, 3} or only == {4}) else None)
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, _terminate)
-    started_at = dt.datetime.now(dt.timezone.utc)
-    started = time.perf_counter()
-    info = benchlib.machine_info(args.dsn)
-    log(f"{info['nproc']} cores, PostgreSQL {info['pg_version']} at {benchlib.server_host(args.dsn)}, "
-        f"scale {scale.name}, load average {info['loadavg'][0]:.2f}, code: {info['code']}")
-    benchlib.warn_if_busy(info)
+    started_at, started, info = benchlib.begin_run(
+        args.dsn, _terminate, lambda info: f"{info['nproc']} cores, PostgreSQL {info['pg_version']} at "
+        f"{benchlib.server_host(args.dsn)}, scale {scale.name}, load average {info['loadavg'][0]:.2f}, "
+        f"code: {info['code']}")
 
     staging_dir = tempfile.mkdtemp(prefix="cdc-bench-staging-")
     ctx: dict[str, Any] = {

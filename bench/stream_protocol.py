@@ -567,13 +567,9 @@ def main() -> int:
     parser.add_argument("--write", metavar="FILE", help="also write the Markdown section to FILE")
     args = parser.parse_args()
     scale = QUICK if args.quick else FULL
-    signal.signal(signal.SIGTERM, _terminate)
-    started_at = dt.datetime.now(dt.timezone.utc)
-    started = time.perf_counter()
-    info = benchlib.machine_info(args.dsn)
-    log(f"stream: {info['nproc']} cores, scale {scale.name}, load average {info['loadavg'][0]:.2f}, "
-        f"code: {info['code']}")
-    benchlib.warn_if_busy(info)
+    started_at, started, info = benchlib.begin_run(
+        args.dsn, _terminate, lambda info: f"stream: {info['nproc']} cores, scale {scale.name}, load average "
+        f"{info['loadavg'][0]:.2f}, code: {info['code']}")
     results = []
     try:
         results.append(run_server(args.dsn, scale, "the machine's server"))
