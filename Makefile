@@ -17,8 +17,8 @@ STAMP := $(VENV)/.cdc-installed
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist): the servers' tests run side by side; PYTEST_WORKERS=0 runs in this process.
 # Four on two cores: most of an end-to-end test's time is spent waiting (on Airflow's polls, on a child process, on
-# a server), so two workers left the cores idle. Measured on this 2-core machine: 54 min with 2, 30 min with 4.
-# Work stealing, with the long tests first (tests/conftest.py), keeps the last minutes from running one test alone.
+# a server), so two workers left the cores idle. Measured on this 2-core machine: 54 min with 2, 30 min with 4;
+# 25 min with 4 and work stealing, the long tests first (tests/conftest.py), so no test runs alone at the end.
 PYTEST_WORKERS ?= 4
 
 .PHONY: venv lint test demo bench bench-all clean distclean system-deps test-servers

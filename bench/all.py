@@ -285,23 +285,21 @@ def from_run(prefix: str) -> Callable[[dict[str, Outcome]], tuple[str, bool | No
 
 
 def fused_vs_watermark(step: str) -> Callable[[dict[str, Outcome]], tuple[str, bool | None]]:
-    return lambda outcomes: fused_figure(outcomes, step)
-
-
-def fused_figure(outcomes: dict[str, Outcome], step: str) -> tuple[str, bool | None]:
-    data = outcomes[step].data or {}
-    plain = variant(data, "plain")
-    row = run_row(outcomes, "capture → load → commit vs watermark") if "run" in outcomes else None
-    ref = re.search(r"vs ([0-9,]+)/s", row[2]) if row else None
-    if plain is None:
-        return "no figure (end_to_end.py's plain variant did not report)", None
-    if ref is None:
-        return f"{plain['rate']:,.0f}/s (run.py's watermark load not measured in this run: no ratio)", None
-    ref_rate = float(ref.group(1).replace(",", ""))
-    ratio = plain["rate"] / ref_rate
-    return (f"{ratio:.2f}× ({plain['rate']:,.0f} vs {ref_rate:,.0f}/s: end_to_end.py's no-stages variant, fused, "
-            f"batch size {data['plan']['batch_size']:,}, against run.py's watermark load "
-            "on the same workload)"), ratio >= 1.0
+    def figure(outcomes: dict[str, Outcome]) -> tuple[str, bool | None]:
+        data = outcomes[step].data or {}
+        plain = variant(data, "plain")
+        row = run_row(outcomes, "capture → load → commit vs watermark") if "run" in outcomes else None
+        ref = re.search(r"vs ([0-9,]+)/s", row[2]) if row else None
+        if plain is None:
+            return "no figure (end_to_end.py's plain variant did not report)", None
+        if ref is None:
+            return f"{plain['rate']:,.0f}/s (run.py's watermark load not measured in this run: no ratio)", None
+        ref_rate = float(ref.group(1).replace(",", ""))
+        ratio = plain["rate"] / ref_rate
+        return (f"{ratio:.2f}× ({plain['rate']:,.0f} vs {ref_rate:,.0f}/s: end_to_end.py's no-stages variant, fused, "
+                f"batch size {data['plan']['batch_size']:,}, against run.py's watermark load "
+                "on the same workload)"), ratio >= 1.0
+    return figure
 
 
 def variant(data: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
@@ -312,18 +310,16 @@ def variant(data: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
 
 
 def end_to_end_stages(step: str) -> Callable[[dict[str, Outcome]], tuple[str, bool | None]]:
-    return lambda outcomes: stages_figure(outcomes, step)
-
-
-def stages_figure(outcomes: dict[str, Outcome], step: str) -> tuple[str, bool | None]:
-    data = outcomes[step].data or {}
-    staged, plain = variant(data, "stages"), variant(data, "plain")
-    if staged is None:
-        return "no figure (the stages variant did not report)", None
-    extra = f"; without stages {plain['rate']:,.0f}/s" if plain else ""
-    checked = "" if staged["verify"]["ok"] else "; **its sink check failed**"
-    return (f"{staged['rate']:,.0f}/s at batch size {data['plan']['batch_size']:,}{extra}{checked}",
-            staged["rate"] >= 50_000 and staged["verify"]["ok"])
+    def figure(outcomes: dict[str, Outcome]) -> tuple[str, bool | None]:
+        data = outcomes[step].data or {}
+        staged, plain = variant(data, "stages"), variant(data, "plain")
+        if staged is None:
+            return "no figure (the stages variant did not report)", None
+        extra = f"; without stages {plain['rate']:,.0f}/s" if plain else ""
+        checked = "" if staged["verify"]["ok"] else "; **its sink check failed**"
+        return (f"{staged['rate']:,.0f}/s at batch size {data['plan']['batch_size']:,}{extra}{checked}",
+                staged["rate"] >= 50_000 and staged["verify"]["ok"])
+    return figure
 
 
 def lag(name: str, limit: float) -> Callable[[dict[str, Outcome]], tuple[str, bool | None]]:

@@ -75,8 +75,8 @@ LONG_TESTS_FIRST = (
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
-        path = Path(str(item.path)).resolve().relative_to(REPO_ROOT).as_posix()
-        return next((i for i, prefix in enumerate(LONG_TESTS_FIRST) if path.startswith(prefix)),
+        path = item.path.resolve().as_posix()
+        return next((i for i, prefix in enumerate(LONG_TESTS_FIRST) if path.startswith(f"{REPO_ROOT}/{prefix}")),
                     len(LONG_TESTS_FIRST))
 
     items.sort(key=rank)  # stable: a module's tests stay together and in their order
