@@ -161,8 +161,10 @@ def test_a_capture_ahead_that_fails_is_captured_again_in_the_run(looped, monkeyp
     assert_ledger_consistent(sink_url, source_id)
 
 
-def test_each_acknowledgement_waits_for_the_next_capture_ahead_and_comes_after_the_stored_position(looped):
+def test_each_acknowledgement_waits_for_the_next_capture_ahead_and_comes_after_the_stored_position(looped,
+                                                                                                   monkeypatch):
     source_id, source_url, sink_url, source, sink, positions = looped
+    monkeypatch.setattr(pipeline.CaptureAhead, "READ_AHEAD_ROWS", 50)  # no more than a batch: no read-ahead
     ahead = pipeline.CaptureAhead(source, 50)
     before = confirmed_lsn(source_url, source.slot_name)
     first = pipeline.run_fused(source, sink, positions, max_changes=50, ahead=ahead)
@@ -174,6 +176,29 @@ def test_each_acknowledgement_waits_for_the_next_capture_ahead_and_comes_after_t
     assert second["captured"] and confirmed_lsn(source_url, source.slot_name) == stored_first["lsn"]
     ahead.settle()
     assert confirmed_lsn(source_url, source.slot_name) == positions.get(source_id)["lsn"]
+
+
+def test_a_source_that_reads_ahead_is_acknowledged_once_per_read_ahead_and_at_the_end(looped, monkeypatch):
+    source_id, source_url, sink_url, source, sink, positions = looped
+    # Two batches per read-ahead: one peek reads both, and one slot advance covers both.
+    monkeypatch.setattr(pipeline.CaptureAhead, "READ_AHEAD_ROWS", 100)
+    peeks = []
+    real_peek = source._peek_messages
+    monkeypatch.setattr(source, "_peek_messages", lambda *args: peeks.append(args) or real_peek(*args))
+    ahead = pipeline.CaptureAhead(source, 50)
+    before = confirmed_lsn(source_url, source.slot_name)
+    stored = []
+    for _ in range(3):
+        assert pipeline.run_fused(source, sink, positions, max_changes=50, ahead=ahead)["captured"]
+        stored.append(positions.get(source_id)["lsn"])
+    # Run 2 deferred run 1's acknowledgement; run 3 acknowledged run 2's position, which covers run 1's.
+    assert confirmed_lsn(source_url, source.slot_name) == stored[1] != before
+    summaries = drain_with_ahead(source, sink, positions, ahead)
+    assert confirmed_lsn(source_url, source.slot_name) == positions.get(source_id)["lsn"]  # settled at the end
+    batches = 3 + sum(1 for s in summaries if s["captured"])
+    assert len(peeks) <= batches // 2 + 2, f"{len(peeks)} peeks for {batches} batches"
+    assert_same_rows(source_url, sink_url, "users")
+    assert_ledger_consistent(sink_url, source_id)
 
 
 def test_a_slot_dropped_during_a_loop_is_a_position_lost_error_naming_resnapshot(looped):

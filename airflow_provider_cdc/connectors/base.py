@@ -170,6 +170,14 @@ class AcceptResult:
 
 
 @runtime_checkable
+class ReadsAhead(Protocol):
+    """A source that can read several batches at once when captures follow one another (a fused loop)."""
+
+    def read_ahead(self, rows: int) -> None:
+        """Read up to ``rows`` ahead in one go and serve the next captures from it (0: off)."""
+
+
+@runtime_checkable
 class Sink(Protocol):
     """Applies batches idempotently: data and the ``_cdc_ledger`` row in one transaction."""
 

@@ -78,6 +78,9 @@ class StreamDecoder:
         # The transactions the read holds (their Begin messages' xids), whatever tables they changed: a snapshot
         # read after it must see them all (see SnapshotCapture._copy_text).
         self.xids: list[int] = []
+        # How many messages a peek from the slot's confirmed position returns through the end of this read (known
+        # for whole transactions read by a peek; None for a window of one large transaction).
+        self.rows_through: int | None = None
         self.columnar_tables: dict[str, pa.Table] = {}
         # Pending transaction: events are kept until Commit so that a half-read transaction is never emitted
         # (unless it is too large for one batch: :meth:`flush_partial`).

@@ -9,6 +9,8 @@ they are (``true``, ``2024-05-01T12:00:00.25Z``), except binary, which gets its 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -16,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 
 from airflow_provider_cdc.connectors.postgres.values import pg_input_table
 from airflow_provider_cdc.errors import SinkError
@@ -125,23 +128,22 @@ class RowMerge:
                 pacsv.write_csv(chunk, out, _CSV_OPTIONS)
                 copy.write(memoryview(out.getvalue()))
 
-        # A fresh temp table has no statistics; with them the planner joins the stage to the target by its key.
-        cur.execute(sql.SQL("ANALYZE {}").format(stage))
         on = sql.SQL(" AND ").join(
             sql.SQL("t.{0} = s.{0}").format(sql.Identifier(name)) for name in key
         )
         guard = sql.SQL("(t._cdc_position IS NULL OR t._cdc_position <= s._cdc_s_seq)")
-        if has_moved:
-            self._fill_moved_from_sink(cur, stage, target, key, columns, folded, from_columns)
-        if has_unchanged:
-            self._refuse_unresolved(cur, stage, target, schema, key, on, batch, has_moved)
-        # Deletes first, in a statement of their own: its row count is the number deleted (a MERGE's count mixes
-        # them with upserts, and counting them apart cost a join of its own). The MERGE then upserts.
-        if pc.any(pc.equal(staged["_cdc_s_op"], OP_DELETE)).as_py():
-            cur.execute(self._delete_statement(target, stage, on, guard))
-            stats["deleted"] += max(cur.rowcount, 0)
-        cur.execute(self._merge_statement(target, stage, key, columns, gone, on, guard, has_unchanged))
-        stats["upserted"] += max(cur.rowcount, 0)
+        with _join_by_key_index(cur, self.target_schema, schema.name, key, stage):
+            if has_moved:
+                self._fill_moved_from_sink(cur, stage, target, key, columns, folded, from_columns)
+            if has_unchanged:
+                self._refuse_unresolved(cur, stage, target, schema, key, on, batch, has_moved)
+            # Deletes first, in a statement of their own: its row count is the number deleted (a MERGE's count
+            # mixes them with upserts, and counting them apart cost a join of its own). The MERGE then upserts.
+            if pc.any(pc.equal(staged["_cdc_s_op"], OP_DELETE)).as_py():
+                cur.execute(self._delete_statement(target, stage, on, guard))
+                stats["deleted"] += max(cur.rowcount, 0)
+            cur.execute(self._merge_statement(target, stage, key, columns, gone, on, guard, has_unchanged))
+            stats["upserted"] += max(cur.rowcount, 0)
         cur.execute(sql.SQL("DROP TABLE {}").format(stage))
 
     def _fill_moved_from_sink(
@@ -272,6 +274,46 @@ class RowMerge:
             updates=sql.SQL(", ").join(updates), insert_columns=sql.SQL(", ").join(insert_columns),
             insert_values=sql.SQL(", ").join(insert_values),
         )
+
+
+# Joins that read the whole target table: a batch would cost as much as a scan of the sink table, however small.
+_WHOLE_TABLE_JOINS = ("enable_hashjoin", "enable_mergejoin")
+
+
+@contextlib.contextmanager
+def _join_by_key_index(cur: psycopg.Cursor, target_schema: str, table: str, key: list[str],
+                       stage: sql.Identifier) -> Iterator[None]:
+    """Within the block, the statements join the stage to the target by probing the target's index on the key.
+
+    The planner's own choice scans the whole target into a hash join whenever the batch is a sizeable part of it:
+    10,000 deletes of a 50,000-change batch took 0.22 s against a 1,000,000-row table, as long as its scan, and the
+    cost grows with the sink table, not the batch. Probes cost per staged row. A target without an index on its key
+    keeps the planner's choice, with statistics of the stage (``ANALYZE``) to make it: there a probe would be a
+    scan. The settings are ``SET LOCAL`` and restored on leaving, for the other tables of the batch."""
+    cur.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_index i"
+        " JOIN pg_class x ON x.oid = i.indexrelid JOIN pg_am am ON am.oid = x.relam"
+        " WHERE i.indrelid = to_regclass(format('%%I.%%I', %s::text, %s::text)) AND i.indisvalid"
+        " AND i.indpred IS NULL AND am.amname IN ('btree', 'hash') AND i.indnkeyatts >= %s"
+        " AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a"
+        "      WHERE a.attrelid = i.indrelid AND a.attnum = ANY ((i.indkey::int2[])[0:%s - 1]))"
+        "     = %s::text[]), " + ", ".join(f"current_setting('{name}')" for name in _WHOLE_TABLE_JOINS),
+        (target_schema, table, len(key), len(key), sorted(key)),
+    )
+    row = cur.fetchone()
+    if row is None or not row[0]:
+        cur.execute(sql.SQL("ANALYZE {}").format(stage))
+        yield
+        return
+    previous = row[1:]
+    for name in _WHOLE_TABLE_JOINS:
+        cur.execute("SELECT set_config(%s, 'off', true)", (name,))
+    try:
+        yield
+    finally:
+        if cur.connection.info.transaction_status == TransactionStatus.INTRANS:
+            for name, value in zip(_WHOLE_TABLE_JOINS, previous):
+                cur.execute("SELECT set_config(%s, %s, true)", (name, value))
 
 
 def unchanged_as_text(values: pa.ChunkedArray | pa.Array) -> pa.Array:

@@ -376,8 +376,8 @@ class PgSource(PublicationSetup, StreamCapture, SnapshotCapture):
         except UNCONVERTIBLE_TEXT as exc:
             raise self._unconvertible_text(exc, None) from exc
         stream = decoder.finish()
-        if not position.get("partial") and not stream.position_to.get("partial"):
-            self._note_rows_through(stream.position_to["lsn"], decoder.messages)
+        if decoder.rows_through is not None and not stream.position_to.get("partial"):
+            self._note_rows_through(stream.position_to["lsn"], decoder.rows_through)
         stream = self._settle(stream, snapshot)
         if ranges is not None and (position.get("partial") or (chunk is not None and not decoder.drained)):
             return stream, decoder.transactions, None  # the stream is not at the chunk's watermark yet: it waits

@@ -9,6 +9,7 @@ whole); a transaction larger than a batch is read in windows, so memory stays bo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,21 @@ from airflow_provider_cdc.errors import PositionLostError
 log = logging.getLogger("airflow_provider_cdc.source.postgres")
 
 
+@dataclasses.dataclass
+class _ReadAhead:
+    """The messages of one peek that read several batches ahead; later captures are cut from it."""
+
+    messages: pa.LargeBinaryArray
+    kinds: np.ndarray  # each message's first byte
+    commits: np.ndarray  # the indexes of Commit messages
+    ends: np.ndarray  # their end LSNs, ascending (commit order)
+    from_lsn: int  # the position the peek was made for: captures from there on can be cut from it
+    drained: bool  # the peek reached the slot's end
+    # Messages of it before the slot's confirmed position now (the peek started there: 0), for _rows_through;
+    # None once unknown.
+    shift: int | None = 0
+
+
 class StreamCapture:
     """The stream half of :class:`~airflow_provider_cdc.connectors.postgres.source.PgSource`."""
 
@@ -39,6 +55,10 @@ class StreamCapture:
     # previous batch loads, in a fused loop) gets those rows again, already loaded, ahead of its own: its peek asks
     # for them on top of its batch, so that the batch is as large as usual and the peek is not repeated.
     _rows_through: dict[str, int]
+    # Read-ahead (a fused loop, :meth:`read_ahead`): one peek reads up to this many messages, and the captures after
+    # it are cut from what it read while they can be (0: off).
+    read_ahead_rows: int = 0
+    _read_ahead: _ReadAhead | None = None
 
     if TYPE_CHECKING:
         @property
@@ -68,6 +88,13 @@ class StreamCapture:
         if position.get("partial"):
             return self._capture_window(position, max_changes, keep)
         ahead = self._rows_through.get(position["lsn"], 0)
+        if upto is None and self.read_ahead_rows > max_changes:
+            cut = self._cut_read_ahead(position, max_changes, keep, fresh=False)
+            if cut is None:
+                self._peek_ahead(position, ahead + max_changes)
+                cut = self._cut_read_ahead(position, max_changes, keep, fresh=True)
+            if cut is not None:
+                return cut
         limit = max_changes + ahead
         cap: int | None = 4 * max_changes + 1000 + ahead  # messages: B, C and R count too
         while True:
@@ -87,6 +114,7 @@ class StreamCapture:
             decoder = self._decode(position, messages, keep)
             decoder.drained = drained
             decoder.xids = self._begin_xids(messages)
+            decoder.rows_through = decoder.messages
             # Only transactions at or before the stored position came back (the Variable was stored but the slot
             # not yet advanced): they used up the limit, so look further rather than report nothing.
             if decoder.transactions or not decoder.skipped or decoder.messages < limit:
@@ -102,6 +130,78 @@ class StreamCapture:
         base = self._rows_through.get(lsn)
         self._rows_through = {} if base is None else {
             at: rows - base for at, rows in self._rows_through.items() if rows > base}
+        ahead = self._read_ahead
+        if ahead is not None and ahead.shift is not None:
+            at = pgoutput.lsn_to_int(lsn)
+            k = int(np.searchsorted(ahead.ends, at, side="right"))
+            ahead.shift = int(ahead.commits[k - 1]) + 1 if k and int(ahead.ends[k - 1]) == at else None
+
+    def read_ahead(self, rows: int) -> None:
+        """In a loop of captures, let a peek read up to ``rows`` messages past its batch and cut the next batches
+        from what it read.
+
+        ``peek`` decodes from the slot's ``restart_lsn`` every time, and in a backlog written faster than the
+        server logs its running transactions (every 15 s) that point stays where the backlog began: each peek
+        decodes everything before its batch again. Reading several batches in one peek divides that work by as
+        many; memory grows by the messages held (``rows``). 0 turns it off."""
+        self.read_ahead_rows = max(int(rows), 0)
+        if not self.read_ahead_rows:
+            self._read_ahead = None
+
+    def _peek_ahead(self, position: dict[str, Any], ahead: int) -> None:
+        """Peek from the slot's confirmed position: ``ahead`` messages (those up to ``position`` and this batch's),
+        then up to ``read_ahead_rows`` more."""
+        limit = ahead + self.read_ahead_rows
+        messages = self._peek_messages(limit, 4 * limit + 1000)
+        kinds, starts = self._kinds_and_lsns(messages)
+        commits = np.flatnonzero(kinds == ord("C"))
+        data = np.frombuffer(messages.buffers()[2], np.uint8)
+        # Commit: kind, flags, commit LSN, then the end LSN (bytes 10 to 17).
+        ends = data[starts[commits][:, None] + np.arange(10, 18)].view(">u8").reshape(len(commits)).astype(np.int64)
+        self._read_ahead = _ReadAhead(messages, kinds, commits, ends, pgoutput.lsn_to_int(position["lsn"]),
+                                      drained=len(messages) < limit)
+
+    def _cut_read_ahead(self, position: dict[str, Any], max_changes: int, keep: set[str],
+                        fresh: bool) -> StreamDecoder | None:
+        """The batch after ``position`` cut from the read-ahead, ending at a commit as a peek's would: None when it
+        does not hold a whole batch there (unless it was just read and reached the slot's end: ``fresh``), or when
+        that batch's first transaction is larger than a batch (the usual path reads it in windows)."""
+        ahead = self._read_ahead
+        start = pgoutput.lsn_to_int(position["lsn"])
+        if ahead is None or start < ahead.from_lsn:
+            return None
+        k = int(np.searchsorted(ahead.ends, start, side="right"))
+        first = int(ahead.commits[k - 1]) + 1 if k else 0
+        j = int(np.searchsorted(ahead.commits, first + max_changes - 1, side="left"))
+        if j < len(ahead.commits):
+            last, drained = int(ahead.commits[j]) + 1, False
+        elif fresh and ahead.drained:
+            last, drained = len(ahead.messages), True
+        else:
+            return None
+        transaction_ends = ahead.commits[k:j + 1]
+        if len(transaction_ends) and int(transaction_ends[0]) + 1 - first > 4 * max_changes + 1000:
+            return None
+        # A peek from here would announce each relation (and type) again before its first change; the decoder gets
+        # the last announcement before the cut instead, right after the first Begin, where a peek would send it.
+        kinds = ahead.kinds
+        indexes = np.arange(first, last)
+        announced = np.flatnonzero((kinds[:first] == ord("R")) | (kinds[:first] == ord("Y")))
+        begins = np.flatnonzero(kinds[first:last] == ord("B"))
+        if len(announced) and len(begins):
+            _, starts = self._kinds_and_lsns(ahead.messages)
+            data = np.frombuffer(ahead.messages.buffers()[2], np.uint8)
+            ids = data[starts[announced][:, None] + np.arange(0, 5)].astype(np.int64) @ (256 ** np.arange(4, -1, -1))
+            _, last_of_each = np.unique(ids[::-1], return_index=True)
+            latest = np.sort(announced[::-1][last_of_each])
+            cut_at = int(begins[0]) + 1
+            indexes = np.concatenate([indexes[:cut_at], latest, indexes[cut_at:]])
+        messages = ahead.messages.take(pa.array(indexes, pa.int64()))
+        decoder = self._decode(position, messages, keep)
+        decoder.drained = drained
+        decoder.xids = self._begin_xids(messages)
+        decoder.rows_through = None if ahead.shift is None else last - ahead.shift
+        return decoder
 
     @staticmethod
     def _kinds_and_lsns(messages: pa.LargeBinaryArray) -> tuple[np.ndarray, np.ndarray]:

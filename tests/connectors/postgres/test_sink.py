@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -301,6 +302,58 @@ def test_older_change_never_overwrites_a_newer_one(sink, pg_database):
     assert result.applied and (result.upserted, result.deleted) == (2, 0)
     assert rows(pg_database, columns="id, name") == [("1", "new"), ("2", "same seq again"), ("3", "fresh key")]
     assert query(pg_database, "SELECT id, _cdc_position FROM items ORDER BY id") == [(1, 10), (2, 11), (3, 7)]
+
+
+def sink_scans(sink: PgSink, url: str, *, after: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(sequential, index) scans of the sink's ``items`` so far, once the sink's backend has published them (it
+    does so after a transaction, at most once a second, unless told to: ``pg_stat_force_next_flush``)."""
+    with sink._conn.transaction(), sink._conn.cursor() as cur:
+        cur.execute("SELECT pg_stat_force_next_flush()")
+    deadline, last = time.monotonic() + 15, None
+    while True:
+        with psycopg.connect(url) as conn:  # a fresh statistics snapshot each time
+            seen = conn.execute("SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables"
+                                " WHERE relname = 'items'").fetchone()
+        settled = seen == last if after is None else seen[1] > after[1]
+        if settled or time.monotonic() > deadline:
+            return seen
+        last = seen
+        time.sleep(0.3)
+
+
+def test_a_small_batch_into_a_large_table_probes_its_key_index_and_never_scans_it(sink, pg_database):
+    # 20,000 rows, then a batch of 2,000 changes (updates, deletes, inserts) with statistics of neither: the
+    # planner's own choice for deletes of a tenth of a batch this size is a hash join over the whole table.
+    sink.apply(make_batch([("c", seq, item(seq, name=f"n{seq}")) for seq in range(1, 20_001)]))
+    query(pg_database, "VACUUM ANALYZE public.items")
+    events = [("u", 20_000 + i, item(i * 10, name="changed")) for i in range(1, 1001)]
+    events += [("d", 21_000 + i, item(i * 10 + 1)) for i in range(1, 801)]
+    events += [("c", 22_000 + i, item(30_000 + i, name="new")) for i in range(1, 201)]
+    before = sink_scans(sink, pg_database)
+    result = sink.apply(make_batch(events))
+    seq_scans, idx_scans = sink_scans(sink, pg_database, after=before)
+    assert (result.upserted, result.deleted) == (1200, 800)
+    assert seq_scans == before[0], "the batch scanned the whole sink table"
+    assert idx_scans > before[1]
+    assert query(pg_database, "SELECT count(*), count(*) FILTER (WHERE name = 'changed'),"
+                              " count(*) FILTER (WHERE name = 'new') FROM public.items") == [(19_400, 1000, 200)]
+    # The planner settings were for those statements only.
+    with sink._conn.cursor() as cur:
+        cur.execute("SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin')")
+        assert cur.fetchone() == ("on", "on")
+
+
+def test_a_sink_table_without_an_index_on_the_key_still_merges(sink, pg_database):
+    # A table the user created, keyed by convention only: no index to probe, so the planner joins as it likes.
+    query(pg_database, "CREATE TABLE public.items (id integer NOT NULL, name text, amount numeric(12,2),"
+                       " seen_at timestamptz, payload bytea, tags text[], _cdc_op text, _cdc_position bigint,"
+                       " _cdc_ts timestamptz)")
+    sink.apply(make_batch([("c", seq, item(seq, name=f"n{seq}")) for seq in range(1, 101)]))
+    result = sink.apply(make_batch([("u", 101, item(5, name="changed")), ("d", 102, item(6)),
+                                    ("c", 103, item(500, name="new"))]))
+    assert (result.upserted, result.deleted) == (2, 1)
+    assert query(pg_database, "SELECT count(*), max(name) FILTER (WHERE id = 5), max(name) FILTER (WHERE id = 500)"
+                              " FROM public.items") == [(100, "changed", "new")]
 
 
 def test_concurrent_applies_of_one_batch_commit_once(pg_database):
