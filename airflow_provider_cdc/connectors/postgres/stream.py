@@ -88,7 +88,9 @@ class StreamCapture:
         if position.get("partial"):
             return self._capture_window(position, max_changes, keep)
         ahead = self._rows_through.get(position["lsn"], 0)
-        if upto is None and self.read_ahead_rows > max_changes:
+        # Not while a snapshot is pending: its page is read after the stream part and must see what that part
+        # read, as of now (see SnapshotCapture), not as of an earlier peek.
+        if upto is None and self.read_ahead_rows > max_changes and not position.get("snapshot"):
             cut = self._cut_read_ahead(position, max_changes, keep, fresh=False)
             if cut is None:
                 self._peek_ahead(position, ahead + max_changes)
