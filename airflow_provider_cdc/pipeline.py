@@ -392,6 +392,9 @@ class CaptureAhead:
     # A source that can read several batches in one go (PostgreSQL: one peek instead of one per batch) reads this
     # many messages ahead at most: at 50,000 changes a batch, four batches per peek.
     READ_AHEAD_ROWS = 200_000
+    # ... and is acknowledged once per read-ahead, but at least every this many batches: the slot never falls
+    # far behind the stored position, however small the batches.
+    ACKNOWLEDGE_EVERY_MAX = 4
 
     def __init__(self, source: Source, max_changes: int) -> None:
         self.source = source
@@ -399,7 +402,8 @@ class CaptureAhead:
         self._acknowledge_every = 1
         if isinstance(source, ReadsAhead):
             source.read_ahead(self.READ_AHEAD_ROWS)
-            self._acknowledge_every = max(1, self.READ_AHEAD_ROWS // max(max_changes, 1))
+            self._acknowledge_every = max(1, min(self.ACKNOWLEDGE_EVERY_MAX,
+                                                 self.READ_AHEAD_ROWS // max(max_changes, 1)))
         self._thread: threading.Thread | None = None
         self._from: Position | None = None
         self._batch: ChangeBatch | None = None

@@ -22,6 +22,9 @@ fi
 
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     say "installing Debian's chromium (the asset graph screenshot test runs it headless)"
+    # An install interrupted earlier (a killed `make test`) leaves dpkg half-configured, and apt then refuses every
+    # install until it is finished: finish it first (a no-op otherwise).
+    DEBIAN_FRONTEND=noninteractive dpkg --configure -a
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-liberation
     bin="$(find_chromium)"
