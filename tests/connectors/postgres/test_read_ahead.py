@@ -1,6 +1,6 @@
 """PgSource.read_ahead on a real server: one peek reads several batches, and every batch cut from it is the batch a
-peek of its own returns (events, seq numbers, positions), across relations announced before the cut, a column
-added mid-backlog, unchanged TOAST, a key update, a truncate, a transaction larger than a batch, a slot
+peek of its own returns (events, seq numbers, positions), across relations and an enum type announced before the
+cut, a column added mid-backlog, unchanged TOAST, a key update, a truncate, a transaction larger than a batch, a slot
 acknowledged part-way and a replay from an older position."""
 
 from __future__ import annotations
@@ -22,15 +22,17 @@ def plain_source(url: str) -> PgSource:
 def backlog(pg_database):
     """Two tables in one publication; both slots are created before the backlog is written."""
     execute(pg_database,
-            "CREATE TABLE items (id int PRIMARY KEY, name text, doc text)",
+            # An enum: pgoutput announces its type (a Type message) before the relation that uses it.
+            "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')",
+            "CREATE TABLE items (id int PRIMARY KEY, name text, doc text, mood mood)",
             "CREATE TABLE notes (id int PRIMARY KEY, body text)",
             "ALTER TABLE items ALTER COLUMN doc SET STORAGE EXTERNAL")
     with make_source(pg_database, tables=TABLES) as source, plain_source(pg_database) as plain:
         plain.prepare()  # first: a position may be ahead of a slot, never behind it
         start = stream_position(source)
     big = "x" * 20_000  # stored out of line: an update of another column sends it as unchanged TOAST
-    statements = [f"INSERT INTO items VALUES ({i}, 'item {i}', {repr(big) if i % 7 == 0 else 'NULL'})"
-                  for i in range(1, 41)]
+    statements = [f"INSERT INTO items VALUES ({i}, 'item {i}', {repr(big) if i % 7 == 0 else 'NULL'},"
+                  f" '{('sad', 'ok', 'happy')[i % 3]}')" for i in range(1, 41)]
     statements += [f"INSERT INTO notes VALUES ({i}, 'note {i}')" for i in range(1, 21)]
     statements += [f"UPDATE items SET name = 'renamed {i}' WHERE id = {i}" for i in range(1, 41, 3)]
     statements += ["ALTER TABLE items ADD COLUMN price numeric(8,2)",
