@@ -181,9 +181,14 @@ class StreamCapture:
             last, drained = len(ahead.messages), True
         else:
             return None
-        transaction_ends = ahead.commits[k:j + 1]
-        if len(transaction_ends) and int(transaction_ends[0]) + 1 - first > 4 * max_changes + 1000:
-            return None
+        cap = 4 * max_changes + 1000  # as the usual peek's: memory stays bounded by the batch size
+        if last - first > cap:
+            # Whole transactions up to the cap, as the usual path keeps them; none fits (the first alone is larger
+            # than the cap): the usual path reads it in windows.
+            within = int(np.searchsorted(ahead.commits, first + cap - 1, side="right")) - 1
+            if within < k:
+                return None
+            last, drained = int(ahead.commits[within]) + 1, False
         # A peek from here would announce each relation (and type) again before its first change; the decoder gets
         # the last announcement before the cut instead, right after the first Begin, where a peek would send it.
         kinds = ahead.kinds
@@ -248,7 +253,9 @@ class StreamCapture:
         the batch size, whatever the transaction's size). The position then points inside the transaction
         (``partial``: its final LSN and how many of its messages are loaded); the slot stays before it until its
         last window is loaded. The server filters: of the messages already loaded only Begin, Relation and Type
-        come back, which the decoder needs to read the rest."""
+        come back, which the decoder needs to read the rest, and so do the Relation and Type messages before the
+        transaction (a relation announced in an earlier transaction of the same peek, when the slot is behind the
+        position, is not announced again inside this one)."""
         partial = position["partial"]
         done = int(partial["done"])
         final_lsn = pgoutput.lsn_to_int(partial["final_lsn"])
@@ -258,9 +265,10 @@ class StreamCapture:
             "%(slot)s, %(upto)s::pg_lsn, NULL, 'proto_version', '1', 'publication_names', %(pub)s, "
             "'messages', 'true') WITH ORDINALITY AS p(lsn, xid, data, n)),"
             " b AS (SELECT min(n) AS n0 FROM p WHERE substr(data, 1, 9) = %(begin)s)"
-            " SELECT p.n - b.n0, p.data FROM p, b WHERE p.n >= b.n0 AND ("
+            " SELECT p.n - b.n0, p.data FROM p, b WHERE (p.n < b.n0 AND get_byte(p.data, 0) IN (82, 89)) OR"
+            " (p.n >= b.n0 AND ("
             "  (p.n < b.n0 + %(done)s AND get_byte(p.data, 0) IN (66, 82, 89))"
-            "  OR (p.n >= b.n0 + %(done)s AND p.n < b.n0 + %(done)s + %(window)s)) ORDER BY p.n"
+            "  OR (p.n >= b.n0 + %(done)s AND p.n < b.n0 + %(done)s + %(window)s))) ORDER BY p.n"
         )
         # Decoding stops after the transaction's commit (a Begin message's final LSN is where its commit record
         # is; upto_lsn keeps transactions that commit before it).
@@ -277,7 +285,8 @@ class StreamCapture:
             raise PositionLostError(self.source_id, position, f"transaction {partial['final_lsn']} that the position "
                                     "points into is no longer in the slot")
         decoder = self._decoder(position, keep)
-        decoder.xids = [pgoutput.decode_begin(rows[0][1]).xid] if rows[0][1][:1] == b"B" else []
+        begin = next((data for _, data in rows if data[:1] == b"B"), None)
+        decoder.xids = [pgoutput.decode_begin(begin).xid] if begin is not None else []
         last = done
         for offset, data in rows:
             decoder.feed(data)
